@@ -1,0 +1,29 @@
+# Two commands (see README): `make demo` and `make test`. Both install everything first.
+# CPU machines take torch==2.13.0 (a CPU build); on GPU clusters override TORCH_SPEC/TORCH_INDEX, e.g.
+#   make install TORCH_SPEC=torch==2.13.0 TORCH_INDEX=https://download.pytorch.org/whl/cu128
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+PIP_QUIET ?= --quiet --disable-pip-version-check
+
+.PHONY: install demo test clean
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -m pip install $(PIP_QUIET) "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install $(PIP_QUIET) -e ".[dev]"
+	touch $@
+
+demo: install
+	$(PY) launch.py atlas synth --reuse
+	$(PY) launch.py atlas validate data/demo.zarr
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) data/demo.zarr

@@ -1,0 +1,137 @@
+"""Building atlases from real AnnData files: exact round trip, vocabulary, stats, layout."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import zarr
+from anndata.io import read_elem
+
+from tests.conftest import ensembl_ids, make_adata
+from vcell.atlas.anndata_source import AnnDataSource
+from vcell.atlas.build import build_atlas
+from vcell.atlas.stats import StatsAccumulator
+from vcell.atlas.store import atlas_info, open_atlas
+from vcell.config.schema import BuildConfig
+
+
+def read_all_shards(path) -> ad.AnnData:
+    atlas = open_atlas(path)
+    return ad.concat([ad.read_zarr(path / "shards" / s["name"]) for s in atlas.shards], merge="same")
+
+
+def test_round_trip_single_h5ad_exact(tmp_path):
+    original = make_adata(1000, ensembl_ids(0, 120), seed=3)
+    original.write_h5ad(tmp_path / "in.h5ad")
+    out = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "atlas.zarr", BuildConfig(shard_cells=300), progress=False)
+    atlas = read_all_shards(out)
+    assert atlas.n_obs == 1000 and atlas.n_vars == 120
+    assert list(atlas.obs_names) != list(original.obs_names)  # pre-shuffled ...
+    restored = atlas[original.obs_names]  # ... but holds exactly the input
+    assert list(restored.var_names) == list(original.var_names)
+    assert (restored.X != original.X).nnz == 0
+    for column in original.obs.columns:
+        assert list(restored.obs[column].astype(str)) == list(original.obs[column].astype(str))
+    assert list(restored.var["gene_symbol"]) == list(original.var["gene_symbols"])
+    assert set(restored.obs["vcell_source"]) == {"in"}
+
+
+def test_shards_and_chunks_follow_the_config(tmp_path):
+    make_adata(1000, ensembl_ids(0, 120), seed=3).write_h5ad(tmp_path / "in.h5ad")
+    out = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "atlas.zarr", BuildConfig(shard_cells=300, chunk_nnz=1024), progress=False)
+    info = atlas_info(out)
+    assert info["n_shards"] == 4 and info["cells_per_shard"] == 250  # balanced: 4 x 250
+    data = zarr.open_array(str(out / "shards/00000/X/data"), mode="r")
+    indices = zarr.open_array(str(out / "shards/00000/X/indices"), mode="r")
+    assert data.chunks == (1024,) and indices.dtype == np.uint16
+    assert len(list((out / "shards/00000/X/data/c").iterdir())) == 1  # one shard file per array
+    assert info["values"] == "counts"
+
+
+def test_two_sources_union_vocabulary_coverage_and_categories(tmp_path, adata_pair):
+    paths, (first, second) = adata_pair
+    out = build_atlas([AnnDataSource(p) for p in paths], tmp_path / "atlas.zarr", BuildConfig(shard_cells=256), progress=False)
+    atlas = open_atlas(out)
+    assert atlas.n_genes == 90 and atlas.n_cells == 1000
+    coverage = [s["coverage"] for s in atlas.attrs["sources"]]
+    assert coverage[0] == {"genes_in_source": 80, "genes_shared_with_other_sources": 60, "vocabulary_genes_missing": 10}
+    assert coverage[1] == {"genes_in_source": 70, "genes_shared_with_other_sources": 60, "vocabulary_genes_missing": 20}
+    assert atlas.attrs["obs_categories"]["cell_type"] == ["B", "NK", "T", "Mono"] or set(
+        atlas.attrs["obs_categories"]["cell_type"]) == {"T", "B", "NK", "Mono"}
+    merged = read_all_shards(out)
+    for original in (first, second):
+        part = merged[original.obs_names]
+        aligned = part[:, original.var_names].X
+        assert (aligned != original.X).nnz == 0
+        others = [g for g in merged.var_names if g not in set(original.var_names)]
+        assert part[:, others].X.nnz == 0
+    measured = np.asarray(atlas.root["genes/measured"][:])
+    assert measured.sum(axis=1).tolist() == [80, 70]
+    # the pre-shuffle mixes sources inside every shard
+    for record in atlas.shards:
+        sources = ad.read_zarr(out / "shards" / record["name"]).obs["vcell_source"]
+        assert sources.nunique() == 2
+
+
+def test_stats_match_a_direct_computation(tmp_path, adata_pair):
+    paths, (first, second) = adata_pair
+    out = build_atlas([AnnDataSource(p) for p in paths], tmp_path / "atlas.zarr", BuildConfig(), progress=False)
+    atlas = open_atlas(out)
+    gene = "ENSG00000000010"  # measured by the first source only
+    column = list(first.var_names).index(gene)
+    values = first.X[:, column].toarray().ravel()
+    library = np.asarray(first.X.sum(axis=1)).ravel()
+    normalized = np.log1p(values / np.maximum(library, 1) * 1e4)
+    position = list(read_elem(atlas.root["var"]).index).index(gene)
+    assert np.isclose(atlas.root["stats/gene_mean"][position], normalized.mean())
+    assert np.isclose(atlas.root["stats/gene_var"][position], normalized.var())
+    assert np.isclose(atlas.root["stats/gene_detection_rate"][position], (values > 0).mean())
+    assert atlas.root["stats/gene_n_cells"][position] == 600
+    all_library = np.concatenate([library, np.asarray(second.X.sum(axis=1)).ravel()])
+    assert np.isclose(atlas.attrs["library_size"]["mean"], all_library.mean())
+
+
+def test_zarr_input_layer_and_normalized_values(tmp_path):
+    adata = make_adata(300, ensembl_ids(0, 50), seed=4)
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = sp.csr_matrix(np.log1p(adata.X.toarray()) + 0.0)
+    adata.write_zarr(tmp_path / "in.zarr")
+    counts = build_atlas([AnnDataSource(tmp_path / "in.zarr", matrix="layers/counts")], tmp_path / "counts.zarr", BuildConfig(), progress=False)
+    assert open_atlas(counts).attrs["values"] == "counts"
+    normalized = build_atlas([AnnDataSource(tmp_path / "in.zarr")], tmp_path / "norm.zarr", BuildConfig(), progress=False)
+    assert open_atlas(normalized).attrs["values"] == "normalized"
+    assert open_atlas(normalized).attrs["stats"]["transform"] == "identity"
+
+
+def test_dense_input_and_obsm_are_kept(tmp_path):
+    adata = make_adata(200, ensembl_ids(0, 40), seed=5)
+    adata.X = adata.X.toarray()
+    adata.obsm["X_pca"] = np.random.default_rng(0).normal(size=(200, 5)).astype(np.float32)
+    adata.write_h5ad(tmp_path / "dense.h5ad")
+    out = build_atlas([AnnDataSource(tmp_path / "dense.h5ad")], tmp_path / "atlas.zarr", BuildConfig(), progress=False)
+    merged = read_all_shards(out)[adata.obs_names]
+    assert np.array_equal(merged.X.toarray(), adata.X)
+    assert np.allclose(merged.obsm["X_pca"], adata.obsm["X_pca"])
+
+
+def test_same_seed_same_atlas_and_unshuffled_option(tmp_path):
+    make_adata(300, ensembl_ids(0, 50), seed=6).write_h5ad(tmp_path / "in.h5ad")
+    source = lambda: [AnnDataSource(tmp_path / "in.h5ad")]  # noqa: E731
+    a = build_atlas(source(), tmp_path / "a.zarr", BuildConfig(), progress=False)
+    b = build_atlas(source(), tmp_path / "b.zarr", BuildConfig(), progress=False)
+    checksums = lambda p: {k: v for k, v in open_atlas(p).attrs["checksums"].items()}  # noqa: E731
+    assert checksums(a) == checksums(b)
+    plain = build_atlas(source(), tmp_path / "plain.zarr", BuildConfig(shuffle=False), progress=False)
+    assert list(read_all_shards(plain).obs_names) == [f"s6-cell{i}" for i in range(300)]
+
+
+def test_stats_accumulator_ignores_unmeasured_cells():
+    stats = StatsAccumulator(n_genes=2)
+    matrix = sp.csr_matrix(np.array([[10.0, 0.0], [0.0, 5.0]]))
+    stats.add(matrix, np.array([10.0, 5.0]), measured=np.array([True, False]))
+    arrays = stats.gene_arrays()
+    assert arrays["gene_n_cells"].tolist() == [2, 0]
+    assert np.isclose(arrays["gene_mean"][0], np.log1p(1e4) / 2)

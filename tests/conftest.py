@@ -1,0 +1,42 @@
+"""Shared fixtures: small real AnnData files (h5ad and zarr) with known contents."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+
+def make_adata(n_cells: int, gene_ids: list[str], seed: int, *, counts: bool = True, cell_types=("T", "B", "NK")) -> ad.AnnData:
+    """A sparse count matrix (~7% non-zeros) with categorical and numeric obs columns."""
+    rng = np.random.default_rng(seed)
+    matrix = sp.random(n_cells, len(gene_ids), density=0.07, format="csr", random_state=rng, dtype=np.float32)
+    matrix.data = rng.integers(1, 30, matrix.nnz).astype(np.float32) if counts else matrix.data * 3
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical(rng.choice(list(cell_types), n_cells)),
+            "donor": rng.choice(["d1", "d2"], n_cells).astype(object),
+            "age": rng.integers(20, 80, n_cells),
+            "score": rng.normal(size=n_cells),
+        },
+        index=[f"s{seed}-cell{i}" for i in range(n_cells)],
+    )
+    var = pd.DataFrame({"gene_symbols": [f"SYM{g[-4:]}" for g in gene_ids]}, index=gene_ids)
+    return ad.AnnData(matrix, obs=obs, var=var)
+
+
+def ensembl_ids(start: int, stop: int) -> list[str]:
+    return [f"ENSG{i:011d}" for i in range(start, stop)]
+
+
+@pytest.fixture
+def adata_pair(tmp_path):
+    """Two h5ad files with overlapping genes (60 shared of 80 and 70) and different cell types."""
+    first = make_adata(600, ensembl_ids(0, 80), seed=1)
+    second = make_adata(400, ensembl_ids(20, 90), seed=2, cell_types=("B", "Mono"))
+    paths = [tmp_path / "first.h5ad", tmp_path / "second.h5ad"]
+    first.write_h5ad(paths[0])
+    second.write_h5ad(paths[1])
+    return paths, (first, second)

@@ -1,0 +1,159 @@
+"""An `.h5ad` file or AnnData `.zarr` store as an atlas `Source`, read in row chunks.
+
+Opened lazily (h5py / zarr handles + anndata's element readers): obs and var are read into
+memory (they are small), the expression matrix is sliced a chunk of rows at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import zarr
+from anndata.io import read_elem, sparse_dataset
+
+from vcell.atlas.sources import Source, SourceChunk, gene_symbols, select_gene_ids, sha256_of_path
+from vcell.errors import VCellError
+
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
+
+
+def open_anndata_root(path: Path):
+    """h5py.File for .h5ad, zarr.Group for a .zarr store; clear errors for anything else."""
+    if not path.exists():
+        raise VCellError(f"input not found: {path}", hint="check the path (and that the file was copied fully)")
+    try:
+        if path.is_dir():
+            return zarr.open_group(str(path), mode="r")
+        if path.suffix != ".h5ad":
+            raise VCellError(f"{path}: unsupported input; expected an .h5ad file or an AnnData .zarr store")
+        return h5py.File(path, "r")
+    except VCellError:
+        raise
+    except READ_ERRORS as error:
+        raise VCellError(
+            f"{path}: cannot open as AnnData ({type(error).__name__}: {error})",
+            hint="the file looks truncated or corrupt; copy it again or re-export it from AnnData",
+        ) from None
+
+
+def resolve_matrix(matrix: str) -> tuple[str, str]:
+    """The config's `matrix` -> (element path of the matrix, element path of its var)."""
+    if matrix in ("auto", "X"):
+        return "X", "var"
+    if matrix in ("raw.X", "raw/X"):
+        return "raw/X", "raw/var"
+    if matrix.startswith(("layers/", "layer:")):
+        return "layers/" + matrix.split("/", 1)[-1].split(":", 1)[-1], "var"
+    raise VCellError(
+        f"unknown matrix '{matrix}'", hint="use 'X', 'raw.X' or 'layers/<name>' (or --layer NAME)"
+    )
+
+
+class AnnDataSource(Source):
+    """Cells of one AnnData file, over the gene IDs selected by `gene_key`."""
+
+    def __init__(self, path: str | Path, matrix: str = "auto", gene_key: str | None = None) -> None:
+        self.path = Path(path)
+        self.name = self.path.name.removesuffix(".h5ad").removesuffix(".zarr")
+        self.matrix_key, var_key = resolve_matrix(matrix)
+        self._root = open_anndata_root(self.path)
+        try:
+            self._obs = read_elem(self._root["obs"])
+            var = read_elem(self._root[var_key])
+            self._matrix = self._open_matrix()
+        except VCellError:
+            raise
+        except READ_ERRORS as error:
+            raise VCellError(
+                f"{self.path}: cannot read AnnData elements ({type(error).__name__}: {error})",
+                hint="the file looks truncated or corrupt; copy it again or re-export it from AnnData",
+            ) from None
+        n_cells, n_genes = self._matrix.shape
+        if n_cells == 0 or n_genes == 0 or len(self._obs) != n_cells or len(var) != n_genes:
+            raise VCellError(
+                f"{self.path}: empty or inconsistent matrix '{self.matrix_key}' of shape "
+                f"{(n_cells, n_genes)} with {len(self._obs)} obs rows and {len(var)} var rows",
+                hint="an atlas needs at least one cell and one gene",
+            )
+        ids, self.gene_key = select_gene_ids(var, gene_key, str(self.path))
+        symbols = gene_symbols(var, self.gene_key)
+        self._var = pd.DataFrame(index=pd.Index(ids.to_numpy(), name="gene_id"))
+        if symbols is not None:
+            self._var["gene_symbol"] = symbols.to_numpy()
+        self._obsm_keys = self._dense_obsm_keys(n_cells)
+
+    def _open_matrix(self):
+        if self.matrix_key not in self._root:
+            available = ["X"] * ("X" in self._root) + ["raw.X"] * ("raw" in self._root)
+            if "layers" in self._root:
+                available += [f"layers/{k}" for k in self._root["layers"].keys()]
+            raise VCellError(
+                f"{self.path}: has no matrix '{self.matrix_key}' (available: {', '.join(available) or 'none'})",
+                hint="choose one with --layer NAME or build.matrix=raw.X",
+            )
+        element = self._root[self.matrix_key]
+        if isinstance(element, (h5py.Group, zarr.Group)):
+            encoding = element.attrs.get("encoding-type", "")
+            if encoding not in ("csr_matrix", "csc_matrix"):
+                raise VCellError(f"{self.path}: '{self.matrix_key}' is a {encoding or 'group'}, not a matrix")
+            return sparse_dataset(element)
+        return element  # dense h5py.Dataset / zarr.Array: sliced by rows
+
+    def _dense_obsm_keys(self, n_cells: int) -> list[str]:
+        if "obsm" not in self._root:
+            return []
+        keys = []
+        for key in self._root["obsm"].keys():  # h5py and zarr groups both have keys()
+            element = self._root["obsm"][key]
+            shape = getattr(element, "shape", None)
+            dtype = getattr(element, "dtype", None)
+            if shape and len(shape) == 2 and shape[0] == n_cells and np.issubdtype(dtype, np.number):
+                keys.append(key)
+        return keys
+
+    @property
+    def n_cells(self) -> int:
+        return int(self._matrix.shape[0])
+
+    @property
+    def var(self) -> pd.DataFrame:
+        return self._var
+
+    def nnz_per_cell(self) -> float:
+        """Mean stored values per cell, from indptr alone when sparse (no data read)."""
+        if hasattr(self._matrix, "group"):
+            indptr = self._matrix.group["indptr"]
+            if self._matrix.format == "csr":
+                return float(indptr[-1]) / max(self.n_cells, 1)
+        return float(self._matrix.shape[1])
+
+    def chunks(self, chunk_cells: int) -> Iterator[SourceChunk]:
+        for start in range(0, self.n_cells, chunk_cells):
+            stop = min(start + chunk_cells, self.n_cells)
+            try:
+                block = self._matrix[start:stop]
+                obsm = {k: np.asarray(self._root["obsm"][k][start:stop]) for k in self._obsm_keys}
+            except READ_ERRORS as error:
+                raise VCellError(
+                    f"{self.path}: cannot read cells {start}-{stop} of '{self.matrix_key}' "
+                    f"({type(error).__name__}: {error})",
+                    hint="the file looks truncated or corrupt; copy it again or re-export it",
+                ) from None
+            matrix = sp.csr_matrix(block)
+            yield SourceChunk(obs=self._obs.iloc[start:stop], X=matrix, obsm=obsm)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "anndata",
+            "name": self.name,
+            "path": str(self.path.resolve()),
+            "bytes": sum(p.stat().st_size for p in ([self.path] if self.path.is_file() else self.path.rglob("*")) if p.is_file()),
+            "sha256": sha256_of_path(self.path),
+            "matrix": self.matrix_key,
+            "gene_key": self.gene_key,
+        }

@@ -1,0 +1,189 @@
+"""The atlas format: one Zarr v3 group of shards, each shard also a valid AnnData zarr store.
+
+```
+atlas.zarr/
+  zarr.json            attrs["vcell_atlas"]: format, version, counts, sources, shards, checksums
+  var/                 the global gene vocabulary (AnnData dataframe; index = stable gene ID)
+  genes/measured       bool (n_sources, n_genes): which source measured which gene
+  stats/               gene_mean, gene_var, gene_detection_rate, gene_n_cells, library histogram
+  shards/00000/ ...    AnnData: X (CSR on the global vocabulary), obs, var, obsm
+  truth/, annotations/ simulator ground truth (synthesised atlases only)
+```
+X arrays use the Zarr sharding codec: one file per array per shard (~1 GB), inner chunks of
+~64k non-zeros (a few hundred cells) so a reader decodes only the cells it needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import zarr
+from anndata.io import write_elem
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from vcell.config.schema import CodecConfig
+from vcell.errors import VCellError
+
+FORMAT_NAME = "vcell-atlas"
+FORMAT_VERSION = 1
+ATTRS_KEY = "vcell_atlas"
+SHARDS_GROUP = "shards"
+ANNDATA_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
+CSR_ATTRS = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}
+
+
+def compressors_for(codec: CodecConfig) -> tuple:
+    if codec.name == "none":
+        return ()
+    if codec.name == "zstd":
+        return (ZstdCodec(level=codec.level),)
+    cname = codec.name.removeprefix("blosc-")
+    return (BloscCodec(cname=cname, clevel=codec.level, shuffle=BLOSC_SHUFFLE[codec.shuffle]),)
+
+
+def index_dtype(n_genes: int) -> np.dtype:
+    """The narrowest unsigned type that holds every gene index (uint16 up to 65,536 genes)."""
+    return np.dtype(np.uint16) if n_genes <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def write_chunked_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int, compressors: tuple) -> None:
+    """One array, one shard file: inner chunks of `chunk` elements inside a single shard."""
+    chunk = max(1, min(chunk, len(values)))
+    shard_length = -(-max(len(values), 1) // chunk) * chunk  # whole number of inner chunks
+    array = group.create_array(
+        name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shards=(shard_length,),
+        compressors=compressors, fill_value=0,
+    )
+    if len(values):
+        array[:] = values
+
+
+def write_shard(
+    shards: zarr.Group, name: str, matrix: sp.csr_matrix, obs: pd.DataFrame, var: pd.DataFrame,
+    obsm: dict[str, np.ndarray], codec: CodecConfig, chunk_nnz: int, dtype: np.dtype,
+) -> None:
+    """Write cells as an AnnData zarr store (readable by `anndata.read_zarr`)."""
+    shard = shards.create_group(name)
+    shard.attrs.update(ANNDATA_ATTRS)
+    compressors = compressors_for(codec)
+    x_group = shard.create_group("X")
+    x_group.attrs.update({**CSR_ATTRS, "shape": [int(matrix.shape[0]), int(matrix.shape[1])]})
+    write_chunked_array(x_group, "data", matrix.data.astype(dtype, copy=False), chunk_nnz, compressors)
+    indices = matrix.indices.astype(index_dtype(matrix.shape[1]), copy=False)
+    write_chunked_array(x_group, "indices", indices, chunk_nnz, compressors)
+    write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64), 1 << 20, compressors)
+    write_elem(shard, "obs", obs)
+    write_elem(shard, "var", var)
+    write_elem(shard, "obsm", obsm)
+    for key in ("varm", "layers", "obsp", "varp", "uns"):
+        write_elem(shard, key, {})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_tree(root: Path, exclude: set[str] = frozenset()) -> dict[str, str]:
+    """sha256 of every file under `root`, keyed by its relative POSIX path."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in files
+        if p.relative_to(root).as_posix() not in exclude
+    }
+
+
+@dataclass
+class Atlas:
+    """An opened, complete atlas: its root group and the build's recorded attributes."""
+
+    path: Path
+    root: zarr.Group
+    attrs: dict
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.attrs["n_cells"])
+
+    @property
+    def n_genes(self) -> int:
+        return int(self.attrs["n_genes"])
+
+    @property
+    def shards(self) -> list[dict]:
+        return self.attrs["shards"]
+
+    def shard_group(self, name: str) -> zarr.Group:
+        return self.root[f"{SHARDS_GROUP}/{name}"]
+
+
+def open_atlas(path: str | Path) -> Atlas:
+    """Open an atlas for reading; a clear error if it is missing, incomplete or not an atlas."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise VCellError(
+            f"{path}: not a vcell atlas (no zarr.json)",
+            hint="make one with `vcell atlas build` or `vcell atlas synth`",
+        )
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise VCellError(f"{path}/zarr.json: unreadable ({error}); the atlas is corrupt") from None
+    attrs = metadata.get("attributes", {}).get(ATTRS_KEY)
+    if not attrs or attrs.get("format") != FORMAT_NAME:
+        raise VCellError(f"{path}: a Zarr group but not a vcell atlas (no '{ATTRS_KEY}' attributes)")
+    if attrs.get("version") != FORMAT_VERSION:
+        raise VCellError(
+            f"{path}: atlas format version {attrs.get('version')} is not supported (this vcell reads {FORMAT_VERSION})",
+            hint="rebuild the atlas with this version of vcell",
+        )
+    if not attrs.get("complete"):
+        raise VCellError(f"{path}: the atlas build did not finish; rebuild it with --overwrite")
+    return Atlas(path=path, root=zarr.open_group(str(path), mode="r"), attrs=attrs)
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def atlas_info(path: str | Path) -> dict:
+    """What `vcell atlas info` reports: counts, shards, sources, obs columns, size on disk."""
+    atlas = open_atlas(path)
+    attrs = atlas.attrs
+    return {
+        "path": str(atlas.path.resolve()),
+        "format": f"{attrs['format']} v{attrs['version']}",
+        "n_cells": attrs["n_cells"],
+        "n_genes": attrs["n_genes"],
+        "nnz": attrs["nnz"],
+        "density": attrs["nnz"] / max(attrs["n_cells"] * attrs["n_genes"], 1),
+        "values": attrs["values"],
+        "n_shards": len(attrs["shards"]),
+        "cells_per_shard": attrs["shard_cells"],
+        "codec": attrs["codec"],
+        "chunk_nnz": attrs["chunk_nnz"],
+        "obs_columns": attrs["obs_columns"],
+        "obsm_keys": attrs["obsm_keys"],
+        "sources": [
+            {k: s[k] for k in ("name", "kind", "n_cells", "n_genes", "coverage") if k in s}
+            for s in attrs["sources"]
+        ],
+        "library_size": attrs["library_size"],
+        "has_truth": "truth" in atlas.root,
+        "bytes_on_disk": directory_bytes(atlas.path),
+    }

@@ -1,0 +1,177 @@
+"""YAML files with `base:` inheritance + dotted command-line overrides -> one `VCellConfig`.
+
+Resolution order (later wins): schema defaults < base files (outermost first) < the file <
+`key.path=value` overrides. Every key remembers where it was set, so an error can say
+"unknown key 'data.synth.cels' in configs/experiments/x.yaml (did you mean 'cells'?)".
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from vcell.config.schema import VCellConfig
+from vcell.errors import VCellError
+
+COMMAND_LINE = "the command line"
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_CONFIG = PACKAGE_CONFIGS / "experiments" / "quickstart.yaml"
+
+
+def default_config_path() -> Path | None:
+    """The main job's config when the source tree (or an editable install) is present."""
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse one YAML file (safe_load only) that must hold a mapping."""
+    if not path.is_file():
+        raise VCellError(f"config file not found: {path}", hint="check the path passed to --config")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise VCellError(f"{path}: not valid YAML: {error}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise VCellError(f"{path}: a config file must be a mapping of keys, got {type(content).__name__}")
+    return content
+
+
+def merge_into(target: dict, source: dict, origin: str, provenance: dict[str, str], prefix: str = "") -> None:
+    """Deep-merge `source` into `target`, recording `origin` for every key it sets."""
+    for key, value in source.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_into(target[key], value, origin, provenance, f"{dotted}.")
+        else:
+            target[key] = value
+        provenance[dotted] = origin
+
+
+def load_file_tree(path: Path, provenance: dict[str, str], chain: tuple[Path, ...] = ()) -> dict:
+    """Resolve `base:` (a path or list of paths, relative to the file) recursively."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise VCellError(f"config inheritance cycle: {cycle}")
+    content = read_yaml_mapping(path)
+    bases = content.pop("base", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise VCellError(f"{path}: 'base' must be a file path or a list of file paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        # The base records its own keys' origins; only the child's keys are re-attributed below.
+        merge_into(merged, load_file_tree(path.parent / base, provenance, (*chain, path)), "", {})
+    merge_into(merged, content, str(path), provenance)
+    return merged
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`data.synth.cells=5000` -> (['data', 'synth', 'cells'], 5000); the value is YAML."""
+    key, separator, raw_value = text.partition("=")
+    parts = key.strip().split(".")
+    if not separator or not all(part.isidentifier() for part in parts):
+        raise VCellError(
+            f"cannot read override '{text}' from {COMMAND_LINE}",
+            hint="write overrides as dotted.key=value, e.g. data.synth.cells=50000",
+        )
+    if parts[0] == "base":
+        raise VCellError("'base' cannot be overridden on the command line; use --config")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return parts, value
+
+
+def apply_overrides(tree: dict, overrides: list[str], provenance: dict[str, str]) -> None:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = tree
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: depth + 1])
+                raise VCellError(f"override '{text}': '{where}' is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+        provenance[".".join(parts)] = COMMAND_LINE
+
+
+def origin_of(dotted: str, provenance: dict[str, str]) -> str:
+    """Where the value at `dotted` (or its closest set parent) came from."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        origin = provenance.get(".".join(parts[:end]))
+        if origin:
+            return origin
+    return "the defaults"
+
+
+def section_model(model: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class of the section at `parts` (None if not a section)."""
+    for part in parts:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def describe_error(error: dict, provenance: dict[str, str]) -> str:
+    """One line per problem: key, where it was set, what is wrong, what is allowed."""
+    parts = [str(p) for p in error["loc"]]
+    dotted = ".".join(parts) or "<root>"
+    origin = origin_of(dotted, provenance)
+    if error["type"] == "extra_forbidden":
+        section = section_model(VCellConfig, parts[:-1])
+        allowed = sorted(section.model_fields) if section else []
+        close = difflib.get_close_matches(parts[-1], allowed, n=1)
+        suggestion = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown key '{dotted}' in {origin}{suggestion}; allowed keys here: {', '.join(allowed)}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = f" (got {error['input']!r})" if error["type"] != "value_error" and "input" in error else ""
+    return f"'{dotted}' in {origin}: {message}{got}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> VCellConfig:
+    """Resolve a config file (default: the quickstart experiment) plus overrides, strictly."""
+    provenance: dict[str, str] = {}
+    path = Path(path) if path is not None else default_config_path()
+    tree = load_file_tree(path, provenance) if path is not None else {}
+    apply_overrides(tree, list(overrides), provenance)
+    try:
+        return VCellConfig.model_validate(tree)
+    except ValidationError as error:
+        problems = "\n  ".join(describe_error(e, provenance) for e in error.errors())
+        raise VCellError(f"invalid configuration ({error.error_count()} problem(s)):\n  {problems}") from None
+
+
+def dump_config(config: VCellConfig) -> str:
+    """The resolved config as YAML that `load_config` reads back to an equal config."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(config: VCellConfig, path: str | Path) -> Path:
+    """Write the resolved config atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(dump_config(config))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,128 @@
+"""The one typed, strict configuration tree every command reads.
+
+Every section is a pydantic model that forbids unknown keys; each field's description is its
+documentation (and shows in `--print-config --explain`). Cross-field checks live here, next to
+the fields they relate, so an impossible combination fails before any work starts.
+Later components (loader, model, training, tuning) add their own sections to `VCellConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CodecConfig(Section):
+    """Compression of the atlas's X arrays."""
+
+    name: Literal["blosc-lz4", "blosc-zstd", "zstd", "none"] = Field(
+        "blosc-lz4", description="blosc-lz4 decodes ~3x faster than zstd here; zstd is smaller"
+    )
+    level: int = Field(3, ge=0, le=9, description="compression level (blosc 0-9)")
+    shuffle: Literal["byte", "bit", "none"] = Field("byte", description="blosc shuffle filter")
+
+
+class BuildConfig(Section):
+    """How AnnData inputs (or the simulator) become an atlas (`vcell atlas build`)."""
+
+    matrix: str = Field(
+        "auto",
+        description="which matrix holds expression: 'auto' (X), 'X', 'raw.X' or 'layers/<name>'",
+    )
+    gene_key: str | None = Field(
+        None, description="var column with gene IDs ('index' = var_names); None prefers Ensembl IDs"
+    )
+    values: Literal["auto", "counts", "normalized"] = Field(
+        "auto",
+        description="what the matrix holds: 'auto' detects raw counts (non-negative integers); "
+        "'counts' refuses anything else",
+    )
+    dtype: Literal["float32", "float64"] = Field("float32", description="stored value type of X")
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    chunk_nnz: int = Field(
+        65536, ge=1024, description="target non-zeros per inner chunk (~64k-128k read fastest)"
+    )
+    shard_bytes: int = Field(
+        1_000_000_000, ge=1 << 16, description="target uncompressed bytes of X per shard (~1 GB)"
+    )
+    shard_cells: int | None = Field(
+        None, ge=1, description="cells per shard; overrides shard_bytes when set (tests, tuning)"
+    )
+    read_cells: int = Field(8192, ge=1, description="cells read from an input at a time")
+    shuffle_seed: int = Field(0, description="seed of the cell pre-shuffle across sources")
+    shuffle: bool = Field(True, description="pre-shuffle cells across sources (off keeps input order)")
+    overwrite: bool = Field(False, description="replace an existing atlas at the output path")
+
+
+class SynthConfig(Section):
+    """The ground-truth simulator (`vcell atlas synth`); every default makes the demo atlas."""
+
+    cells: int = Field(20000, ge=1, description="number of cells")
+    genes: int = Field(2000, ge=50, description="number of genes (transcription factors included)")
+    seed: int = Field(0, description="same seed, same atlas")
+    cell_types: int = Field(6, ge=1, description="distinct regulatory states")
+    transcription_factors: int = Field(100, ge=4, description="regulators in the GRN")
+    pathways: int = Field(40, ge=1, description="gene sets")
+    compartments: int = Field(6, ge=1, description="cellular compartments grouping pathways")
+    perturbations: int = Field(50, ge=0, description="single-gene perturbation targets")
+    batches: int = Field(3, ge=1, description="datasets/batches with technical effects")
+    fraction_perturbed: float = Field(0.5, ge=0.0, le=1.0, description="cells with a perturbation")
+    fraction_stimulated: float = Field(0.4, ge=0.0, le=1.0, description="cells in the time course")
+    fraction_primed: float = Field(0.2, ge=0.0, le=1.0, description="cells with an earlier pulse")
+    time_points: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        description="hours after stimulus sampled in the time course",
+    )
+    mean_library_size: float = Field(3000.0, gt=0, description="mean UMIs per cell")
+    extrinsic_noise: float = Field(0.25, ge=0.0, description="sd of log cell size (extrinsic noise)")
+    chunk_cells: int = Field(
+        4096,
+        ge=1,
+        description="cells simulated at a time: bounds memory (~0.1 GB per 1000 genes) and defines "
+        "the random streams, so changing it changes the cells",
+    )
+    truth_draws: int = Field(
+        256, ge=8, description="simulated cells per condition behind each true expected profile"
+    )
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SynthConfig:
+        if self.transcription_factors >= self.genes:
+            raise ValueError(
+                f"transcription_factors ({self.transcription_factors}) must be < genes ({self.genes})"
+            )
+        if self.perturbations > self.genes:
+            raise ValueError(f"perturbations ({self.perturbations}) must be <= genes ({self.genes})")
+        if self.compartments > self.pathways:
+            raise ValueError(
+                f"compartments ({self.compartments}) must be <= pathways ({self.pathways})"
+            )
+        if any(t <= 0 for t in self.time_points) or not self.time_points:
+            raise ValueError(f"time_points must be a non-empty list of positive hours, got {self.time_points}")
+        return self
+
+
+class DataConfig(Section):
+    """Which atlas a job uses, and how to make it when it is missing."""
+
+    atlas: str = Field("data/demo.zarr", description="path of the atlas (a Zarr v3 store)")
+    synthesize_if_missing: bool = Field(
+        True, description="build the atlas with the simulator (data.synth) when it does not exist"
+    )
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+
+class VCellConfig(Section):
+    """The root of the tree: one file resolves to one of these."""
+
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
+    seed: int = Field(0, description="global seed")
+    data: DataConfig = Field(default_factory=DataConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
