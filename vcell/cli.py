@@ -152,9 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may stand anywhere (also after options), so collect them from the leftovers.
+    args, leftovers = parser.parse_known_args(argv)
+    unknown, late_overrides = split_overrides(leftovers)
     if hasattr(args, "inputs"):  # `atlas build`: positional words are inputs or overrides
         args.inputs, args.overrides = split_overrides(args.inputs)
+    if unknown or (late_overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or late_overrides)}")
+    if late_overrides:
+        args.overrides = [*args.overrides, *late_overrides]
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     handler: Callable[[argparse.Namespace], None] = args.handler
     try:

@@ -43,26 +43,30 @@ def source_label(source: Source) -> str:
     return str(getattr(source, "path", None) or source.name)
 
 
-def check_values(matrix: sp.csr_matrix, label: str, first_row: int, values: str) -> bool:
+def describe_cell(matrix: sp.csr_matrix, position: int, first_row: int, names: pd.Index) -> str:
+    """'cell 7 (obs name 'AAACG-1')' for the cell holding stored value number `position`."""
+    row = int(np.searchsorted(matrix.indptr, position, side="right") - 1)
+    return f"cell {first_row + row} (obs name '{names[row]}')"
+
+
+def check_values(matrix: sp.csr_matrix, label: str, first_row: int, names: pd.Index, values: str) -> bool:
     """Refuse NaN/inf/negative values; return whether all values are integers (raw counts)."""
     data = matrix.data
     bad = ~np.isfinite(data)
     if bad.any() or (data < 0).any():
         position = int(np.flatnonzero(bad | (data < 0))[0])
-        row = first_row + int(np.searchsorted(matrix.indptr, position, side="right") - 1)
         kind = "NaN/inf" if bad.any() else "negative"
         raise VCellError(
-            f"{label}: {kind} value {data[position]!r} at cell {row}",
+            f"{label}: {kind} value {float(data[position])} at {describe_cell(matrix, position, first_row, names)}",
             hint="an atlas holds raw counts or non-negative normalised expression; "
             "choose another matrix with --layer, or clean the input",
         )
     is_integer = bool(np.all(data == np.round(data)))
     if values == "counts" and not is_integer:
         position = int(np.flatnonzero(data != np.round(data))[0])
-        row = first_row + int(np.searchsorted(matrix.indptr, position, side="right") - 1)
         raise VCellError(
-            f"{label}: counts were requested but the matrix holds non-integer value {data[position]!r} "
-            f"at cell {row} (it looks normalised)",
+            f"{label}: counts were requested but the matrix holds non-integer value {float(data[position])} "
+            f"at {describe_cell(matrix, position, first_row, names)} (it looks normalised)",
             hint="pass the raw counts (e.g. --layer counts or build.matrix=raw.X), or use build.values=auto",
         )
     return is_integer
@@ -202,7 +206,7 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
         frames, blocks, start = [], {}, offset
         for chunk in source.chunks(config.read_cells):
             matrix = to_vocabulary(chunk.X, vocabulary.source_maps[index], vocabulary.n_genes)
-            all_integer &= check_values(matrix, label, offset - start, config.values)
+            all_integer &= check_values(matrix, label, offset - start, chunk.obs.index, config.values)
             library = np.asarray(matrix.sum(axis=1)).ravel()
             for stats in (counts_stats, identity_stats):
                 stats.add(matrix, library, vocabulary.measured[index])

@@ -50,10 +50,10 @@ def build_vocabulary(sources: list[Source], labels: list[str]) -> Vocabulary:
         others = measured[np.arange(len(sources)) != row].any(axis=0) if len(sources) > 1 else measured[row]
         shared = int((measured[row] & others).sum())
         if len(sources) > 1 and shared == 0:
-            other_ids = ids[others][:3].tolist()
+            other_labels = ", ".join(l for i, l in enumerate(labels) if i != row)
             raise VCellError(
-                f"{label}: shares no gene ID with the other inputs (its IDs look like "
-                f"{list(source.gene_ids[:3])}, theirs like {other_ids})",
+                f"{label} shares no gene ID with the other inputs ({other_labels}): its IDs look like "
+                f"{[str(g) for g in source.gene_ids[:3]]}, theirs like {[str(g) for g in ids[others][:3]]}",
                 hint="use the same ID type everywhere, e.g. --gene-key with an Ensembl ID column",
             )
         coverage.append({

@@ -1,0 +1,156 @@
+"""Plain-file gene annotations: pathway gene sets (GMT), pathway compartments and GRN edges (TSV).
+
+Files are keyed by the atlas's gene IDs. Readers check everything a model would otherwise trip
+over later, and fail with a `VCellError` naming the file, the line and the fix:
+
+    sets = read_gmt("atlas.zarr/annotations/pathways.gmt")          # {name: [gene IDs]}
+    mask, coverage = align_to_vocabulary(sets, atlas_gene_ids)       # (n_sets, n_genes) bool
+    edges = read_grn_edges("atlas.zarr/annotations/grn_edges.tsv")  # DataFrame
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vcell.atlas.sources import strip_ensembl_version
+from vcell.errors import VCellError
+
+GRN_COLUMNS = ("source", "target", "sign", "weight")
+COMPARTMENT_COLUMNS = ("pathway", "compartment")
+
+
+def read_lines(path: str | Path, what: str) -> list[str]:
+    """Lines of a non-empty text file, or a VCellError saying what was expected there."""
+    path = Path(path)
+    if not path.is_file():
+        raise VCellError(f"{what} file not found: {path}", hint="check the path (atlases keep them in annotations/)")
+    lines = path.read_text().splitlines()
+    if not any(line.strip() for line in lines):
+        raise VCellError(f"{path}: the {what} file is empty", hint=f"write at least one {what} line")
+    return lines
+
+
+def read_gmt(path: str | Path) -> dict[str, list[str]]:
+    """GMT gene sets: each line `name <TAB> description <TAB> gene <TAB> gene ...`."""
+    sets: dict[str, list[str]] = {}
+    for number, line in enumerate(read_lines(path, "GMT"), start=1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        genes = [gene.strip() for gene in fields[2:] if gene.strip()]
+        name = fields[0].strip()
+        if len(fields) < 3 or not name or not genes:
+            raise VCellError(
+                f"{path}, line {number}: malformed GMT line (need name, description and at least one gene, "
+                f"tab-separated; got {len(fields)} field(s))",
+                hint="separate fields with tabs, not spaces; use 'NA' for an empty description",
+            )
+        if name in sets:
+            raise VCellError(f"{path}, line {number}: gene set '{name}' appears twice", hint="gene set names must be unique")
+        sets[name] = genes
+    return sets
+
+
+def write_gmt(path: str | Path, sets: Mapping[str, Sequence[str]], descriptions: Mapping[str, str] | None = None) -> None:
+    """Write gene sets as GMT; a missing description is written as 'NA'."""
+    lines = []
+    for name, genes in sets.items():
+        if "\t" in name or not len(genes):
+            raise VCellError(f"gene set {name!r} cannot be written to {path}", hint="names need no tabs and sets need genes")
+        description = (descriptions or {}).get(name, "NA")
+        lines.append("\t".join([name, description, *map(str, genes)]))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_table(path: str | Path, required_columns: Sequence[str]) -> pd.DataFrame:
+    """A tab-separated table with a header holding `required_columns`; string values, index = line numbers."""
+    lines = read_lines(path, "table")
+    header = lines[0].rstrip("\n").split("\t")
+    missing = [column for column in required_columns if column not in header]
+    if missing:
+        raise VCellError(
+            f"{path}, line 1: header lacks column(s) {missing} (found {header})",
+            hint=f"the first line must name the columns, tab-separated: {chr(9).join(required_columns)}",
+        )
+    rows, numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != len(header):
+            raise VCellError(
+                f"{path}, line {number}: {len(fields)} field(s), the header has {len(header)}",
+                hint="separate fields with tabs and give every column a value",
+            )
+        rows.append(fields)
+        numbers.append(number)
+    return pd.DataFrame(rows, columns=header, index=pd.Index(numbers, name="line"), dtype=object)
+
+
+def read_grn_edges(path: str | Path) -> pd.DataFrame:
+    """GRN edges: columns source, target (gene IDs), sign (+1/-1, int8), weight (float >= 0)."""
+    table = read_table(path, GRN_COLUMNS)
+    for line, sign, weight in zip(table.index, table["sign"], table["weight"]):
+        if sign.strip() not in {"1", "+1", "-1"} or not is_number(weight) or float(weight) < 0:
+            raise VCellError(
+                f"{path}, line {line}: bad edge (sign {sign!r}, weight {weight!r})",
+                hint="sign must be 1 or -1 and weight a non-negative number",
+            )
+    table["sign"] = table["sign"].astype(int).astype(np.int8)
+    table["weight"] = table["weight"].astype(float)
+    return table
+
+
+def write_grn_edges(path: str | Path, source: Sequence[str], target: Sequence[str], sign: Sequence[int], weight: Sequence[float]) -> None:
+    table = pd.DataFrame({"source": source, "target": target, "sign": np.asarray(sign, dtype=int), "weight": weight})
+    table.to_csv(path, sep="\t", index=False, float_format="%.6g")
+
+
+def read_pathway_compartments(path: str | Path) -> dict[str, str]:
+    """{pathway: compartment}; each pathway appears once."""
+    table = read_table(path, COMPARTMENT_COLUMNS)
+    duplicated = table["pathway"][table["pathway"].duplicated()]
+    if len(duplicated):
+        line = int(duplicated.index[0])
+        raise VCellError(f"{path}, line {line}: pathway '{duplicated.iloc[0]}' listed twice", hint="give each pathway one compartment")
+    return dict(zip(table["pathway"], table["compartment"]))
+
+
+def write_pathway_compartments(path: str | Path, compartments: Mapping[str, str]) -> None:
+    table = pd.DataFrame({"pathway": list(compartments), "compartment": list(compartments.values())})
+    table.to_csv(path, sep="\t", index=False)
+
+
+def align_to_vocabulary(
+    sets: Mapping[str, Sequence[str]], gene_ids: Sequence[str], *, strict: bool = False, source: str = "gene sets"
+) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """(mask (n_sets, n_genes) bool, {set: {'matched': n, 'missing': n}}) against the vocabulary.
+
+    Ensembl versions are ignored on both sides. With `strict`, any gene ID not in the
+    vocabulary is an error naming the set and a few of the IDs.
+    """
+    vocabulary = pd.Index([strip_ensembl_version(str(gene)) for gene in gene_ids])
+    mask = np.zeros((len(sets), len(vocabulary)), dtype=bool)
+    coverage: dict[str, dict[str, int]] = {}
+    for row, (name, genes) in enumerate(sets.items()):
+        positions = vocabulary.get_indexer([strip_ensembl_version(str(gene)) for gene in genes])
+        unknown = [gene for gene, position in zip(genes, positions) if position < 0]
+        if strict and unknown:
+            raise VCellError(
+                f"{source}: set '{name}' has {len(unknown)} gene ID(s) not in the vocabulary, e.g. {unknown[:5]}",
+                hint="use the atlas's gene IDs (var index), or pass strict=False to drop unknown genes",
+            )
+        mask[row, positions[positions >= 0]] = True
+        coverage[name] = {"matched": int((positions >= 0).sum()), "missing": len(unknown)}
+    return mask, coverage
+
+
+def is_number(text: str) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except ValueError:
+        return False
