@@ -58,7 +58,8 @@ def flag(key: str, value) -> list[str]:
 
 
 def run_synth(args: argparse.Namespace) -> None:
-    from vcell.atlas.synth import ensure_synthetic_atlas, synthesize_atlas
+    from vcell.atlas.ensure import ensure_synthetic_atlas
+    from vcell.atlas.synth import synthesize_atlas
 
     config = resolve_config(
         args,

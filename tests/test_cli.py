@@ -1,0 +1,68 @@
+"""The command-line surface: every command has --help, configs print and save, launch.py == vcell."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vcell.cli import build_parser, main
+from vcell.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage: vcell" in capsys.readouterr().out
+
+
+def test_command_surface_is_frozen():
+    """Renaming or removing a command breaks users' scripts: change this list deliberately."""
+    parser = build_parser()
+    top = parser._subparsers._group_actions[0].choices
+    atlas = top["atlas"]._subparsers._group_actions[0].choices
+    assert sorted(top) == ["atlas"]
+    assert sorted(atlas) == ["build", "info", "synth", "validate"]
+
+
+def test_print_and_save_config(tmp_path, capsys):
+    saved = tmp_path / "resolved.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        main(["atlas", "synth", "--cells", "1234", "data.synth.genes=300", "--print-config", "--save-config", str(saved)])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["synth"]["cells"] == 1234 and printed["data"]["synth"]["genes"] == 300
+    assert load_config(saved).data.synth.cells == 1234
+
+
+def test_bad_override_is_a_clean_error(capsys):
+    assert main(["atlas", "synth", "data.synth.cels=5", "--print-config"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: invalid configuration") and "did you mean 'cells'" in error
+
+
+def test_unknown_argument_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["atlas", "info", "x.zarr", "--colour"])
+    assert exit_.value.code == 2
+
+
+def test_launch_py_and_console_script_are_the_same_command():
+    launch = subprocess.run([sys.executable, "launch.py", "atlas", "--help"], cwd=ROOT, capture_output=True, text=True)
+    script = Path(sys.executable).parent / "vcell"
+    console = subprocess.run([str(script), "atlas", "--help"], capture_output=True, text=True)
+    assert launch.returncode == 0 and console.returncode == 0
+    assert launch.stdout == console.stdout
+
+
+def test_missing_atlas_exits_non_zero():
+    result = subprocess.run([sys.executable, "launch.py", "atlas", "info", "/nonexistent.zarr"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "not a vcell atlas" in result.stderr
