@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -228,7 +229,8 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
 
 
 def write_vocabulary_and_stats(root: zarr.Group, vocabulary: Vocabulary, stats: StatsAccumulator) -> None:
-    write_elem(root, "var", vocabulary.var)
+    with anndata.settings.override(auto_shard_zarr_v3=False):
+        write_elem(root, "var", vocabulary.var)
     genes = root.create_group("genes")
     genes.create_array("measured", data=vocabulary.measured)
     group = root.create_group("stats")

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -83,11 +84,12 @@ def write_shard(
     indices = matrix.indices.astype(index_dtype(matrix.shape[1]), copy=False)
     write_chunked_array(x_group, "indices", indices, chunk_nnz, compressors)
     write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64), 1 << 20, compressors)
-    write_elem(shard, "obs", obs)
-    write_elem(shard, "var", var)
-    write_elem(shard, "obsm", obsm)
-    for key in ("varm", "layers", "obsp", "varp", "uns"):
-        write_elem(shard, key, {})
+    with anndata.settings.override(auto_shard_zarr_v3=False):  # obs/var are small: plain chunks
+        write_elem(shard, "obs", obs)
+        write_elem(shard, "var", var)
+        write_elem(shard, "obsm", obsm)
+        for key in ("varm", "layers", "obsp", "varp", "uns"):
+            write_elem(shard, key, {})
 
 
 def sha256_file(path: Path) -> str:
