@@ -50,17 +50,23 @@ def read_gmt(path: str | Path) -> dict[str, list[str]]:
                 hint="separate fields with tabs, not spaces; use 'NA' for an empty description",
             )
         if name in sets:
-            raise VCellError(f"{path}, line {number}: gene set '{name}' appears twice", hint="gene set names must be unique")
+            raise VCellError(
+                f"{path}, line {number}: gene set '{name}' appears twice", hint="gene set names must be unique"
+            )
         sets[name] = genes
     return sets
 
 
-def write_gmt(path: str | Path, sets: Mapping[str, Sequence[str]], descriptions: Mapping[str, str] | None = None) -> None:
+def write_gmt(
+    path: str | Path, sets: Mapping[str, Sequence[str]], descriptions: Mapping[str, str] | None = None
+) -> None:
     """Write gene sets as GMT; a missing description is written as 'NA'."""
     lines = []
     for name, genes in sets.items():
         if "\t" in name or not len(genes):
-            raise VCellError(f"gene set {name!r} cannot be written to {path}", hint="names need no tabs and sets need genes")
+            raise VCellError(
+                f"gene set {name!r} cannot be written to {path}", hint="names need no tabs and sets need genes"
+            )
         description = (descriptions or {}).get(name, "NA")
         lines.append("\t".join([name, description, *map(str, genes)]))
     Path(path).write_text("\n".join(lines) + "\n")
@@ -105,7 +111,10 @@ def read_grn_edges(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def write_grn_edges(path: str | Path, source: Sequence[str], target: Sequence[str], sign: Sequence[int], weight: Sequence[float]) -> None:
+def write_grn_edges(
+    path: str | Path, source: Sequence[str], target: Sequence[str], sign: Sequence[int], weight: Sequence[float]
+) -> None:
+    """Write GRN edges (gene IDs, sign +1/-1, non-negative weight) as a TSV with a header."""
     table = pd.DataFrame({"source": source, "target": target, "sign": np.asarray(sign, dtype=int), "weight": weight})
     table.to_csv(path, sep="\t", index=False, float_format="%.6g")
 
@@ -116,7 +125,9 @@ def read_pathway_compartments(path: str | Path) -> dict[str, str]:
     duplicated = table["pathway"][table["pathway"].duplicated()]
     if len(duplicated):
         line = int(duplicated.index[0])
-        raise VCellError(f"{path}, line {line}: pathway '{duplicated.iloc[0]}' listed twice", hint="give each pathway one compartment")
+        raise VCellError(
+            f"{path}, line {line}: pathway '{duplicated.iloc[0]}' listed twice", hint="give each pathway one compartment"
+        )
     return dict(zip(table["pathway"], table["compartment"]))
 
 

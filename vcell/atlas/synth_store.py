@@ -74,7 +74,8 @@ def write_truth(group: zarr.Group, truth: Truth, tables: dict[str, np.ndarray] |
             attrs[name] = value.tolist()
             attrs["string_arrays"].append(name)
         elif isinstance(value, np.ndarray):
-            chunks = "auto" if value.size else tuple(1 for _ in value.shape)  # zarr needs chunks >= 1
+            # one chunk per array (they are small), one per cell type for the (D, ., G) tables
+            chunks = tuple(max(1, size) for size in ((1, *value.shape[1:]) if value.ndim == 3 else value.shape))
             array = group.create_array(name, shape=value.shape, dtype=value.dtype, chunks=chunks)
             if value.size:
                 array[...] = value
@@ -116,15 +117,17 @@ def write_annotations(directory: Path, truth: Truth) -> None:
     """pathways.gmt, pathway_compartments.tsv and grn_edges.tsv, keyed by gene IDs."""
     directory.mkdir(parents=True, exist_ok=True)
     compartments = truth.compartment_names[truth.pathway_compartment]
-    sets = {name: truth.gene_ids[members].tolist() for name, members in zip(truth.pathway_names, truth.pathway_membership)}
+    names = truth.pathway_names
+    sets = {name: truth.gene_ids[members].tolist() for name, members in zip(names, truth.pathway_membership)}
     descriptions = {name: f"synthetic pathway in {c}" for name, c in zip(truth.pathway_names, compartments)}
     write_gmt(directory / "pathways.gmt", sets, descriptions)
     write_pathway_compartments(directory / "pathway_compartments.tsv", dict(zip(truth.pathway_names, compartments)))
     ids = truth.gene_ids
-    write_grn_edges(directory / "grn_edges.tsv", ids[truth.edge_source], ids[truth.edge_target], truth.edge_sign, truth.edge_weight)
+    sources, targets = ids[truth.edge_source], ids[truth.edge_target]
+    write_grn_edges(directory / "grn_edges.tsv", sources, targets, truth.edge_sign, truth.edge_weight)
 
 
 def write_synthetic_extras(root: zarr.Group, atlas_dir: Path, truth: Truth) -> None:
     """The builder's `extra` hook: truth group + annotation files, inside the temporary atlas."""
     write_truth(root.create_group("truth"), truth, expected_tables(truth))
-    write_annotations(atlas_dir / "annotations", truth)
+    write_annotations(Path(atlas_dir) / "annotations", truth)

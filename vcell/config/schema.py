@@ -80,7 +80,7 @@ class SynthConfig(Section):
         default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         description="hours after stimulus sampled in the time course",
     )
-    mean_library_size: float = Field(3000.0, gt=0, description="mean UMIs per cell")
+    mean_library_size: float = Field(2000.0, gt=0, description="mean UMIs per cell (~7% of 2,000 genes detected)")
     extrinsic_noise: float = Field(0.25, ge=0.0, description="sd of log cell size (extrinsic noise)")
     chunk_cells: int = Field(
         4096,
