@@ -37,6 +37,7 @@ ATTRS_KEY = "vcell_atlas"
 SHARDS_GROUP = "shards"
 ANNDATA_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
 CSR_ATTRS = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+ROW_CHUNK = 8192  # rows per chunk of indptr and obs columns
 BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}
 
 
@@ -83,9 +84,10 @@ def write_shard(
     write_chunked_array(x_group, "data", matrix.data.astype(dtype, copy=False), chunk_nnz, compressors)
     indices = matrix.indices.astype(index_dtype(matrix.shape[1]), copy=False)
     write_chunked_array(x_group, "indices", indices, chunk_nnz, compressors)
-    write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64), 1 << 20, compressors)
+    # Small row chunks (64 KiB) so a reader fetching one block of cells decodes little.
+    write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64), ROW_CHUNK, compressors)
     with anndata.settings.override(auto_shard_zarr_v3=False):  # obs/var are small: plain chunks
-        write_elem(shard, "obs", obs)
+        write_elem(shard, "obs", obs, dataset_kwargs={"chunks": (ROW_CHUNK,)})
         write_elem(shard, "var", var)
         write_elem(shard, "obsm", obsm)
         for key in ("varm", "layers", "obsp", "varp", "uns"):

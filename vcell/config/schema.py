@@ -119,6 +119,110 @@ class DataConfig(Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
+class NormalizeConfig(Section):
+    """Per-cell normalisation done by the loader (scanpy's order: scale, log1p, z-score, clip)."""
+
+    target_sum: float | None = Field(
+        10000.0, gt=0, description="scale each cell to this many counts; null keeps values as stored"
+    )
+    log1p: bool = Field(True, description="log(1 + x) after scaling")
+    zscore: bool = Field(
+        False,
+        description="standardise each gene with the atlas's stored mean/variance (they are of "
+        "log1p(cp10k) for count atlases, so this needs target_sum=10000 and log1p=true)",
+    )
+    clip: float | None = Field(None, gt=0, description="clip z-scores to +-clip (scanpy's max_value)")
+
+
+class GenesConfig(Section):
+    """Which genes the batches carry (library size is always over all genes)."""
+
+    select: Literal["all", "highly_variable", "list"] = Field(
+        "all", description="'highly_variable': the n_top genes of highest stored variance; 'list': names/file"
+    )
+    n_top: int = Field(2000, ge=1, description="how many highly variable genes")
+    names: list[str] = Field(default_factory=list, description="gene IDs or symbols, for select=list")
+    file: str | None = Field(None, description="a text file with one gene ID or symbol per line, for select=list")
+
+    @model_validator(mode="after")
+    def _check_list(self) -> GenesConfig:
+        if self.select == "list" and not (self.names or self.file):
+            raise ValueError("genes.select=list needs genes.names or genes.file")
+        if self.select != "list" and (self.names or self.file):
+            raise ValueError("genes.names/genes.file are only used with genes.select=list")
+        return self
+
+
+class HoldoutConfig(Section):
+    """Whole groups of cells held out, e.g. perturbations never seen in training."""
+
+    column: str = Field(description="obs column whose values define the groups")
+    val: list[str | float] = Field(default_factory=list, description="groups that form the validation split")
+    test: list[str | float] = Field(default_factory=list, description="groups that form the test split")
+
+
+class SplitConfig(Section):
+    """Train/validation/test assignment of cells: held-out groups first, then a seeded fraction."""
+
+    seed: int = Field(0, description="seed of the random part of the split")
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the other cells for validation")
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the other cells for test")
+    holdout: list[HoldoutConfig] = Field(default_factory=list, description="held-out groups, by column")
+
+    @model_validator(mode="after")
+    def _check_fractions(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 (got {self.val_fraction} + {self.test_fraction}): "
+                "nothing would be left to train on"
+            )
+        return self
+
+
+class LoaderConfig(Section):
+    """The streaming loader: blocks, shuffle buffer, ranks, normalisation, labels, splits."""
+
+    batch_size: int = Field(256, ge=1, description="cells per batch on each rank")
+    block_cells: int = Field(1024, ge=1, description="contiguous atlas rows read together (the unit of shuffling)")
+    buffer_cells: int = Field(
+        16384, ge=1,
+        description="shuffle buffer: cells mixed together before being cut into batches "
+        "(rounded down to whole batches, at least one); memory grows with it",
+    )
+    remainder: Literal["pad", "drop"] = Field(
+        "pad",
+        description="the epoch's last cells: 'pad' tops up every rank's last batch with repeats "
+        "flagged valid=false (every cell seen exactly once); 'drop' skips them",
+    )
+    labels: list[str] = Field(
+        default_factory=list, description="obs columns put in each batch (categories as global codes)"
+    )
+    sparse: bool = Field(False, description="expression as a sparse CSR tensor instead of dense float32")
+    keep_counts: bool = Field(False, description="also put raw counts in each batch (count likelihoods)")
+    threads: int = Field(
+        2, ge=0, description="background threads assembling batches in the training process (0: none)"
+    )
+    workers: int = Field(
+        0, ge=0,
+        description="DataLoader worker processes (each decodes every window; threads are cheaper)",
+    )
+    prefetch_batches: int = Field(2, ge=1, description="batches assembled ahead of the consumer")
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    genes: GenesConfig = Field(default_factory=GenesConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> LoaderConfig:
+        if self.buffer_cells < self.batch_size:
+            raise ValueError(
+                f"buffer_cells ({self.buffer_cells}) must be >= batch_size ({self.batch_size}): "
+                "a batch is drawn from one buffer"
+            )
+        if self.normalize.clip is not None and not self.normalize.zscore:
+            raise ValueError("normalize.clip clips z-scores: it needs normalize.zscore=true")
+        return self
+
+
 class VCellConfig(Section):
     """The root of the tree: one file resolves to one of these."""
 
@@ -126,3 +230,4 @@ class VCellConfig(Section):
     seed: int = Field(0, description="global seed")
     data: DataConfig = Field(default_factory=DataConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)

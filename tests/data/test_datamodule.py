@@ -1,0 +1,53 @@
+"""The loader under Lightning: exact mid-epoch resume through a Lightning checkpoint."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from tests.data.conftest import loader_config
+from vcell.data.datamodule import AtlasDataModule
+
+
+class Recorder(pl.LightningModule):
+    """The smallest model: records which cells each training step received."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(90, 1)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_index):
+        self.seen.append(batch["cell_index"].tolist())
+        return self.layer(batch["x"]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit(datamodule, max_steps, checkpoint=None, resume_from=None):
+    model = Recorder()
+    trainer = pl.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint)
+    return model.seen
+
+
+def test_lightning_resume_mid_epoch_replays_nothing_and_skips_nothing(atlas_path, tmp_path):
+    config = loader_config(split={"val_fraction": 0.1})
+    straight = fit(AtlasDataModule(atlas_path, config, seed=5), max_steps=25)  # 17 batches per epoch
+    first = fit(AtlasDataModule(atlas_path, config, seed=5), max_steps=7, checkpoint=tmp_path / "step7.ckpt")
+    rest = fit(AtlasDataModule(atlas_path, config, seed=5), max_steps=25, resume_from=tmp_path / "step7.ckpt")
+    assert first + rest == straight
+
+
+def test_datamodule_records_its_split(atlas_path, tmp_path):
+    datamodule = AtlasDataModule(atlas_path, loader_config(split={"val_fraction": 0.1, "test_fraction": 0.1}))
+    datamodule.setup()
+    datamodule.save_split(tmp_path)
+    assert (tmp_path / "split.json").is_file() and (tmp_path / "split_codes.npy").is_file()
+    assert set(datamodule.loaders) == {"train", "val", "test"}

@@ -1,0 +1,319 @@
+"""`AtlasLoader`: the streaming, rank-sharded, exactly-once, resumable loader.
+
+    loader = AtlasLoader("data/demo.zarr", config.loader, split="train")   # rank from the environment
+    for batch in loader:            # dicts of tensors, see below
+        ...
+    state = loader.state_dict()     # at any batch; load_state_dict(state) resumes exactly there
+
+A batch holds: `x` (batch, genes) float32, normalised (or `x` as a sparse CSR tensor with
+`loader.sparse`); `library_size` (batch,) raw counts per cell over all genes; `cell_index`
+(batch,) atlas row; `valid` (batch,) bool, false for the padding that tops up the epoch's
+last batch; `counts` (batch, genes) with `loader.keep_counts`; and one tensor per requested
+label column (categories as int64 codes of the atlas's global categories, -1 = missing).
+
+The plan (`vcell.data.plan`) says which rows form each batch; this module reads each
+shuffle-buffer window once, and assembles batches in background threads (numpy and the
+decoders release the GIL), or in DataLoader worker processes with `loader.workers`.
+The stream is the same whatever the number of threads or workers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vcell.atlas.store import Atlas, open_atlas
+from vcell.config.schema import LoaderConfig
+from vcell.data.plan import Blocks, EpochPlan, Layout, MemberLookup
+from vcell.data.reader import AtlasReader, RowBlock
+from vcell.data.resolve import resolve_normalization, select_genes
+from vcell.data.split import SPLITS, assign_splits, split_summary
+from vcell.data.transform import BatchAssembler
+from vcell.errors import VCellError
+
+# torch flags sparse CSR as beta on every construction; our tensors are valid by construction.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+RESERVED_KEYS = {"x", "x_indptr", "x_indices", "x_values", "counts", "library_size", "cell_index", "valid"}
+STATE_VERSION = 1
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK/WORLD_SIZE, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+@dataclass
+class Window:
+    """One shuffle buffer, read: its cells as one CSR piece and how batches index it."""
+
+    data: RowBlock
+    local: np.ndarray  # (cells,) row in `data` of each cell, in stream order
+    rows: np.ndarray  # (cells,) atlas row of each cell, in stream order
+    valid: np.ndarray  # (cells,) False for padding
+    permutation: np.ndarray  # (cells,) the buffer shuffle; batch k = permutation[k*B:(k+1)*B]
+
+
+def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
+    """Read the blocks a window's rows live in (each once, only the span needed).
+
+    Returns the window's rows as one CSR piece and, for each entry of `rows`, its row in it.
+    """
+    block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
+    pieces, local = [], np.empty(len(rows), dtype=np.int64)
+    offset = 0
+    for block in dict.fromkeys(block_of.tolist()):  # first-appearance order
+        where = block_of == block
+        first, last = int(rows[where].min()), int(rows[where].max()) + 1
+        pieces.append(reader.read_rows(first, last))
+        local[where] = offset + rows[where] - first
+        offset += last - first
+    indptr = [pieces[0].indptr]
+    for piece in pieces[1:]:
+        indptr.append(piece.indptr[1:] + indptr[-1][-1])
+    indptr = np.concatenate(indptr)
+    window = RowBlock(
+        indptr=indptr.astype(np.int32) if indptr[-1] < 2**31 else indptr,  # matches scipy's index type
+        indices=np.concatenate([p.indices for p in pieces]).astype(np.int32, copy=False),  # scipy's index type
+        data=np.concatenate([p.data for p in pieces]),
+        labels={name: np.concatenate([p.labels[name] for p in pieces]) for name in pieces[0].labels},
+    )
+    return window, local
+
+
+def to_tensors(batch: dict[str, np.ndarray], n_genes: int) -> dict[str, torch.Tensor]:
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+    if "x_indptr" in tensors:  # sparse output: one CSR tensor
+        indptr, indices, values = tensors.pop("x_indptr"), tensors.pop("x_indices"), tensors.pop("x_values")
+        tensors["x"] = torch.sparse_csr_tensor(
+            indptr, indices, values, size=(len(indptr) - 1, n_genes), check_invariants=False
+        )
+    return tensors
+
+
+class AtlasLoader:
+    """An iterable of batches over one split of an atlas, for one rank (see module doc)."""
+
+    def __init__(
+        self, atlas: str | Path | Atlas, config: LoaderConfig, split: str = "train", *, seed: int = 0,
+        rank: int | None = None, world_size: int | None = None, shuffle: bool | None = None,
+        split_codes: np.ndarray | None = None,
+    ):
+        self.atlas = atlas if isinstance(atlas, Atlas) else open_atlas(atlas)
+        self.config, self.split, self.seed = config, split, seed
+        if split not in SPLITS:
+            raise VCellError(f"split '{split}' is not one of {', '.join(SPLITS)}")
+        clashes = RESERVED_KEYS & set(config.labels)
+        if clashes:
+            raise VCellError(f"loader.labels: {sorted(clashes)} are names the loader uses itself", hint="rename the obs column")
+        default_rank, default_world = distributed_rank()
+        self.rank = default_rank if rank is None else rank
+        self.world_size = default_world if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise VCellError(f"rank {self.rank} is outside a world of {self.world_size} ranks")
+        self.shuffle = split == "train" if shuffle is None else shuffle
+        self.reader = AtlasReader(self.atlas, list(config.labels))
+        self.genes = select_genes(self.atlas, config.genes)
+        self.assembler = BatchAssembler(
+            self.atlas.n_genes, self.genes, resolve_normalization(self.atlas, config.normalize, self.genes),
+            dense=not config.sparse, keep_counts=config.keep_counts,
+        )
+        self.split_codes = assign_splits(self.atlas, config.split) if split_codes is None else split_codes
+        self.blocks = Blocks.from_shards(
+            [s["start"] for s in self.atlas.shards], [s["n_cells"] for s in self.atlas.shards], config.block_cells
+        )
+        self.members = MemberLookup(self.blocks, self.split_codes, SPLITS.index(split))
+        window_batches = max(1, config.buffer_cells // config.batch_size)
+        self.layout = Layout(
+            self.blocks, self.members.counts(), config.batch_size, window_batches, config.remainder,
+            seed, self.rank, self.world_size, self.shuffle,
+        )
+        self.check_size()
+        self.epoch, self.next_batch = 0, 0
+        # (epoch, batch) of each batch yielded and not yet claimed by `claim()`: lets a trainer
+        # that fetches ahead (Lightning does) checkpoint the position of the batch it consumed.
+        self.yielded: deque[tuple[int, int]] = deque()
+
+    @property
+    def n_genes(self) -> int:
+        return self.assembler.n_out
+
+    @property
+    def split_cells(self) -> int:
+        return int(self.layout.member_counts.sum())
+
+    def check_size(self) -> None:
+        per_rank = self.split_cells // self.world_size
+        if per_rank < self.config.batch_size:
+            raise VCellError(
+                f"loader.batch_size={self.config.batch_size} is larger than the {self.split_cells:,} cells "
+                f"of the '{self.split}' split shared by {self.world_size} rank(s) ({per_rank:,} each)",
+                hint="lower loader.batch_size, use fewer ranks, or a larger split",
+            )
+
+    def summary(self) -> dict:
+        return split_summary(self.split_codes, self.atlas.n_cells, self.config.split)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return EpochPlan(self.layout, self.members, self.epoch if epoch is None else epoch)
+
+    def __len__(self) -> int:
+        """Batches in the current epoch (the same on every rank)."""
+        return self.plan().n_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch `epoch` from its first batch (each epoch has its own order)."""
+        self.epoch, self.next_batch = int(epoch), 0
+
+    # -- state ---------------------------------------------------------------------------
+    def fingerprint(self) -> dict:
+        """What must match for a saved position to mean the same cells."""
+        return {
+            "atlas_cells": self.atlas.n_cells, "split": self.split, "split_cells": self.split_cells,
+            "batch_size": self.config.batch_size, "block_cells": self.config.block_cells,
+            "window_batches": self.layout.window_batches, "remainder": self.config.remainder,
+            "seed": self.seed, "shuffle": self.shuffle,
+        }
+
+    def state_dict(self, position: tuple[int, int] | None = None) -> dict:
+        """The position after the last batch yielded, or after batch `position` = (epoch, index)."""
+        epoch, next_batch = (self.epoch, self.next_batch) if position is None else (position[0], position[1] + 1)
+        return {
+            "version": STATE_VERSION, "epoch": epoch, "next_batch": next_batch,
+            "rank": self.rank, "world_size": self.world_size, "fingerprint": self.fingerprint(),
+        }
+
+    def claim(self) -> tuple[int, int] | None:
+        """(epoch, index) of the oldest yielded batch not yet claimed, in yield order."""
+        return self.yielded.popleft() if self.yielded else None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where `state` was taken; refuse anything that would repeat or skip cells."""
+        if state.get("version") != STATE_VERSION:
+            raise VCellError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
+        differences = {
+            key: (value, self.fingerprint().get(key)) for key, value in state["fingerprint"].items()
+            if self.fingerprint().get(key) != value
+        }
+        if differences:
+            shown = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differences.items())
+            raise VCellError(
+                f"the saved loader position does not fit this loader ({shown})",
+                hint="resume with the same data, split and loader settings as the interrupted run",
+            )
+        epoch, next_batch = int(state["epoch"]), int(state["next_batch"])
+        if state["world_size"] != self.world_size and 0 < next_batch:
+            raise VCellError(
+                f"the run stopped in the middle of epoch {epoch} with {state['world_size']} rank(s); "
+                f"resuming it with {self.world_size} would repeat or skip cells of that epoch",
+                hint=f"resume with {state['world_size']} workers (e.g. scaling.workers={state['world_size']}), "
+                "or from a checkpoint taken at an epoch boundary",
+            )
+        if state["world_size"] == self.world_size and state["rank"] != self.rank:
+            raise VCellError(f"loader state of rank {state['rank']} loaded on rank {self.rank}")
+        self.epoch, self.next_batch = epoch, next_batch
+        self.yielded.clear()
+
+    # -- iteration -----------------------------------------------------------------------
+    def __iter__(self):
+        plan = self.plan()
+        if self.next_batch >= plan.n_batches:  # the previous epoch finished: move on
+            self.set_epoch(self.epoch + 1)
+            plan = self.plan()
+        source = self.worker_batches(plan) if self.config.workers else self.thread_batches(plan, self.next_batch)
+        self.yielded.clear()  # batches fetched ahead by an abandoned pass were never used
+        for batch in source:
+            self.yielded.append((self.epoch, self.next_batch))
+            self.next_batch += 1
+            yield batch
+        self.set_epoch(self.epoch + 1)
+
+    def make_batch(self, index: int, window: Window) -> dict[str, torch.Tensor]:
+        size = self.layout.batch_size
+        within = index % self.layout.window_batches
+        take = window.permutation[within * size: (within + 1) * size]
+        batch = self.assembler(window.data, window.local[take])
+        batch["cell_index"], batch["valid"] = window.rows[take], window.valid[take]
+        return to_tensors(batch, self.n_genes)
+
+    def load_window(self, plan: EpochPlan, window: int) -> Window:
+        rows, valid, permutation = plan.window(window)
+        data, local = read_window(self.reader, self.blocks, rows)
+        return Window(data, local, rows, valid, permutation)
+
+    def thread_batches(self, plan: EpochPlan, start: int, step: int = 1):
+        """Batches start, start+step, ... of `plan`, assembled ahead in background threads."""
+        indices = range(start, plan.n_batches, step)
+        if self.config.threads == 0:
+            windows: dict[int, tuple] = {}
+            for index in indices:
+                window = index // plan.layout.window_batches
+                if window not in windows:
+                    windows = {window: self.load_window(plan, window)}
+                yield self.make_batch(index, windows[window])
+            return
+        yield from self.pipelined(plan, indices)
+
+    def pipelined(self, plan: EpochPlan, indices: range):
+        per_window = plan.layout.window_batches
+        with ThreadPoolExecutor(1, thread_name_prefix="vcell-read") as read_pool, \
+                ThreadPoolExecutor(self.config.threads, thread_name_prefix="vcell-batch") as batch_pool:
+            windows: dict[int, Future] = {}
+            pending: deque[Future] = deque()
+            upcoming = iter(indices)
+
+            def submit_next() -> bool:
+                index = next(upcoming, None)
+                if index is None:
+                    return False
+                window = index // per_window
+                for ahead in (window, window + 1):  # read the next window while this one is used
+                    if ahead not in windows and ahead < plan.n_windows:
+                        windows[ahead] = read_pool.submit(self.load_window, plan, ahead)
+                for old in [w for w in windows if w < window]:
+                    del windows[old]
+                future = windows[window]
+                pending.append(batch_pool.submit(lambda i=index, f=future: self.make_batch(i, f.result())))
+                return True
+
+            for _ in range(self.config.prefetch_batches + self.config.threads):
+                if not submit_next():
+                    break
+            try:
+                while pending:
+                    batch = pending.popleft().result()
+                    submit_next()
+                    yield batch
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def worker_batches(self, plan: EpochPlan):
+        """DataLoader worker processes; worker w assembles batches w, w+n, ... (round-robin order)."""
+        dataset = _WorkerStream(self, plan.epoch, self.next_batch)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=self.config.workers,
+            prefetch_factor=self.config.prefetch_batches, multiprocessing_context="spawn" if os.name != "posix" else None,
+        )
+        yield from loader
+
+
+class _WorkerStream(torch.utils.data.IterableDataset):
+    """One epoch from a start batch, split across DataLoader workers by batch index."""
+
+    def __init__(self, loader: AtlasLoader, epoch: int, start: int):
+        self.loader, self.epoch, self.start = loader, epoch, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        plan = self.loader.plan(self.epoch)
+        return self.loader.thread_batches(plan, self.start + worker, workers)

@@ -1,0 +1,154 @@
+"""Rows of an atlas as CSR pieces plus encoded labels, read block by block.
+
+Labels come out encoded with the atlas's global categories (int64 codes, -1 for missing),
+numbers as float32 and booleans as bool, so every rank and every shard agrees on what code 3
+means. Arrays are read with the fast chunk reader; zarr-python is the fallback for layouts
+it does not handle.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+
+from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, UnsupportedLayout
+from vcell.atlas.store import Atlas
+from vcell.errors import VCellError
+
+SMALL_ARRAY_CACHE_BYTES = 64 << 20  # decoded indptr / label chunks kept for re-use
+
+
+@dataclass
+class RowBlock:
+    """Consecutive atlas rows: CSR arrays (indptr starts at 0) and one array per label."""
+
+    indptr: np.ndarray  # (n_rows + 1,) int64
+    indices: np.ndarray  # (nnz,) uint16/uint32, gene index in the atlas vocabulary
+    data: np.ndarray  # (nnz,) float32
+    labels: dict[str, np.ndarray]  # name -> (n_rows,)
+
+
+class ZarrRangeReader:
+    """The fallback: range reads through zarr-python (any valid layout, slower)."""
+
+    def __init__(self, array: zarr.Array):
+        self.array = array
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.array[start:stop])
+
+
+def open_range_reader(atlas: Atlas, path: str, cache: DecodedChunkCache | None):
+    try:
+        return ChunkedArrayReader(atlas.path / path, cache)
+    except UnsupportedLayout:
+        return ZarrRangeReader(atlas.root[path])
+
+
+def label_kinds(atlas: Atlas, columns: list[str]) -> dict[str, str]:
+    """'category', 'float32', 'bool', ... per requested column; a clear error for the rest."""
+    known = atlas.attrs["obs_columns"]
+    kinds = {}
+    for column in columns:
+        if column not in known:
+            raise VCellError(
+                f"{atlas.path}: the atlas has no obs column '{column}'",
+                hint=f"available columns: {', '.join(sorted(known))}",
+            )
+        kind = known[column]
+        if kind not in ("category", "bool") and not np.issubdtype(np.dtype(kind), np.number):
+            raise VCellError(
+                f"{atlas.path}: obs column '{column}' holds {kind} values, not categories or numbers",
+                hint="labels must be categorical (e.g. cell type) or numeric (e.g. time)",
+            )
+        kinds[column] = kind
+    return kinds
+
+
+class AtlasReader:
+    """Reads row ranges (within one shard) of an atlas: `read_rows(start, stop)`."""
+
+    def __init__(self, atlas: Atlas, label_columns: list[str]):
+        self.atlas = atlas
+        self.kinds = label_kinds(atlas, label_columns)
+        self.shard_starts = np.array([s["start"] for s in atlas.shards], dtype=np.int64)
+        self.shard_sizes = np.array([s["n_cells"] for s in atlas.shards], dtype=np.int64)
+        self.cache = DecodedChunkCache(SMALL_ARRAY_CACHE_BYTES)
+        self.opened: dict[int, dict] = {}
+        self.lock = threading.Lock()
+
+    def shard_of(self, row: int) -> int:
+        return int(np.searchsorted(self.shard_starts, row, side="right") - 1)
+
+    def shard_readers(self, shard: int) -> dict:
+        """Open a shard's arrays once (thread-safe): X's three arrays and the label columns."""
+        with self.lock:
+            if shard not in self.opened:
+                self.opened[shard] = self.open_shard(shard)
+            return self.opened[shard]
+
+    def open_shard(self, shard: int) -> dict:
+        name = self.atlas.shards[shard]["name"]
+        prefix = f"shards/{name}"
+        readers = {
+            "indptr": open_range_reader(self.atlas, f"{prefix}/X/indptr", self.cache),
+            "indices": open_range_reader(self.atlas, f"{prefix}/X/indices", None),
+            "data": open_range_reader(self.atlas, f"{prefix}/X/data", None),
+            "labels": {},
+        }
+        for column, kind in self.kinds.items():
+            path = f"{prefix}/obs/{column}" + ("/codes" if kind == "category" else "")
+            remap = self.category_remap(prefix, column) if kind == "category" else None
+            readers["labels"][column] = (open_range_reader(self.atlas, path, self.cache), remap)
+        return readers
+
+    def category_remap(self, prefix: str, column: str) -> np.ndarray | None:
+        """Shard code -> global code, when a shard's categories differ from the atlas's."""
+        shard_categories = [str(name) for name in self.atlas.root[f"{prefix}/obs/{column}/categories"][:].tolist()]
+        global_categories = self.atlas.attrs["obs_categories"][column]
+        if shard_categories == global_categories:
+            return None
+        position = {name: code for code, name in enumerate(global_categories)}
+        return np.array([position[name] for name in shard_categories], dtype=np.int64)
+
+    def read_rows(self, start: int, stop: int) -> RowBlock:
+        """Rows [start, stop) of the atlas; the range must lie within one shard."""
+        shard = self.shard_of(start)
+        local_start, local_stop = start - int(self.shard_starts[shard]), stop - int(self.shard_starts[shard])
+        if local_stop > self.shard_sizes[shard]:
+            raise IndexError(f"rows [{start}, {stop}) cross the end of shard {shard}")
+        readers = self.shard_readers(shard)
+        indptr = readers["indptr"].read(local_start, local_stop + 1)
+        first, last = int(indptr[0]), int(indptr[-1])
+        block = RowBlock(
+            indptr=indptr - first,
+            indices=readers["indices"].read(first, last),
+            data=readers["data"].read(first, last),
+            labels={},
+        )
+        for column, (reader, remap) in readers["labels"].items():
+            block.labels[column] = self.encode(column, reader.read(local_start, local_stop), remap)
+        return block
+
+    def encode(self, column: str, values: np.ndarray, remap: np.ndarray | None) -> np.ndarray:
+        kind = self.kinds[column]
+        if kind == "category":
+            codes = values.astype(np.int64)
+            if remap is not None:
+                codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1)
+            return codes
+        if kind == "bool":
+            return values.astype(bool)
+        return values.astype(np.float32)
+
+    def read_labels(self, column: str) -> np.ndarray:
+        """One label column for every cell of the atlas (for splits and evaluation)."""
+        reader = AtlasReader(self.atlas, [column]) if column not in self.kinds else self
+        parts = []
+        for shard, size in enumerate(self.shard_sizes):
+            column_reader, remap = reader.shard_readers(shard)["labels"][column]
+            parts.append(reader.encode(column, column_reader.read(0, int(size)), remap))
+        return np.concatenate(parts) if parts else np.empty(0)
