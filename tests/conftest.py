@@ -40,3 +40,16 @@ def adata_pair(tmp_path):
     first.write_h5ad(paths[0])
     second.write_h5ad(paths[1])
     return paths, (first, second)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the whole test session: loopback only, no dashboard."""
+    import ray
+
+    ray.init(
+        num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1",
+        log_to_driver=False, configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()

@@ -169,7 +169,7 @@ def tiny_filesystem(tmp_path):
 
 
 def test_real_disk_full(tmp_path, tiny_filesystem, capsys):
-    path = write(tmp_path, make_adata(3000, ensembl_ids(0, 400), seed=1))  # ~1.7 MB of X
+    path = write(tmp_path, make_adata(10000, ensembl_ids(0, 400), seed=1))  # ~1.1 MiB stored, more spilled
     code = main(["atlas", "build", str(path), "--out", str(tiny_filesystem / "atlas.zarr"), "--quiet", "build.codec.name=none"])
     error = capsys.readouterr().err
     assert code == 2 and "disk full" in error, error

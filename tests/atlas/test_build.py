@@ -16,6 +16,7 @@ from vcell.atlas.build import build_atlas
 from vcell.atlas.stats import StatsAccumulator
 from vcell.atlas.store import atlas_info, open_atlas
 from vcell.config.schema import BuildConfig
+from vcell.errors import VCellError
 
 
 def read_all_shards(path) -> ad.AnnData:
@@ -135,3 +136,24 @@ def test_stats_accumulator_ignores_unmeasured_cells():
     arrays = stats.gene_arrays()
     assert arrays["gene_n_cells"].tolist() == [2, 0]
     assert np.isclose(arrays["gene_mean"][0], np.log1p(1e4) / 2)
+
+
+@pytest.mark.parametrize(("counts", "requested", "stored"), [
+    (True, "auto", "uint16"), (False, "auto", "float32"), (True, "float32", "float32"), (True, "float64", "float64"),
+])
+def test_stored_value_type(tmp_path, counts, requested, stored):
+    make_adata(300, ensembl_ids(0, 50), seed=4, counts=counts).write_h5ad(tmp_path / "in.h5ad")
+    out = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "atlas.zarr", BuildConfig(dtype=requested), progress=False)
+    atlas = open_atlas(out)
+    assert atlas.attrs["dtype"] == stored
+    assert zarr.open_array(str(out / "shards/00000/X/data")).dtype == np.dtype(stored)
+
+
+def test_uint16_refuses_what_it_cannot_hold(tmp_path):
+    adata = make_adata(300, ensembl_ids(0, 50), seed=4)
+    adata.X.data[0] = 70000
+    adata.write_h5ad(tmp_path / "in.h5ad")
+    with pytest.raises(VCellError, match="reach 70000"):
+        build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "atlas.zarr", BuildConfig(dtype="uint16"), progress=False)
+    out = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "auto.zarr", BuildConfig(), progress=False)
+    assert open_atlas(out).attrs["dtype"] == "float32"  # auto keeps large counts exact

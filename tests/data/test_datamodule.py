@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -37,6 +38,7 @@ def fit(datamodule, max_steps, checkpoint=None, resume_from=None):
     return model.seen
 
 
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
 def test_lightning_resume_mid_epoch_replays_nothing_and_skips_nothing(atlas_path, tmp_path):
     config = loader_config(split={"val_fraction": 0.1})
     straight = fit(AtlasDataModule(atlas_path, config, seed=5), max_steps=25)  # 17 batches per epoch

@@ -128,3 +128,17 @@ def test_bad_holdouts_are_explained(atlas_path):
         AtlasLoader(atlas_path, loader_config(split={"holdout": [{"column": "time", "test": [2.5]}]}))
     with pytest.raises(VCellError, match="no obs column 'dose'"):
         AtlasLoader(atlas_path, loader_config(split={"holdout": [{"column": "dose", "test": ["1"]}]}))
+
+
+def test_numpy_fallback_densifies_identically(atlas_path, monkeypatch):
+    import vcell.data.transform as transform
+
+    fast = first_batch(atlas_path, normalize={"zscore": True, "clip": 2.0}, keep_counts=True)
+    monkeypatch.setattr(transform, "csr_todense", None)  # as if scipy moved its kernel
+    slow = first_batch(atlas_path, normalize={"zscore": True, "clip": 2.0}, keep_counts=True)
+    for key in ("x", "counts", "library_size"):
+        assert torch_equal(fast[key], slow[key]), key
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())

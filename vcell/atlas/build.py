@@ -89,7 +89,7 @@ def plan_shard_cells(config: BuildConfig, n_cells: int, nnz_per_cell: float, n_g
     if config.shard_cells:
         target = config.shard_cells
     else:
-        bytes_per_cell = max(nnz_per_cell, 1.0) * (np.dtype(config.dtype).itemsize + index_dtype(n_genes).itemsize)
+        bytes_per_cell = max(nnz_per_cell, 1.0) * (spill_dtype(config).itemsize + index_dtype(n_genes).itemsize)
         target = max(1, int(config.shard_bytes // bytes_per_cell))
     n_shards = -(-n_cells // target)
     return -(-n_cells // n_shards)
@@ -129,7 +129,8 @@ def build_atlas(
         build_into(temporary, sources, config, extra, progress)
         replace_atomically(temporary, out)
     except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        # numpy's tofile reports a short write without errno: look at the disk itself then.
+        if error.errno in (errno.ENOSPC, errno.EDQUOT) or (error.errno is None and disk_is_full(temporary)):
             raise VCellError(
                 f"disk full while writing the atlas {out} ({error}); nothing was left behind",
                 hint="free space or choose another --out; a build needs about twice the atlas size while it runs",
@@ -150,11 +151,12 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
     rng = np.random.default_rng(config.shuffle_seed)
     positions = rng.permutation(n_cells) if config.shuffle else np.arange(n_cells)
     root = zarr.open_group(str(directory), mode="w", zarr_format=3)
-    spill = ShardSpill(directory / ".spill", n_shards, shard_cells, np.dtype(config.dtype), index_dtype(vocabulary.n_genes))
+    spill = ShardSpill(directory / ".spill", n_shards, shard_cells, spill_dtype(config), index_dtype(vocabulary.n_genes))
     try:
         scan = scan_sources(sources, labels, vocabulary, positions, spill, config, progress)
     finally:
         spill.close()
+    stored_dtype = resolve_stored_dtype(config, scan)
     obs = merge_obs(scan["obs"], unique_names([s.name for s in sources]))
     obsm = merge_obsm(scan["obsm"])
     shards = root.create_group(SHARDS_GROUP)
@@ -166,7 +168,7 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
         matrix = spill.assemble(shard, vocabulary.n_genes)
         write_shard(
             shards, shard_name(shard), matrix, obs.iloc[rows], var, {k: v[rows] for k, v in obsm.items()},
-            config.codec, config.chunk_nnz, np.dtype(config.dtype),
+            config.codec, config.chunk_nnz, stored_dtype,
         )
         shard_records.append({"name": shard_name(shard), "start": shard * shard_cells, "n_cells": len(rows), "nnz": int(matrix.nnz)})
     shutil.rmtree(directory / ".spill")
@@ -177,7 +179,7 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
     attrs = {
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "created_by": f"vcell {__version__}",
         "n_cells": n_cells, "n_genes": vocabulary.n_genes, "nnz": sum(r["nnz"] for r in shard_records),
-        "values": values, "dtype": config.dtype, "index_dtype": index_dtype(vocabulary.n_genes).name,
+        "values": values, "dtype": stored_dtype.name, "index_dtype": index_dtype(vocabulary.n_genes).name,
         "codec": config.codec.model_dump(), "chunk_nnz": config.chunk_nnz, "shard_cells": shard_cells,
         "shuffled": config.shuffle, "shuffle_seed": config.shuffle_seed,
         "sources": [
@@ -200,7 +202,7 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
     """Pass 1: validate, re-index, accumulate statistics and spill, one chunk at a time."""
     counts_stats = StatsAccumulator(vocabulary.n_genes, "log1p_cp10k")
     identity_stats = StatsAccumulator(vocabulary.n_genes, "identity")
-    all_integer, offset = True, 0
+    all_integer, offset, max_value = True, 0, 0.0
     obs_frames, obsm_blocks = [], []
     bar = tqdm(total=int(len(positions)), desc="reading inputs", unit="cell", unit_scale=True, disable=not progress or None)
     for index, (source, label) in enumerate(zip(sources, labels)):
@@ -209,6 +211,7 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
             matrix = to_vocabulary(chunk.X, vocabulary.source_maps[index], vocabulary.n_genes)
             all_integer &= check_values(matrix, label, offset - start, chunk.obs.index, config.values)
             library = np.asarray(matrix.sum(axis=1)).ravel()
+            max_value = max(max_value, float(matrix.data.max(initial=0.0)))
             for stats in (counts_stats, identity_stats):
                 stats.add(matrix, library, vocabulary.measured[index])
             spill.append(matrix, positions[offset : offset + matrix.shape[0]])
@@ -225,7 +228,22 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
     if counts_stats.detected.sum() == 0:
         raise VCellError(f"{', '.join(labels)}: the expression matrix has no non-zero values", hint="check the chosen matrix (--layer)")
     stats = counts_stats if all_integer else identity_stats
-    return {"obs": obs_frames, "obsm": obsm_blocks, "stats": stats, "all_integer": all_integer}
+    return {"obs": obs_frames, "obsm": obsm_blocks, "stats": stats, "all_integer": all_integer, "max_value": max_value}
+
+
+def spill_dtype(config: BuildConfig) -> np.dtype:
+    """Values wait in the spill at full precision; the stored type is chosen once all are seen."""
+    return np.dtype(np.float64 if config.dtype == "float64" else np.float32)
+
+
+def resolve_stored_dtype(config: BuildConfig, scan: dict) -> np.dtype:
+    fits_uint16 = scan["all_integer"] and scan["max_value"] <= np.iinfo(np.uint16).max
+    if config.dtype == "uint16" and not fits_uint16:
+        reason = "are not all integers" if not scan["all_integer"] else f"reach {scan['max_value']:g} (> 65,535)"
+        raise VCellError(f"build.dtype=uint16: the values {reason}", hint="use build.dtype=auto or float32")
+    if config.dtype == "auto":
+        return np.dtype(np.uint16 if fits_uint16 else np.float32)
+    return np.dtype(config.dtype)
 
 
 def write_vocabulary_and_stats(root: zarr.Group, vocabulary: Vocabulary, stats: StatsAccumulator) -> None:
@@ -250,6 +268,14 @@ def replace_atomically(temporary: Path, out: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(temporary, out)
+
+
+def disk_is_full(path: Path) -> bool:
+    try:
+        status = os.statvfs(path if path.exists() else path.parent)
+    except OSError:
+        return False
+    return status.f_bavail * status.f_frsize < 1 << 20
 
 
 def remove_stale_temporaries(out: Path) -> None:

@@ -150,8 +150,8 @@ class ChunkedArrayReader:
             size = per_shard * 16
             file_size = os.fstat(handle).st_size
             offset = file_size - size - self.index_tail if self.index_at_end else 0
-            raw = os.pread(handle, size, offset)
-            if offset < 0 or len(raw) != size:
+            raw = os.pread(handle, size, offset) if offset >= 0 else b""
+            if len(raw) != size:
                 raise VCellError(f"{self.path}/{self.key_prefix}{shard}: truncated shard file; the atlas is damaged")
             index = np.frombuffer(raw, dtype="<u8").reshape(per_shard, 2)
             ends = index[:, 0] + index[:, 1]
@@ -187,11 +187,12 @@ class ChunkedArrayReader:
             return out
         return np.frombuffer(self.decoder.decode(raw), dtype=self.dtype)[: self.inner]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Elements [start, stop) as a new array (contiguous, native little-endian dtype)."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Elements [start, stop) into `out` (contiguous, this array's dtype) or a new array."""
         if not 0 <= start <= stop <= self.length:
             raise IndexError(f"{self.path}: range [{start}, {stop}) outside [0, {self.length})")
-        out = np.empty(stop - start, dtype=self.dtype)
+        if out is None:
+            out = np.empty(stop - start, dtype=self.dtype)
         if stop == start:
             return out
         first, last = start // self.inner, (stop - 1) // self.inner

@@ -53,38 +53,47 @@ def distributed_rank() -> tuple[int, int]:
 
 @dataclass
 class Window:
-    """One shuffle buffer, read: its cells as one CSR piece and how batches index it."""
+    """One shuffle buffer, read and shuffled: batch k is rows [k*B, (k+1)*B) of `data`."""
 
-    data: RowBlock
-    local: np.ndarray  # (cells,) row in `data` of each cell, in stream order
-    rows: np.ndarray  # (cells,) atlas row of each cell, in stream order
+    data: RowBlock  # float32 CSR, rows in shuffled order
+    library: np.ndarray  # (cells,) library size of each row
+    rows: np.ndarray  # (cells,) atlas row of each row of `data`
     valid: np.ndarray  # (cells,) False for padding
-    permutation: np.ndarray  # (cells,) the buffer shuffle; batch k = permutation[k*B:(k+1)*B]
 
 
 def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
-    """Read the blocks a window's rows live in (each once, only the span needed).
+    """Read the blocks a window's rows live in (each span once) as one CSR piece.
 
-    Returns the window's rows as one CSR piece and, for each entry of `rows`, its row in it.
+    `rows` (stream order) visits each block's rows as one increasing run, so a run's first
+    and last rows bound what to read. Returns the piece and, per entry of `rows`, its row in it.
     """
     block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
-    pieces, local = [], np.empty(len(rows), dtype=np.int64)
-    offset = 0
-    for block in dict.fromkeys(block_of.tolist()):  # first-appearance order
-        where = block_of == block
-        first, last = int(rows[where].min()), int(rows[where].max()) + 1
-        pieces.append(reader.read_rows(first, last))
-        local[where] = offset + rows[where] - first
-        offset += last - first
-    indptr = [pieces[0].indptr]
-    for piece in pieces[1:]:
-        indptr.append(piece.indptr[1:] + indptr[-1][-1])
-    indptr = np.concatenate(indptr)
+    run_starts = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
+    run_stops = np.append(run_starts[1:], len(rows))
+    spans = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(run_starts.tolist(), run_stops.tolist())]
+    pointers = [reader.row_pointers(first, last) for first, last in spans]
+    # Where each span's rows and values go in the window; values decode straight into place.
+    row_offsets = np.cumsum([0] + [last - first for first, last in spans])
+    value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers])
+    data = np.empty(value_offsets[-1], dtype=reader.value_dtype())
+    indices = np.empty(value_offsets[-1], dtype=reader.index_dtype())
+    indptr = np.empty(row_offsets[-1] + 1, dtype=np.int64)
+    indptr[0] = 0
+    local = np.empty(len(rows), dtype=np.int64)
+    labels: dict[str, list[np.ndarray]] = {}
+    for span, ((first, last), pointer) in enumerate(zip(spans, pointers)):
+        low, high = value_offsets[span], value_offsets[span + 1]
+        reader.read_values(first, pointer, data[low:high], indices[low:high])
+        indptr[row_offsets[span] + 1: row_offsets[span + 1] + 1] = pointer[1:] - pointer[0] + low
+        local[run_starts[span]: run_stops[span]] = rows[run_starts[span]: run_stops[span]] - first + row_offsets[span]
+        for name, values in reader.read_labels_of_rows(first, last).items():
+            labels.setdefault(name, []).append(values)
+    small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
     window = RowBlock(
-        indptr=indptr.astype(np.int32) if indptr[-1] < 2**31 else indptr,  # matches scipy's index type
-        indices=np.concatenate([p.indices for p in pieces]).astype(np.int32, copy=False),  # scipy's index type
-        data=np.concatenate([p.data for p in pieces]),
-        labels={name: np.concatenate([p.labels[name] for p in pieces]) for name in pieces[0].labels},
+        indptr=indptr.astype(np.int32) if small else indptr,
+        indices=indices.astype(np.int32 if small else np.int64),
+        data=data,
+        labels={name: np.concatenate(parts) for name, parts in labels.items()},
     )
     return window, local
 
@@ -140,7 +149,7 @@ class AtlasLoader:
         self.epoch, self.next_batch = 0, 0
         # (epoch, batch) of each batch yielded and not yet claimed by `claim()`: lets a trainer
         # that fetches ahead (Lightning does) checkpoint the position of the batch it consumed.
-        self.yielded: deque[tuple[int, int]] = deque()
+        self.yielded: deque[tuple[int, int]] = deque(maxlen=1024)  # bounded when nobody claims
 
     @property
     def n_genes(self) -> int:
@@ -238,22 +247,22 @@ class AtlasLoader:
 
     def make_batch(self, index: int, window: Window) -> dict[str, torch.Tensor]:
         size = self.layout.batch_size
-        within = index % self.layout.window_batches
-        take = window.permutation[within * size: (within + 1) * size]
-        batch = self.assembler(window.data, window.local[take])
-        batch["cell_index"], batch["valid"] = window.rows[take], window.valid[take]
+        start = (index % self.layout.window_batches) * size
+        batch = self.assembler(window.data, window.library, start, start + size)
+        batch["cell_index"], batch["valid"] = window.rows[start: start + size], window.valid[start: start + size]
         return to_tensors(batch, self.n_genes)
 
     def load_window(self, plan: EpochPlan, window: int) -> Window:
         rows, valid, permutation = plan.window(window)
         data, local = read_window(self.reader, self.blocks, rows)
-        return Window(data, local, rows, valid, permutation)
+        shuffled, library = self.assembler.shuffle(data, local[permutation])
+        return Window(shuffled, library, rows[permutation], valid[permutation])
 
     def thread_batches(self, plan: EpochPlan, start: int, step: int = 1):
         """Batches start, start+step, ... of `plan`, assembled ahead in background threads."""
         indices = range(start, plan.n_batches, step)
         if self.config.threads == 0:
-            windows: dict[int, tuple] = {}
+            windows: dict[int, Window] = {}
             for index in indices:
                 window = index // plan.layout.window_batches
                 if window not in windows:
@@ -264,7 +273,9 @@ class AtlasLoader:
 
     def pipelined(self, plan: EpochPlan, indices: range):
         per_window = plan.layout.window_batches
-        with ThreadPoolExecutor(1, thread_name_prefix="vcell-read") as read_pool, \
+        # Reading a buffer (decode, gather, cast) costs about as much as assembling its batches,
+        # so both get `threads` workers; the next window is read while this one is used.
+        with ThreadPoolExecutor(self.config.threads, thread_name_prefix="vcell-read") as read_pool, \
                 ThreadPoolExecutor(self.config.threads, thread_name_prefix="vcell-batch") as batch_pool:
             windows: dict[int, Future] = {}
             pending: deque[Future] = deque()
@@ -275,7 +286,7 @@ class AtlasLoader:
                 if index is None:
                     return False
                 window = index // per_window
-                for ahead in (window, window + 1):  # read the next window while this one is used
+                for ahead in (window, window + 1):
                     if ahead not in windows and ahead < plan.n_windows:
                         windows[ahead] = read_pool.submit(self.load_window, plan, ahead)
                 for old in [w for w in windows if w < window]:
@@ -284,7 +295,7 @@ class AtlasLoader:
                 pending.append(batch_pool.submit(lambda i=index, f=future: self.make_batch(i, f.result())))
                 return True
 
-            for _ in range(self.config.prefetch_batches + self.config.threads):
+            for _ in range(max(self.config.prefetch_batches, self.config.threads)):  # batches in flight
                 if not submit_next():
                     break
             try:
@@ -292,16 +303,15 @@ class AtlasLoader:
                     batch = pending.popleft().result()
                     submit_next()
                     yield batch
-            finally:
-                for future in pending:
+            finally:  # abandoned early: drop queued work; running tasks finish (bounded)
+                for future in [*pending, *windows.values()]:
                     future.cancel()
 
     def worker_batches(self, plan: EpochPlan):
         """DataLoader worker processes; worker w assembles batches w, w+n, ... (round-robin order)."""
         dataset = _WorkerStream(self, plan.epoch, self.next_batch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=self.config.workers,
-            prefetch_factor=self.config.prefetch_batches, multiprocessing_context="spawn" if os.name != "posix" else None,
+            dataset, batch_size=None, num_workers=self.config.workers, prefetch_factor=self.config.prefetch_batches,
         )
         yield from loader
 

@@ -27,7 +27,7 @@ class RowBlock:
 
     indptr: np.ndarray  # (n_rows + 1,) int64
     indices: np.ndarray  # (nnz,) uint16/uint32, gene index in the atlas vocabulary
-    data: np.ndarray  # (nnz,) float32
+    data: np.ndarray  # (nnz,) the stored value type (uint16 counts, float32 or float64)
     labels: dict[str, np.ndarray]  # name -> (n_rows,)
 
 
@@ -37,8 +37,16 @@ class ZarrRangeReader:
     def __init__(self, array: zarr.Array):
         self.array = array
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self.array[start:stop])
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        values = np.asarray(self.array[start:stop])
+        if out is None:
+            return values
+        out[:] = values
+        return out
 
 
 def open_range_reader(atlas: Atlas, path: str, cache: DecodedChunkCache | None):
@@ -114,24 +122,46 @@ class AtlasReader:
         position = {name: code for code, name in enumerate(global_categories)}
         return np.array([position[name] for name in shard_categories], dtype=np.int64)
 
-    def read_rows(self, start: int, stop: int) -> RowBlock:
-        """Rows [start, stop) of the atlas; the range must lie within one shard."""
+    def locate_rows(self, start: int, stop: int) -> tuple[int, int, int]:
+        """(shard, first row, one past the last row) within the shard of atlas rows [start, stop)."""
         shard = self.shard_of(start)
         local_start, local_stop = start - int(self.shard_starts[shard]), stop - int(self.shard_starts[shard])
         if local_stop > self.shard_sizes[shard]:
             raise IndexError(f"rows [{start}, {stop}) cross the end of shard {shard}")
-        readers = self.shard_readers(shard)
-        indptr = readers["indptr"].read(local_start, local_stop + 1)
-        first, last = int(indptr[0]), int(indptr[-1])
-        block = RowBlock(
-            indptr=indptr - first,
-            indices=readers["indices"].read(first, last),
-            data=readers["data"].read(first, last),
-            labels={},
-        )
-        for column, (reader, remap) in readers["labels"].items():
-            block.labels[column] = self.encode(column, reader.read(local_start, local_stop), remap)
-        return block
+        return shard, local_start, local_stop
+
+    def row_pointers(self, start: int, stop: int) -> np.ndarray:
+        """indptr of atlas rows [start, stop) (n + 1 values, offsets into the shard's X arrays)."""
+        shard, local_start, local_stop = self.locate_rows(start, stop)
+        return self.shard_readers(shard)["indptr"].read(local_start, local_stop + 1)
+
+    def read_values(self, start: int, pointers: np.ndarray, data_out: np.ndarray, indices_out: np.ndarray) -> None:
+        """Decode the stored values of rows starting at atlas row `start` straight into the outputs."""
+        readers = self.shard_readers(self.shard_of(start))
+        first, last = int(pointers[0]), int(pointers[-1])
+        readers["data"].read(first, last, data_out)
+        readers["indices"].read(first, last, indices_out)
+
+    def read_labels_of_rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        shard, local_start, local_stop = self.locate_rows(start, stop)
+        return {
+            column: self.encode(column, reader.read(local_start, local_stop), remap)
+            for column, (reader, remap) in self.shard_readers(shard)["labels"].items()
+        }
+
+    def index_dtype(self) -> np.dtype:
+        return self.shard_readers(0)["indices"].dtype
+
+    def value_dtype(self) -> np.dtype:
+        return self.shard_readers(0)["data"].dtype
+
+    def read_rows(self, start: int, stop: int) -> RowBlock:
+        """Rows [start, stop) of the atlas (within one shard) as a CSR piece with labels."""
+        pointers = self.row_pointers(start, stop)
+        data = np.empty(int(pointers[-1] - pointers[0]), dtype=self.value_dtype())
+        indices = np.empty(len(data), dtype=self.index_dtype())
+        self.read_values(start, pointers, data, indices)
+        return RowBlock(pointers - pointers[0], indices, data, self.read_labels_of_rows(start, stop))
 
     def encode(self, column: str, values: np.ndarray, remap: np.ndarray | None) -> np.ndarray:
         kind = self.kinds[column]

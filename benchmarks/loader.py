@@ -1,0 +1,254 @@
+"""Loader throughput, memory and shuffle quality against anndata backed mode and annbatch.
+
+    python benchmarks/loader.py                  # 500,000 x 2,000 simulated atlas (~10 min on 2 cores)
+    python benchmarks/loader.py --cells 100000   # smaller
+
+Every contender reads the same cells in 4,096-cell random-shuffled batches, densified to
+float32 torch tensors on the CPU, from a warm page cache; each runs in its own process, so
+its peak RSS (reported above the RSS it had before the first batch) is its own. Steady
+state: the first 5 batches are not timed, the next --batches are.
+
+  vcell raw          our loader, no normalisation (what the baselines deliver)
+  vcell log1p        our loader with its default log1p(cp10k) normalisation
+  vcell x2           two vcell processes at once (two training workers on two cores);
+                     cells/s is the sum. vcell uses its default loader.threads=1 (one reading
+                     and one assembling thread) throughout.
+  anndata backed     anndata.read_h5ad(backed="r"), sorted random indices per batch (scvi-tools' way)
+  annbatch           scverse annbatch with zarrs at its best setting (chunk_size=512,
+                     preload_nchunks=32) on the same cells written its way. annbatch needs
+                     Python >= 3.12: make a separate environment for it and name its interpreter,
+                       python3.12 -m venv /tmp/abenv && /tmp/abenv/bin/pip install "annbatch[zarrs]"
+                       VCELL_ANNBATCH_PYTHON=/tmp/abenv/bin/python python benchmarks/loader.py
+                     otherwise it is skipped (and said so).
+
+Shuffle quality: entropy of the source-batch label inside each batch, divided by the same
+entropy for batches drawn uniformly at random (1.00 = as mixed as random sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORK = Path(__file__).resolve().parent / ".work"
+BATCH = 4096
+WARMUP = 5
+
+
+def memory_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, VmHWM starts afresh at exec."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def entropy(codes: np.ndarray) -> float:
+    counts = np.bincount(codes[codes >= 0])
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def measure(batches, n_batches: int) -> dict:
+    """Consume WARMUP + n_batches (x, label codes) pairs; time the steady part."""
+    baseline = memory_mib("VmRSS")
+    entropies, cells = [], 0
+    for _ in range(WARMUP):
+        next(batches)
+    started = time.perf_counter()
+    for _ in range(n_batches):
+        x, labels = next(batches)
+        assert str(x.dtype).endswith("float32") and x.shape[0] == labels.shape[0]
+        cells += x.shape[0]
+        entropies.append(entropy(np.asarray(labels)))
+    seconds = time.perf_counter() - started
+    peak = memory_mib("VmHWM")
+    return {"cells_per_s": cells / seconds, "peak_above_baseline_mib": peak - baseline, "entropy": float(np.mean(entropies))}
+
+
+def vcell_batches(atlas: Path, threads: int, normalise: bool):
+    from vcell.config.schema import LoaderConfig
+    from vcell.data.loader import AtlasLoader
+
+    normalize = {} if normalise else {"target_sum": None, "log1p": False}
+    config = LoaderConfig(
+        batch_size=BATCH, buffer_cells=4 * BATCH, block_cells=2048, threads=threads, labels=["batch"],
+        normalize=normalize, split={"val_fraction": 0.0, "test_fraction": 0.0},
+    )
+    loader = AtlasLoader(atlas, config, seed=int(time.time()) % 1000, rank=0, world_size=1)
+    while True:
+        for batch in loader:
+            yield batch["x"], batch["batch"].numpy()
+
+
+def anndata_batches(h5ad: Path):
+    import anndata as ad
+    import torch
+
+    adata = ad.read_h5ad(h5ad, backed="r")
+    codes = adata.obs["batch"].cat.codes.to_numpy()
+    rng = np.random.default_rng(0)
+    while True:
+        index = np.sort(rng.choice(adata.n_obs, BATCH, replace=False))
+        yield torch.from_numpy(adata.X[index].toarray().astype(np.float32, copy=False)), codes[index]
+
+
+def annbatch_batches(collection_path: Path):
+    """Runs under the annbatch interpreter (Python >= 3.12), which need not have torch."""
+    import anndata as ad
+    import zarr
+    from annbatch import DatasetCollection, Loader
+
+    zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
+
+    def x_and_label(group):  # annbatch's advice: load only the obs columns training uses
+        return ad.AnnData(X=ad.io.sparse_dataset(group["X"]), obs=ad.io.read_elem(group["obs"])[["batch"]])
+
+    with ad.settings.override(remove_unused_categories=False):
+        loader = Loader(batch_size=BATCH, chunk_size=512, preload_nchunks=32, shuffle=True)
+        loader = loader.use_collection(DatasetCollection(collection_path), load_adata=x_and_label)
+    while True:
+        for batch in loader:
+            x = batch["X"]
+            dense = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+            yield dense.astype(np.float32, copy=False), np.asarray(batch["obs"]["batch"].cat.codes)
+
+
+def worker(args) -> None:
+    if args.worker.startswith("vcell"):
+        import torch
+
+        torch.set_num_threads(1)  # the consumer does no math; keep both cores for the loaders
+        batches = vcell_batches(args.atlas, args.threads, normalise=args.worker == "vcell-log1p")
+    elif args.worker == "anndata":
+        batches = anndata_batches(args.h5ad)
+    else:
+        batches = annbatch_batches(args.collection)
+    print(json.dumps(measure(batches, args.batches)))
+
+
+ANNBATCH_PYTHON = os.environ.get("VCELL_ANNBATCH_PYTHON", sys.executable)
+
+
+def annbatch_available() -> bool:
+    probe = "import annbatch, zarrs"
+    return subprocess.run([ANNBATCH_PYTHON, "-c", probe], capture_output=True).returncode == 0
+
+
+def prepare(cells: int) -> tuple[Path, Path, Path | None, np.ndarray]:
+    """The atlas (simulated), the same cells as one .h5ad, and annbatch's collection if it can run."""
+    import anndata as ad
+
+    from vcell.atlas.ensure import ensure_synthetic_atlas
+    from vcell.atlas.store import open_atlas
+    from vcell.config.schema import BuildConfig, DataConfig, SynthConfig
+    from vcell.data.reader import AtlasReader
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    tag = f"{cells // 1000}k" if cells % 1000 == 0 else str(cells)
+    atlas_path = WORK / f"loader-{tag}.zarr"
+    ensure_synthetic_atlas(DataConfig(atlas=str(atlas_path), synth=SynthConfig(cells=cells)), BuildConfig(), progress=True)
+    atlas = open_atlas(atlas_path)
+    labels = AtlasReader(atlas, ["batch"]).read_labels("batch")
+    h5ad = WORK / f"loader-{tag}.h5ad"
+    if not h5ad.exists():
+        parts = [ad.read_zarr(atlas_path / "shards" / s["name"]) for s in atlas.shards]
+        ad.concat(parts, merge="same").write_h5ad(h5ad)
+    collection = None
+    if annbatch_available():
+        collection = WORK / f"annbatch-{tag}.zarr"
+        if not collection.exists():
+            subprocess.run([ANNBATCH_PYTHON, "-c", (
+                "import zarr, sys; from annbatch import DatasetCollection; "
+                "zarr.config.set({'codec_pipeline.path': 'zarrs.ZarrsCodecPipeline'}); "
+                f"DatasetCollection({str(collection)!r}).add_adatas(adata_paths=[{str(h5ad)!r}], shuffle=True)"
+            )], check=True)
+    return atlas_path, h5ad, collection, labels
+
+
+def warm_cache(path: Path) -> None:
+    for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+        with open(file, "rb") as handle:
+            while handle.read(1 << 24):
+                pass
+
+
+def launch(name: str, paths: dict, batches: int, threads: int = 2) -> subprocess.Popen:
+    python = ANNBATCH_PYTHON if name == "annbatch" else sys.executable
+    command = [python, __file__, "--worker", name, "--threads", str(threads), "--batches", str(batches)]
+    command += [f"--{key}={value}" for key, value in paths.items() if value is not None]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def collect(process: subprocess.Popen, name: str) -> dict:
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{err[-3000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def ideal_entropy(labels: np.ndarray, draws: int = 200) -> float:
+    rng = np.random.default_rng(1)
+    return float(np.mean([entropy(labels[rng.choice(len(labels), BATCH, replace=False)]) for _ in range(draws)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=500_000)
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per contender (>= 50)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
+    for key in ("atlas", "h5ad", "collection"):
+        parser.add_argument(f"--{key}", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    atlas, h5ad, collection, labels = prepare(args.cells)
+    paths = {"atlas": atlas, "h5ad": h5ad, "collection": collection}
+    ideal = ideal_entropy(labels)
+    rows = []
+    plan = [("anndata backed", ["anndata"], 1), ("vcell raw", ["vcell-raw"], 1), ("vcell log1p", ["vcell-log1p"], 1),
+            ("vcell x2", ["vcell-raw", "vcell-raw"], 1)]
+    if collection is not None:
+        plan += [("annbatch", ["annbatch"], 1), ("annbatch x2", ["annbatch", "annbatch"], 1)]
+    else:
+        print("# annbatch not importable here (it needs Python >= 3.12 and `annbatch[zarrs]`): skipped", flush=True)
+    for label, workers, threads in plan:
+        for path in (atlas, h5ad) if "annbatch" not in label else (collection,):
+            warm_cache(path)
+        processes = [launch(name, paths, args.batches, threads) for name in workers]
+        results = [collect(p, label) for p in processes]
+        rows.append({
+            "contender": label, "processes": len(results),
+            "cells_per_s": sum(r["cells_per_s"] for r in results),
+            "peak_mib": max(r["peak_above_baseline_mib"] for r in results),
+            "shuffle": np.mean([r["entropy"] for r in results]) / ideal,
+        })
+        print(f"# {label}: {rows[-1]['cells_per_s']:,.0f} cells/s", flush=True)
+    print_table(rows, args.cells)
+
+
+def print_table(rows: list[dict], cells: int) -> None:
+    baseline = {r["processes"]: r["cells_per_s"] for r in rows if r["contender"].startswith("annbatch")}
+    backed = next(r["cells_per_s"] for r in rows if r["contender"] == "anndata backed")
+    print(f"\n{cells:,} cells x 2,000 genes, batches of {BATCH:,}, dense float32\n")
+    print("| contender      | procs |    cells/s | peak MiB above start | shuffle vs random | vs anndata backed | vs annbatch |")
+    print("|:---------------|------:|-----------:|---------------------:|------------------:|------------------:|------------:|")
+    for r in rows:
+        versus = baseline.get(r["processes"])
+        annbatch = f"{r['cells_per_s'] / versus:.2f}x" if versus else "n/a"
+        print(f"| {r['contender']:<14} | {r['processes']:>5} | {r['cells_per_s']:>10,.0f} | {r['peak_mib']:>20,.0f} "
+              f"| {r['shuffle']:>17.3f} | {r['cells_per_s'] / backed:>16.2f}x | {annbatch:>11} |")
+
+
+if __name__ == "__main__":
+    main()
