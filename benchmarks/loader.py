@@ -11,8 +11,9 @@ state: the first 5 batches are not timed, the next --batches are.
   vcell raw          our loader, no normalisation (what the baselines deliver)
   vcell log1p        our loader with its default log1p(cp10k) normalisation
   vcell x2           two vcell processes at once (two training workers on two cores);
-                     cells/s is the sum. vcell uses its default loader.threads=1 (one reading
-                     and one assembling thread) throughout.
+                     cells/s is the sum. vcell runs with its defaults (loader.threads=auto:
+                     one reading and one assembling thread when a process has two cores to
+                     itself, none when two processes share them).
   anndata backed     anndata.read_h5ad(backed="r"), sorted random indices per batch (scvi-tools' way)
   annbatch           scverse annbatch with zarrs at its best setting (chunk_size=512,
                      preload_nchunks=32) on the same cells written its way. annbatch needs
@@ -58,7 +59,11 @@ def entropy(codes: np.ndarray) -> float:
 
 
 def measure(batches, n_batches: int) -> dict:
-    """Consume WARMUP + n_batches (x, label codes) pairs; time the steady part."""
+    """Consume WARMUP + n_batches (x, label codes) pairs; time the steady part.
+
+    `batches` is already set up (imports, open files), so the memory above the baseline is
+    what iterating costs: buffers, batches in flight, caches.
+    """
     baseline = memory_mib("VmRSS")
     entropies, cells = [], 0
     for _ in range(WARMUP):
@@ -74,19 +79,22 @@ def measure(batches, n_batches: int) -> dict:
     return {"cells_per_s": cells / seconds, "peak_above_baseline_mib": peak - baseline, "entropy": float(np.mean(entropies))}
 
 
-def vcell_batches(atlas: Path, threads: int, normalise: bool):
+def vcell_batches(atlas: Path, normalise: bool):
     from vcell.config.schema import LoaderConfig
     from vcell.data.loader import AtlasLoader
 
     normalize = {} if normalise else {"target_sum": None, "log1p": False}
     config = LoaderConfig(
-        batch_size=BATCH, buffer_cells=4 * BATCH, block_cells=2048, threads=threads, labels=["batch"],
+        batch_size=BATCH, buffer_cells=4 * BATCH, block_cells=2048, labels=["batch"],
         normalize=normalize, split={"val_fraction": 0.0, "test_fraction": 0.0},
     )
     loader = AtlasLoader(atlas, config, seed=int(time.time()) % 1000, rank=0, world_size=1)
-    while True:
-        for batch in loader:
-            yield batch["x"], batch["batch"].numpy()
+
+    def batches():
+        while True:
+            for batch in loader:
+                yield batch["x"], batch["batch"].numpy()
+    return batches()
 
 
 def anndata_batches(h5ad: Path):
@@ -96,9 +104,12 @@ def anndata_batches(h5ad: Path):
     adata = ad.read_h5ad(h5ad, backed="r")
     codes = adata.obs["batch"].cat.codes.to_numpy()
     rng = np.random.default_rng(0)
-    while True:
-        index = np.sort(rng.choice(adata.n_obs, BATCH, replace=False))
-        yield torch.from_numpy(adata.X[index].toarray().astype(np.float32, copy=False)), codes[index]
+
+    def batches():
+        while True:
+            index = np.sort(rng.choice(adata.n_obs, BATCH, replace=False))
+            yield torch.from_numpy(adata.X[index].toarray().astype(np.float32, copy=False)), codes[index]
+    return batches()
 
 
 def annbatch_batches(collection_path: Path):
@@ -115,11 +126,14 @@ def annbatch_batches(collection_path: Path):
     with ad.settings.override(remove_unused_categories=False):
         loader = Loader(batch_size=BATCH, chunk_size=512, preload_nchunks=32, shuffle=True)
         loader = loader.use_collection(DatasetCollection(collection_path), load_adata=x_and_label)
-    while True:
-        for batch in loader:
-            x = batch["X"]
-            dense = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
-            yield dense.astype(np.float32, copy=False), np.asarray(batch["obs"]["batch"].cat.codes)
+
+    def batches():
+        while True:
+            for batch in loader:
+                x = batch["X"]
+                dense = x.toarray() if hasattr(x, "toarray") else np.asarray(x)
+                yield dense.astype(np.float32, copy=False), np.asarray(batch["obs"]["batch"].cat.codes)
+    return batches()
 
 
 def worker(args) -> None:
@@ -127,7 +141,7 @@ def worker(args) -> None:
         import torch
 
         torch.set_num_threads(1)  # the consumer does no math; keep both cores for the loaders
-        batches = vcell_batches(args.atlas, args.threads, normalise=args.worker == "vcell-log1p")
+        batches = vcell_batches(args.atlas, normalise=args.worker == "vcell-log1p")
     elif args.worker == "anndata":
         batches = anndata_batches(args.h5ad)
     else:
@@ -181,11 +195,13 @@ def warm_cache(path: Path) -> None:
                 pass
 
 
-def launch(name: str, paths: dict, batches: int, threads: int = 2) -> subprocess.Popen:
+def launch(name: str, paths: dict, batches: int, processes: int) -> subprocess.Popen:
+    """One contender process; LOCAL_WORLD_SIZE tells it how many share the machine, as Ray Train does."""
     python = ANNBATCH_PYTHON if name == "annbatch" else sys.executable
-    command = [python, __file__, "--worker", name, "--threads", str(threads), "--batches", str(batches)]
+    command = [python, __file__, "--worker", name, "--batches", str(batches)]
     command += [f"--{key}={value}" for key, value in paths.items() if value is not None]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    environment = {**os.environ, "LOCAL_WORLD_SIZE": str(processes)}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment)
 
 
 def collect(process: subprocess.Popen, name: str) -> dict:
@@ -205,7 +221,6 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=500_000)
     parser.add_argument("--batches", type=int, default=60, help="timed batches per contender (>= 50)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     for key in ("atlas", "h5ad", "collection"):
         parser.add_argument(f"--{key}", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -216,16 +231,16 @@ def main() -> None:
     paths = {"atlas": atlas, "h5ad": h5ad, "collection": collection}
     ideal = ideal_entropy(labels)
     rows = []
-    plan = [("anndata backed", ["anndata"], 1), ("vcell raw", ["vcell-raw"], 1), ("vcell log1p", ["vcell-log1p"], 1),
-            ("vcell x2", ["vcell-raw", "vcell-raw"], 1)]
+    plan = [("anndata backed", ["anndata"]), ("vcell raw", ["vcell-raw"]), ("vcell log1p", ["vcell-log1p"]),
+            ("vcell x2", ["vcell-raw", "vcell-raw"])]
     if collection is not None:
-        plan += [("annbatch", ["annbatch"], 1), ("annbatch x2", ["annbatch", "annbatch"], 1)]
+        plan += [("annbatch", ["annbatch"]), ("annbatch x2", ["annbatch", "annbatch"])]
     else:
         print("# annbatch not importable here (it needs Python >= 3.12 and `annbatch[zarrs]`): skipped", flush=True)
-    for label, workers, threads in plan:
+    for label, workers in plan:
         for path in (atlas, h5ad) if "annbatch" not in label else (collection,):
             warm_cache(path)
-        processes = [launch(name, paths, args.batches, threads) for name in workers]
+        processes = [launch(name, paths, args.batches, len(workers)) for name in workers]
         results = [collect(p, label) for p in processes]
         rows.append({
             "contender": label, "processes": len(results),

@@ -174,3 +174,14 @@ def test_position_of_a_consumed_batch_when_the_trainer_fetched_ahead(atlas_path)
     resumed = AtlasLoader(atlas_path, loader_config())
     resumed.load_state_dict(loader.state_dict(consumed[-1]))
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(uninterrupted[3:], stream(resumed)))
+
+
+def test_auto_threads_follow_the_cores_each_process_has(monkeypatch):
+    from vcell.data.loader import resolve_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert resolve_threads("auto") == 1  # one process on two cores: read and assemble in background
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resolve_threads("auto") == 0  # two workers on two cores: extra threads only contend
+    assert resolve_threads(3) == 3

@@ -207,10 +207,11 @@ class LoaderConfig(Section):
     )
     sparse: bool = Field(False, description="expression as a sparse CSR tensor instead of dense float32")
     keep_counts: bool = Field(False, description="also put raw counts in each batch (count likelihoods)")
-    threads: int = Field(
-        1, ge=0,
-        description="background threads reading, and as many assembling, batches in the training process "
-        "(1 is fastest on 2 cores: the work is memory-bound); 0 does everything in the consuming thread",
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="background threads reading, and as many assembling, batches in the training process; "
+        "0 does everything in the consuming thread. 'auto': 1 when this process has at least 2 cores to "
+        "itself (cores / LOCAL_WORLD_SIZE), else 0 (the work is memory-bound: extra threads only contend)",
     )
     workers: int = Field(
         0, ge=0,
@@ -223,6 +224,8 @@ class LoaderConfig(Section):
 
     @model_validator(mode="after")
     def _check_buffer(self) -> LoaderConfig:
+        if isinstance(self.threads, int) and self.threads < 0:
+            raise ValueError(f"threads must be >= 0 or 'auto', got {self.threads}")
         if self.buffer_cells < self.batch_size:
             raise ValueError(
                 f"buffer_cells ({self.buffer_cells}) must be >= batch_size ({self.batch_size}): "

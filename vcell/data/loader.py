@@ -61,6 +61,15 @@ class Window:
     valid: np.ndarray  # (cells,) False for padding
 
 
+def resolve_threads(setting: int | str) -> int:
+    """`loader.threads`, with 'auto' = 1 if this process has >= 2 cores to itself, else 0."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return 1 if cores // processes >= 2 else 0
+
+
 def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
     """Read the blocks a window's rows live in (each span once) as one CSR piece.
 
@@ -146,6 +155,7 @@ class AtlasLoader:
             seed, self.rank, self.world_size, self.shuffle,
         )
         self.check_size()
+        self.threads = resolve_threads(config.threads)
         self.epoch, self.next_batch = 0, 0
         # (epoch, batch) of each batch yielded and not yet claimed by `claim()`: lets a trainer
         # that fetches ahead (Lightning does) checkpoint the position of the batch it consumed.
@@ -261,7 +271,7 @@ class AtlasLoader:
     def thread_batches(self, plan: EpochPlan, start: int, step: int = 1):
         """Batches start, start+step, ... of `plan`, assembled ahead in background threads."""
         indices = range(start, plan.n_batches, step)
-        if self.config.threads == 0:
+        if self.threads == 0:
             windows: dict[int, Window] = {}
             for index in indices:
                 window = index // plan.layout.window_batches
@@ -275,8 +285,8 @@ class AtlasLoader:
         per_window = plan.layout.window_batches
         # Reading a buffer (decode, gather, cast) costs about as much as assembling its batches,
         # so both get `threads` workers; the next window is read while this one is used.
-        with ThreadPoolExecutor(self.config.threads, thread_name_prefix="vcell-read") as read_pool, \
-                ThreadPoolExecutor(self.config.threads, thread_name_prefix="vcell-batch") as batch_pool:
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="vcell-read") as read_pool, \
+                ThreadPoolExecutor(self.threads, thread_name_prefix="vcell-batch") as batch_pool:
             windows: dict[int, Future] = {}
             pending: deque[Future] = deque()
             upcoming = iter(indices)
@@ -295,7 +305,7 @@ class AtlasLoader:
                 pending.append(batch_pool.submit(lambda i=index, f=future: self.make_batch(i, f.result())))
                 return True
 
-            for _ in range(max(self.config.prefetch_batches, self.config.threads)):  # batches in flight
+            for _ in range(max(self.config.prefetch_batches, self.threads)):  # batches in flight
                 if not submit_next():
                     break
             try:
