@@ -8,8 +8,6 @@ Resolution order (later wins): schema defaults < base files (outermost first) < 
 from __future__ import annotations
 
 import difflib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
+from vcell.files import atomic_write
 
 COMMAND_LINE = "the command line"
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -164,14 +163,5 @@ def dump_config(config: VCellConfig) -> str:
 
 def save_config(config: VCellConfig, path: str | Path) -> Path:
     """Write the resolved config atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(dump_config(config))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    text = dump_config(config).encode()
+    return atomic_write(path, lambda stream: stream.write(text))

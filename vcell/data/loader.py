@@ -32,7 +32,7 @@ import torch
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import LoaderConfig
 from vcell.data.plan import Blocks, EpochPlan, Layout, MemberLookup
-from vcell.data.reader import AtlasReader, RowBlock
+from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits, split_summary
 from vcell.data.transform import BatchAssembler
@@ -68,43 +68,6 @@ def resolve_threads(setting: int | str) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return 1 if cores // processes >= 2 else 0
-
-
-def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
-    """Read the blocks a window's rows live in (each span once) as one CSR piece.
-
-    `rows` (stream order) visits each block's rows as one increasing run, so a run's first
-    and last rows bound what to read. Returns the piece and, per entry of `rows`, its row in it.
-    """
-    block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
-    run_starts = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
-    run_stops = np.append(run_starts[1:], len(rows))
-    spans = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(run_starts.tolist(), run_stops.tolist())]
-    pointers = [reader.row_pointers(first, last) for first, last in spans]
-    # Where each span's rows and values go in the window; values decode straight into place.
-    row_offsets = np.cumsum([0] + [last - first for first, last in spans])
-    value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers])
-    data = np.empty(value_offsets[-1], dtype=reader.value_dtype())
-    indices = np.empty(value_offsets[-1], dtype=reader.index_dtype())
-    indptr = np.empty(row_offsets[-1] + 1, dtype=np.int64)
-    indptr[0] = 0
-    local = np.empty(len(rows), dtype=np.int64)
-    labels: dict[str, list[np.ndarray]] = {}
-    for span, ((first, last), pointer) in enumerate(zip(spans, pointers)):
-        low, high = value_offsets[span], value_offsets[span + 1]
-        reader.read_values(first, pointer, data[low:high], indices[low:high])
-        indptr[row_offsets[span] + 1: row_offsets[span + 1] + 1] = pointer[1:] - pointer[0] + low
-        local[run_starts[span]: run_stops[span]] = rows[run_starts[span]: run_stops[span]] - first + row_offsets[span]
-        for name, values in reader.read_labels_of_rows(first, last).items():
-            labels.setdefault(name, []).append(values)
-    small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
-    window = RowBlock(
-        indptr=indptr.astype(np.int32) if small else indptr,
-        indices=indices.astype(np.int32 if small else np.int64),
-        data=data,
-        labels={name: np.concatenate(parts) for name, parts in labels.items()},
-    )
-    return window, local
 
 
 def to_tensors(batch: dict[str, np.ndarray], n_genes: int) -> dict[str, torch.Tensor]:
@@ -259,7 +222,8 @@ class AtlasLoader:
         size = self.layout.batch_size
         start = (index % self.layout.window_batches) * size
         batch = self.assembler(window.data, window.library, start, start + size)
-        batch["cell_index"], batch["valid"] = window.rows[start: start + size], window.valid[start: start + size]
+        batch["cell_index"] = window.rows[start: start + size].copy()
+        batch["valid"] = window.valid[start: start + size].copy()
         return to_tensors(batch, self.n_genes)
 
     def load_window(self, plan: EpochPlan, window: int) -> Window:

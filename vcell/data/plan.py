@@ -70,7 +70,11 @@ class Layout:
 
 
 class EpochPlan:
-    """One rank's batches for one epoch: `plan.batch(i)` -> (atlas rows, valid mask)."""
+    """One rank's batches for one epoch: `plan.window(w)` -> the cells of shuffle window w.
+
+    Batch i is rows [k*B, (k+1)*B) of window i // window_batches after its permutation,
+    with k = i % window_batches.
+    """
 
     def __init__(self, layout: Layout, members: MemberLookup, epoch: int):
         self.layout, self.members, self.epoch = layout, members, epoch
@@ -90,7 +94,6 @@ class EpochPlan:
             raise VCellError(f"the split holds {total} cells, fewer than the {world} ranks reading it")
         self.used_cells = self.n_batches * layout.batch_size
         self.n_windows = -(-self.n_batches // layout.window_batches)
-        self.cached_window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def window_positions(self, window: int) -> tuple[np.ndarray, np.ndarray]:
         """Stream positions (global) of a window's cells in stream order, and their validity."""
@@ -103,8 +106,6 @@ class EpochPlan:
 
     def window(self, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(atlas rows in stream order, valid mask, shuffle permutation) of one window."""
-        if self.cached_window is not None and self.cached_window[0] == window:
-            return self.cached_window[1:]
         positions, valid = self.window_positions(window)
         slot = np.searchsorted(self.offsets, positions, side="right") - 1  # index into self.order
         rows = np.empty(len(positions), dtype=np.int64)
@@ -118,17 +119,7 @@ class EpochPlan:
             permutation = rng.permutation(len(rows))
         else:
             permutation = np.arange(len(rows))
-        self.cached_window = (window, rows, valid, permutation)
         return rows, valid, permutation
-
-    def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Atlas rows and valid mask of batch `index` (0-based within this epoch and rank)."""
-        if not 0 <= index < self.n_batches:
-            raise IndexError(f"batch {index} outside the epoch's {self.n_batches} batches")
-        window, within = divmod(index, self.layout.window_batches)
-        rows, valid, permutation = self.window(window)
-        take = permutation[within * self.layout.batch_size: (within + 1) * self.layout.batch_size]
-        return rows[take], valid[take]
 
 
 class MemberLookup:

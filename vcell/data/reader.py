@@ -16,6 +16,7 @@ import zarr
 
 from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, UnsupportedLayout
 from vcell.atlas.store import Atlas
+from vcell.data.plan import Blocks
 from vcell.errors import VCellError
 
 SMALL_ARRAY_CACHE_BYTES = 64 << 20  # decoded indptr / label chunks kept for re-use
@@ -77,7 +78,7 @@ def label_kinds(atlas: Atlas, columns: list[str]) -> dict[str, str]:
 
 
 class AtlasReader:
-    """Reads row ranges (within one shard) of an atlas: `read_rows(start, stop)`."""
+    """Reads row ranges (within one shard) of an atlas; `read_window` assembles a buffer from them."""
 
     def __init__(self, atlas: Atlas, label_columns: list[str]):
         self.atlas = atlas
@@ -155,14 +156,6 @@ class AtlasReader:
     def value_dtype(self) -> np.dtype:
         return self.shard_readers(0)["data"].dtype
 
-    def read_rows(self, start: int, stop: int) -> RowBlock:
-        """Rows [start, stop) of the atlas (within one shard) as a CSR piece with labels."""
-        pointers = self.row_pointers(start, stop)
-        data = np.empty(int(pointers[-1] - pointers[0]), dtype=self.value_dtype())
-        indices = np.empty(len(data), dtype=self.index_dtype())
-        self.read_values(start, pointers, data, indices)
-        return RowBlock(pointers - pointers[0], indices, data, self.read_labels_of_rows(start, stop))
-
     def encode(self, column: str, values: np.ndarray, remap: np.ndarray | None) -> np.ndarray:
         kind = self.kinds[column]
         if kind == "category":
@@ -182,3 +175,40 @@ class AtlasReader:
             column_reader, remap = reader.shard_readers(shard)["labels"][column]
             parts.append(reader.encode(column, column_reader.read(0, int(size)), remap))
         return np.concatenate(parts) if parts else np.empty(0)
+
+
+def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
+    """Read the blocks a window's rows live in (each span once) as one CSR piece.
+
+    `rows` (stream order) visits each block's rows as one increasing run, so a run's first
+    and last rows bound what to read. Returns the piece and, per entry of `rows`, its row in it.
+    """
+    block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
+    run_starts = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
+    run_stops = np.append(run_starts[1:], len(rows))
+    spans = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(run_starts.tolist(), run_stops.tolist())]
+    pointers = [reader.row_pointers(first, last) for first, last in spans]
+    # Where each span's rows and values go in the window; values decode straight into place.
+    row_offsets = np.cumsum([0] + [last - first for first, last in spans])
+    value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers])
+    data = np.empty(value_offsets[-1], dtype=reader.value_dtype())
+    indices = np.empty(value_offsets[-1], dtype=reader.index_dtype())
+    indptr = np.empty(row_offsets[-1] + 1, dtype=np.int64)
+    indptr[0] = 0
+    local = np.empty(len(rows), dtype=np.int64)
+    labels: dict[str, list[np.ndarray]] = {}
+    for span, ((first, last), pointer) in enumerate(zip(spans, pointers)):
+        low, high = value_offsets[span], value_offsets[span + 1]
+        reader.read_values(first, pointer, data[low:high], indices[low:high])
+        indptr[row_offsets[span] + 1: row_offsets[span + 1] + 1] = pointer[1:] - pointer[0] + low
+        local[run_starts[span]: run_stops[span]] = rows[run_starts[span]: run_stops[span]] - first + row_offsets[span]
+        for name, values in reader.read_labels_of_rows(first, last).items():
+            labels.setdefault(name, []).append(values)
+    small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
+    window = RowBlock(
+        indptr=indptr.astype(np.int32) if small else indptr,
+        indices=indices.astype(np.int32 if small else np.int64),
+        data=data,
+        labels={name: np.concatenate(parts) for name, parts in labels.items()},
+    )
+    return window, local

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from vcell.atlas.store import Atlas
 from vcell.config.schema import HoldoutConfig, SplitConfig
 from vcell.data.reader import AtlasReader
 from vcell.errors import VCellError
+from vcell.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 SPLIT_STREAM = 303
@@ -84,21 +83,9 @@ def split_summary(codes: np.ndarray | None, n_cells: int, config: SplitConfig) -
 def save_split(directory: str | Path, codes: np.ndarray | None, summary: dict) -> None:
     """Write split.json (+ split_codes.npy) atomically into `directory`."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     if codes is not None:
         atomic_write(directory / "split_codes.npy", lambda handle: np.save(handle, codes))
     atomic_write(directory / "split.json", lambda handle: handle.write(json.dumps(summary, indent=2).encode()))
-
-
-def atomic_write(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_split(directory: str | Path) -> tuple[np.ndarray | None, dict]:

@@ -104,7 +104,7 @@ class BatchAssembler:
             batch["x_indptr"], batch["x_indices"] = indptr.astype(np.int64), genes.astype(np.int64)
             batch["x_values"] = np.array(self.standardise_values(genes, values), dtype=np.float32)  # owned by the batch
         for name, column in window.labels.items():
-            batch[name] = column[start:stop]
+            batch[name] = column[start:stop].copy()  # the batch owns its memory, not the buffer
         return batch
 
     @property
