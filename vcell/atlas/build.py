@@ -165,10 +165,10 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
     shard_records = []
     for shard in tqdm(range(n_shards), desc="writing shards", unit="shard", disable=not progress or None):
         rows = order[shard * shard_cells : (shard + 1) * shard_cells]
-        matrix = spill.assemble(shard, vocabulary.n_genes)
+        matrix = spill.assemble(shard, stored_dtype)
         write_shard(
-            shards, shard_name(shard), matrix, obs.iloc[rows], var, {k: v[rows] for k, v in obsm.items()},
-            config.codec, config.chunk_nnz, stored_dtype,
+            shards, shard_name(shard), matrix, vocabulary.n_genes, obs.iloc[rows], var,
+            {k: v[rows] for k, v in obsm.items()}, config.codec, config.chunk_nnz,
         )
         shard_records.append({"name": shard_name(shard), "start": shard * shard_cells, "n_cells": len(rows), "nnz": int(matrix.nnz)})
     shutil.rmtree(directory / ".spill")

@@ -28,6 +28,7 @@ import zarr
 from anndata.io import write_elem
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from vcell.atlas.spill import CSRArrays
 from vcell.config.schema import CodecConfig
 from vcell.errors import VCellError
 
@@ -72,20 +73,19 @@ def write_chunked_array(group: zarr.Group, name: str, values: np.ndarray, chunk:
 
 
 def write_shard(
-    shards: zarr.Group, name: str, matrix: sp.csr_matrix, obs: pd.DataFrame, var: pd.DataFrame,
-    obsm: dict[str, np.ndarray], codec: CodecConfig, chunk_nnz: int, dtype: np.dtype,
+    shards: zarr.Group, name: str, matrix: CSRArrays, n_genes: int, obs: pd.DataFrame, var: pd.DataFrame,
+    obsm: dict[str, np.ndarray], codec: CodecConfig, chunk_nnz: int,
 ) -> None:
-    """Write cells as an AnnData zarr store (readable by `anndata.read_zarr`)."""
+    """Write cells as an AnnData zarr store (readable by `anndata.read_zarr`), X in its given dtypes."""
     shard = shards.create_group(name)
     shard.attrs.update(ANNDATA_ATTRS)
     compressors = compressors_for(codec)
     x_group = shard.create_group("X")
-    x_group.attrs.update({**CSR_ATTRS, "shape": [int(matrix.shape[0]), int(matrix.shape[1])]})
-    write_chunked_array(x_group, "data", matrix.data.astype(dtype, copy=False), chunk_nnz, compressors)
-    indices = matrix.indices.astype(index_dtype(matrix.shape[1]), copy=False)
-    write_chunked_array(x_group, "indices", indices, chunk_nnz, compressors)
+    x_group.attrs.update({**CSR_ATTRS, "shape": [matrix.n_rows, n_genes]})
+    write_chunked_array(x_group, "data", matrix.data, chunk_nnz, compressors)
+    write_chunked_array(x_group, "indices", matrix.indices.astype(index_dtype(n_genes), copy=False), chunk_nnz, compressors)
     # Small row chunks (64 KiB) so a reader fetching one block of cells decodes little.
-    write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64), ROW_CHUNK, compressors)
+    write_chunked_array(x_group, "indptr", matrix.indptr.astype(np.int64, copy=False), ROW_CHUNK, compressors)
     with anndata.settings.override(auto_shard_zarr_v3=False):  # obs/var are small: plain chunks
         write_elem(shard, "obs", obs, dataset_kwargs={"chunks": (ROW_CHUNK,)})
         write_elem(shard, "var", var)
