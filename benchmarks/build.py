@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import memory_mib
 
 WORK = Path(__file__).resolve().parent / ".work"
 
@@ -76,8 +77,7 @@ def worker(name: str, source: Path, out: Path, cells: int) -> None:
         from vcell.config.schema import BuildConfig, SynthConfig
 
         synthesize_atlas(out, SynthConfig(cells=cells), BuildConfig(), progress=False)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mib": peak_kib / 1024}))
+    print(json.dumps({"peak_rss_mib": memory_mib("VmHWM")}))
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker, args.input, args.out, args.cells[0])
         return
-    WORK.mkdir(exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     rows = []
     for cells in args.cells or [100_000, 1_000_000]:
         source = WORK / f"input-{cells}.h5ad"
@@ -105,12 +105,11 @@ def main() -> None:
         for result in results.values():
             rows.append({"cells": cells, **result, "ratio": results["anndata"]["seconds"] / result["seconds"]})
             print(format_row(rows[-1]), flush=True)
-        if not args.keep:
-            shutil.rmtree(WORK, ignore_errors=True)
-            WORK.mkdir()
+        if not args.keep:  # only this script's files: other benchmarks keep theirs here too
+            source.unlink(missing_ok=True)
+            for name in results:
+                shutil.rmtree(WORK / f"{name.replace(' ', '-')}-{cells}.zarr", ignore_errors=True)
     print("\n" + format_table(rows))
-    if not args.keep:
-        shutil.rmtree(WORK, ignore_errors=True)
 
 
 def format_row(row: dict) -> str:

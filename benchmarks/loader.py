@@ -37,19 +37,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import memory_mib
 
 WORK = Path(__file__).resolve().parent / ".work"
 BATCH = 4096
 WARMUP = 5
-
-
-def memory_mib(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process; unlike ru_maxrss, VmHWM starts afresh at exec."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def entropy(codes: np.ndarray) -> float:
