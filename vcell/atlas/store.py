@@ -23,7 +23,6 @@ from pathlib import Path
 import anndata
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import zarr
 from anndata.io import write_elem
 from zarr.codecs import BloscCodec, ZstdCodec

@@ -15,8 +15,8 @@ import pytorch_lightning as pl
 
 from vcell.atlas.store import open_atlas
 from vcell.config.schema import LoaderConfig
-from vcell.data.loader import AtlasLoader
-from vcell.data.split import assign_splits, save_split, split_summary
+from vcell.data.loader import AtlasLoader, distributed_rank, fills_a_batch
+from vcell.data.split import assign_splits, save_split
 from vcell.errors import VCellError
 
 
@@ -31,10 +31,13 @@ class AtlasDataModule(pl.LightningDataModule):
         self.consumed: tuple[int, int] | None = None
         self.pending_state: dict | None = None
 
-    def distributed_position(self) -> tuple[int | None, int | None]:
-        if self.rank is not None or self.trainer is None:
-            return self.rank, self.world_size
-        return self.trainer.global_rank, self.trainer.world_size
+    def distributed_position(self) -> tuple[int, int]:
+        """Given explicitly, else from the attached Trainer, else as the loader finds it."""
+        if self.rank is not None:
+            return self.rank, self.world_size if self.world_size is not None else distributed_rank()[1]
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return distributed_rank()
 
     def setup(self, stage: str | None = None) -> None:
         if self.loaders:
@@ -45,9 +48,9 @@ class AtlasDataModule(pl.LightningDataModule):
         self.loaders["train"] = AtlasLoader(
             atlas, self.config, "train", seed=self.seed, rank=rank, world_size=world, split_codes=self.split_codes
         )
-        counts = split_summary(self.split_codes, atlas.n_cells, self.config.split)["cells"]
-        for split in ("val", "test"):
-            if counts[split] // (world or 1) >= self.config.batch_size:
+        counts = self.loaders["train"].summary()["cells"]
+        for split in ("val", "test"):  # a split too small for one batch per rank gets no loader
+            if fills_a_batch(counts[split], world, self.config.batch_size):
                 self.loaders[split] = AtlasLoader(
                     atlas, self.config, split, seed=self.seed, rank=rank, world_size=world, split_codes=self.split_codes
                 )
@@ -76,8 +79,7 @@ class AtlasDataModule(pl.LightningDataModule):
 
     def save_split(self, directory: str | Path) -> None:
         """Record the split beside a run so evaluation reproduces it exactly."""
-        atlas = open_atlas(self.atlas_path)
-        save_split(directory, self.split_codes, split_summary(self.split_codes, atlas.n_cells, self.config.split))
+        save_split(directory, self.split_codes, self.loader("train").summary())
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.trainer is not None and self.trainer.training and "train" in self.loaders:

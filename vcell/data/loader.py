@@ -61,6 +61,11 @@ class Window:
     valid: np.ndarray  # (cells,) False for padding
 
 
+def fills_a_batch(split_cells: int, world_size: int, batch_size: int) -> bool:
+    """Whether every rank gets at least one whole batch of a split (else the loader refuses it)."""
+    return split_cells // world_size >= batch_size
+
+
 def resolve_threads(setting: int | str) -> int:
     """`loader.threads`, with 'auto' = 1 if this process has >= 2 cores to itself, else 0."""
     if setting != "auto":
@@ -134,7 +139,7 @@ class AtlasLoader:
 
     def check_size(self) -> None:
         per_rank = self.split_cells // self.world_size
-        if per_rank < self.config.batch_size:
+        if not fills_a_batch(self.split_cells, self.world_size, self.config.batch_size):
             raise VCellError(
                 f"loader.batch_size={self.config.batch_size} is larger than the {self.split_cells:,} cells "
                 f"of the '{self.split}' split shared by {self.world_size} rank(s) ({per_rank:,} each)",
