@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignment is validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 
 
 class CodecConfig(Section):
@@ -244,3 +241,4 @@ class VCellConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)

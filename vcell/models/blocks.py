@@ -1,0 +1,137 @@
+"""Layers shared by the model and its enhancements: MLPs, sparse annotation layers, a fixed-step
+ODE solver, count likelihoods. Single-device torch only.
+
+    mlp = MLP(2000, [256, 256], 32)                   # Linear-LayerNorm-GELU stacks
+    layer = EdgeLinear(src, dst, n_in=2000, n_out=40) # weights only on annotated (src, dst) pairs
+    z_t = integrate(f, z0, duration, n_steps=8)       # RK4, each row its own duration
+    log_p = negative_binomial_log_prob(counts, mean, dispersion)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Linear -> LayerNorm -> GELU (-> Dropout) for each hidden width, then a plain Linear."""
+
+    def __init__(self, n_in: int, hidden: list[int], n_out: int, dropout: float = 0.0) -> None:
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(n_in, width), nn.LayerNorm(width), nn.GELU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            n_in = width
+        layers.append(nn.Linear(n_in, n_out))
+        super().__init__(*layers)
+
+
+class EdgeLinear(nn.Module):
+    """y[:, dst] += w_e * x[:, src] for each annotated edge e: a linear map with weights only on
+    the pairs an annotation allows (gene -> pathway, pathway -> compartment, TF -> target).
+
+    Stored as E weights and two index buffers, so the parameter count is the number of
+    annotated pairs, not n_in x n_out.
+    """
+
+    def __init__(
+        self, source, target, n_in: int, n_out: int, *, bias: bool = True,
+        init: Literal["random", "mean"] = "random", init_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if len(source) != len(target):
+            raise ValueError(f"EdgeLinear: {len(source)} sources but {len(target)} targets")
+        self.n_in, self.n_out = n_in, n_out
+        source, target = np.asarray(source, dtype=np.int64), np.asarray(target, dtype=np.int64)
+        self.register_buffer("source", torch.as_tensor(source))
+        self.register_buffer("target", torch.as_tensor(target))
+        # fan-in of each output (numpy: also works while building on the meta device)
+        fan_in = np.maximum(np.bincount(target, minlength=n_out), 1)[target].astype(np.float32)
+        if init == "mean":  # each output starts as the mean of its inputs (e.g. a gene-set score)
+            weight = torch.as_tensor(1.0 / fan_in)
+        else:  # so an output with many inputs starts no larger than one with few
+            scale = torch.as_tensor(fan_in ** -0.5 if init_scale is None else np.full(len(source), init_scale, np.float32))
+            weight = torch.randn(len(source)) * scale
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (B, n_in) -> messages (B, E) -> summed per target (B, n_out)
+        messages = x[:, self.source] * self.weight
+        out = x.new_zeros(x.shape[0], self.n_out).index_add_(1, self.target, messages)
+        return out if self.bias is None else out + self.bias
+
+    def dense_weight(self) -> torch.Tensor:
+        """(n_in, n_out) with zeros off the annotated pairs (for inspection and tests)."""
+        dense = self.weight.new_zeros(self.n_in, self.n_out)
+        return dense.index_put((self.source, self.target), self.weight, accumulate=True)
+
+
+def integrate(
+    derivative: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], state: torch.Tensor, duration: torch.Tensor,
+    n_steps: int, *, trajectory: bool = False,
+) -> torch.Tensor:
+    """Classic fourth-order Runge-Kutta from t=0 to t=duration in `n_steps` equal steps.
+
+    `derivative(t, state)` gives d state/dt; state (B, D); duration (B,) lets every row run
+    for its own time with the same number of steps (a zero duration leaves the row unchanged).
+    With `trajectory`, returns (n_steps + 1, B, D) states, else the final (B, D).
+    """
+    step = (duration / n_steps).unsqueeze(-1)  # (B, 1)
+    time = torch.zeros_like(step)
+    states = [state]
+    for _ in range(n_steps):
+        k1 = derivative(time, state)
+        k2 = derivative(time + step / 2, state + step / 2 * k1)
+        k3 = derivative(time + step / 2, state + step / 2 * k2)
+        k4 = derivative(time + step, state + step * k3)
+        state = state + step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+        time = time + step
+        states.append(state)
+    return torch.stack(states) if trajectory else state
+
+
+def negative_binomial_log_prob(
+    counts: torch.Tensor, mean: torch.Tensor, dispersion: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """log NB(counts; mean, inverse dispersion theta), elementwise: Var = mean + mean^2 / theta."""
+    log_theta_mean = torch.log(dispersion + mean + eps)
+    return (
+        dispersion * (torch.log(dispersion + eps) - log_theta_mean)
+        + counts * (torch.log(mean + eps) - log_theta_mean)
+        + torch.lgamma(counts + dispersion)
+        - torch.lgamma(dispersion)
+        - torch.lgamma(counts + 1.0)
+    )
+
+
+def zero_inflated_negative_binomial_log_prob(
+    counts: torch.Tensor, mean: torch.Tensor, dispersion: torch.Tensor, zero_logits: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """log ZINB: with probability sigmoid(zero_logits) an extra zero, else NB(mean, dispersion)."""
+    nb = negative_binomial_log_prob(counts, mean, dispersion, eps)
+    log_pi, log_not_pi = nn.functional.logsigmoid(zero_logits), nn.functional.logsigmoid(-zero_logits)
+    nb_zero = dispersion * (torch.log(dispersion + eps) - torch.log(dispersion + mean + eps))
+    zero_case = torch.logaddexp(log_pi, log_not_pi + nb_zero)
+    return torch.where(counts < 0.5, zero_case, log_not_pi + nb)
+
+
+def poisson_log_prob(counts: torch.Tensor, mean: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    return counts * torch.log(mean + eps) - mean - torch.lgamma(counts + 1.0)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is true; 0 (with a gradient path) when nothing is selected."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def gene_set_means(x: torch.Tensor, gene: torch.Tensor, group: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """(B, n_groups) mean of x over each group's genes; membership as (gene, group) pairs."""
+    sums = x.new_zeros(x.shape[0], len(size)).index_add_(1, group, x[:, gene])
+    return sums / size.clamp(min=1)

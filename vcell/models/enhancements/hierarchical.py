@@ -1,0 +1,83 @@
+"""Hierarchical: gene -> pathway -> compartment.
+
+The encoder gains a pathway layer whose units see only their member genes (sparse, from the
+GMT) and a compartment layer whose units see only their pathways (from the TSV); the decoder
+gains the reverse path, pathway units writing only to their members. Each pathway unit starts
+as the mean of its members, so its activity reads as a gene-set score that training refines.
+With `missing=learned` and no annotation files, dense learned groups take their place.
+
+Statistics: pathway_activity (B, P), compartment_activity (B, C).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vcell.config.model import ModelConfig
+from vcell.models.blocks import EdgeLinear
+from vcell.models.inputs import CellInputs
+from vcell.models.slots import DecodeContext, Slots
+from vcell.models.spec import ModelSpec
+
+
+def pathway_layer(spec: ModelSpec, config: ModelConfig) -> nn.Module:
+    """genes (B, G) -> pathways (B, P): member genes only, or dense learned groups."""
+    if spec.gene_pathway is None:
+        return nn.Linear(spec.n_genes, config.hierarchical.learned_pathways)
+    edges = spec.gene_pathway
+    return EdgeLinear(edges.source, edges.target, spec.n_genes, len(spec.pathway_names), init="mean")
+
+
+def n_pathways(spec: ModelSpec, config: ModelConfig) -> int:
+    return len(spec.pathway_names) if spec.gene_pathway is not None else config.hierarchical.learned_pathways
+
+
+class HierarchicalEncoder(nn.Module):
+    STATS = {"pathway_activity": ("B", "P"), "compartment_activity": ("B", "C")}
+
+    def __init__(self, inner: nn.Module, spec: ModelSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self.inner, self.n_out = inner, inner.n_out
+        self.pathways = pathway_layer(spec, config)
+        n_pathway = n_pathways(spec, config)
+        if spec.pathway_compartment is not None:
+            edges = spec.pathway_compartment
+            self.compartments = EdgeLinear(edges.source, edges.target, n_pathway, len(spec.compartment_names), init="mean")
+            n_compartment = len(spec.compartment_names)
+        else:
+            n_compartment = max(1, n_pathway // 8)
+            self.compartments = nn.Linear(n_pathway, n_compartment)
+        self.combine = nn.Linear(inner.n_out + n_pathway + n_compartment, inner.n_out)
+
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
+        h, stats = self.inner(x, cells)
+        pathway = self.pathways(x)  # (B, P)
+        compartment = self.compartments(pathway)  # (B, C)
+        h = self.combine(torch.cat([h, pathway, compartment], dim=-1))
+        return h, {**stats, "pathway_activity": pathway, "compartment_activity": compartment}
+
+
+class PathwayDecoderTerm(nn.Module):
+    """scores += member genes' share of predicted pathway activity (pathway -> gene edges only)."""
+
+    STATS: dict = {}
+
+    def __init__(self, latent: int, spec: ModelSpec, config: ModelConfig) -> None:
+        super().__init__()
+        n_pathway = n_pathways(spec, config)
+        self.activity = nn.Linear(latent, n_pathway)
+        if spec.gene_pathway is None:
+            self.to_genes: nn.Module = nn.Linear(n_pathway, spec.n_genes, bias=False)
+        else:
+            edges = spec.gene_pathway
+            self.to_genes = EdgeLinear(edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.01)
+
+    def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
+        return scores + self.to_genes(self.activity(z))
+
+
+def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
+    _, _, latent = config.dimensions()
+    slots.encoder = HierarchicalEncoder(slots.encoder, spec, config)
+    slots.gene_terms.append(PathwayDecoderTerm(latent, spec, config))

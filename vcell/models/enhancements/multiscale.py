@@ -1,0 +1,98 @@
+"""Multi-scale: gene-, pathway- and cell-level views of a cell, fused by learned gates.
+
+The gene view is the encoder before it (the base MLP, or the hierarchical encoder); the
+pathway view reads the mean expression of each gene set; the cell view reads whole-cell
+summaries (log library size, detected fraction, mean and spread of expression). A softmax
+gate per cell weighs the three. Each scale also has a loss: the latent must predict the
+cell's gene-set means (pathway scale) and its summaries (cell scale), besides the genes.
+Without gene-set annotations (hierarchical.missing=learned) the pathway view uses a fixed
+random partition of the genes into `learned_pathways` modules.
+
+Statistics: scale_weight (B, S=3) gate of the gene, pathway and cell views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from vcell.config.model import ModelConfig
+from vcell.models.blocks import MLP, gene_set_means
+from vcell.models.inputs import CellInputs
+from vcell.models.slots import Slots
+from vcell.models.spec import ModelSpec
+
+N_CELL_FEATURES = 4
+
+
+class GeneSets(nn.Module):
+    """Fixed (B, G) -> (B, n_sets) gene-set means (buffers only: nothing to learn)."""
+
+    def __init__(self, spec: ModelSpec, n_modules: int) -> None:
+        super().__init__()
+        if spec.gene_pathway is not None:
+            gene, group = spec.gene_pathway.source, spec.gene_pathway.target
+        else:
+            gene = np.arange(spec.n_genes)
+            group = np.random.default_rng(0).permutation(spec.n_genes) % n_modules
+        gene, group = np.asarray(gene, dtype=np.int64), np.asarray(group, dtype=np.int64)
+        self.register_buffer("gene", torch.as_tensor(gene))
+        self.register_buffer("group", torch.as_tensor(group))
+        self.register_buffer("size", torch.as_tensor(np.bincount(group).astype(np.float32)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return gene_set_means(x, self.gene, self.group, self.size)
+
+
+def cell_features(x: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """(B, 4): log library size / 10, detected fraction, mean and std of expression."""
+    detected = (x > 0).float().mean(-1)
+    return torch.stack([torch.log1p(library) / 10.0, detected, x.mean(-1), x.std(-1)], dim=-1)
+
+
+class MultiscaleEncoder(nn.Module):
+    STATS = {"scale_weight": ("B", "S")}
+
+    def __init__(self, inner: nn.Module, gene_sets: GeneSets, hidden: int) -> None:
+        super().__init__()
+        self.inner, self.n_out, self.gene_sets = inner, inner.n_out, gene_sets
+        self.pathway_view = MLP(len(gene_sets.size), [hidden], inner.n_out)
+        self.cell_view = MLP(N_CELL_FEATURES, [hidden], inner.n_out)
+        self.gate = nn.Linear(3 * inner.n_out, 3)
+
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
+        gene, stats = self.inner(x, cells)
+        pathway = self.pathway_view(self.gene_sets(x))
+        cell = self.cell_view(cell_features(x, cells.library))
+        views = torch.stack([gene, pathway, cell], dim=1)  # (B, 3, H)
+        weight = torch.softmax(self.gate(views.flatten(1)), dim=-1)  # (B, 3)
+        return (weight.unsqueeze(-1) * views).sum(1), {**stats, "scale_weight": weight}
+
+
+class ScaleLosses(nn.Module):
+    """The pathway- and cell-scale losses: the latent predicts gene-set means and summaries."""
+
+    STATS: dict = {}
+
+    def __init__(self, latent: int, gene_sets: GeneSets, weight: float) -> None:
+        super().__init__()
+        self.view = [gene_sets]  # registered once, in the encoder
+        self.weight = weight
+        self.pathway_head = nn.Linear(latent, len(gene_sets.size))
+        self.cell_head = nn.Linear(latent, N_CELL_FEATURES)
+
+    def forward(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
+        pathway_target = self.view[0](cells.x)
+        cell_target = cell_features(cells.x, cells.library)
+        return {
+            "pathway_scale": self.weight * (self.pathway_head(z) - pathway_target).pow(2).mean(),
+            "cell_scale": self.weight * (self.cell_head(z) - cell_target).pow(2).mean(),
+        }, {}
+
+
+def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
+    hidden, _, latent = config.dimensions()
+    gene_sets = GeneSets(spec, config.hierarchical.learned_pathways)
+    slots.encoder = MultiscaleEncoder(slots.encoder, gene_sets, hidden)
+    slots.auxiliary.append(ScaleLosses(latent, gene_sets, config.multiscale.scale_loss_weight))

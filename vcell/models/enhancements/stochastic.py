@@ -1,0 +1,94 @@
+"""Stochastic: cell-to-cell variability.
+
+The latent becomes variational (a Gaussian per cell, KL to N(0, I) with a warm-up) and the
+head scores raw counts with a negative binomial (optionally zero-inflated) whose mean is the
+library size x composition (or capacity x allocation with `resource`) and whose inverse
+dispersion theta is learned per gene. The model can sample cells (`VirtualCell.sample`).
+
+Statistics: dispersion (G,) theta per gene; extrinsic_variance_fraction (G,): of each gene's
+count variance across the batch's cells, the share from differences in expected counts
+(cell state and size) rather than sampling noise: Var(m) / (Var(m) + E[m + m^2 / theta]).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vcell.config.model import ModelConfig, StochasticConfig
+from vcell.models.blocks import negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
+from vcell.models.inputs import Prediction
+from vcell.models.slots import Slots, count_head
+from vcell.models.spec import ModelSpec
+
+
+class VariationalLatent(nn.Module):
+    STATS: dict = {}
+
+    def __init__(self, n_in: int, latent: int, n_genes: int, settings: StochasticConfig) -> None:
+        super().__init__()
+        self.project = nn.Linear(n_in, 2 * latent)
+        self.settings, self.n_genes = settings, n_genes
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # drives the KL warm-up; checkpointed
+
+    def kl_weight(self) -> float:
+        warmup = self.settings.kl_warmup_steps
+        ramp = 1.0 if warmup == 0 else min(1.0, float(self.steps) / warmup)
+        return self.settings.kl_weight * ramp
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+        mean, log_variance = self.project(h).chunk(2, dim=-1)
+        log_variance = log_variance.clamp(-10.0, 10.0)
+        z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance) if self.training else mean
+        kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1.0 - log_variance).sum(-1).mean()
+        weight = self.kl_weight()
+        if self.training:
+            self.steps += 1
+        # divided by the gene count: the likelihood is a mean over genes, so this keeps the ELBO's balance
+        return z, {"kl": weight * kl / self.n_genes}, {}
+
+
+class NegativeBinomialLikelihood(nn.Module):
+    STATS = {"dispersion": ("G",), "extrinsic_variance_fraction": ("G",)}
+
+    def __init__(self, n_genes: int, latent: int, zero_inflated: bool) -> None:
+        super().__init__()
+        self.raw_dispersion = nn.Parameter(torch.full((n_genes,), math.log(math.expm1(2.0))))  # theta = 2
+        self.zero_logits = nn.Linear(latent, n_genes) if zero_inflated else None
+
+    def dispersion(self) -> torch.Tensor:
+        return nn.functional.softplus(self.raw_dispersion) + 1e-4
+
+    def extras(self, z: torch.Tensor) -> dict:
+        return {} if self.zero_logits is None else {"zero_logits": self.zero_logits(z)}
+
+    def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
+        theta = self.dispersion()
+        if self.zero_logits is None:
+            return negative_binomial_log_prob(counts, prediction.mean, theta)
+        return zero_inflated_negative_binomial_log_prob(counts, prediction.mean, theta, prediction.extra["zero_logits"])
+
+    def sample(self, prediction: Prediction, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Counts drawn as Poisson(Gamma(theta, theta / mean)), zeroed by the inflation if any."""
+        theta = self.dispersion()
+        mean = prediction.mean.clamp(min=1e-8)
+        rate = torch.distributions.Gamma(theta.expand_as(mean), theta / mean).sample()
+        counts = torch.poisson(rate, generator=generator)
+        if self.zero_logits is not None:
+            dropped = torch.rand(counts.shape, generator=generator) < torch.sigmoid(prediction.extra["zero_logits"])
+            counts = counts.masked_fill(dropped, 0.0)
+        return counts
+
+    def statistics(self, prediction: Prediction) -> dict:
+        theta, mean = self.dispersion(), prediction.mean.detach()
+        intrinsic = (mean + mean.pow(2) / theta).mean(0)
+        extrinsic = mean.var(0, unbiased=False)
+        return {"dispersion": theta.detach(), "extrinsic_variance_fraction": extrinsic / (extrinsic + intrinsic + 1e-12)}
+
+
+def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
+    hidden, _, latent = config.dimensions()
+    slots.latent = VariationalLatent(hidden, latent, spec.n_genes, config.stochastic)
+    count_head(slots).likelihood = NegativeBinomialLikelihood(spec.n_genes, latent, config.stochastic.likelihood == "zinb")

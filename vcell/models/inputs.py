@@ -1,0 +1,116 @@
+"""The model's inputs and outputs: one batch view in, one output type out.
+
+    cells = CellInputs.from_batch(batch, config.columns)   # the loader's dict of tensors
+    output = model(batch)                                   # ModelOutput
+    loss = output.loss                                      # sum of the named, weighted terms
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from vcell.config.model import ColumnsConfig
+
+
+@dataclass
+class Conditions:
+    """What happened to a cell, each (B,) or None when the data does not say.
+
+    perturbation: int64 category code (the control code or -1 = not perturbed); time: hours
+    since the stimulus (0 = unstimulated); hours_since_pulse: hours since an earlier pulse
+    (NaN = naive).
+    """
+
+    perturbation: torch.Tensor | None = None
+    time: torch.Tensor | None = None
+    hours_since_pulse: torch.Tensor | None = None
+
+    def take(self, rows: torch.Tensor) -> Conditions:
+        return Conditions(*(None if (value := getattr(self, f.name)) is None else value[rows] for f in fields(self)))
+
+    def is_basal(self, control_code: int) -> torch.Tensor | None:
+        """(B,) bool: unperturbed, unstimulated and naive (missing information counts as basal)."""
+        flags = []
+        if self.perturbation is not None:
+            flags.append((self.perturbation == control_code) | (self.perturbation < 0))
+        if self.time is not None:
+            flags.append(~(self.time > 0))
+        if self.hours_since_pulse is not None:
+            flags.append(torch.isnan(self.hours_since_pulse))
+        if not flags:
+            return None
+        basal = flags[0]
+        for flag in flags[1:]:
+            basal = basal & flag
+        return basal
+
+
+@dataclass
+class CellInputs:
+    """One batch as the model sees it: x (B, G) normalised expression, counts (B, G) raw or
+    None, library (B,) total counts, context (B,) pairing group code or None, conditions."""
+
+    x: torch.Tensor
+    counts: torch.Tensor | None
+    library: torch.Tensor
+    context: torch.Tensor | None
+    conditions: Conditions
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig) -> CellInputs:
+        x = batch["x"]
+        if x.layout != torch.strided:  # the loader's sparse CSR option
+            x = x.to_dense()
+
+        def column(name: str | None, dtype: torch.dtype) -> torch.Tensor | None:
+            return batch[name].to(dtype) if name and name in batch else None
+
+        library = batch.get("library_size")
+        return cls(
+            x=x.float(),
+            counts=None if batch.get("counts") is None else batch["counts"].float(),
+            library=(x.new_ones(len(x)) if library is None else library.float()),
+            context=column(columns.context, torch.long),
+            conditions=Conditions(
+                perturbation=column(columns.perturbation, torch.long),
+                time=column(columns.time, torch.float32),
+                hours_since_pulse=column(columns.history, torch.float32),
+            ),
+        )
+
+    def take(self, rows: torch.Tensor) -> CellInputs:
+        return CellInputs(
+            x=self.x[rows],
+            counts=None if self.counts is None else self.counts[rows],
+            library=self.library[rows],
+            context=None if self.context is None else self.context[rows],
+            conditions=self.conditions.take(rows),
+        )
+
+
+@dataclass
+class Prediction:
+    """Decoded cells: expression (B, G) in the loader's normalised log space; mean (B, G)
+    expected raw counts for count models (else None); extra (head-specific tensors)."""
+
+    expression: torch.Tensor
+    mean: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ModelOutput:
+    """latent (B, D) cell embeddings; expression (B, G) reconstructed cells; losses: named,
+    already weighted scalar terms (the training loop sums them); stats: named tensors a
+    biologist reads (documented per enhancement in `VirtualCell.stat_shapes`)."""
+
+    latent: torch.Tensor
+    expression: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return torch.stack(list(self.losses.values())).sum()

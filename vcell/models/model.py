@@ -1,0 +1,140 @@
+"""`VirtualCell`: the one model, assembled from slots that enhancements fill.
+
+    model = VirtualCell(ModelConfig(name="temporal+memory"), spec)
+    output = model(batch)                 # ModelOutput(latent, expression, losses, stats)
+    output.loss.backward()
+    prediction = model.predict(batch, Conditions(time=torch.full((n,), 4.0)))   # counterfactual
+
+A forward pass does two things. Reconstruction: hide some measured genes, encode, decode the
+cell itself. Response: pair each perturbed / stimulated / primed cell with a random basal
+cell (control, unstimulated, naive) of the same context, move the basal cell's state through
+the dynamics to the target's conditions and decode it; the loss compares it with the target
+cell. `predict` does the same for any conditions, seen or not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vcell.config.model import ModelConfig
+from vcell.models.blocks import MLP
+from vcell.models.enhancements import install_enhancements
+from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
+from vcell.models.slots import (
+    ConditionShift, DecodeContext, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
+)
+from vcell.models.spec import ModelSpec
+
+
+def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots:
+    hidden, n_layers, latent = config.dimensions()
+    return Slots(
+        encoder=MLPEncoder(spec.n_genes, hidden, n_layers, config.dropout),
+        latent=DeterministicLatent(hidden, latent),
+        dynamics=ConditionShift(spec.n_perturbations, latent, control_code),
+        decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout),
+        head=GaussianHead(),
+    )
+
+
+class VirtualCell(nn.Module):
+    """The composable model (see module doc). Single-device: no distributed code in here."""
+
+    def __init__(self, config: ModelConfig, spec: ModelSpec) -> None:
+        super().__init__()
+        self.config, self.spec = config, spec
+        self.control_code = spec.control_code
+        slots = base_slots(config, spec, self.control_code)
+        install_enhancements(slots, config, spec)
+        self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
+        self.decoder, self.head = slots.decoder, slots.head
+        self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
+        self.pairing = torch.Generator().manual_seed(0)  # evaluation pairs are the same every time
+
+    # -- the pieces ---------------------------------------------------------------------------
+    def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
+        """(z (B, D), losses, stats) of cells whose visible expression is x_in."""
+        h, stats = self.encoder(x_in, cells)
+        z, losses, latent_stats = self.latent(h)
+        return z, losses, {**stats, **latent_stats}
+
+    def decode(
+        self, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor, context: DecodeContext
+    ) -> Prediction:
+        """Expression of states z; capacity_state is the state before any condition (resource)."""
+        scores = self.decoder(z)
+        context.head = self.head
+        for term in self.gene_terms:
+            scores = term(scores, z, context)
+        return self.head.predict(scores, z, capacity_state, library)
+
+    # -- training forward -----------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        cells = CellInputs.from_batch(batch, self.config.columns)
+        x_in, hidden = hide_genes(cells.x, self.config.mask_fraction, self.training)
+        z, losses, stats = self.encode(x_in, cells)
+        prediction = self.decode(z, z, cells.library, DecodeContext(observed=x_in, visible=~hidden))
+        losses.update(self.head.reconstruction_losses(prediction, cells, hidden))
+        stats.update(self.head.statistics(prediction))
+        for auxiliary in self.auxiliary:
+            auxiliary_losses, auxiliary_stats = auxiliary(z, cells)
+            losses.update(auxiliary_losses)
+            stats.update(auxiliary_stats)
+        response_losses, response_stats = self.response(z, cells)
+        losses.update(response_losses)
+        stats.update(response_stats)
+        return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
+
+    def response(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
+        """The response loss over (basal, target) pairs of this batch (empty when none pair)."""
+        basal = cells.conditions.is_basal(self.control_code)
+        pairs = pair_cells(cells.context, basal, None if self.training else self.pairing)
+        if pairs is None or self.config.response_weight == 0:
+            return {}, {}
+        basal_rows, target_rows = pairs
+        targets = cells.take(target_rows)
+        state, stats = self.dynamics(z[basal_rows], targets.conditions)
+        prediction = self.decode(state, z[basal_rows], targets.library, DecodeContext(conditions=targets.conditions))
+        return {"response": self.config.response_weight * self.head.loss(prediction, targets)}, stats
+
+    # -- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor], conditions: Conditions) -> Prediction:
+        """Expression of the batch's cells moved to `conditions` (each (B,) or None = as basal)."""
+        was_training = self.training
+        self.eval()
+        try:
+            cells = CellInputs.from_batch(batch, self.config.columns)
+            z, _, _ = self.encode(cells.x, cells)
+            state, _ = self.dynamics(z, conditions)
+            return self.decode(state, z, cells.library, DecodeContext(conditions=conditions))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
+        """(B, G) counts drawn from the model for the batch's cells (under `conditions`)."""
+        if not hasattr(self.head, "likelihood"):
+            raise ValueError("sampling counts needs a count model (the stochastic or resource enhancement)")
+        prediction = self.predict(batch, conditions or Conditions())
+        return self.head.likelihood.sample(prediction)
+
+    @torch.no_grad()
+    def embed(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """Latent, reconstruction and statistics of the batch's cells, without masking."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(batch)
+        finally:
+            self.train(was_training)
+
+    def stat_shapes(self) -> dict[str, tuple[str, ...]]:
+        """Every statistic this model emits -> its symbolic shape (B cells, G genes, P pathways,
+        C compartments, D latent, E prior edges, S scales, M memory, R cells moved by the dynamics)."""
+        shapes: dict[str, tuple[str, ...]] = {}
+        for module in self.modules():
+            shapes.update(getattr(module, "STATS", {}))
+        return shapes
+

@@ -1,0 +1,251 @@
+"""The slots of the VirtualCell and the base model's module in each.
+
+    encoder   (x_in (B, G), cells) -> (h (B, H), stats)       MLPEncoder
+    latent    h -> (z (B, D), losses, stats)                   DeterministicLatent
+    dynamics  (z, conditions) -> (z', stats)                   ConditionShift
+    decoder   z -> gene scores (B, G)                          MLP
+    gene_terms  [(scores, z, context) -> scores]               (enhancements add terms)
+    head      scores -> Prediction, losses, stats              GaussianHead or CountHead
+    auxiliary [(z, cells) -> losses]                           (enhancements add losses)
+
+An enhancement replaces or wraps a slot's module, or appends to a list slot; every module
+declares the statistics it emits in `STATS` (name -> symbolic shape) for `stat_shapes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from vcell.models.blocks import MLP, masked_mean, poisson_log_prob
+from vcell.models.inputs import CellInputs, Conditions, Prediction
+
+TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's default normalisation
+
+
+@dataclass
+class DecodeContext:
+    """What a gene term may use: the observed (masked) input on the reconstruction path, or the
+    target conditions on the response path."""
+
+    conditions: Conditions | None = None
+    observed: torch.Tensor | None = None  # (B, G) x_in
+    visible: torch.Tensor | None = None  # (B, G) bool, genes the encoder saw
+    head: nn.Module | None = None
+
+
+@dataclass
+class Slots:
+    encoder: nn.Module
+    latent: nn.Module
+    dynamics: nn.Module
+    decoder: nn.Module
+    head: nn.Module
+    gene_terms: list[nn.Module] = field(default_factory=list)
+    auxiliary: list[nn.Module] = field(default_factory=list)
+
+
+class MLPEncoder(nn.Module):
+    """Genes -> hidden features (the base encoder)."""
+
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, n_genes: int, hidden: int, n_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.n_out = hidden
+        self.network = MLP(n_genes, [hidden] * n_layers, hidden, dropout)
+
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
+        return self.network(x), {}
+
+
+class DeterministicLatent(nn.Module):
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, n_in: int, latent: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(n_in, latent)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+        return self.project(h), {}, {}
+
+
+class ConditionShift(nn.Module):
+    """z' = z + e_p: each perturbation moves the cell state by a learned vector (control: 0).
+
+    Additive in latent space, so a perturbation seen in one cell type transfers to another
+    (the counterfactual). Perturbations another mechanism carries (regulatory: along the GRN)
+    are taken off this route by `route_elsewhere`, so no embedding sits unused.
+    """
+
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def __init__(self, n_perturbations: int, latent: int, control_code: int) -> None:
+        super().__init__()
+        self.control_code, self.latent = control_code, latent
+        routed = np.ones(n_perturbations, dtype=bool)
+        if 0 <= control_code < n_perturbations:
+            routed[control_code] = False
+        self.route(routed)
+
+    def route(self, routed: np.ndarray) -> None:
+        """Give an embedding row to each perturbation code where `routed` (K,) is true."""
+        self.routed = routed  # kept in numpy: the model may be built on the meta device
+        row = np.full(len(routed), -1, dtype=np.int64)
+        row[routed] = np.arange(int(routed.sum()))
+        self.register_buffer("row", torch.as_tensor(row))
+        self.embedding = nn.Embedding(int(routed.sum()), self.latent) if routed.any() else None
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, std=0.01)
+
+    def route_elsewhere(self, elsewhere: np.ndarray) -> None:
+        self.route(self.routed & ~np.asarray(elsewhere, dtype=bool))
+
+    def shift(self, z: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        code = conditions.perturbation
+        if code is None or self.embedding is None:
+            return z
+        row = torch.where(code >= 0, self.row[code.clamp(min=0, max=len(self.row) - 1)], -1)
+        active = (row >= 0).unsqueeze(-1)
+        return z + self.embedding(row.clamp(min=0)) * active
+
+    def forward(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, dict]:
+        return self.shift(z, conditions), {}
+
+
+class GaussianHead(nn.Module):
+    """Base likelihood: squared error on normalised log expression (scores are expression)."""
+
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def predict(self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor) -> Prediction:
+        return Prediction(expression=scores)
+
+    def expression_of(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores
+
+    def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
+        return (prediction.expression - target.x).pow(2).mean()
+
+    def reconstruction_losses(self, prediction: Prediction, target: CellInputs, hidden: torch.Tensor) -> dict:
+        error = (prediction.expression - target.x).pow(2)
+        return {"reconstruction": error.mean(), "masked": masked_mean(error, hidden)}
+
+    def statistics(self, prediction: Prediction) -> dict:
+        return {}
+
+
+class LibraryMean(nn.Module):
+    """Expected counts = observed library size x composition (the scVI parametrisation)."""
+
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def forward(self, scores, capacity_state, library) -> tuple[torch.Tensor, dict]:
+        return library.unsqueeze(-1) * torch.softmax(scores, dim=-1), {}
+
+    def statistics(self, prediction: Prediction) -> dict:
+        return {}
+
+
+class PoissonLikelihood(nn.Module):
+    STATS: dict[str, tuple[str, ...]] = {}
+
+    def extras(self, z: torch.Tensor) -> dict:
+        return {}
+
+    def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
+        return poisson_log_prob(counts, prediction.mean)
+
+    def sample(self, prediction: Prediction, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.poisson(prediction.mean, generator=generator)
+
+    def statistics(self, prediction: Prediction) -> dict:
+        return {}
+
+
+class CountHead(nn.Module):
+    """A likelihood on raw counts: `mean_model` gives expected counts, `likelihood` scores them.
+
+    Enhancements fill the two parts: stochastic puts a negative binomial in `likelihood`,
+    resource puts capacity x allocation in `mean_model`.
+    """
+
+    def __init__(self, mean_model: nn.Module, likelihood: nn.Module) -> None:
+        super().__init__()
+        self.mean_model, self.likelihood = mean_model, likelihood
+
+    @property
+    def STATS(self) -> dict[str, tuple[str, ...]]:  # noqa: N802 - same protocol as the class attributes
+        return {**self.mean_model.STATS, **self.likelihood.STATS}
+
+    def predict(self, scores, z, capacity_state, library) -> Prediction:
+        mean, extra = self.mean_model(scores, capacity_state, library)
+        composition = mean / mean.sum(-1, keepdim=True).clamp(min=1e-12)
+        expression = torch.log1p(TARGET_SUM * composition)
+        return Prediction(expression=expression, mean=mean, extra={**extra, **self.likelihood.extras(z)})
+
+    def expression_of(self, scores: torch.Tensor) -> torch.Tensor:
+        """Normalised log expression of the composition alone (capacity left out)."""
+        return torch.log1p(TARGET_SUM * torch.softmax(scores, dim=-1))
+
+    def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
+        if target.counts is None:
+            raise ValueError("a count likelihood needs batch['counts'] (loader.keep_counts=true)")
+        # mean over genes and cells (not the sum over genes), so its scale matches the other terms
+        return -self.likelihood.log_prob(target.counts, prediction).mean()
+
+    def reconstruction_losses(self, prediction: Prediction, target: CellInputs, hidden: torch.Tensor) -> dict:
+        return {"reconstruction": self.loss(prediction, target)}
+
+    def statistics(self, prediction: Prediction) -> dict:
+        return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}
+
+
+def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_in, hidden): in training, each measured (non-zero) gene is hidden with `fraction`."""
+    if not training or fraction <= 0:
+        return x, torch.zeros_like(x, dtype=torch.bool)
+    hidden = (x > 0) & (torch.rand_like(x) < fraction)
+    return x.masked_fill(hidden, 0.0), hidden
+
+
+def pair_cells(
+    context: torch.Tensor | None, basal: torch.Tensor | None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(basal rows, target rows): each non-basal cell gets a random basal cell of its context.
+
+    The response loss then asks the model to turn the basal cell into the target's condition;
+    with random partners its minimiser is the condition's mean response, per context.
+    """
+    if basal is None or basal.all() or not basal.any():
+        return None
+    if context is None:
+        context = torch.zeros_like(basal, dtype=torch.long)
+    known = context >= 0
+    basal_rows, target_rows = torch.nonzero(basal & known)[:, 0], torch.nonzero(~basal & known)[:, 0]
+    groups, order = torch.sort(context[basal_rows])
+    target_groups = context[target_rows]
+    start = torch.searchsorted(groups, target_groups, right=False)
+    count = torch.searchsorted(groups, target_groups, right=True) - start
+    has_partner = count > 0
+    if not has_partner.any():
+        return None
+    draw = torch.rand(len(target_rows), generator=generator, device=context.device)
+    pick = start + (draw * count).long().clamp(max=count.clamp(min=1) - 1)
+    return basal_rows[order[pick[has_partner]]], target_rows[has_partner]
+
+
+
+def count_head(slots: Slots) -> CountHead:
+    """The slots' count head, turning the base Gaussian head into library x composition + Poisson."""
+    if not isinstance(slots.head, CountHead):
+        slots.head = CountHead(LibraryMean(), PoissonLikelihood())
+    return slots.head
+
+
+def condition_shift(dynamics: nn.Module) -> ConditionShift:
+    """The base perturbation shift inside whatever dynamics module wraps it."""
+    return dynamics if isinstance(dynamics, ConditionShift) else dynamics.shift

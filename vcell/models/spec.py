@@ -1,0 +1,224 @@
+"""What a model needs to know about its data: the gene vocabulary, annotations aligned to it,
+which conditions the batches carry, and which gene each perturbation targets.
+
+A `ModelSpec` is plain arrays, so model code never opens files; `spec_from_atlas` builds one
+from an atlas and the config, checking every enhancement's needs first (clear errors, before
+any worker starts); `reference_spec` makes a typical one for parameter counts and tests.
+
+    spec = spec_from_atlas(atlas, config.model, genes=None, counts=True)
+    model = VirtualCell(config.model, spec)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vcell.atlas.annotations import align_to_vocabulary, read_gmt, read_grn_edges, read_pathway_compartments
+from vcell.atlas.sources import strip_ensembl_version
+from vcell.atlas.store import Atlas
+from vcell.config.model import ModelConfig
+from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var
+from vcell.errors import VCellError
+from vcell.models.catalogue import NEEDS
+
+log = logging.getLogger(__name__)
+CONDITION_ROLES = ("context", "perturbation", "time", "history")
+
+
+@dataclass
+class Edges:
+    """Directed pairs source -> target between two index spaces (genes, pathways, compartments)."""
+
+    source: np.ndarray  # (E,) int64
+    target: np.ndarray  # (E,) int64
+    sign: np.ndarray | None = None  # (E,) +1/-1 prior sign, GRN only
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+@dataclass
+class ModelSpec:
+    """The data side of a model: vocabulary, annotations, available inputs (see module doc)."""
+
+    gene_ids: list[str]
+    inputs: frozenset[str]  # of "counts" and the CONDITION_ROLES the batches carry
+    pathway_names: list[str] = field(default_factory=list)
+    gene_pathway: Edges | None = None  # gene -> pathway membership
+    compartment_names: list[str] = field(default_factory=list)
+    pathway_compartment: Edges | None = None  # pathway -> compartment
+    grn: Edges | None = None  # regulator gene -> target gene (the prior)
+    perturbation_gene: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (K,) -1 = none
+    control_code: int = -1  # the perturbation category meaning 'not perturbed' (-1: none)
+    mean_library: float = 1000.0  # mean total counts per cell (initialises capacity)
+    coverage: dict = field(default_factory=dict)  # annotation coverage, for logs and run records
+
+    @property
+    def n_genes(self) -> int:
+        return len(self.gene_ids)
+
+    @property
+    def n_perturbations(self) -> int:
+        """Perturbation categories (control included), 0 when the batches carry none."""
+        return len(self.perturbation_gene)
+
+
+def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None = None, *, counts: bool) -> ModelSpec:
+    """The spec of `atlas` restricted to `genes` (loader order; None = all), or a VCellError."""
+    var = atlas_var(atlas)
+    selected = np.arange(len(var)) if genes is None else np.asarray(genes)
+    gene_ids = [strip_ensembl_version(str(gene)) for gene in var.index[selected]]
+    columns = atlas.attrs["obs_columns"]
+    inputs = {role for role in CONDITION_ROLES if getattr(config.columns, role) in columns}
+    if counts and atlas.attrs.get("values") == "counts":
+        inputs.add("counts")
+    mean_library = float(atlas.attrs.get("library_size", {}).get("mean") or 1000.0)
+    spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library)
+    needs = set().union(*(NEEDS[name] for name in config.enhancements))
+    check_inputs(atlas, config, needs, spec.inputs, counts)
+    if "gene_sets" in needs:
+        add_pathways(spec, config, atlas.path)
+    if "grn" in needs:
+        add_grn(spec, config, atlas.path)
+    if "perturbation" in inputs:
+        names = atlas.attrs["obs_categories"][config.columns.perturbation]
+        spec.perturbation_gene = perturbation_genes(names, var.iloc[selected], config.columns.control)
+        spec.control_code = names.index(config.columns.control) if config.columns.control in names else -1
+    return spec
+
+
+def check_inputs(atlas: Atlas, config: ModelConfig, needs: set[str], inputs: frozenset[str], counts: bool) -> None:
+    users = {need: [name for name in config.enhancements if need in NEEDS[name]] for need in needs}
+    if "counts" in needs and "counts" not in inputs:
+        why = "the atlas holds normalised values" if atlas.attrs.get("values") != "counts" else "loader.keep_counts is off"
+        raise VCellError(
+            f"model: {users['counts']} model raw counts, but {why} ({atlas.path})",
+            hint="use an atlas built from raw counts with loader.keep_counts=true, or drop these enhancements",
+        )
+    for role in ("time", "history"):
+        if role in needs and role not in inputs:
+            column = getattr(config.columns, role)
+            raise VCellError(
+                f"model: {users[role]} need the obs column '{column}' (model.columns.{role}), "
+                f"which the atlas {atlas.path} does not have",
+                hint=f"set model.columns.{role} to the column holding it; columns: {', '.join(sorted(atlas.attrs['obs_columns']))}",
+            )
+
+
+def annotation_path(setting: str | None, atlas_path: Path, default_name: str) -> Path:
+    return Path(setting) if setting else Path(atlas_path) / "annotations" / default_name
+
+
+def add_pathways(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
+    """gene -> pathway and pathway -> compartment edges, or none at all for missing=learned."""
+    settings = config.hierarchical
+    gmt = annotation_path(settings.gene_sets, atlas_path, "pathways.gmt")
+    table = annotation_path(settings.compartments, atlas_path, "pathway_compartments.tsv")
+    if not gmt.is_file() and settings.missing == "learned":
+        log.warning("no gene sets at %s: pathways are learned groups (model.hierarchical.missing=learned)", gmt)
+        spec.coverage["pathways"] = {"source": "learned", "n_pathways": settings.learned_pathways}
+        return
+    if not gmt.is_file():
+        raise VCellError(
+            f"model: pathway gene sets not found at {gmt} (needed by hierarchical/multiscale)",
+            hint="set model.hierarchical.gene_sets to a GMT file keyed by the atlas's gene IDs, "
+            "or model.hierarchical.missing=learned to learn groups instead",
+        )
+    mask, coverage = align_to_vocabulary(read_gmt(gmt), spec.gene_ids, source=str(gmt))
+    kept = mask.sum(1) >= settings.min_genes
+    if not kept.any():
+        raise VCellError(
+            f"{gmt}: no pathway has {settings.min_genes}+ genes in the atlas vocabulary",
+            hint="the GMT must use the atlas's gene IDs (Ensembl IDs, versions ignored)",
+        )
+    names = [name for name, keep in zip(coverage, kept) if keep]
+    pathway, gene = np.nonzero(mask[kept])
+    spec.pathway_names, spec.gene_pathway = names, Edges(gene.astype(np.int64), pathway.astype(np.int64))
+    matched = sum(coverage[name]["matched"] for name in names)
+    missing = sum(coverage[name]["missing"] for name in names)
+    spec.coverage["pathways"] = {
+        "source": str(gmt), "n_pathways": len(names), "dropped_small": int((~kept).sum()),
+        "genes_matched": matched, "genes_missing": missing, "genes_covered": int(mask[kept].any(0).sum()),
+    }
+    add_compartments(spec, table, settings.missing)
+
+
+def add_compartments(spec: ModelSpec, table: Path, missing: str) -> None:
+    if not table.is_file():
+        if missing == "error":
+            raise VCellError(
+                f"model: pathway compartments not found at {table} (needed by hierarchical)",
+                hint="set model.hierarchical.compartments to a TSV with columns pathway, compartment, "
+                "or model.hierarchical.missing=learned",
+            )
+        return  # learned compartments over the annotated pathways
+    assignment = read_pathway_compartments(table)
+    unassigned = [name for name in spec.pathway_names if name not in assignment]
+    if unassigned and missing == "error":
+        raise VCellError(
+            f"{table}: {len(unassigned)} pathway(s) have no compartment, e.g. {unassigned[:3]}",
+            hint="add a line per pathway, or set model.hierarchical.missing=learned",
+        )
+    names = sorted({assignment[name] for name in spec.pathway_names if name in assignment})
+    index = {name: position for position, name in enumerate(names)}
+    pairs = [(p, index[assignment[name]]) for p, name in enumerate(spec.pathway_names) if name in assignment]
+    spec.compartment_names = names
+    spec.pathway_compartment = Edges(*(np.array(column, dtype=np.int64) for column in zip(*pairs)))
+
+
+def add_grn(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
+    path = annotation_path(config.regulatory.edges, atlas_path, "grn_edges.tsv")
+    if not path.is_file():
+        raise VCellError(
+            f"model: GRN prior not found at {path} (needed by regulatory)",
+            hint="set model.regulatory.edges to a TSV with columns source, target, sign, weight (gene IDs)",
+        )
+    table = read_grn_edges(path)
+    position = {gene: index for index, gene in enumerate(spec.gene_ids)}
+    source = table["source"].map(lambda g: position.get(strip_ensembl_version(str(g)), -1)).to_numpy()
+    target = table["target"].map(lambda g: position.get(strip_ensembl_version(str(g)), -1)).to_numpy()
+    inside = (source >= 0) & (target >= 0) & (source != target)
+    if not inside.any():
+        raise VCellError(f"{path}: no edge connects two genes of the atlas vocabulary", hint="use the atlas's gene IDs")
+    spec.grn = Edges(source[inside].astype(np.int64), target[inside].astype(np.int64), table["sign"].to_numpy()[inside])
+    spec.coverage["grn"] = {"source": str(path), "edges": int(inside.sum()), "dropped": int((~inside).sum())}
+
+
+def perturbation_genes(names: list[str], var: pd.DataFrame, control: str) -> np.ndarray:
+    """(K,) model gene index targeted by each perturbation category (by ID or symbol), -1 if none."""
+    position = {strip_ensembl_version(str(gene)): index for index, gene in enumerate(var.index)}
+    for column in SYMBOL_COLUMNS:
+        if column in var.columns:
+            for index, symbol in enumerate(var[column].astype(str)):
+                position.setdefault(symbol, index)
+    return np.array([-1 if name == control else position.get(name, -1) for name in names], dtype=np.int64)
+
+
+def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None, n_perturbations: int = 100) -> ModelSpec:
+    """A typical spec of `n_genes` genes: ~1 pathway per 50 genes (~40 genes each), 6 compartments,
+    ~3 regulators per gene among 5% TFs, `n_perturbations` single-gene perturbations."""
+    rng = np.random.default_rng(seed)
+    n_pathways = n_pathways or max(2, n_genes // 50)
+    pathway = np.repeat(np.arange(n_pathways), 40)
+    gene = rng.integers(0, n_genes, len(pathway))
+    n_tfs = max(2, n_genes // 20)
+    target = np.repeat(np.arange(n_genes), 3)
+    source = rng.integers(0, n_tfs, len(target))
+    keep = source != target
+    perturbed = np.concatenate([[-1], rng.choice(n_genes, min(n_genes, n_perturbations), replace=False)])
+    return ModelSpec(
+        gene_ids=[f"G{i:06d}" for i in range(n_genes)],
+        inputs=frozenset({"counts", *CONDITION_ROLES}),
+        pathway_names=[f"P{p}" for p in range(n_pathways)],
+        gene_pathway=Edges(gene, pathway),
+        compartment_names=[f"C{c}" for c in range(6)],
+        pathway_compartment=Edges(np.arange(n_pathways), np.arange(n_pathways) % 6),
+        grn=Edges(source[keep], target[keep], np.where(rng.random(keep.sum()) < 0.6, 1, -1)),
+        perturbation_gene=perturbed.astype(np.int64),
+        control_code=0,
+    )

@@ -1,0 +1,43 @@
+"""The catalogue as models: build any entry, count its parameters, describe them all.
+
+    model = build_model(ModelConfig(name="full"), spec)
+    rows = describe_catalogue(n_genes=20000, size="large")   # `vcell models --json`
+
+Twelve names, one class: every entry is a set of enhancements installed into `VirtualCell`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vcell.config.model import ModelConfig
+from vcell.models.catalogue import CATALOGUE, SUMMARIES, TITLES
+from vcell.models.model import VirtualCell
+from vcell.models.spec import ModelSpec, reference_spec
+
+
+def build_model(config: ModelConfig, spec: ModelSpec, *, device: str | torch.device = "cpu") -> VirtualCell:
+    """The model for `config` on `device` ('meta' allocates nothing: for counts and plans)."""
+    with torch.device(device):
+        return VirtualCell(config, spec)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def describe_catalogue(n_genes: int = 2000, size: str = "small") -> list[dict]:
+    """One row per catalogue model: name, title, enhancements, parameters (reference annotations)."""
+    spec = reference_spec(n_genes)
+    rows = []
+    for name, enhancements in CATALOGUE.items():
+        config = ModelConfig(name=name, size=size)
+        model = build_model(config, spec, device="meta")
+        rows.append({
+            "name": name,
+            "title": TITLES[name],
+            "enhancements": list(enhancements),
+            "parameters": count_parameters(model),
+            "summary": "; ".join(SUMMARIES[e].split(";")[0] for e in enhancements) or "masked-expression autoencoder",
+        })
+    return rows
