@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcell.cli import build_parser, main
+from vcell.cli import build_parser, human_count, main
 from vcell.config import load_config
+from vcell.models.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"]]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
@@ -29,7 +31,7 @@ def test_command_surface_is_frozen():
     parser = build_parser()
     top = parser._subparsers._group_actions[0].choices
     atlas = top["atlas"]._subparsers._group_actions[0].choices
-    assert sorted(top) == ["atlas"]
+    assert sorted(top) == ["atlas", "models"]
     assert sorted(atlas) == ["build", "info", "synth", "validate"]
 
 
@@ -66,3 +68,38 @@ def test_launch_py_and_console_script_are_the_same_command():
 def test_missing_atlas_exits_non_zero():
     result = subprocess.run([sys.executable, "launch.py", "atlas", "info", "/nonexistent.zarr"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and "not a vcell atlas" in result.stderr
+
+
+def test_models_json_lists_the_catalogue(capsys):
+    assert main(["models", "--json", "--size", "tiny", "--genes", "500"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12 and [row["name"] for row in rows] == list(CATALOGUE)
+    assert all(row["enhancements"] == list(CATALOGUE[row["name"]]) for row in rows)
+    assert all(isinstance(row["parameters"], int) and row["parameters"] > 0 for row in rows)
+
+
+def test_models_table(capsys):
+    assert main(["models", "--size", "tiny", "--genes", "500"]) == 0
+    header, columns, *lines = capsys.readouterr().out.splitlines()
+    assert "500 genes" in header and "'tiny'" in header and "reference annotations" in header
+    assert columns.split() == ["name", "enhancements", "parameters"]
+    assert [line.split()[0] for line in lines] == list(CATALOGUE)
+    full = lines[-1]
+    assert ", ".join(CATALOGUE["full"]) in full and full.split()[-1][-1] in "KM"
+    assert len({len(line) for line in [columns, *lines]}) == 1  # aligned: every row as wide as the header
+
+
+def test_models_refuses_bad_arguments(capsys):
+    for arguments in (["--size", "huge"], ["--genes", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["models", *arguments])
+        assert exit_.value.code == 2
+    assert "must be a positive whole number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "count, text",
+    [(950, "950"), (1_234, "1.2K"), (132_568, "133K"), (10_479_552, "10.5M"), (216_367_904, "216M"), (1_500_000_000, "1.5B")],
+)
+def test_human_count(count, text):
+    assert human_count(count) == text

@@ -4,6 +4,7 @@
     vcell atlas build IN [IN ...] --out PATH [--layer L] [--gene-key K] [k=v ...]
     vcell atlas info PATH [--json]
     vcell atlas validate PATH [--skip-stats]
+    vcell models [--json] [--genes G] [--size S]
 
 Every command takes `--config FILE` (default: configs/experiments/quickstart.yaml),
 dotted overrides `section.key=value`, `--print-config` and `--save-config FILE`.
@@ -108,6 +109,41 @@ def run_validate(args: argparse.Namespace) -> None:
           f"{summary['n_genes']:,} genes in {summary['n_shards']} shard(s))")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def human_count(n: int) -> str:
+    """132568 -> '133K', 10479552 -> '10.5M'."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}" if n < 100 * scale else f"{n / scale:.0f}{suffix}"
+    return str(n)
+
+
+def format_catalogue(rows: list[dict], n_genes: int, size: str) -> str:
+    """The `vcell models` table: name | enhancements | parameters, under a line saying what was counted."""
+    table = [("name", "enhancements", "parameters")]
+    table += [(row["name"], ", ".join(row["enhancements"]) or "-", human_count(row["parameters"])) for row in rows]
+    widths = [max(len(line[column]) for line in table) for column in range(2)]
+    header = (
+        f"{len(rows)} catalogue models for {n_genes:,} genes at size '{size}' (parameter counts use reference "
+        "annotations: ~1 pathway per 50 genes, 3 regulators per gene)"
+    )
+    lines = [f"{name:<{widths[0]}}  {enhancements:<{widths[1]}}  {count:>10}" for name, enhancements, count in table]
+    return "\n".join([header, *lines])
+
+
+def run_models(args: argparse.Namespace) -> None:
+    from vcell.models.zoo import describe_catalogue
+
+    rows = describe_catalogue(n_genes=args.genes, size=args.size)
+    print(json.dumps(rows, indent=2) if args.json else format_catalogue(rows, args.genes, args.size))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcell", description="Virtual-cell models on Zarr-sharded single-cell atlases.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -148,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="machine-readable output")
     validate.add_argument("--quiet", action="store_true", help="no progress bars")
     validate.set_defaults(handler=run_validate)
+
+    from vcell.config.model import SIZES  # no torch: keeps --help fast
+
+    models = commands.add_parser("models", help="the catalogue of models and their parameter counts")
+    models.add_argument("--json", action="store_true", help="machine-readable output (a list of models)")
+    models.add_argument("--genes", type=positive_int, default=2000, help="genes the models are sized for (default: 2000)")
+    models.add_argument("--size", choices=list(SIZES), default="small", help="width/depth preset (default: small)")
+    models.set_defaults(handler=run_models)
     return parser
 
 

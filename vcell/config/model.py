@@ -22,8 +22,9 @@ from vcell.models.catalogue import CATALOGUE, check_enhancements
 
 Enhancement = Literal["hierarchical", "temporal", "regulatory", "stochastic", "resource", "multiscale", "memory"]
 
-# size -> (hidden width, hidden layers per MLP, latent dimension). With 20,000 genes: tiny ~1.3M
-# parameters, small ~11M, medium ~45M, large ~200M, xlarge ~450M (`vcell models --genes 20000`).
+# size -> (hidden width, hidden layers per MLP, latent dimension). The base model with 20,000
+# genes: tiny 1.3M parameters, small 10.5M, medium 44M, large 216M, xlarge 538M (the full model
+# ~5-45% more; `vcell models --genes 20000 --size large`).
 SIZES: dict[str, tuple[int, int, int]] = {
     "tiny": (32, 1, 8),
     "small": (256, 2, 32),

@@ -50,7 +50,6 @@ class VirtualCell(nn.Module):
         self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
-        self.pairing = torch.Generator().manual_seed(0)  # evaluation pairs are the same every time
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
@@ -70,8 +69,13 @@ class VirtualCell(nn.Module):
         return self.head.predict(scores, z, capacity_state, library)
 
     # -- training forward -----------------------------------------------------------------------
-    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    def inputs(self, batch: dict[str, torch.Tensor]) -> CellInputs:
         cells = CellInputs.from_batch(batch, self.config.columns)
+        check_conditions(cells.conditions, self.spec)
+        return cells
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        cells = self.inputs(batch)
         x_in, hidden = hide_genes(cells.x, self.config.mask_fraction, self.training)
         z, losses, stats = self.encode(x_in, cells)
         prediction = self.decode(z, z, cells.library, DecodeContext(observed=x_in, visible=~hidden))
@@ -89,7 +93,9 @@ class VirtualCell(nn.Module):
     def response(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
         """The response loss over (basal, target) pairs of this batch (empty when none pair)."""
         basal = cells.conditions.is_basal(self.control_code)
-        pairs = pair_cells(cells.context, basal, None if self.training else self.pairing)
+        # evaluation pairs the same cells on every call (a fresh seeded generator on z's device)
+        generator = None if self.training else torch.Generator(device=z.device).manual_seed(0)
+        pairs = pair_cells(cells.context, basal, generator)
         if pairs is None or self.config.response_weight == 0:
             return {}, {}
         basal_rows, target_rows = pairs
@@ -105,10 +111,23 @@ class VirtualCell(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            cells = CellInputs.from_batch(batch, self.config.columns)
+            cells = self.inputs(batch)
+            check_conditions(conditions, self.spec)
             z, _, _ = self.encode(cells.x, cells)
             state, _ = self.dynamics(z, conditions)
             return self.decode(state, z, cells.library, DecodeContext(conditions=conditions))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: dict[str, torch.Tensor]) -> Prediction:
+        """The batch's cells decoded from their own (unmasked) state."""
+        was_training = self.training
+        self.eval()
+        try:
+            cells = self.inputs(batch)
+            z, _, _ = self.encode(cells.x, cells)
+            return self.decode(z, z, cells.library, DecodeContext(observed=cells.x, visible=torch.ones_like(cells.x, dtype=torch.bool)))
         finally:
             self.train(was_training)
 
@@ -138,3 +157,16 @@ class VirtualCell(nn.Module):
             shapes.update(getattr(module, "STATS", {}))
         return shapes
 
+
+
+def check_conditions(conditions: Conditions, spec: ModelSpec) -> None:
+    """Perturbation codes must be categories the model was built for (-1 = missing)."""
+    code = conditions.perturbation
+    if code is None or not len(code):
+        return
+    largest = int(code.max())
+    if largest >= spec.n_perturbations:
+        raise ValueError(
+            f"perturbation code {largest} is outside the {spec.n_perturbations} perturbation categories "
+            "this model was built for; encode perturbations with the training atlas's categories"
+        )

@@ -159,8 +159,8 @@ class PoissonLikelihood(nn.Module):
     def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
         return poisson_log_prob(counts, prediction.mean)
 
-    def sample(self, prediction: Prediction, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.poisson(prediction.mean, generator=generator)
+    def sample(self, prediction: Prediction) -> torch.Tensor:
+        return torch.poisson(prediction.mean)
 
     def statistics(self, prediction: Prediction) -> dict:
         return {}

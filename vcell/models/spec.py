@@ -89,6 +89,13 @@ def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None 
         names = atlas.attrs["obs_categories"][config.columns.perturbation]
         spec.perturbation_gene = perturbation_genes(names, var.iloc[selected], config.columns.control)
         spec.control_code = names.index(config.columns.control) if config.columns.control in names else -1
+        unmapped = [n for n, g in zip(names, spec.perturbation_gene) if g < 0 and n != config.columns.control]
+        spec.coverage["perturbations"] = {
+            "categories": len(names), "genes_in_vocabulary": int((spec.perturbation_gene >= 0).sum()), "unmapped": unmapped[:20],
+        }
+        if unmapped:
+            log.info("%d perturbation(s) name no gene of the model's vocabulary (they act through the latent), e.g. %s",
+                     len(unmapped), unmapped[:5])
     return spec
 
 
@@ -121,6 +128,8 @@ def add_pathways(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None
     table = annotation_path(settings.compartments, atlas_path, "pathway_compartments.tsv")
     if not gmt.is_file() and settings.missing == "learned":
         log.warning("no gene sets at %s: pathways are learned groups (model.hierarchical.missing=learned)", gmt)
+        spec.pathway_names = [f"learned_pathway_{i + 1}" for i in range(settings.learned_pathways)]
+        spec.compartment_names = learned_compartments(len(spec.pathway_names))
         spec.coverage["pathways"] = {"source": "learned", "n_pathways": settings.learned_pathways}
         return
     if not gmt.is_file():
@@ -156,7 +165,8 @@ def add_compartments(spec: ModelSpec, table: Path, missing: str) -> None:
                 hint="set model.hierarchical.compartments to a TSV with columns pathway, compartment, "
                 "or model.hierarchical.missing=learned",
             )
-        return  # learned compartments over the annotated pathways
+        spec.compartment_names = learned_compartments(len(spec.pathway_names))  # over the annotated pathways
+        return
     assignment = read_pathway_compartments(table)
     unassigned = [name for name in spec.pathway_names if name not in assignment]
     if unassigned and missing == "error":
@@ -169,6 +179,11 @@ def add_compartments(spec: ModelSpec, table: Path, missing: str) -> None:
     pairs = [(p, index[assignment[name]]) for p, name in enumerate(spec.pathway_names) if name in assignment]
     spec.compartment_names = names
     spec.pathway_compartment = Edges(*(np.array(column, dtype=np.int64) for column in zip(*pairs)))
+
+
+def learned_compartments(n_pathways: int) -> list[str]:
+    """Names of the learned compartment groups used when no compartment table exists (1 per 8 pathways)."""
+    return [f"learned_compartment_{i + 1}" for i in range(max(1, n_pathways // 8))]
 
 
 def add_grn(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
@@ -196,7 +211,10 @@ def perturbation_genes(names: list[str], var: pd.DataFrame, control: str) -> np.
         if column in var.columns:
             for index, symbol in enumerate(var[column].astype(str)):
                 position.setdefault(symbol, index)
-    return np.array([-1 if name == control else position.get(name, -1) for name in names], dtype=np.int64)
+    def lookup(name: str) -> int:
+        return position.get(name, position.get(strip_ensembl_version(name), -1))
+
+    return np.array([-1 if name == control else lookup(name) for name in names], dtype=np.int64)
 
 
 def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None, n_perturbations: int = 100) -> ModelSpec:

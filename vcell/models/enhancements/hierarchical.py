@@ -24,13 +24,13 @@ from vcell.models.spec import ModelSpec
 def pathway_layer(spec: ModelSpec, config: ModelConfig) -> nn.Module:
     """genes (B, G) -> pathways (B, P): member genes only, or dense learned groups."""
     if spec.gene_pathway is None:
-        return nn.Linear(spec.n_genes, config.hierarchical.learned_pathways)
+        return nn.Linear(spec.n_genes, n_pathways(spec, config))
     edges = spec.gene_pathway
     return EdgeLinear(edges.source, edges.target, spec.n_genes, len(spec.pathway_names), init="mean")
 
 
 def n_pathways(spec: ModelSpec, config: ModelConfig) -> int:
-    return len(spec.pathway_names) if spec.gene_pathway is not None else config.hierarchical.learned_pathways
+    return len(spec.pathway_names) or config.hierarchical.learned_pathways
 
 
 class HierarchicalEncoder(nn.Module):
@@ -45,8 +45,8 @@ class HierarchicalEncoder(nn.Module):
             edges = spec.pathway_compartment
             self.compartments = EdgeLinear(edges.source, edges.target, n_pathway, len(spec.compartment_names), init="mean")
             n_compartment = len(spec.compartment_names)
-        else:
-            n_compartment = max(1, n_pathway // 8)
+        else:  # learned groups (spec.compartment_names names them)
+            n_compartment = len(spec.compartment_names) or max(1, n_pathway // 8)
             self.compartments = nn.Linear(n_pathway, n_compartment)
         self.combine = nn.Linear(inner.n_out + n_pathway + n_compartment, inner.n_out)
 

@@ -45,7 +45,8 @@ class RegulatoryPropagation(nn.Module):
                 self.register_buffer(name, torch.as_tensor(value))
             self.dense = nn.Parameter(torch.randn(len(regulators), n_genes) * 0.01)
         self.register_buffer("perturbation_gene", torch.as_tensor(spec.perturbation_gene, dtype=torch.long))
-        self.knock = nn.Parameter(torch.full((max(1, spec.n_perturbations),), -1.0))
+        # learned log-fold change of each perturbation on its own gene (none without perturbation data)
+        self.knock = nn.Parameter(torch.full((spec.n_perturbations,), -1.0)) if spec.n_perturbations else None
 
     def propagate(self, delta: torch.Tensor) -> torch.Tensor:
         """One step along the network: (B, G) -> (B, G)."""
@@ -61,7 +62,7 @@ class RegulatoryPropagation(nn.Module):
 
     def outside_prior_penalty(self) -> torch.Tensor:
         if self.mode == "exclude":
-            return self.knock.new_zeros(())
+            return self.edge_weight().new_zeros(())
         return self.dense.abs().masked_fill(self.prior, 0.0).mean()
 
     def perturbation_effect(self, scores: torch.Tensor, conditions: Conditions) -> torch.Tensor:
@@ -79,7 +80,7 @@ class RegulatoryPropagation(nn.Module):
 
     def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
         conditions = context.conditions
-        if conditions is not None and conditions.perturbation is not None and len(self.perturbation_gene):
+        if conditions is not None and conditions.perturbation is not None and self.knock is not None:
             return scores + self.perturbation_effect(scores, conditions)
         if context.observed is not None:
             # deviations of visible genes from the prediction, one step to their targets

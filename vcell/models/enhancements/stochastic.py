@@ -33,10 +33,11 @@ class VariationalLatent(nn.Module):
         self.settings, self.n_genes = settings, n_genes
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))  # drives the KL warm-up; checkpointed
 
-    def kl_weight(self) -> float:
+    def kl_weight(self) -> torch.Tensor:
+        """Ramps linearly over the first kl_warmup_steps training forwards (a tensor: no device sync)."""
         warmup = self.settings.kl_warmup_steps
-        ramp = 1.0 if warmup == 0 else min(1.0, float(self.steps) / warmup)
-        return self.settings.kl_weight * ramp
+        ramp = torch.ones(()) if warmup == 0 else (self.steps.float() / warmup).clamp(max=1.0)
+        return self.settings.kl_weight * ramp.to(self.steps.device)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         mean, log_variance = self.project(h).chunk(2, dim=-1)
@@ -70,14 +71,15 @@ class NegativeBinomialLikelihood(nn.Module):
             return negative_binomial_log_prob(counts, prediction.mean, theta)
         return zero_inflated_negative_binomial_log_prob(counts, prediction.mean, theta, prediction.extra["zero_logits"])
 
-    def sample(self, prediction: Prediction, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Counts drawn as Poisson(Gamma(theta, theta / mean)), zeroed by the inflation if any."""
+    def sample(self, prediction: Prediction) -> torch.Tensor:
+        """Counts drawn as Poisson(Gamma(theta, theta / mean)), zeroed by the inflation if any
+        (seed with torch.manual_seed)."""
         theta = self.dispersion()
         mean = prediction.mean.clamp(min=1e-8)
         rate = torch.distributions.Gamma(theta.expand_as(mean), theta / mean).sample()
-        counts = torch.poisson(rate, generator=generator)
+        counts = torch.poisson(rate)
         if self.zero_logits is not None:
-            dropped = torch.rand(counts.shape, generator=generator) < torch.sigmoid(prediction.extra["zero_logits"])
+            dropped = torch.rand_like(counts) < torch.sigmoid(prediction.extra["zero_logits"])
             counts = counts.masked_fill(dropped, 0.0)
         return counts
 

@@ -1,0 +1,183 @@
+"""A model's view of an atlas: annotations aligned to the vocabulary, perturbation targets,
+clear errors for every missing need, and a model built from it running on a real batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vcell.atlas.annotations import read_gmt, read_grn_edges, read_pathway_compartments
+from vcell.atlas.store import open_atlas
+from vcell.atlas.synth import synthesize_atlas
+from vcell.config.model import ModelConfig
+from vcell.config.schema import BuildConfig, LoaderConfig, SynthConfig
+from vcell.data.loader import AtlasLoader
+from vcell.data.resolve import atlas_var
+from vcell.errors import VCellError
+from vcell.models.model import VirtualCell
+from vcell.models.spec import spec_from_atlas
+from vcell.models.zoo import build_model
+
+LABELS = ["cell_type", "perturbation", "time", "hours_since_pulse"]
+
+
+@pytest.fixture(scope="module")
+def atlas_path(tmp_path_factory):
+    synth = SynthConfig(
+        cells=600, genes=120, transcription_factors=12, pathways=8, compartments=3, perturbations=6,
+        chunk_cells=600, truth_draws=16,
+    )
+    out = tmp_path_factory.mktemp("models") / "atlas.zarr"
+    return synthesize_atlas(out, synth, BuildConfig(shard_cells=300), progress=False)
+
+
+@pytest.fixture(scope="module")
+def atlas(atlas_path):
+    return open_atlas(atlas_path)
+
+
+@pytest.fixture(scope="module")
+def full_spec(atlas):
+    return spec_from_atlas(atlas, ModelConfig(name="full"), counts=True)
+
+
+@pytest.fixture(scope="module")
+def batch(atlas_path):
+    config = LoaderConfig(
+        batch_size=64, buffer_cells=128, block_cells=64, threads=0, keep_counts=True, labels=LABELS,
+        split={"val_fraction": 0.0, "test_fraction": 0.0},
+    )
+    return next(iter(AtlasLoader(atlas_path, config, split="train")))
+
+
+def annotations(atlas_path):
+    return atlas_path / "annotations"
+
+
+def test_spec_records_inputs_and_vocabulary(atlas, full_spec):
+    var = atlas_var(atlas)
+    assert full_spec.gene_ids == list(var.index) and full_spec.n_genes == 120
+    assert full_spec.inputs == {"counts", "context", "perturbation", "time", "history"}
+    assert full_spec.mean_library == pytest.approx(atlas.attrs["library_size"]["mean"])
+
+
+def test_pathways_match_the_gene_sets(atlas_path, full_spec):
+    spec, sets = full_spec, read_gmt(annotations(atlas_path) / "pathways.gmt")
+    n_pathways = len(spec.pathway_names)
+    assert n_pathways == len(sets) == 8  # every synthetic pathway has >= min_genes members
+    source, target = spec.gene_pathway.source, spec.gene_pathway.target
+    assert source.min() >= 0 and source.max() < spec.n_genes and target.min() >= 0 and target.max() < n_pathways
+    for index, name in enumerate(spec.pathway_names):
+        members = {spec.gene_ids[g] for g in source[target == index]}
+        assert members == set(sets[name]) & set(spec.gene_ids), name
+    coverage = spec.coverage["pathways"]
+    assert coverage["n_pathways"] == n_pathways and coverage["genes_missing"] == 0
+    assert coverage["genes_matched"] == len(spec.gene_pathway)
+    assert coverage["genes_covered"] == len(np.unique(source))
+
+
+def test_compartments_match_the_table(atlas_path, full_spec):
+    spec, table = full_spec, read_pathway_compartments(annotations(atlas_path) / "pathway_compartments.tsv")
+    assert spec.compartment_names == sorted(set(table.values())) and len(spec.compartment_names) == 3
+    edges = spec.pathway_compartment
+    assert sorted(edges.source.tolist()) == list(range(len(spec.pathway_names)))  # one compartment per pathway
+    for pathway, compartment in zip(edges.source, edges.target):
+        assert spec.compartment_names[compartment] == table[spec.pathway_names[pathway]]
+
+
+def test_grn_edges_match_the_file(atlas_path, full_spec):
+    spec, table = full_spec, read_grn_edges(annotations(atlas_path) / "grn_edges.tsv")
+    grn = spec.grn
+    assert 0 < len(grn) == len(table) == spec.coverage["grn"]["edges"]
+    assert grn.source.max() < spec.n_genes and grn.target.max() < spec.n_genes and (grn.source != grn.target).all()
+    assert [spec.gene_ids[g] for g in grn.source] == table["source"].tolist()
+    assert [spec.gene_ids[g] for g in grn.target] == table["target"].tolist()
+    assert set(np.unique(grn.sign)) <= {-1, 1} and np.array_equal(grn.sign, table["sign"].to_numpy())
+
+
+def test_perturbations_map_to_their_target_genes(atlas, full_spec):
+    categories = atlas.attrs["obs_categories"]["perturbation"]
+    symbols = atlas_var(atlas)["gene_symbols"].tolist()
+    assert full_spec.n_perturbations == len(categories) == 7  # 6 targets + control
+    assert categories[full_spec.control_code] == "control"
+    for name, gene in zip(categories, full_spec.perturbation_gene):
+        if name == "control":
+            assert gene == -1
+        else:
+            assert symbols[gene] == name
+
+
+def test_gene_subset_reindexes_perturbation_targets(atlas, full_spec):
+    categories = atlas.attrs["obs_categories"]["perturbation"]
+    targets = [int(g) for g in full_spec.perturbation_gene if g >= 0]
+    dropped = targets[0]
+    genes = np.array([g for g in range(full_spec.n_genes) if g != dropped][::-1])  # reversed, one target left out
+    spec = spec_from_atlas(atlas, ModelConfig(name="regulatory"), genes, counts=True)
+    assert spec.gene_ids == [full_spec.gene_ids[g] for g in genes]
+    for name, gene, original in zip(categories, spec.perturbation_gene, full_spec.perturbation_gene):
+        if original == dropped or name == "control":
+            assert gene == -1, name
+        else:
+            assert spec.gene_ids[gene] == full_spec.gene_ids[original], name
+
+
+# -- every missing need is a clear error, before any worker starts ----------------------------------
+def test_count_models_need_counts(atlas):
+    with pytest.raises(VCellError, match=rf"(?s)\['stochastic'\] model raw counts.*keep_counts.*{atlas.path}"):
+        spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=False)
+
+
+def test_missing_gene_sets_are_named(atlas, tmp_path):
+    missing = tmp_path / "missing.gmt"
+    config = ModelConfig(name="hierarchical", hierarchical={"gene_sets": str(missing)})
+    with pytest.raises(VCellError, match=rf"(?s){missing}.*model.hierarchical.gene_sets.*missing=learned"):
+        spec_from_atlas(atlas, config, counts=True)
+
+
+def test_missing_grn_is_named(atlas, tmp_path):
+    missing = tmp_path / "missing_grn.tsv"
+    config = ModelConfig(name="regulatory", regulatory={"edges": str(missing)})
+    with pytest.raises(VCellError, match=rf"(?s){missing}.*model.regulatory.edges"):
+        spec_from_atlas(atlas, config, counts=True)
+
+
+def test_missing_time_column_is_named(atlas):
+    config = ModelConfig(name="temporal", columns={"time": "stimulus_hours"})
+    with pytest.raises(VCellError, match=rf"(?s)'stimulus_hours' \(model.columns.time\).*{atlas.path}.*columns: .*time"):
+        spec_from_atlas(atlas, config, counts=True)
+
+
+# -- models built from the spec run on real batches ------------------------------------------------
+def run(model: VirtualCell, batch: dict) -> dict:
+    model.train()
+    output = model(batch)
+    assert output.expression.shape == (len(batch["x"]), model.spec.n_genes)
+    assert "response" in output.losses  # the real batch has basal cells to pair with
+    assert all(torch.isfinite(value) for value in output.losses.values())
+    output.loss.backward()
+    return output.stats
+
+
+def test_full_model_runs_on_a_real_batch(full_spec, batch):
+    torch.manual_seed(0)
+    stats = run(build_model(ModelConfig(name="full", size="tiny"), full_spec), batch)
+    assert stats["pathway_activity"].shape == (64, len(full_spec.pathway_names))
+    assert stats["compartment_activity"].shape == (64, len(full_spec.compartment_names))
+    assert stats["edge_weight"].shape == (len(full_spec.grn),)
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "full"])
+def test_learned_pathways_when_gene_sets_are_missing(atlas, batch, tmp_path, name):
+    config = ModelConfig(
+        name=name, size="tiny",
+        hierarchical={"gene_sets": str(tmp_path / "missing.gmt"), "missing": "learned", "learned_pathways": 16},
+    )
+    spec = spec_from_atlas(atlas, config, counts=True)
+    assert spec.gene_pathway is None and spec.pathway_compartment is None
+    assert spec.pathway_names == [f"learned_pathway_{i + 1}" for i in range(16)]
+    assert spec.compartment_names == ["learned_compartment_1", "learned_compartment_2"]
+    assert spec.coverage["pathways"] == {"source": "learned", "n_pathways": 16}
+    torch.manual_seed(0)
+    stats = run(build_model(config, spec), batch)
+    assert stats["pathway_activity"].shape == (64, 16)

@@ -1,0 +1,1 @@
+"""Evaluation: metrics against baselines and against the simulator's ground truth."""

@@ -1,0 +1,44 @@
+"""A plain PyTorch training loop over cells in memory: one process, one device.
+
+    history = fit(model, cells, steps=1500, batch_size=256, learning_rate=1e-3, seed=0)
+
+For learning checks and small experiments; the model's forward returns named loss terms and
+this loop only sums them, as the distributed trainer does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vcell.data.memory import select
+
+
+def fit(
+    model: nn.Module, cells: dict[str, torch.Tensor], *, steps: int, batch_size: int = 256,
+    learning_rate: float = 1e-3, seed: int = 0, clip: float = 5.0,
+) -> list[dict[str, float]]:
+    """Train on random batches of `cells` (with replacement across steps); per-step loss terms."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 10%
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(step, steps) / steps))
+    )
+    n_cells = len(cells["x"])
+    history = []
+    model.train()
+    for _ in range(steps):
+        rows = torch.randperm(n_cells, generator=generator)[:batch_size]
+        output = model(select(cells, rows))
+        optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        schedule.step()
+        history.append({name: float(value.detach()) for name, value in output.losses.items()})
+    model.eval()
+    return history
