@@ -92,19 +92,41 @@ def simulate_block(truth: Truth, config: SynthConfig, block: int) -> SourceChunk
     n = min(config.chunk_cells, config.cells - start)
     rng = np.random.default_rng([config.seed, 1, block])
     states, batch, size_factor = draw_cell_design(truth, config, n, rng)
-    rates = cell_rates(truth, states)
-    share, usage = capacity_share(rates, truth.capacity_constant)
-    del rates
+    counts, usage = sample_counts(truth, states, batch, size_factor, rng)
+    obs = cell_obs(truth, states, batch, size_factor, usage, start)
+    obsm = {"truth_pathway_activity": states.pathway_activity.astype(np.float32)}
+    return SourceChunk(obs=obs, X=sp.csr_matrix(counts), obsm=obsm)
+
+
+def sample_counts(
+    truth: Truth, states: CellStates, batch: np.ndarray, size_factor: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(counts (n, G) float32, capacity usage (n,)) of cells in `states`: the mechanism plus noise."""
+    share, usage = capacity_share(cell_rates(truth, states), truth.capacity_constant)
     # Expected counts: capacity share x cell size (extrinsic) x batch capture and gene effects.
     cell_scale = truth.library_scale * size_factor * truth.batch_capture_efficiency[batch]
     mean = share * cell_scale[:, None] * truth.batch_gene_effect[batch]
     del share
     # Intrinsic noise: a Gamma burst factor (mean 1, shape k_j) then Poisson capture.
     mean *= rng.standard_gamma(truth.burst_frequency, size=mean.shape) / truth.burst_frequency
-    counts = rng.poisson(mean).astype(np.float32)
-    obs = cell_obs(truth, states, batch, size_factor, usage, start)
-    obsm = {"truth_pathway_activity": states.pathway_activity.astype(np.float32)}
-    return SourceChunk(obs=obs, X=sp.csr_matrix(counts), obsm=obsm)
+    return rng.poisson(mean).astype(np.float32), usage
+
+
+def sample_condition(
+    truth: Truth, cell_type: int, n: int, rng: np.random.Generator, *, perturbation: int = 0, time: float = 0.0,
+    hours_since_pulse: float = np.nan,
+) -> np.ndarray:
+    """(n, G) counts of fresh cells of one type under one condition (batches drawn at random):
+    Monte Carlo ground truth for any quantity of observed cells, e.g. mean log expression."""
+    master_noise, activity = draw_biological_noise(truth, np.full(n, cell_type), rng)
+    states = CellStates(
+        np.full(n, cell_type), master_noise, activity, np.full(n, perturbation), np.full(n, float(time)),
+        np.full(n, float(hours_since_pulse)),
+    )
+    sd = truth.extrinsic_noise_sd
+    size_factor = np.exp(rng.normal(-(sd**2) / 2, sd, n))
+    batch = rng.integers(0, len(truth.batch_names), size=n)
+    return sample_counts(truth, states, batch, size_factor, rng)[0]
 
 
 def draw_cell_design(

@@ -74,6 +74,18 @@ class ScienceSetup:
     model_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_dim": 128}
     models: dict[str, VirtualCell] = field(default_factory=dict)
 
+    @property
+    def truth_order(self) -> np.ndarray:
+        """Truth gene index of each model gene (the atlas vocabulary may order genes differently)."""
+        position = {gene: index for index, gene in enumerate(self.truth.gene_ids)}
+        return np.array([position[gene] for gene in self.gene_ids])
+
+    @property
+    def gene_ids(self) -> list[str]:
+        from vcell.data.resolve import atlas_var
+
+        return [str(gene) for gene in atlas_var(open_atlas(self.atlas)).index]
+
 
 def science_loader() -> LoaderConfig:
     return LoaderConfig(

@@ -125,12 +125,6 @@ def poisson_log_prob(counts: torch.Tensor, mean: torch.Tensor, eps: float = 1e-8
     return counts * torch.log(mean + eps) - mean - torch.lgamma(counts + 1.0)
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of `values` where `mask` is true; 0 (with a gradient path) when nothing is selected."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
-
-
 def gene_set_means(x: torch.Tensor, gene: torch.Tensor, group: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     """(B, n_groups) mean of x over each group's genes; membership as (gene, group) pairs."""
     sums = x.new_zeros(x.shape[0], len(size)).index_add_(1, group, x[:, gene])

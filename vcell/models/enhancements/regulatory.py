@@ -1,14 +1,19 @@
-"""Regulatory: a gene regulatory network prior constrains how effects spread between genes.
+"""Regulatory: a gene regulatory network prior decides how genes explain one another.
 
-A perturbation of gene g starts as a learned log-fold change on g alone and travels along
-the prior's edges for `steps` steps (delta_k = delta_{k-1} W, effect = sum_k delta_k), so a
-knocked-down regulator moves only what it regulates, directly or through other regulators.
-Perturbations of genes in the vocabulary take this path instead of the latent shift. On the
-reconstruction path, visible genes' deviations from the model's prediction propagate one step
-to their targets: what the regulators of a hidden gene do informs its reconstruction.
+Genes the prior says are regulated and that regulate nothing themselves (targets) are not
+decoded from the latent state: their level is a learned baseline plus the weighted levels of
+their regulators, s_t = b_t + sum_s W_st s_s. Regulators are decoded from the state as usual
+(so are genes the prior says nothing about); a regulator that is itself regulated moves with
+its regulators' deviations from their decoded levels. So W has to explain how targets
+co-vary with their regulators across cells, and how effects travel: a perturbation of gene g
+adds a learned log-fold change to g's level, and `steps` rounds of
+
+    s = anchor + W^T (s - decoded) + knock          (anchor: decoded, or b + W^T decoded for targets)
+
+carry it that many layers down the network, to nothing the prior does not connect.
 
 `outside_prior=exclude`: W has weights only on prior edges. `penalize`: W covers every
-regulator (any prior source) -> gene pair, with an L1 penalty on pairs outside the prior.
+regulator (any prior source) -> regulated gene pair, with an L1 penalty off the prior.
 
 Statistics: edge_weight (E,) the learned signed weight of each prior edge (spec.grn order).
 """
@@ -20,10 +25,24 @@ import torch
 from torch import nn
 
 from vcell.config.model import ModelConfig
-from vcell.models.blocks import EdgeLinear
+from vcell.models.blocks import MLP, EdgeLinear
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.slots import DecodeContext, Slots, condition_shift
 from vcell.models.spec import ModelSpec
+
+
+class FreeGeneDecoder(nn.Module):
+    """Latent -> scores of the genes without prior regulators; regulated genes' columns are 0."""
+
+    def __init__(self, latent: int, hidden: int, n_layers: int, dropout: float, free: np.ndarray, n_genes: int) -> None:
+        super().__init__()
+        self.n_genes = n_genes
+        self.register_buffer("free", torch.as_tensor(free, dtype=torch.long))
+        self.network = MLP(latent, [hidden] * n_layers, len(free), dropout)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scores = z.new_zeros(len(z), self.n_genes)
+        return scores.index_copy(1, self.free, self.network(z))
 
 
 class RegulatoryPropagation(nn.Module):
@@ -34,6 +53,9 @@ class RegulatoryPropagation(nn.Module):
         settings, edges, n_genes = config.regulatory, spec.grn, spec.n_genes
         self.steps, self.mode = settings.steps, settings.outside_prior
         source, target = edges.source, edges.target  # numpy: works while building on the meta device
+        regulated = np.isin(np.arange(n_genes), target)
+        self.register_buffer("target_only", torch.as_tensor(regulated & ~np.isin(np.arange(n_genes), source)))
+        self.baseline = nn.Parameter(torch.zeros(n_genes))
         if self.mode == "exclude":
             self.edges = EdgeLinear(source, target, n_genes, n_genes, bias=False, init_scale=0.01)
         else:
@@ -41,18 +63,20 @@ class RegulatoryPropagation(nn.Module):
             row = np.searchsorted(regulators, source)
             prior = np.zeros((len(regulators), n_genes), dtype=bool)
             prior[row, target] = True
-            for name, value in (("regulators", regulators), ("prior", prior), ("prior_row", row), ("prior_target", target)):
+            buffers = {"regulators": regulators, "prior": prior, "prior_row": row, "prior_target": target,
+                       "regulated": regulated}
+            for name, value in buffers.items():
                 self.register_buffer(name, torch.as_tensor(value))
             self.dense = nn.Parameter(torch.randn(len(regulators), n_genes) * 0.01)
         self.register_buffer("perturbation_gene", torch.as_tensor(spec.perturbation_gene, dtype=torch.long))
         # learned log-fold change of each perturbation on its own gene (none without perturbation data)
         self.knock = nn.Parameter(torch.full((spec.n_perturbations,), -1.0)) if spec.n_perturbations else None
 
-    def propagate(self, delta: torch.Tensor) -> torch.Tensor:
-        """One step along the network: (B, G) -> (B, G)."""
+    def propagate(self, levels: torch.Tensor) -> torch.Tensor:
+        """One step along the network: regulator levels (B, G) -> regulated genes' input (B, G)."""
         if self.mode == "exclude":
-            return self.edges(delta)
-        return delta[:, self.regulators] @ self.dense
+            return self.edges(levels)
+        return levels[:, self.regulators] @ (self.dense * self.regulated)  # genes without prior regulators stay free
 
     def edge_weight(self) -> torch.Tensor:
         """(E,) learned weight of each prior edge, in the spec's edge order."""
@@ -65,29 +89,24 @@ class RegulatoryPropagation(nn.Module):
             return self.edge_weight().new_zeros(())
         return self.dense.abs().masked_fill(self.prior, 0.0).mean()
 
-    def perturbation_effect(self, scores: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+    def knockdown(self, scores: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
+        """(B, G) the learned change of each perturbed gene's own level (0 elsewhere)."""
+        delta = torch.zeros_like(scores)
+        if conditions is None or conditions.perturbation is None or self.knock is None:
+            return delta
         code = conditions.perturbation.clamp(min=0)
         gene = self.perturbation_gene[code]
-        active = (conditions.perturbation >= 0) & (gene >= 0)
-        delta = torch.zeros_like(scores)
-        rows = torch.nonzero(active)[:, 0]
-        delta = delta.index_put((rows, gene[rows]), self.knock[code[rows]])
-        total = delta
-        for _ in range(self.steps):
-            delta = self.propagate(delta)
-            total = total + delta
-        return total
+        rows = torch.nonzero((conditions.perturbation >= 0) & (gene >= 0))[:, 0]
+        return delta.index_put((rows, gene[rows]), self.knock[code[rows]])
 
     def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
-        conditions = context.conditions
-        if conditions is not None and conditions.perturbation is not None and self.knock is not None:
-            return scores + self.perturbation_effect(scores, conditions)
-        if context.observed is not None:
-            # deviations of visible genes from the prediction, one step to their targets
-            expected = context.head.expression_of(scores).detach()
-            residual = (context.observed - expected) * context.visible
-            return scores + self.propagate(residual)
-        return scores
+        """scores (B, G): decoded levels (targets' columns are 0) -> levels after the network."""
+        delta = self.knockdown(scores, context.conditions)
+        anchor = torch.where(self.target_only, self.baseline + self.propagate(scores), scores)
+        levels = anchor + delta
+        for _ in range(self.steps):  # each step carries deviations one regulatory layer further
+            levels = anchor + self.propagate(levels - scores) + delta
+        return levels
 
 
 class RegulatoryPrior(nn.Module):
@@ -109,8 +128,12 @@ class RegulatoryPrior(nn.Module):
 
 
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
+    hidden, n_layers, latent = config.dimensions()
     propagation = RegulatoryPropagation(spec, config)
-    slots.gene_terms.append(propagation)
+    targets = np.isin(np.arange(spec.n_genes), spec.grn.target) & ~np.isin(np.arange(spec.n_genes), spec.grn.source)
+    free = np.flatnonzero(~targets)  # regulators and unannotated genes are decoded from the state
+    slots.decoder = FreeGeneDecoder(latent, hidden, n_layers, config.dropout, free, spec.n_genes)
+    slots.gene_terms.insert(0, propagation)  # before other terms: they add to the network's output
     slots.auxiliary.append(RegulatoryPrior(propagation, config.regulatory.penalty))
     # perturbations of vocabulary genes travel along the GRN instead of the latent shift
     condition_shift(slots.dynamics).route_elsewhere(spec.perturbation_gene >= 0)

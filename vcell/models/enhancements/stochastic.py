@@ -12,8 +12,6 @@ count variance across the batch's cells, the share from differences in expected 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -56,11 +54,12 @@ class NegativeBinomialLikelihood(nn.Module):
 
     def __init__(self, n_genes: int, latent: int, zero_inflated: bool) -> None:
         super().__init__()
-        self.raw_dispersion = nn.Parameter(torch.full((n_genes,), math.log(math.expm1(2.0))))  # theta = 2
+        # log theta: steps in log space move a small theta (bursty genes, ~0.05) as fast as a large one
+        self.log_dispersion = nn.Parameter(torch.zeros(n_genes))
         self.zero_logits = nn.Linear(latent, n_genes) if zero_inflated else None
 
     def dispersion(self) -> torch.Tensor:
-        return nn.functional.softplus(self.raw_dispersion) + 1e-4
+        return torch.exp(self.log_dispersion.clamp(-12.0, 12.0))
 
     def extras(self, z: torch.Tensor) -> dict:
         return {} if self.zero_logits is None else {"zero_logits": self.zero_logits(z)}
