@@ -71,6 +71,7 @@ class ScienceSetup:
     steps: int
     size: str
     seed: int = 0
+    batch_size: int = 512
     model_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_dim": 128}
     models: dict[str, VirtualCell] = field(default_factory=dict)
 
@@ -138,7 +139,7 @@ def trained(setup: ScienceSetup, name: str) -> VirtualCell:
         spec = spec_from_atlas(open_atlas(setup.atlas), config, counts=True)
         torch.manual_seed(setup.seed)
         model = build_model(config, spec)
-        history = fit(model, setup.train, steps=setup.steps, seed=setup.seed)
+        history = fit(model, setup.train, steps=setup.steps, batch_size=setup.batch_size, seed=setup.seed)
         log.info("trained %s: final loss %.4f", name, sum(history[-1].values()))
         setup.models[name] = model
     return setup.models[name]

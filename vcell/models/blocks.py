@@ -41,7 +41,7 @@ class EdgeLinear(nn.Module):
 
     def __init__(
         self, source, target, n_in: int, n_out: int, *, bias: bool = True,
-        init: Literal["random", "mean"] = "random", init_scale: float | None = None,
+        init: Literal["random", "mean"] = "random", init_scale: float | None = None, positive: bool = False,
     ) -> None:
         super().__init__()
         if len(source) != len(target):
@@ -57,8 +57,15 @@ class EdgeLinear(nn.Module):
         else:  # so an output with many inputs starts no larger than one with few
             scale = torch.as_tensor(fan_in ** -0.5 if init_scale is None else np.full(len(source), init_scale, np.float32))
             weight = torch.randn(len(source)) * scale
-        self.weight = nn.Parameter(weight)
+        self.positive = positive  # weights = softplus(raw): every connection keeps its sign (+)
+        if positive:
+            weight = torch.log(torch.expm1(weight.abs().clamp(min=1e-4)))
+        self.raw_weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return nn.functional.softplus(self.raw_weight) if self.positive else self.raw_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x (B, n_in) -> messages (B, E) -> summed per target (B, n_out)

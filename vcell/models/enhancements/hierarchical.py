@@ -2,20 +2,23 @@
 
 The encoder gains a pathway layer whose units see only their member genes (sparse, from the
 GMT) and a compartment layer whose units see only their pathways (from the TSV); the decoder
-gains the reverse path, pathway units writing only to their members. Each pathway unit starts
-as the mean of its members, so its activity reads as a gene-set score that training refines.
+gains the reverse path: per-cell pathway activities, read from the latent state, each raising
+only its member genes.
 With `missing=learned` and no annotation files, dense learned groups take their place.
 
-Statistics: pathway_activity (B, P), compartment_activity (B, C).
+Statistics: pathway_activity (B, P) the decoder's activity of each pathway in each cell (it
+raises all member genes: loadings are non-negative), compartment_activity (B, C) their mean
+per compartment.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from vcell.config.model import ModelConfig
-from vcell.models.blocks import EdgeLinear
+from vcell.models.blocks import EdgeLinear, gene_set_means
 from vcell.models.inputs import CellInputs
 from vcell.models.slots import DecodeContext, Slots
 from vcell.models.spec import ModelSpec
@@ -34,7 +37,9 @@ def n_pathways(spec: ModelSpec, config: ModelConfig) -> int:
 
 
 class HierarchicalEncoder(nn.Module):
-    STATS = {"pathway_activity": ("B", "P"), "compartment_activity": ("B", "C")}
+    """Adds annotation-shaped features: gene-set scores and their compartment summaries."""
+
+    STATS: dict = {}
 
     def __init__(self, inner: nn.Module, spec: ModelSpec, config: ModelConfig) -> None:
         super().__init__()
@@ -54,12 +59,13 @@ class HierarchicalEncoder(nn.Module):
         h, stats = self.inner(x, cells)
         pathway = self.pathways(x)  # (B, P)
         compartment = self.compartments(pathway)  # (B, C)
-        h = self.combine(torch.cat([h, pathway, compartment], dim=-1))
-        return h, {**stats, "pathway_activity": pathway, "compartment_activity": compartment}
+        return self.combine(torch.cat([h, pathway, compartment], dim=-1)), stats
 
 
 class PathwayDecoderTerm(nn.Module):
-    """scores += member genes' share of predicted pathway activity (pathway -> gene edges only)."""
+    """scores += sum over a gene's pathways of loading x activity(z), loadings >= 0 and only on
+    annotated (pathway, gene) pairs: an activity raises all its members, so it reads as the
+    pathway's activity in the cell (the simulator's pathways act exactly so)."""
 
     STATS: dict = {}
 
@@ -71,13 +77,42 @@ class PathwayDecoderTerm(nn.Module):
             self.to_genes: nn.Module = nn.Linear(n_pathway, spec.n_genes, bias=False)
         else:
             edges = spec.gene_pathway
-            self.to_genes = EdgeLinear(edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.01)
+            self.to_genes = EdgeLinear(
+                edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.1, positive=True
+            )
 
     def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
         return scores + self.to_genes(self.activity(z))
 
 
+class PathwayActivity(nn.Module):
+    """Statistics of the decoder's pathway activities: per pathway, and averaged per compartment."""
+
+    STATS = {"pathway_activity": ("B", "P"), "compartment_activity": ("B", "C")}
+
+    def __init__(self, term: PathwayDecoderTerm, spec: ModelSpec, n_pathway: int) -> None:
+        super().__init__()
+        self.view = [term]  # registered once, as a gene term
+        n_compartment = len(spec.compartment_names) or max(1, n_pathway // 8)
+        if spec.pathway_compartment is not None:
+            pathway, compartment = spec.pathway_compartment.source, spec.pathway_compartment.target
+        else:  # learned compartments: a fixed partition of the pathways
+            pathway, compartment = np.arange(n_pathway), np.arange(n_pathway) % n_compartment
+        size = np.bincount(compartment, minlength=n_compartment).astype(np.float32)
+        for name, value in (("pathway", pathway), ("compartment", compartment), ("size", size)):
+            self.register_buffer(name, torch.as_tensor(value))
+
+    def forward(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
+        activity = self.view[0].activity(z)  # (B, P)
+        return {}, {
+            "pathway_activity": activity,
+            "compartment_activity": gene_set_means(activity, self.pathway, self.compartment, self.size),
+        }
+
+
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     _, _, latent = config.dimensions()
     slots.encoder = HierarchicalEncoder(slots.encoder, spec, config)
-    slots.gene_terms.append(PathwayDecoderTerm(latent, spec, config))
+    term = PathwayDecoderTerm(latent, spec, config)
+    slots.gene_terms.append(term)
+    slots.auxiliary.append(PathwayActivity(term, spec, n_pathways(spec, config)))

@@ -33,6 +33,9 @@ class TemporalDynamics(nn.Module):
         self.shift, self.settings = shift, config.temporal
         self.stimulus = nn.Parameter(torch.randn(latent) * 0.1)
         self.drive = MLP(2 * latent, [hidden], latent)
+        # start with (almost) no response, so only a consistent signal builds one
+        nn.init.normal_(self.drive[-1].weight, std=1e-3)
+        nn.init.zeros_(self.drive[-1].bias)
         self.log_rate = nn.Parameter(torch.zeros(latent))
         self.memory: nn.Module | None = None  # set by the memory enhancement
 
