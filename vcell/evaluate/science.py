@@ -97,7 +97,7 @@ def science_loader() -> LoaderConfig:
 
 def prepare_science(
     directory: str | Path, *, cells: int = 30000, steps: int = 1500, size: str = "small", decoys: int = 2, seed: int = 0,
-    model_overrides: dict | None = None,
+    model_overrides: dict | None = None, batch_size: int = 512,
 ) -> ScienceSetup:
     """The science atlas (made once), its noisy GRN prior, and the train/test cells in memory."""
     directory = Path(directory)
@@ -108,9 +108,9 @@ def prepare_science(
     prior, true_edges = write_noisy_prior(truth, directory / f"grn_prior-{cells}.tsv", decoys, seed)
     loader = science_loader()
     return ScienceSetup(
-        directory, atlas, prior, true_edges, truth, loader,
-        load_cells(atlas, loader, "train"), load_cells(atlas, loader, "test"), steps, size, seed,
-        dict(model_overrides or {}),
+        directory, atlas, prior, true_edges, truth, loader, train=load_cells(atlas, loader, "train"),
+        test=load_cells(atlas, loader, "test"), steps=steps, size=size, seed=seed, batch_size=batch_size,
+        model_overrides=dict(model_overrides or {}),
     )
 
 

@@ -85,13 +85,19 @@ class VirtualCell(nn.Module):
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)
             losses.update(auxiliary_losses)
             stats.update(auxiliary_stats)
-        response_losses, response_stats = self.response(z, cells)
+        response_losses, response_stats = self.response(z, x_in is cells.x, cells)
+        if self.training and hasattr(self.latent, "tick"):
+            self.latent.tick()
         losses.update(response_losses)
         stats.update(response_stats)
         return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
 
-    def response(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
-        """The response loss over (basal, target) pairs of this batch (empty when none pair)."""
+    def response(self, z: torch.Tensor, unmasked: bool, cells: CellInputs) -> tuple[dict, dict]:
+        """The response loss over (basal, target) pairs of this batch (empty when none pair).
+
+        Basal cells are encoded from their whole expression, as `predict` will see them: starting
+        the dynamics from masked encodings in training but whole ones at inference lets the
+        learned response drift with the masking."""
         basal = cells.conditions.is_basal(self.control_code)
         # evaluation pairs the same cells on every call (a fresh seeded generator on z's device)
         generator = None if self.training else torch.Generator(device=z.device).manual_seed(0)
@@ -100,8 +106,13 @@ class VirtualCell(nn.Module):
             return {}, {}
         basal_rows, target_rows = pairs
         targets = cells.take(target_rows)
-        state, stats = self.dynamics(z[basal_rows], targets.conditions)
-        prediction = self.decode(state, z[basal_rows], targets.library, DecodeContext(conditions=targets.conditions))
+        if unmasked:
+            start = z[basal_rows]
+        else:
+            basal_cells = cells.take(basal_rows)
+            start, _, _ = self.encode(basal_cells.x, basal_cells)
+        state, stats = self.dynamics(start, targets.conditions)
+        prediction = self.decode(state, start, targets.library, DecodeContext(conditions=targets.conditions))
         return {"response": self.config.response_weight * self.head.loss(prediction, targets)}, stats
 
     # -- inference ----------------------------------------------------------------------------

@@ -37,14 +37,16 @@ class VariationalLatent(nn.Module):
         ramp = torch.ones(()) if warmup == 0 else (self.steps.float() / warmup).clamp(max=1.0)
         return self.settings.kl_weight * ramp.to(self.steps.device)
 
+    def tick(self) -> None:
+        """One training step done (the model calls this once per training forward)."""
+        self.steps += 1
+
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         mean, log_variance = self.project(h).chunk(2, dim=-1)
         log_variance = log_variance.clamp(-10.0, 10.0)
         z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance) if self.training else mean
         kl = 0.5 * (mean.pow(2) + log_variance.exp() - 1.0 - log_variance).sum(-1).mean()
         weight = self.kl_weight()
-        if self.training:
-            self.steps += 1
         # divided by the gene count: the likelihood is a mean over genes, so this keeps the ELBO's balance
         return z, {"kl": weight * kl / self.n_genes}, {}
 

@@ -3,7 +3,7 @@
 A stimulated cell's state relaxes from its basal (perturbed) state z0 towards a
 stimulus-dependent target, each latent direction at its own rate:
 
-    dz/dt = rate * (z0 + drive([z, u]) - z),   u = stimulus (+ memory, when present)
+    dz/dt = rate * (z0 + drive([z0, u]) - z),   u = stimulus (+ memory, when present)
 
 integrated by fixed-step RK4 (`blocks.integrate`) from 0 to the cell's time, so any time,
 observed or not, can be asked for. `response_half_times` reads per-gene half-times off a
@@ -13,6 +13,8 @@ Statistics: response_rate (D,) relaxation rate of each latent direction (1 / mod
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -36,7 +38,8 @@ class TemporalDynamics(nn.Module):
         # start with (almost) no response, so only a consistent signal builds one
         nn.init.normal_(self.drive[-1].weight, std=1e-3)
         nn.init.zeros_(self.drive[-1].bias)
-        self.log_rate = nn.Parameter(torch.zeros(latent))
+        # rates spread log-uniformly over 0.1-4 per unit of model time: fast and slow responders
+        self.log_rate = nn.Parameter(torch.log(torch.expm1(torch.logspace(-1, math.log10(4.0), latent))))
         self.memory: nn.Module | None = None  # set by the memory enhancement
 
     def forward(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, dict]:
@@ -51,8 +54,10 @@ class TemporalDynamics(nn.Module):
         duration = torch.nan_to_num(conditions.time, nan=0.0).clamp(min=0) / self.settings.time_scale
         rate = stats["response_rate"]
 
+        target = start + self.drive(torch.cat([start, stimulus], dim=-1))  # where the stimulus leads this cell
+
         def derivative(time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-            return rate * (start + self.drive(torch.cat([state, stimulus], dim=-1)) - state)
+            return rate * (target - state)
 
         return integrate(derivative, start, duration, self.settings.n_steps), stats
 
