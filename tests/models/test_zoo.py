@@ -394,3 +394,33 @@ def test_perturbation_codes_outside_the_model_are_refused(name):
     batch["perturbation"][0] = 99
     with pytest.raises(ValueError, match="perturbation code 99"):
         tiny(name)(batch)
+
+
+def test_trajectory_and_half_times_follow_the_response():
+    from vcell.models.enhancements.temporal import response_half_times
+
+    model = tiny("temporal")
+    with torch.no_grad():
+        torch.nn.init.normal_(model.dynamics.drive[-1].weight, std=0.5)
+    batch = random_batch()
+    hours = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0]
+    path = model.trajectory(batch, hours)
+    assert path.shape == (len(hours), N_CELLS, model.spec.n_genes)
+    torch.testing.assert_close(path[0], model.predict(batch, Conditions()).expression)
+    half = response_half_times(path.mean(1).numpy(), np.array(hours))
+    moved = ~np.isnan(half)
+    assert moved.any() and ((half[moved] >= 0) & (half[moved] <= 64)).all()
+    # a known curve: 1 - 2^(-t/3) has its half-time at 3 h
+    curve = 1 - np.exp2(-np.array(hours) / 3.0)
+    assert response_half_times(curve[:, None], np.array(hours))[0] == pytest.approx(3.0, rel=0.1)
+
+
+def test_edge_table_lists_every_prior_edge_strongest_first():
+    from vcell.models.enhancements.regulatory import RegulatoryPropagation, edge_table
+
+    model = tiny("regulatory")
+    table = edge_table(next(t for t in model.gene_terms if isinstance(t, RegulatoryPropagation)), model.spec)
+    assert len(table) == len(model.spec.grn)
+    assert list(table.columns) == ["source", "target", "prior_sign", "weight"]
+    assert (table["weight"].abs().diff().dropna() <= 0).all()
+    assert set(table["source"]) <= set(model.spec.gene_ids)

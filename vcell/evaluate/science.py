@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
 from vcell.atlas.annotations import write_grn_edges
 from vcell.atlas.store import open_atlas
@@ -25,7 +24,7 @@ from vcell.atlas.synth_store import open_truth
 from vcell.atlas.synth_truth import Truth
 from vcell.config.model import ModelConfig
 from vcell.config.schema import BuildConfig, LoaderConfig, SynthConfig
-from vcell.data.memory import batches_of, load_cells, select
+from vcell.data.memory import batches_of, load_cells
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_atlas
 from vcell.models.zoo import build_model

@@ -19,7 +19,7 @@ from vcell.evaluate.metrics import (
 from vcell.evaluate.science import HELD_OUT_HOURS, ScienceRow, ScienceSetup, basal_rows, codes, mean_of, predict_mean, trained
 from vcell.models.blocks import gene_set_means
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
-from vcell.models.inputs import CellInputs
+from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.slots import DecodeContext
 
 ATTRIBUTION_CELLS = 128
@@ -35,10 +35,15 @@ def check_regulatory(setup: ScienceSetup) -> ScienceRow:
     propagation = next(term for term in model.gene_terms if isinstance(term, RegulatoryPropagation))
     learned = propagation.edge_weight().detach().abs().numpy()
     attribution = gradient_attribution(base, setup.test)[spec.grn.target, spec.grn.source]
+    perturbed = np.isin(spec.grn.source, spec.perturbation_gene[spec.perturbation_gene >= 0])
     return ScienceRow(
         "regulatory", "AUPRC of prior edges (true vs decoy)", True,
         average_precision(learned, labels), average_precision(attribution, labels), float(labels.mean()),
-        {"edges": int(len(labels)), "true_edges": int(labels.sum())},
+        {"edges": int(len(labels)), "true_edges": int(labels.sum()),
+         "edges_from_perturbed_regulators": int(perturbed.sum()),
+         "auprc_perturbed_regulators_regulatory": average_precision(learned[perturbed], labels[perturbed]),
+         "auprc_perturbed_regulators_base": average_precision(attribution[perturbed], labels[perturbed]),
+         "random_perturbed_regulators": float(labels[perturbed].mean())},
     )
 
 
@@ -69,14 +74,50 @@ def check_temporal(setup: ScienceSetup) -> ScienceRow:
             moved = predict_mean(model, basal, time=HELD_OUT_HOURS, perturbation=control)
             changes[name].append(moved - predict_mean(model, basal, perturbation=control))
         changes["interpolated"].append(interpolate_observed(setup, control, cell_type))
-    truth = np.concatenate(changes.pop("truth"))
-    scores = {name: (relative_error(np.concatenate(c), truth), pearson(np.concatenate(c), truth)) for name, c in changes.items()}
+    scores = score_changes(changes)
+    kinetics = half_time_agreement(setup, trained(setup, "temporal"), control)
     return ScienceRow(
         "temporal", f"relative error of the predicted change at the held-out {HELD_OUT_HOURS:g} h (vs truth)", False,
-        scores["temporal"][0], scores["base"][0], 1.0,
-        {"pearson_temporal": scores["temporal"][1], "interpolating_observed_2h_8h": scores["interpolated"][0],
-         "random_is": "predicting no change"},
+        scores["temporal"]["relative_error"], scores["base"]["relative_error"], 1.0,
+        {"pearson_temporal": scores["temporal"]["pearson"],
+         "interpolating_observed_2h_8h": scores["interpolated"]["relative_error"],
+         "half_time_spearman_vs_truth": kinetics, "random_is": "predicting no change"},
     )
+
+
+HALF_TIME_GRID = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+
+
+def half_time_agreement(setup: ScienceSetup, model, control: int) -> float:
+    """Spearman r of the model's per-gene response half-times (read off predicted trajectories
+    of held-out basal cells) with the simulator's, over genes the stimulus moves (|log amplitude|
+    > 0.5 in that cell type), pooled over cell types."""
+    from scipy.stats import spearmanr
+
+    from vcell.models.enhancements.temporal import response_half_times
+
+    predicted, true = [], []
+    for cell_type, basal in basal_cells_by_type(setup, control):
+        batch = select(basal, torch.arange(min(256, len(basal["x"]))))
+        conditions = Conditions(perturbation=torch.full((len(batch["x"]),), control))
+        path = model.trajectory(batch, HALF_TIME_GRID, conditions).mean(1).numpy()  # (T, G)
+        half = response_half_times(path, np.array(HALF_TIME_GRID))
+        order = setup.truth_order
+        moving = np.abs(setup.truth.stimulus_log_amplitude[cell_type][order]) > 0.5
+        keep = moving & ~np.isnan(half)
+        predicted.append(half[keep])
+        true.append(setup.truth.response_half_time[order][keep])
+    return float(spearmanr(np.concatenate(predicted), np.concatenate(true))[0])
+
+
+def score_changes(changes: dict[str, list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """Relative error and Pearson r of each predicted change (per cell type, concatenated)
+    against changes["truth"]."""
+    truth = np.concatenate(changes["truth"])
+    return {
+        name: {"relative_error": relative_error(np.concatenate(c), truth), "pearson": pearson(np.concatenate(c), truth)}
+        for name, c in changes.items() if name != "truth"
+    }
 
 
 def basal_cells_by_type(setup: ScienceSetup, control: int):
@@ -253,12 +294,12 @@ def check_memory(setup: ScienceSetup, hours_since_pulse: float = 24.0) -> Scienc
                     model, basal, hours_since_pulse=float("nan"), **conditions
                 )
                 differences[name].append(difference)
-    truth = np.concatenate(differences.pop("truth"))
-    scores = {name: (pearson(np.concatenate(d), truth), relative_error(np.concatenate(d), truth)) for name, d in differences.items()}
+    scores = score_changes(differences)
     return ScienceRow(
         "memory", f"Pearson r, predicted vs true primed - naive difference ({hours_since_pulse:g} h after a pulse)", True,
-        scores["temporal+memory"][0], scores["base"][0], 0.0,
-        {"temporal_without_memory": scores["temporal"][0], "relative_error_memory": scores["temporal+memory"][1],
+        scores["temporal+memory"]["pearson"], scores["base"]["pearson"], 0.0,
+        {"temporal_without_memory": scores["temporal"]["pearson"],
+         "relative_error_memory": scores["temporal+memory"]["relative_error"],
          "random_is": "no difference (no history)"},
     )
 

@@ -131,6 +131,17 @@ class VirtualCell(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
+    def trajectory(self, batch: dict[str, torch.Tensor], hours: list[float], conditions: Conditions | None = None) -> torch.Tensor:
+        """(T, B, G) expression of the batch's cells at each of `hours` after a stimulus (other
+        conditions from `conditions`); `temporal.response_half_times` reads kinetics off it."""
+        conditions = conditions or Conditions()
+        n = len(batch["x"])
+        return torch.stack([
+            self.predict(batch, Conditions(conditions.perturbation, torch.full((n,), float(t)), conditions.hours_since_pulse)).expression
+            for t in hours
+        ])
+
+    @torch.no_grad()
     def reconstruct(self, batch: dict[str, torch.Tensor]) -> Prediction:
         """The batch's cells decoded from their own (unmasked) state."""
         was_training = self.training

@@ -21,6 +21,7 @@ Statistics: edge_weight (E,) the learned signed weight of each prior edge (spec.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -107,6 +108,18 @@ class RegulatoryPropagation(nn.Module):
         for _ in range(self.steps):  # each step carries deviations one regulatory layer further
             levels = anchor + self.propagate(levels - scores) + delta
         return levels
+
+
+def edge_table(propagation: RegulatoryPropagation, spec: ModelSpec) -> pd.DataFrame:
+    """The learned network as a table: source, target (gene IDs), prior_sign, weight (signed),
+    strongest first; `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
+    ids = np.asarray(spec.gene_ids)
+    weight = propagation.edge_weight().detach().cpu().numpy()
+    sign = spec.grn.sign if spec.grn.sign is not None else np.ones(len(weight), dtype=int)
+    table = pd.DataFrame({
+        "source": ids[spec.grn.source], "target": ids[spec.grn.target], "prior_sign": sign, "weight": weight,
+    })
+    return table.reindex(table["weight"].abs().sort_values(ascending=False).index).reset_index(drop=True)
 
 
 class RegulatoryPrior(nn.Module):

@@ -1,0 +1,53 @@
+"""The metric functions behind the learning checks, on inputs whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vcell.evaluate.metrics import (
+    average_precision, column_correlations, discretized_normal_log_prob, moment_dispersion, pearson, relative_error,
+)
+
+
+def test_average_precision_of_known_rankings():
+    labels = np.array([1, 0, 1, 0, 0], dtype=bool)
+    assert average_precision(np.array([5, 4, 3, 2, 1]), labels) == pytest.approx((1 / 1 + 2 / 3) / 2)
+    assert average_precision(np.array([1, 0, 1, 0, 0]), labels) == 1.0  # perfect
+    # ties count against us: equal scores give the share of positives, not better
+    assert average_precision(np.zeros(5), labels) == pytest.approx(0.4, abs=0.1)
+    rng = np.random.default_rng(0)
+    many = rng.random(20000) < 0.25
+    assert average_precision(rng.random(20000), many) == pytest.approx(0.25, abs=0.01)  # random ranking
+
+
+def test_pearson_and_relative_error():
+    x = np.arange(10.0)
+    assert pearson(x, 2 * x + 1) == pytest.approx(1.0)
+    assert pearson(x, -x) == pytest.approx(-1.0)
+    assert pearson(x, np.ones(10)) == 0.0  # constant: no correlation, not NaN
+    assert relative_error(np.zeros(10), x) == pytest.approx(1.0)  # predicting no change
+    assert relative_error(x, x) == 0.0
+    columns = column_correlations(np.stack([x, x], 1), np.stack([x, -x], 1))
+    np.testing.assert_allclose(columns, [1.0, -1.0])
+
+
+def test_discretized_normal_is_a_distribution_over_counts():
+    counts = np.arange(0, 400, dtype=float)
+    for mean, sd in [(0.3, 0.5), (5.0, 2.0), (50.0, 20.0)]:
+        total = np.exp(discretized_normal_log_prob(counts, np.full_like(counts, mean), np.full_like(counts, sd))).sum()
+        assert total == pytest.approx(1.0, abs=1e-6)
+
+
+def test_moment_dispersion_recovers_a_negative_binomial():
+    rng = np.random.default_rng(1)
+    library = rng.uniform(1000, 3000, 20000)
+    fraction, theta = np.array([0.01, 0.002]), np.array([0.5, 3.0])
+    mean = library[:, None] * fraction
+    counts = torch.distributions.NegativeBinomial(
+        torch.as_tensor(theta), logits=torch.as_tensor(np.log(mean) - np.log(theta))
+    ).sample().numpy()
+    estimated_fraction, estimated_theta = moment_dispersion(counts, library)
+    np.testing.assert_allclose(estimated_fraction, fraction, rtol=0.03)
+    np.testing.assert_allclose(estimated_theta, theta, rtol=0.15)

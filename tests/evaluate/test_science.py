@@ -1,0 +1,54 @@
+"""Learning checks on the simulator's ground truth, small enough for the suite (marked `science`).
+
+The full table, with longer training, is `python benchmarks/science.py`; here a 6,000-cell
+atlas and a few hundred steps must already show the checks that are clear at that scale (the
+count likelihood); the others need the benchmark's scale to say anything (see its table).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vcell.atlas.synth import sample_condition
+from vcell.evaluate.science import codes, prepare_science
+from vcell.evaluate.science_checks import check_stochastic
+
+pytestmark = pytest.mark.science
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return prepare_science(
+        tmp_path_factory.mktemp("science"), cells=6000, steps=300, batch_size=256,
+        model_overrides={"hidden_dim": 64, "n_layers": 1},
+    )
+
+
+def test_noisy_prior_holds_every_true_edge_and_twice_as_many_decoys(setup):
+    lines = setup.prior.read_text().splitlines()[1:]
+    pairs = {tuple(line.split("\t")[:2]) for line in lines}
+    assert len(pairs) == len(lines) == 3 * len(setup.true_edges)
+    assert setup.true_edges <= pairs
+
+
+def test_held_out_time_is_only_in_the_test_split(setup):
+    assert not (setup.train["time"] == 4.0).any()
+    assert (setup.test["time"] == 4.0).any()
+
+
+def test_simulated_conditions_match_the_atlas(setup):
+    """Monte Carlo truth is drawn from the same mechanism and noise as the atlas's cells."""
+    counts = sample_condition(setup.truth, 0, 4000, np.random.default_rng(0))
+    cells = setup.train
+    control = codes(setup, "perturbation").index("control")
+    basal = (cells["perturbation"] == control) & (cells["time"] == 0) & torch.isnan(cells["hours_since_pulse"])
+    observed = cells["library_size"][basal & (cells["cell_type"] == 0)]
+    assert len(observed) > 50
+    assert counts.sum(1).mean() == pytest.approx(observed.mean().item(), rel=0.1)
+
+
+def test_stochastic_beats_a_gaussian_on_held_out_counts(setup):
+    row = check_stochastic(setup)
+    assert row.wins and row.enhanced > row.base + 50  # nats per cell
