@@ -25,6 +25,8 @@ from vcell.atlas.synth_truth import Truth
 from vcell.config.model import ModelConfig
 from vcell.config.schema import BuildConfig, LoaderConfig, SynthConfig
 from vcell.data.memory import batches_of, load_cells
+from vcell.data.resolve import atlas_var
+from vcell.models.inputs import Conditions
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_atlas
 from vcell.models.zoo import build_model
@@ -73,18 +75,8 @@ class ScienceSetup:
     batch_size: int = 512
     model_overrides: dict = field(default_factory=dict)  # e.g. {"hidden_dim": 128}
     models: dict[str, VirtualCell] = field(default_factory=dict)
-
-    @property
-    def truth_order(self) -> np.ndarray:
-        """Truth gene index of each model gene (the atlas vocabulary may order genes differently)."""
-        position = {gene: index for index, gene in enumerate(self.truth.gene_ids)}
-        return np.array([position[gene] for gene in self.gene_ids])
-
-    @property
-    def gene_ids(self) -> list[str]:
-        from vcell.data.resolve import atlas_var
-
-        return [str(gene) for gene in atlas_var(open_atlas(self.atlas)).index]
+    categories: dict[str, list[str]] = field(default_factory=dict)  # obs column -> its categories
+    truth_order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # truth index per gene
 
 
 def science_loader() -> LoaderConfig:
@@ -106,10 +98,14 @@ def prepare_science(
     truth = open_truth(atlas)
     prior, true_edges = write_noisy_prior(truth, directory / f"grn_prior-{cells}.tsv", decoys, seed)
     loader = science_loader()
+    opened = open_atlas(atlas)
+    # the atlas's vocabulary may order genes differently from the truth
+    position = {gene: index for index, gene in enumerate(truth.gene_ids)}
+    truth_order = np.array([position[str(gene)] for gene in atlas_var(opened).index])
     return ScienceSetup(
-        directory, atlas, prior, true_edges, truth, loader, train=load_cells(atlas, loader, "train"),
-        test=load_cells(atlas, loader, "test"), steps=steps, size=size, seed=seed, batch_size=batch_size,
-        model_overrides=dict(model_overrides or {}),
+        directory, atlas, prior, true_edges, truth, loader, train=load_cells(opened, loader, "train"),
+        test=load_cells(opened, loader, "test"), steps=steps, size=size, seed=seed, batch_size=batch_size,
+        model_overrides=dict(model_overrides or {}), categories=opened.attrs["obs_categories"], truth_order=truth_order,
     )
 
 
@@ -146,7 +142,7 @@ def trained(setup: ScienceSetup, name: str) -> VirtualCell:
 
 # -- helpers over held-out cells ----------------------------------------------------------------
 def codes(setup: ScienceSetup, column: str) -> list[str]:
-    return open_atlas(setup.atlas).attrs["obs_categories"][column]
+    return setup.categories[column]
 
 
 def basal_rows(cells: dict[str, torch.Tensor], control: int) -> torch.Tensor:
@@ -158,8 +154,6 @@ def predict_mean(
     model: VirtualCell, cells: dict[str, torch.Tensor], field_name: str = "expression", **conditions
 ) -> np.ndarray:
     """(G,) mean over `cells` of the prediction under fixed conditions (scalars per field)."""
-    from vcell.models.inputs import Conditions
-
     total, n = None, 0
     for batch in batches_of(cells, 1024):
         size = len(batch["x"])

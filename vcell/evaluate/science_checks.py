@@ -20,7 +20,6 @@ from vcell.evaluate.science import HELD_OUT_HOURS, ScienceRow, ScienceSetup, bas
 from vcell.models.blocks import gene_set_means
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
 from vcell.models.inputs import CellInputs, Conditions
-from vcell.models.slots import DecodeContext
 
 ATTRIBUTION_CELLS = 128
 TRUTH_CELLS = 8192  # simulated cells per condition behind a true mean log expression
@@ -55,7 +54,7 @@ def gradient_attribution(model, cells: dict[str, torch.Tensor]) -> np.ndarray:
 
     def summed_expression(x: torch.Tensor) -> torch.Tensor:
         z, _, _ = model.encode(x, inputs)
-        return model.decode(z, z, inputs.library, DecodeContext()).expression.sum(0)  # (G,)
+        return model.decode(z, z, inputs.library).expression.sum(0)  # (G,)
 
     jacobian = torch.func.jacrev(summed_expression)(inputs.x)  # (G_out, B, G_in): cells are independent
     return jacobian.abs().mean(1).detach().numpy()
@@ -210,15 +209,21 @@ def check_stochastic(setup: ScienceSetup) -> ScienceRow:
 
 
 def base_counts(model, batch: dict[str, torch.Tensor]) -> np.ndarray:
-    """Expected counts of a Gaussian model: expm1(predicted log cp10k) x library / 10,000."""
-    expression = model.reconstruct(batch).expression
-    return (torch.expm1(expression).clamp(min=0) * batch["library_size"][:, None] / 1e4).numpy()
+    return expected_counts(model.reconstruct(batch), batch["library_size"]).numpy()
+
+
+def expected_counts(prediction, library: torch.Tensor) -> torch.Tensor:
+    """(B, G) expected raw counts: a count model's mean, or for a Gaussian model on log cp10k
+    expm1(prediction) x the cell's observed library / 10,000 (its totals cannot change)."""
+    if prediction.mean is not None:
+        return prediction.mean
+    return torch.expm1(prediction.expression).clamp(min=0) * library[:, None] / 1e4
 
 
 def check_resource(setup: ScienceSetup) -> ScienceRow:
     """Shift of the other genes' total counts after knocking down a highly expressed gene:
     |predicted - true log fold change| (true from the simulator's mechanism), mean over cell types."""
-    truth, test = setup.truth, setup.test
+    truth = setup.truth
     names = codes(setup, "perturbation")
     control = names.index("control")
     typical = expected_profiles(truth, 0, np.array([0]), np.array([0.0]))[0]
@@ -227,13 +232,8 @@ def check_resource(setup: ScienceSetup) -> ScienceRow:
     code = names.index(str(truth.gene_symbols[target]))  # the atlas's category code of the same perturbation
     errors: dict[str, list[float]] = {"resource": [], "base": []}
     true_shifts, predicted = [], {"resource": [], "base": []}
-    for cell_type, type_name in enumerate(codes(setup, "cell_type")):
+    for cell_type, basal in basal_cells_by_type(setup, control):
         true_shift = other_genes_shift_truth(truth, cell_type, index + 1, target)
-        rows = basal_rows(test, control)
-        rows = rows[test["cell_type"][rows] == cell_type]
-        if len(rows) == 0:
-            continue
-        basal = select(test, rows)
         true_shifts.append(true_shift)
         for name in errors:
             model = trained(setup, name)
@@ -259,24 +259,16 @@ def other_genes_shift_truth(truth, cell_type: int, perturbation: int, target: in
 
 
 def predicted_other_genes_shift(model, basal: dict, control: int, code: int, gene: int) -> float:
-    if model.head.__class__.__name__ == "GaussianHead":  # expected counts at the cell's observed library
-        def counts(perturbation: int) -> np.ndarray:
-            expression = predict_mean_cells(model, basal, perturbation)
-            return (np.expm1(expression).clip(min=0) * basal["library_size"].numpy()[:, None] / 1e4).mean(0)
-    else:
-        def counts(perturbation: int) -> np.ndarray:
-            return predict_mean(model, basal, "mean", perturbation=perturbation)
-    knocked, untouched = counts(code), counts(control)
-    return float(np.log(np.delete(knocked, gene).sum() / np.delete(untouched, gene).sum()))
+    """log(sum over j != gene of predicted expected counts under perturbation `code` / control)."""
+    def total_of_others(perturbation: int) -> float:
+        total = 0.0
+        for batch in batches_of(basal, 1024):
+            conditions = Conditions(perturbation=torch.full((len(batch["x"]),), perturbation))
+            counts = expected_counts(model.predict(batch, conditions), batch["library_size"])
+            total += float(counts.sum() - counts[:, gene].sum())
+        return total
 
-
-def predict_mean_cells(model, cells: dict, perturbation: int) -> np.ndarray:
-    from vcell.models.inputs import Conditions
-
-    return torch.cat([
-        model.predict(batch, Conditions(perturbation=torch.full((len(batch["x"]),), perturbation))).expression
-        for batch in batches_of(cells, 1024)
-    ]).numpy()
+    return float(np.log(total_of_others(code) / total_of_others(control)))
 
 
 def check_memory(setup: ScienceSetup, hours_since_pulse: float = 24.0) -> ScienceRow:

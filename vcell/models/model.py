@@ -14,6 +14,9 @@ cell. `predict` does the same for any conditions, seen or not.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -22,7 +25,7 @@ from vcell.models.blocks import MLP
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.slots import (
-    ConditionShift, DecodeContext, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
+    ConditionShift, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
 )
 from vcell.models.spec import ModelSpec
 
@@ -59,13 +62,12 @@ class VirtualCell(nn.Module):
         return z, losses, {**stats, **latent_stats}
 
     def decode(
-        self, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor, context: DecodeContext
+        self, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None
     ) -> Prediction:
         """Expression of states z; capacity_state is the state before any condition (resource)."""
         scores = self.decoder(z)
-        context.head = self.head
         for term in self.gene_terms:
-            scores = term(scores, z, context)
+            scores = term(scores, z, conditions)
         return self.head.predict(scores, z, capacity_state, library)
 
     # -- training forward -----------------------------------------------------------------------
@@ -76,10 +78,10 @@ class VirtualCell(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         cells = self.inputs(batch)
-        x_in, hidden = hide_genes(cells.x, self.config.mask_fraction, self.training)
+        x_in = hide_genes(cells.x, self.config.mask_fraction, self.training)
         z, losses, stats = self.encode(x_in, cells)
-        prediction = self.decode(z, z, cells.library, DecodeContext(observed=x_in, visible=~hidden))
-        losses.update(self.head.reconstruction_losses(prediction, cells, hidden))
+        prediction = self.decode(z, z, cells.library)
+        losses["reconstruction"] = self.head.loss(prediction, cells)
         stats.update(self.head.statistics(prediction))
         for auxiliary in self.auxiliary:
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)
@@ -112,23 +114,19 @@ class VirtualCell(nn.Module):
             basal_cells = cells.take(basal_rows)
             start, _, _ = self.encode(basal_cells.x, basal_cells)
         state, stats = self.dynamics(start, targets.conditions)
-        prediction = self.decode(state, start, targets.library, DecodeContext(conditions=targets.conditions))
+        prediction = self.decode(state, start, targets.library, targets.conditions)
         return {"response": self.config.response_weight * self.head.loss(prediction, targets)}, stats
 
     # -- inference ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor], conditions: Conditions) -> Prediction:
         """Expression of the batch's cells moved to `conditions` (each (B,) or None = as basal)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             cells = self.inputs(batch)
             check_conditions(conditions, self.spec)
             z, _, _ = self.encode(cells.x, cells)
             state, _ = self.dynamics(z, conditions)
-            return self.decode(state, z, cells.library, DecodeContext(conditions=conditions))
-        finally:
-            self.train(was_training)
+            return self.decode(state, z, cells.library, conditions)
 
     @torch.no_grad()
     def trajectory(self, batch: dict[str, torch.Tensor], hours: list[float], conditions: Conditions | None = None) -> torch.Tensor:
@@ -144,14 +142,10 @@ class VirtualCell(nn.Module):
     @torch.no_grad()
     def reconstruct(self, batch: dict[str, torch.Tensor]) -> Prediction:
         """The batch's cells decoded from their own (unmasked) state."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             cells = self.inputs(batch)
             z, _, _ = self.encode(cells.x, cells)
-            return self.decode(z, z, cells.library, DecodeContext(observed=cells.x, visible=torch.ones_like(cells.x, dtype=torch.bool)))
-        finally:
-            self.train(was_training)
+            return self.decode(z, z, cells.library)
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
@@ -164,10 +158,16 @@ class VirtualCell(nn.Module):
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         """Latent, reconstruction and statistics of the batch's cells, without masking."""
+        with self.evaluating():
+            return self(batch)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Evaluation mode inside, the previous mode restored after (inference inside training)."""
         was_training = self.training
         self.eval()
         try:
-            return self(batch)
+            yield
         finally:
             self.train(was_training)
 

@@ -4,7 +4,7 @@
     latent    h -> (z (B, D), losses, stats)                   DeterministicLatent
     dynamics  (z, conditions) -> (z', stats)                   ConditionShift
     decoder   z -> gene scores (B, G)                          MLP
-    gene_terms  [(scores, z, context) -> scores]               (enhancements add terms)
+    gene_terms  [(scores, z, conditions) -> scores]            (enhancements add terms)
     head      scores -> Prediction, losses, stats              GaussianHead or CountHead
     auxiliary [(z, cells) -> losses]                           (enhancements add losses)
 
@@ -24,17 +24,6 @@ from vcell.models.blocks import MLP, poisson_log_prob
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 
 TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's default normalisation
-
-
-@dataclass
-class DecodeContext:
-    """What a gene term may use: the observed (masked) input on the reconstruction path, or the
-    target conditions on the response path."""
-
-    conditions: Conditions | None = None
-    observed: torch.Tensor | None = None  # (B, G) x_in
-    visible: torch.Tensor | None = None  # (B, G) bool, genes the encoder saw
-    head: nn.Module | None = None
 
 
 @dataclass
@@ -124,16 +113,8 @@ class GaussianHead(nn.Module):
     def predict(self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor) -> Prediction:
         return Prediction(expression=scores)
 
-    def expression_of(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         return (prediction.expression - target.x).pow(2).mean()
-
-    def reconstruction_losses(self, prediction: Prediction, target: CellInputs, hidden: torch.Tensor) -> dict:
-        # Over every gene, hidden ones included: a hidden gene reads as 0 to the encoder, like a
-        # true zero, so a separate loss on hidden genes alone would teach it to fill in every zero.
-        return {"reconstruction": (prediction.expression - target.x).pow(2).mean()}
 
     def statistics(self, prediction: Prediction) -> dict:
         return {}
@@ -188,29 +169,25 @@ class CountHead(nn.Module):
         expression = torch.log1p(TARGET_SUM * composition)
         return Prediction(expression=expression, mean=mean, extra={**extra, **self.likelihood.extras(z)})
 
-    def expression_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """Normalised log expression of the composition alone (capacity left out)."""
-        return torch.log1p(TARGET_SUM * torch.softmax(scores, dim=-1))
-
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         if target.counts is None:
             raise ValueError("a count likelihood needs batch['counts'] (loader.keep_counts=true)")
         # mean over genes and cells (not the sum over genes), so its scale matches the other terms
         return -self.likelihood.log_prob(target.counts, prediction).mean()
 
-    def reconstruction_losses(self, prediction: Prediction, target: CellInputs, hidden: torch.Tensor) -> dict:
-        return {"reconstruction": self.loss(prediction, target)}
-
     def statistics(self, prediction: Prediction) -> dict:
         return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}
 
 
-def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_in, hidden): in training, each measured (non-zero) gene is hidden with `fraction`."""
+def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> torch.Tensor:
+    """x with, in training, each measured (non-zero) gene hidden (set to 0) with `fraction`.
+
+    The loss then covers every gene, hidden ones included: a hidden gene reads as 0 to the
+    encoder, like a true zero, so a loss on hidden genes alone would teach it to fill in every
+    zero."""
     if not training or fraction <= 0:
-        return x, torch.zeros_like(x, dtype=torch.bool)
-    hidden = (x > 0) & (torch.rand_like(x) < fraction)
-    return x.masked_fill(hidden, 0.0), hidden
+        return x
+    return x.masked_fill((x > 0) & (torch.rand_like(x) < fraction), 0.0)
 
 
 def pair_cells(

@@ -19,8 +19,8 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.models.blocks import EdgeLinear, gene_set_means
-from vcell.models.inputs import CellInputs
-from vcell.models.slots import DecodeContext, Slots
+from vcell.models.inputs import CellInputs, Conditions
+from vcell.models.slots import Slots
 from vcell.models.spec import ModelSpec
 
 
@@ -81,7 +81,7 @@ class PathwayDecoderTerm(nn.Module):
                 edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.1, positive=True
             )
 
-    def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
         return scores + self.to_genes(self.activity(z))
 
 

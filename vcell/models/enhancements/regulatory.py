@@ -28,7 +28,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.models.blocks import MLP, EdgeLinear
 from vcell.models.inputs import CellInputs, Conditions
-from vcell.models.slots import DecodeContext, Slots, condition_shift
+from vcell.models.slots import Slots, condition_shift
 from vcell.models.spec import ModelSpec
 
 
@@ -100,9 +100,9 @@ class RegulatoryPropagation(nn.Module):
         rows = torch.nonzero((conditions.perturbation >= 0) & (gene >= 0))[:, 0]
         return delta.index_put((rows, gene[rows]), self.knock[code[rows]])
 
-    def forward(self, scores: torch.Tensor, z: torch.Tensor, context: DecodeContext) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
         """scores (B, G): decoded levels (targets' columns are 0) -> levels after the network."""
-        delta = self.knockdown(scores, context.conditions)
+        delta = self.knockdown(scores, conditions)
         anchor = torch.where(self.target_only, self.baseline + self.propagate(scores), scores)
         levels = anchor + delta
         for _ in range(self.steps):  # each step carries deviations one regulatory layer further
