@@ -1,12 +1,24 @@
-"""Shared fixtures: small real AnnData files (h5ad and zarr) with known contents."""
+"""Shared fixtures: small real AnnData files (h5ad and zarr) with known contents, one local Ray
+cluster, and a scratch HOME (Ray and W&B write under it) for the whole session."""
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+
+
+def pytest_configure(config):
+    """Before anything imports Ray: a loopback-only local cluster, HOME in a scratch folder, and a
+    shared cache for DeepSpeed's compiled CPU ops (~20 s to build once, then reused)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["HOME"] = tempfile.mkdtemp(prefix="vcell-test-home-")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "vcell-torch-extensions"))
 
 
 def make_adata(n_cells: int, gene_ids: list[str], seed: int, *, counts: bool = True, cell_types=("T", "B", "NK")) -> ad.AnnData:

@@ -5,6 +5,7 @@
     vcell atlas info PATH [--json]
     vcell atlas validate PATH [--skip-stats]
     vcell models [--json] [--genes G] [--size S]
+    vcell train [--name N] [--address A] [--restart | --resume-with-changes] [--dry-run] [k=v ...]
 
 Every command takes `--config FILE` (default: configs/experiments/quickstart.yaml),
 dotted overrides `section.key=value`, `--print-config` and `--save-config FILE`.
@@ -144,6 +145,36 @@ def run_models(args: argparse.Namespace) -> None:
     print(json.dumps(rows, indent=2) if args.json else format_catalogue(rows, args.genes, args.size))
 
 
+def run_train(args: argparse.Namespace) -> None:
+    from vcell.train.ray_train import train
+
+    if args.restart and args.resume_with_changes:
+        raise VCellError("--restart and --resume-with-changes exclude each other", hint="pick one")
+    config = resolve_config(
+        args, flag("name", args.name) + flag("scaling.address", args.address) + flag("train.progress_bar", False if args.quiet else None)
+    )
+    train(config, restart=args.restart, resume_with_changes=args.resume_with_changes, dry_run=args.dry_run,
+          progress=not args.quiet)
+
+
+def add_train_parser(commands) -> None:
+    parser = commands.add_parser(
+        "train", help="train a model with Ray Train (the main job: no arguments trains quickstart on 2 CPU workers)",
+        description="Train a model with Ray Train + Lightning (DDP or DeepSpeed). Re-running the same command "
+        "resumes the run from its last complete checkpoint.",
+    )
+    parser.add_argument("--name", help="run name (default: the config's name); the run lives in runs/<name>/")
+    parser.add_argument("--address", help="Ray cluster to join ('auto' or host:port); default: a local cluster on 127.0.0.1")
+    parser.add_argument("--restart", action="store_true", help="delete the earlier run of this name and start over")
+    parser.add_argument("--resume-with-changes", action="store_true",
+                        help="continue the earlier run of this name although the config changed (e.g. more steps)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check config, atlas and resources; print parameters, memory per worker and the plan; exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_config_arguments(parser)
+    parser.set_defaults(handler=run_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcell", description="Virtual-cell models on Zarr-sharded single-cell atlases.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -192,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--genes", type=positive_int, default=2000, help="genes the models are sized for (default: 2000)")
     models.add_argument("--size", choices=list(SIZES), default="small", help="width/depth preset (default: small)")
     models.set_defaults(handler=run_models)
+    add_train_parser(commands)
     return parser
 
 

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.config.train import ScalingSection, TrainConfig, WandbConfig
 
 
 class CodecConfig(Section):
@@ -242,3 +243,6 @@ class VCellConfig(Section):
     build: BuildConfig = Field(default_factory=BuildConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)

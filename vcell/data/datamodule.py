@@ -22,8 +22,11 @@ from vcell.errors import VCellError
 
 class AtlasDataModule(pl.LightningDataModule):
     def __init__(self, atlas: str | Path, config: LoaderConfig, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, lightning_state: bool = True):
         super().__init__()
+        # False: Lightning's checkpoints (rank 0's only, under DDP) leave the position out; the
+        # distributed trainer saves every rank's own (`train_position`) and resumes it (`resume_from`).
+        self.lightning_state = lightning_state
         self.atlas_path, self.config, self.seed = Path(atlas), config, seed
         self.rank, self.world_size = rank, world_size
         self.loaders: dict[str, AtlasLoader] = {}
@@ -64,10 +67,12 @@ class AtlasDataModule(pl.LightningDataModule):
         return self.loaders[split]
 
     def train_dataloader(self):
-        return self.loader("train")
+        return self.loader("train") if self.lightning_state else LoaderView(self.loader("train"))
 
     def val_dataloader(self):
-        return self.loaders.get("val", [])
+        if "val" not in self.loaders:
+            return []
+        return LoaderView(self.loaders["val"], from_start=True)
 
     def test_dataloader(self):
         if "test" not in self.loaders:
@@ -86,15 +91,41 @@ class AtlasDataModule(pl.LightningDataModule):
             self.consumed = self.loaders["train"].claim() or self.consumed
         return batch
 
-    def state_dict(self) -> dict:
-        if "train" not in self.loaders:
-            return {}
-        return {"train": self.loaders["train"].state_dict(self.consumed)}
+    def train_position(self) -> dict:
+        """The training loader's state after the last batch a training step received."""
+        return self.loader("train").state_dict(self.consumed)
 
-    def load_state_dict(self, state: dict) -> None:
-        if "train" not in state:
+    def resume_from(self, loader_state: dict) -> None:
+        """Continue the training stream at `loader_state` (applied at setup if not yet set up)."""
+        self.load_state_dict({"train": loader_state}, force=True)
+
+    def state_dict(self) -> dict:
+        if "train" not in self.loaders or not self.lightning_state:
+            return {}
+        return {"train": self.train_position()}
+
+    def load_state_dict(self, state: dict, force: bool = False) -> None:
+        if "train" not in state or not (self.lightning_state or force):
             return
         if "train" in self.loaders:
             self.loaders["train"].load_state_dict(state["train"])
         else:  # Lightning restores before setup() on some paths: apply once the loader exists
             self.pending_state = state["train"]
+
+
+class LoaderView:
+    """The loader as Lightning sees it: sized and iterable, without `state_dict`. (Lightning saves
+    a stateful loader's position in rank 0's checkpoint and restores that on every rank; the
+    distributed trainer saves each rank's own.) `from_start`: every pass starts over, so each
+    validation (often cut short by limit_val_batches) reads the same cells, also after a resume."""
+
+    def __init__(self, loader: AtlasLoader, from_start: bool = False) -> None:
+        self.loader, self.from_start = loader, from_start
+
+    def __len__(self) -> int:
+        return self.loader.plan(0).n_batches if self.from_start else len(self.loader)
+
+    def __iter__(self):
+        if self.from_start:
+            self.loader.set_epoch(0)
+        return iter(self.loader)

@@ -8,12 +8,11 @@ this loop only sums them, as the distributed trainer does.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from vcell.data.memory import select
+from vcell.train.schedule import warmup_cosine
 
 
 def fit(
@@ -24,10 +23,7 @@ def fit(
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 10%
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * min(step, steps) / steps))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     n_cells = len(cells["x"])
     history = []
     model.train()

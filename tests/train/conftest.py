@@ -1,0 +1,35 @@
+"""A small simulated atlas and run configs for the distributed-training tests.
+
+Runs go through the real driver (`vcell.train.ray_train.train`) on the session's local Ray
+cluster; each takes ~10-20 s here, so a few reference runs are shared by module fixtures.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vcell.atlas.synth import synthesize_atlas
+from vcell.config import load_config
+from vcell.config.schema import BuildConfig, SynthConfig
+
+
+@pytest.fixture(scope="session")
+def train_atlas(tmp_path_factory):
+    """1,600 simulated cells x 120 genes with every label and annotation the full model reads."""
+    synth = SynthConfig(
+        cells=1600, genes=120, transcription_factors=12, pathways=8, compartments=3, perturbations=6,
+        chunk_cells=800, truth_draws=16,
+    )
+    out = tmp_path_factory.mktemp("train") / "atlas.zarr"
+    return synthesize_atlas(out, synth, BuildConfig(shard_cells=400), progress=False)
+
+
+def run_config(atlas, storage, name: str, *overrides: str):
+    """A tiny full-model run: 2 CPU workers, 64 cells per batch, 12 steps, checkpoints every 4."""
+    return load_config(None, [
+        f"name={name}", f"data.atlas={atlas}", "data.synthesize_if_missing=false", f"scaling.storage_path={storage}",
+        "model.size=tiny", "loader.batch_size=64", "loader.block_cells=100", "loader.buffer_cells=256",
+        "loader.split.val_fraction=0.1", "loader.split.test_fraction=0.0", "train.steps=12", "train.checkpoint_every=4",
+        "train.validate_every=6", "train.validation_batches=2", "train.deterministic=true", "train.audit_cells=true",
+        "train.progress_bar=false", "wandb.mode=disabled", "scaling.max_failures=1", *overrides,
+    ])

@@ -1,0 +1,198 @@
+"""The only checkpoint I/O: write, find, verify, prune and export checkpoints of a run.
+
+    runs/<name>/checkpoints/step-00000100/
+        lightning.ckpt        model, optimiser, scheduler, loop state (a file with DDP; a folder of
+                              shards with DeepSpeed)
+        rank-<r>.pt           each rank's RNG states and loader position (tensors and plain values)
+        manifest.json         step, config hash, world size, every file with size and sha256: written
+                              last, so a checkpoint without it (or whose files differ from it) is
+                              incomplete and ignored on resume
+
+A crash while saving leaves no manifest; a resume picks the newest checkpoint whose manifest
+matches its files. `export_weights` turns the newest one into `model/model.safetensors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vcell.errors import VCellError
+from vcell.files import atomic_write
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+LIGHTNING = "lightning.ckpt"
+FORMAT = 1
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_under(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: Path
+    manifest: dict
+
+    @property
+    def lightning_path(self) -> Path:
+        return self.path / LIGHTNING
+
+    @property
+    def world_size(self) -> int:
+        return int(self.manifest["world_size"])
+
+    def rank_state(self, rank: int) -> dict:
+        path = self.path / f"rank-{rank}.pt"
+        if not path.is_file():
+            raise VCellError(
+                f"{self.path} was written by {self.world_size} worker(s) and has no state for rank {rank}",
+                hint=f"resume with scaling.workers={self.world_size}, or start over with --restart",
+            )
+        return torch.load(path, weights_only=True)
+
+
+class CheckpointStore:
+    """The checkpoints of one run directory."""
+
+    def __init__(self, run_directory: str | Path) -> None:
+        self.root = Path(run_directory) / "checkpoints"
+
+    def path(self, step: int) -> Path:
+        return self.root / f"step-{step:08d}"
+
+    def complete(self, verify: bool = True) -> list[Checkpoint]:
+        """Checkpoints whose manifest is present and matches their files, oldest first."""
+        found = []
+        for directory in sorted(self.root.glob("step-*")) if self.root.is_dir() else []:
+            checkpoint = read_checkpoint(directory, verify)
+            if checkpoint is None:
+                log.warning("ignoring incomplete checkpoint %s", directory)
+            else:
+                found.append(checkpoint)
+        return found
+
+    def latest(self) -> Checkpoint | None:
+        complete = self.complete()
+        return complete[-1] if complete else None
+
+    def prune(self, keep: int) -> None:
+        """Keep the newest `keep` complete checkpoints; drop older and incomplete ones below them."""
+        complete = self.complete(verify=False)
+        if not complete:
+            return
+        kept = {c.path for c in complete[-keep:]}
+        newest = complete[-1].step
+        for directory in self.root.glob("step-*"):
+            if directory not in kept and int(directory.name.removeprefix("step-")) <= newest:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def read_checkpoint(directory: Path, verify: bool) -> Checkpoint | None:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    for entry in manifest.get("files", []):
+        path = directory / entry["path"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"]:
+            return None
+        if verify and sha256_of(path) != entry["sha256"]:
+            return None
+    return Checkpoint(int(manifest["step"]), directory, manifest)
+
+
+def write_manifest(directory: Path, step: int, config_hash: str, world_size: int, strategy: str) -> Path:
+    """The completion mark: called last, by one rank, after every rank has written its files."""
+    files = [
+        {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size, "sha256": sha256_of(p)}
+        for p in files_under(directory)
+    ]
+    manifest = {
+        "format": FORMAT, "step": step, "config_hash": config_hash, "world_size": world_size,
+        "strategy": strategy, "files": files,
+    }
+    text = json.dumps(manifest, indent=1).encode()
+    return atomic_write(directory / MANIFEST, lambda stream: stream.write(text))
+
+
+# -- per-rank state --------------------------------------------------------------------------
+def capture_rng() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain values (loadable with weights_only)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_rank_state(directory: Path, rank: int, loader_state: dict) -> None:
+    state = {"rng": capture_rng(), "loader": loader_state}
+    atomic_write(directory / f"rank-{rank}.pt", lambda stream: torch.save(state, stream))
+
+
+# -- weights ---------------------------------------------------------------------------------
+def model_state(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The `VirtualCell` weights (fp32) of a checkpoint, DDP file or DeepSpeed shards alike."""
+    if checkpoint.lightning_path.is_dir():
+        from vcell.train.deepspeed_cpu import consolidate_zero_checkpoint
+
+        module_state = consolidate_zero_checkpoint(checkpoint.lightning_path)
+    else:
+        module_state = torch.load(checkpoint.lightning_path, map_location="cpu", weights_only=True)["state_dict"]
+    prefix = "model."
+    return {key[len(prefix):]: value.float() if value.is_floating_point() else value
+            for key, value in module_state.items() if key.startswith(prefix)}
+
+
+def export_weights(checkpoint: Checkpoint, directory: Path, config_text: str, gene_ids: list[str]) -> Path:
+    """model.safetensors + config.yaml + genes.txt in `directory`, each written atomically."""
+    from safetensors.torch import save
+
+    state = {key: value.contiguous() for key, value in model_state(checkpoint).items()}
+    payload = save(state, metadata={"step": str(checkpoint.step), "config_hash": checkpoint.manifest["config_hash"]})
+    atomic_write(directory / "model.safetensors", lambda stream: stream.write(payload))
+    atomic_write(directory / "config.yaml", lambda stream: stream.write(config_text.encode()))
+    atomic_write(directory / "genes.txt", lambda stream: stream.write(("\n".join(gene_ids) + "\n").encode()))
+    return directory / "model.safetensors"
+
+
+def load_exported(directory: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(Path(directory) / "model.safetensors")

@@ -1,0 +1,127 @@
+"""What a training run needs, checked before any worker starts; `--dry-run` prints it.
+
+    config = with_model_inputs(config, atlas)     # loader labels / counts the model reads
+    plan = training_plan(config, atlas, cluster)  # parameters, memory per worker, strategy
+    print(format_plan(plan))
+
+Impossible combinations (more workers than CPUs, GPUs that are not there, DeepSpeed options a
+strategy does not have) fail here with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vcell.atlas.store import Atlas
+from vcell.config.schema import VCellConfig
+from vcell.data.resolve import select_genes
+from vcell.errors import VCellError
+from vcell.models.catalogue import NEEDS
+from vcell.models.spec import CONDITION_ROLES, ModelSpec, spec_from_atlas
+from vcell.models.zoo import build_model, count_parameters
+
+
+def with_model_inputs(config: VCellConfig, atlas: Atlas) -> VCellConfig:
+    """`config` whose loader carries the obs columns and raw counts the model reads."""
+    columns = atlas.attrs["obs_columns"]
+    wanted = [getattr(config.model.columns, role) for role in CONDITION_ROLES]
+    labels = list(config.loader.labels) + [c for c in wanted if c and c in columns and c not in config.loader.labels]
+    needs_counts = any("counts" in NEEDS[name] for name in config.model.enhancements)
+    keep_counts = config.loader.keep_counts or (needs_counts and atlas.attrs.get("values") == "counts")
+    loader = config.loader.model_copy(update={"labels": labels, "keep_counts": keep_counts})
+    return config.model_copy(update={"loader": loader})
+
+
+def model_spec(config: VCellConfig, atlas: Atlas) -> ModelSpec:
+    """The model's view of the atlas (genes in loader order, annotations), or a VCellError."""
+    return spec_from_atlas(atlas, config.model, select_genes(atlas, config.loader.genes), counts=config.loader.keep_counts)
+
+
+def resolved_precision(config: VCellConfig) -> str:
+    if config.train.precision != "auto":
+        return config.train.precision
+    return "bf16-mixed" if config.scaling.gpus_per_worker else "32-true"
+
+
+def check_resources(config: VCellConfig, cluster: dict[str, float]) -> None:
+    """Workers must fit the cluster's CPUs and GPUs (Ray's `cluster_resources()`)."""
+    scaling = config.scaling
+    cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
+    if scaling.workers * scaling.cpus_per_worker > cpus:
+        raise VCellError(
+            f"scaling.workers={scaling.workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} needs "
+            f"{scaling.workers * scaling.cpus_per_worker} CPUs; the Ray cluster has {cpus:g}",
+            hint="lower scaling.workers or scaling.cpus_per_worker, or add nodes",
+        )
+    if scaling.gpus_per_worker and scaling.workers * scaling.gpus_per_worker > gpus:
+        raise VCellError(
+            f"scaling.gpus_per_worker={scaling.gpus_per_worker} with {scaling.workers} workers needs "
+            f"{scaling.workers * scaling.gpus_per_worker} GPUs; the Ray cluster has {gpus:g}",
+            hint="set scaling.gpus_per_worker=0 to train on CPU, or run on a cluster with GPUs",
+        )
+
+
+@dataclass
+class TrainingPlan:
+    parameters: int
+    genes: int
+    cells: int
+    strategy: str
+    precision: str
+    workers: int
+    memory_per_worker_gb: float
+    parts: dict[str, float]  # memory estimate by part, GB
+
+    def as_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def training_plan(config: VCellConfig, atlas: Atlas) -> TrainingPlan:
+    """Builds the model on the meta device (allocates nothing) and estimates memory per worker."""
+    spec = model_spec(config, atlas)
+    parameters = count_parameters(build_model(config.model, spec, device="meta"))
+    workers, train = config.scaling.workers, config.train
+    stage = train.deepspeed.stage if train.strategy == "deepspeed" else 0
+    offload = train.strategy == "deepspeed" and train.deepspeed.offload
+    bytes_per = 4.0
+    # fp32 weights, gradients and two AdamW moments: ZeRO-1 shards the moments across workers,
+    # ZeRO-2 also the gradients, ZeRO-3 also the weights
+    weights = parameters * bytes_per / (workers if stage >= 3 else 1)
+    gradients = parameters * bytes_per / (workers if stage >= 2 else 1)
+    optimiser = 2 * parameters * bytes_per / (workers if stage >= 1 else 1)
+    hidden = config.model.dimensions()[0]
+    batch, genes = config.loader.batch_size, spec.n_genes
+    # x, counts, masks, predictions and their gradients (~8 dense batch x genes), hidden layers
+    activations = batch * (8 * genes + 6 * hidden) * bytes_per
+    # two sparse shuffle buffers (value + index, <= 15% non-zeros) and a few dense batches in flight
+    loader = 2 * config.loader.buffer_cells * genes * 0.15 * 8 + (config.loader.prefetch_batches + 2) * batch * genes * 4
+    parts = {"weights": weights, "gradients": gradients, "optimiser": optimiser, "activations": activations, "loader": loader}
+    device_parts = {k: v for k, v in parts.items() if not (offload and k == "optimiser")}
+    return TrainingPlan(
+        parameters=parameters, genes=genes, cells=atlas.n_cells,
+        strategy=f"deepspeed ZeRO-{stage}{' + CPU offload' if offload else ''}" if stage else "ddp",
+        precision=resolved_precision(config), workers=workers,
+        memory_per_worker_gb=round(sum(device_parts.values()) / 2**30, 3),
+        parts={k: round(v / 2**30, 4) for k, v in parts.items()},
+    )
+
+
+def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
+    device = f"{config.scaling.gpus_per_worker} GPU + " if config.scaling.gpus_per_worker else ""
+    parts = ", ".join(f"{k} {v:.3f}" for k, v in plan.parts.items())
+    return "\n".join([
+        f"run         {config.name}: model '{config.model.name}' ({', '.join(config.model.enhancements) or 'base'}), "
+        f"size {config.model.size}",
+        f"parameters  {plan.parameters:,} for {plan.genes:,} genes; atlas {config.data.atlas} ({plan.cells:,} cells)",
+        f"plan        {plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
+        f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker",
+        f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
+        f"outputs     {config.scaling.storage_path}/{config.name}/",
+    ])
+
+
+def steady_state(values: list[float]) -> float:
+    """Median of the second half of a series (skips warm-up)."""
+    return float(np.median(values[len(values) // 2:])) if values else float("nan")

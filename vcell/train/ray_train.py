@@ -1,0 +1,200 @@
+"""The training driver: checks, Ray cluster, TorchTrainer, summary. `vcell train` calls `train`.
+
+    summary = train(load_config(None))                    # the main job: quickstart on 2 CPU workers
+    train(config, restart=True)                           # forget the earlier run of this name
+
+Everything that can be checked before a worker starts is checked here (config against the run
+folder, atlas against the model, resources against the cluster, storage from every node), so a
+mistake costs seconds, not a failed cluster job. Workers run `worker.train_worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from vcell.atlas.store import Atlas, open_atlas
+from vcell.config.schema import ScalingSection, VCellConfig
+from vcell.errors import VCellError
+from vcell.train.checkpoint import CheckpointStore
+from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
+from vcell.train.run import Run, check_run, prepare_run, probe_writable
+from vcell.train.tracking import wandb_run_id, wandb_sync_command
+from vcell.train.worker import resume_point
+
+log = logging.getLogger(__name__)
+FORWARDED_ENVIRONMENT = ("TORCH_EXTENSIONS_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+def prepare_atlas(config: VCellConfig, progress: bool = True) -> Atlas:
+    """The run's atlas; the simulator makes it when it is missing and `data.synthesize_if_missing`."""
+    path = Path(config.data.atlas)
+    if not path.exists() and config.data.synthesize_if_missing:
+        from vcell.atlas.ensure import ensure_synthetic_atlas
+
+        ensure_synthetic_atlas(config.data, config.build, progress=progress)
+    if not path.exists():
+        raise VCellError(f"atlas not found: {path}", hint="build it with `vcell atlas build` or set data.atlas")
+    return open_atlas(path)
+
+
+def local_resources() -> dict[str, float]:
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return {"CPU": float(cores), "GPU": float(torch.cuda.device_count())}
+
+
+@contextlib.contextmanager
+def ray_cluster(scaling: ScalingSection) -> Iterator[dict[str, float]]:
+    """The cluster's resources: an already connected Ray, `scaling.address`, or a new local one
+    bound to 127.0.0.1 with the dashboard off (shut down on exit)."""
+    if scaling.address is None:
+        # read by Ray at import: the local node takes the loopback address and listens only there
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        yield ray.cluster_resources()
+        return
+    if scaling.address is not None:
+        ray.init(address=scaling.address, log_to_driver=True)
+    else:
+        # Without the dashboard Ray's state API is absent, and Ray Train's placement-group cleaner
+        # warns about it every few seconds: worker processes log errors only.
+        ray.init(num_cpus=int(local_resources()["CPU"]), include_dashboard=scaling.include_dashboard,
+                 _node_ip_address="127.0.0.1", configure_logging=False,
+                 logging_config=None if scaling.include_dashboard else ray.LoggingConfig(log_level="ERROR"))
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+
+
+def probe_storage(directory: Path) -> None:
+    """Every alive node writes and deletes a file in the run folder before any worker starts."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def probe(path: str, node: str) -> str | None:
+        try:
+            probe_writable(Path(path), f"node {node}")
+        except VCellError as error:
+            return str(error)
+        return None
+
+    nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
+    errors = ray.get([
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            str(directory), n["NodeManagerAddress"]) for n in nodes
+    ])
+    problems = [e for e in errors if e]
+    if problems:
+        raise VCellError(problems[0])
+
+
+def worker_failure(error: Exception) -> VCellError | None:
+    """The user-facing error behind a failed run, if a worker raised one."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause = failure
+        while cause is not None:
+            if isinstance(cause, VCellError):
+                return cause
+            cause = cause.__cause__
+    return None
+
+
+def absolute_paths(config: VCellConfig) -> VCellConfig:
+    """`config` with every input path absolute: Ray workers run in their own working folders."""
+    tree = config.model_dump(mode="json")
+    model, genes = tree["model"], tree["loader"]["genes"]
+    for section, key in ((tree["data"], "atlas"), (model["hierarchical"], "gene_sets"),
+                         (model["hierarchical"], "compartments"), (model["regulatory"], "edges"), (genes, "file")):
+        if section.get(key):
+            section[key] = str(Path(section[key]).resolve())
+    tree["scaling"]["storage_path"] = str(Path(tree["scaling"]["storage_path"]).resolve())
+    return VCellConfig.model_validate(tree)
+
+
+def run_workers(config: VCellConfig, run: Run, allow_changes: bool) -> None:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from vcell.train.worker import train_worker
+
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {})}
+    environment = {k: v for k, v in os.environ.items() if k.startswith("VCELL_") or k in FORWARDED_ENVIRONMENT}
+    environment["OMP_NUM_THREADS"] = str(scaling.cpus_per_worker)
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": absolute_paths(config).model_dump(mode="json"), "run_directory": str(run.directory),
+            "config_hash": run.config_hash, "allow_changes": allow_changes, "wandb_id": wandb_run_id(config.name),
+        },
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=bool(scaling.gpus_per_worker),
+                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
+        run_config=RunConfig(
+            name="ray", storage_path=str(run.directory),  # Ray's own bookkeeping: runs/<name>/ray/
+            failure_config=FailureConfig(max_failures=scaling.max_failures, controller_failure_limit=2),
+            worker_runtime_env={"env_vars": environment},
+        ),
+    )
+    try:
+        trainer.fit()
+    except Exception as error:  # Ray wraps worker errors: show ours plainly
+        cause = worker_failure(error)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False, dry_run: bool = False,
+          progress: bool = True) -> dict:
+    """Train `config` to the end (resuming an earlier attempt of the same run); the run's metrics."""
+    started = time.perf_counter()
+    atlas = prepare_atlas(config, progress)
+    config = with_model_inputs(config, atlas)
+    plan = training_plan(config, atlas)  # builds the model on the meta device: annotations, inputs
+    if dry_run:
+        check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
+        print(format_plan(plan, config))
+        return plan.as_dict()
+    check_run(config, restart=restart, resume_with_changes=resume_with_changes)
+    with ray_cluster(config.scaling) as resources:
+        check_resources(config, resources)
+        run = prepare_run(config, restart=restart, resume_with_changes=resume_with_changes)
+        latest = resume_point(CheckpointStore(run.directory), run.config_hash, resume_with_changes, config.scaling.workers)
+        if latest is not None:
+            log.info("resuming run '%s' from step %d (%s)", config.name, latest.step, latest.path)
+        probe_storage(run.directory)
+        log.info("training '%s': %s", config.name, format_plan(plan, config).splitlines()[2].split(None, 1)[1])
+        run_workers(config, run, resume_with_changes)
+    metrics = json.loads((run.directory / "metrics.json").read_text())
+    metrics["seconds_total"] = round(time.perf_counter() - started, 2)
+    print(format_summary(metrics, run, config))
+    return metrics
+
+
+def format_summary(metrics: dict, run: Run, config: VCellConfig) -> str:
+    validation = metrics["final_validation"].get("val/loss")
+    lines = [
+        f"run '{metrics['run']}' finished: {metrics['steps']} steps on {metrics['workers']} worker(s) ({metrics['strategy']}), "
+        f"{metrics['seconds_total']:.0f} s",
+        f"train loss  {metrics['first_train_loss']:.4f} -> {metrics['final_train'].get('train/loss', float('nan')):.4f}"
+        + (f"; validation loss {validation:.4f}" if validation is not None else ""),
+        f"throughput  {metrics['cells_per_s']:,.0f} cells/s (steady state), waiting for data {metrics['data_wait_fraction']:.1%}",
+        f"outputs     {run.directory}/ (config.yaml, checkpoints/, model/, history.csv, metrics.json)",
+    ]
+    if config.wandb.mode == "offline":
+        command = wandb_sync_command(run.directory, wandb_run_id(config.name))
+        if command:
+            lines.append(f"W&B         offline; upload with: {command}")
+    return "\n".join(lines)

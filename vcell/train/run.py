@@ -1,0 +1,121 @@
+"""A run's identity and folder: deterministic name, config hash, and the refusal of a changed config.
+
+    run = prepare_run(config, restart=False, resume_with_changes=False)
+    run.directory        # <scaling.storage_path>/<name>/ (absolute)
+    run.config_hash      # sha256 of the resolved config, operational keys left out
+
+Re-running the same command finds the same folder and resumes. The same name with a different
+config is refused with the difference shown, unless the user restarts (the old run is deleted)
+or resumes with changes (e.g. more steps). Everything is written through temp files + rename.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vcell.config import dump_config
+from vcell.config.schema import VCellConfig
+from vcell.config.train import OPERATIONAL
+from vcell.errors import VCellError
+from vcell.files import atomic_write
+
+RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wandb", "ray", "split.json",
+             "split_codes.npy", "config.yaml")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def identity(config: VCellConfig | dict) -> dict[str, object]:
+    """The dotted keys that define what a run computes (operational keys left out)."""
+    tree = config.model_dump(mode="json") if isinstance(config, VCellConfig) else config
+    # the name is the folder itself: a copied or renamed run is still the same computation
+    return {key: value for key, value in flatten(tree).items() if key not in OPERATIONAL and key != "name"}
+
+
+def config_hash(config: VCellConfig) -> str:
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(saved: dict, current: VCellConfig) -> list[str]:
+    """'key: saved -> now' for every key that differs."""
+    before, after = identity(saved), identity(current)
+    keys = sorted(set(before) | set(after))
+    return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
+            for key in keys if before.get(key) != after.get(key)]
+
+
+@dataclass
+class Run:
+    directory: Path
+    config_hash: str
+    resumed: bool  # an earlier attempt of this run exists
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.directory / "checkpoints"
+
+
+def run_directory(config: VCellConfig) -> Path:
+    return (Path(config.scaling.storage_path) / config.name).resolve()
+
+
+def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False) -> bool:
+    """Whether an earlier attempt of this run exists; refuses a changed config (writes nothing)."""
+    if "://" in config.scaling.storage_path:
+        raise VCellError(
+            f"scaling.storage_path={config.scaling.storage_path!r}: runs live on a filesystem every worker mounts",
+            hint="mount the bucket (e.g. gcsfuse, s3fs, a shared NFS/Lustre path) and give that path",
+        )
+    saved_path = run_directory(config) / "config.yaml"
+    resumed = saved_path.is_file() and not restart
+    if resumed:
+        differences = config_diff(yaml.safe_load(saved_path.read_text()) or {}, config)
+        if differences and not resume_with_changes:
+            shown = "\n    ".join(differences)
+            raise VCellError(
+                f"run '{config.name}' exists in {saved_path.parent} with a different config:\n    {shown}",
+                hint="pass --resume-with-changes to continue it with these changes, --restart to start it over, "
+                "or --name to start a new run",
+            )
+    return resumed
+
+
+def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False) -> Run:
+    """Check the run folder against `config` and record the config in it (see module doc)."""
+    resumed = check_run(config, restart=restart, resume_with_changes=resume_with_changes)
+    directory = run_directory(config)
+    if restart:
+        for name in RUN_FILES:
+            path = directory / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    probe_writable(directory, "the driver")
+    text = dump_config(config).encode()
+    atomic_write(directory / "config.yaml", lambda stream: stream.write(text))
+    return Run(directory, config_hash(config), resumed)
+
+
+def probe_writable(directory: Path, who: str) -> None:
+    """Fail fast, with the path, when `who` cannot create files in `directory`."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / f".probe-{hashlib.sha1(who.encode()).hexdigest()[:8]}", lambda s: s.write(b"ok")).unlink()
+    except OSError as error:
+        raise VCellError(
+            f"{who} cannot write the run folder {directory}: {error.strerror or error}",
+            hint="set scaling.storage_path to a folder every worker can write (a shared filesystem on clusters)",
+        ) from None

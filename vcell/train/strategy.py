@@ -1,0 +1,27 @@
+"""The Lightning strategy of a run, from `train.strategy`: DDP or DeepSpeed ZeRO 1-3.
+
+    strategy = make_strategy(config)    # inside a Ray Train worker
+
+DDP is Ray's `RayDDPStrategy` (the process group Ray Train has set up, the device Ray chose),
+with unused-parameter detection on: a batch without perturbed cells leaves the response path's
+parameters without gradients. DeepSpeed reads configs/deepspeed/zero<stage>.json (+ offload and
+overrides) and uses the stock strategy on GPU or our CPU subclass (`deepspeed_cpu`).
+"""
+
+from __future__ import annotations
+
+from pytorch_lightning.strategies import Strategy
+
+from vcell.config.schema import VCellConfig
+
+
+def make_strategy(config: VCellConfig) -> Strategy:
+    accelerator = "gpu" if config.scaling.gpus_per_worker else "cpu"
+    if config.train.strategy == "deepspeed":
+        from vcell.train.deepspeed_cpu import deepspeed_strategy, load_deepspeed_config
+
+        settings = config.train.deepspeed
+        return deepspeed_strategy(load_deepspeed_config(settings.stage, settings.offload, settings.overrides), accelerator)
+    from ray.train.lightning import RayDDPStrategy
+
+    return RayDDPStrategy(find_unused_parameters=True)

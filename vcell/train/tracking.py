@@ -1,0 +1,101 @@
+"""Where a run's numbers go: `history.csv` always, W&B on rank 0 when enabled (a null object else).
+
+    tracker = open_tracker(config, run_directory, rank)    # WandbTracker or NullTracker
+    tracker.log({"train/loss": 1.2}, step=10)
+    history = History(run_directory / "history.csv")       # rows kept in memory, rewritten whole
+
+W&B runs offline by default, with a run id derived from the run name (a resumed run continues
+the same W&B run; two runs never share one), and keeps everything it writes (cache, settings)
+inside `runs/<name>/wandb/`. We never write an API key: online mode reads WANDB_API_KEY from
+the environment, which W&B itself consumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from pathlib import Path
+
+from vcell.config.schema import VCellConfig
+from vcell.files import atomic_write
+
+FIRST_COLUMNS = ["step", "epoch", "lr", "cells_per_s", "step_s", "data_wait_fraction"]
+
+
+def wandb_run_id(name: str, salt: str = "") -> str:
+    """A stable W&B id for a run (and, with a salt, for a trial of a campaign)."""
+    return "vcell-" + hashlib.sha256(f"{name}\0{salt}".encode()).hexdigest()[:16]
+
+
+class NullTracker:
+    """Takes every call and does nothing: non-zero ranks and `wandb.mode=disabled`."""
+
+    def log(self, values: dict, step: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, config: VCellConfig, run_directory: Path, run_id: str) -> None:
+        directory = run_directory / "wandb"
+        directory.mkdir(parents=True, exist_ok=True)
+        for variable, sub in (("WANDB_CACHE_DIR", ".cache"), ("WANDB_CONFIG_DIR", ".config"), ("WANDB_DATA_DIR", ".data")):
+            os.environ.setdefault(variable, str(directory / sub))
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        self.run = wandb.init(
+            project=config.wandb.project, entity=config.wandb.entity, group=config.wandb.group,
+            tags=config.wandb.tags, name=config.name, id=run_id, resume="allow", mode=config.wandb.mode,
+            dir=str(run_directory), config=config.model_dump(mode="json"),
+        )
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+def open_tracker(config: VCellConfig, run_directory: Path, rank: int, run_id: str | None = None):
+    if rank != 0 or config.wandb.mode == "disabled":
+        return NullTracker()
+    return WandbTracker(config, run_directory, run_id or wandb_run_id(config.name))
+
+
+def wandb_sync_command(run_directory: Path, run_id: str) -> str | None:
+    """The exact `wandb sync` command for an offline run's folder (None when there is none)."""
+    folders = sorted((run_directory / "wandb").glob(f"offline-run-*-{run_id}"))
+    return f"wandb sync {folders[-1]}" if folders else None
+
+
+class History:
+    """Per-step rows of a run, rewritten whole (atomically) on `flush`: never a torn line."""
+
+    def __init__(self, path: Path, resume_step: int = 0) -> None:
+        self.path = path
+        self.rows: list[dict] = [row for row in read_history(path) if int(row["step"]) <= resume_step]
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        columns = list(FIRST_COLUMNS)
+        for row in self.rows:
+            columns += [key for key in row if key not in columns]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda stream: stream.write(text.getvalue().encode()))
+
+
+def read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))

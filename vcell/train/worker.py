@@ -1,0 +1,158 @@
+"""The function every Ray Train worker runs: Lightning on this rank's share of the atlas.
+
+    train_worker({"config": ..., "run_directory": ..., "config_hash": ..., "allow_changes": False})
+
+Start (or restart after a failure): find the newest complete checkpoint of the run and continue
+from it (weights, optimiser, schedule and step through Lightning; this rank's RNG and loader
+position from its own file). Then train to `train.steps`, checkpointing on the way, validate,
+and (rank 0) export the weights and write metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from vcell.atlas.store import open_atlas
+from vcell.config.schema import VCellConfig
+from vcell.config.loader import dump_config
+from vcell.data.datamodule import AtlasDataModule
+from vcell.errors import VCellError
+from vcell.files import atomic_write
+from vcell.models.zoo import count_parameters
+from vcell.train import checkpoint as ckpt
+from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry
+from vcell.train.module import VCellModule
+from vcell.train.plan import model_spec, resolved_precision, steady_state
+from vcell.train.run import probe_writable
+from vcell.train.strategy import make_strategy
+from vcell.train.tracking import History, open_tracker, read_history
+
+log = logging.getLogger(__name__)
+
+
+def resume_point(store: ckpt.CheckpointStore, config_hash: str, allow_changes: bool, world_size: int):
+    latest = store.latest()
+    if latest is None:
+        return None
+    if latest.manifest["config_hash"] != config_hash and not allow_changes:
+        raise VCellError(
+            f"the newest checkpoint {latest.path} was written with another config (hash "
+            f"{latest.manifest['config_hash']}, now {config_hash})",
+            hint="resume with --resume-with-changes, or --restart",
+        )
+    if latest.world_size != world_size:
+        raise VCellError(
+            f"{latest.path} was written by {latest.world_size} worker(s); this attempt has {world_size}",
+            hint=f"resume with scaling.workers={latest.world_size}, or start over with --restart",
+        )
+    return latest
+
+
+def build_trainer(config: VCellConfig, callbacks: list, has_validation: bool) -> pl.Trainer:
+    from ray.train.lightning import RayLightningEnvironment
+
+    train = config.train
+    return pl.Trainer(
+        accelerator="gpu" if config.scaling.gpus_per_worker else "cpu", devices="auto",
+        strategy=make_strategy(config), plugins=[RayLightningEnvironment()],
+        precision=resolved_precision(config), max_steps=train.steps, max_epochs=-1,
+        gradient_clip_val=train.gradient_clip, accumulate_grad_batches=train.accumulate,
+        check_val_every_n_epoch=None, val_check_interval=(train.validate_every or train.steps) * train.accumulate,
+        limit_val_batches=train.validation_batches if has_validation else 0, num_sanity_val_steps=0,
+        logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, deterministic=train.deterministic,
+        use_distributed_sampler=False, callbacks=callbacks,
+    )
+
+
+def train_worker(payload: dict) -> None:
+    import ray.train
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    config = VCellConfig.model_validate(payload["config"])
+    run_directory = Path(payload["run_directory"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    threads = config.scaling.cpus_per_worker
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # two workers fighting over the same cores run ~10x slower
+    torch.set_num_threads(threads)
+    probe_writable(run_directory, f"worker {rank} on {os.uname().nodename}")
+
+    store = ckpt.CheckpointStore(run_directory)
+    latest = resume_point(store, payload["config_hash"], payload["allow_changes"], world_size)
+    start_step = latest.step if latest else 0
+    rank_state = latest.rank_state(rank) if latest else None
+
+    atlas = open_atlas(config.data.atlas)
+    datamodule = AtlasDataModule(atlas.path, config.loader, seed=config.seed, rank=rank, world_size=world_size,
+                                 lightning_state=False)
+    datamodule.setup()
+    if rank_state is not None:
+        datamodule.resume_from(rank_state["loader"])
+    if rank == 0:
+        datamodule.save_split(run_directory)
+    spec = model_spec(config, atlas)
+    pl.seed_everything(config.seed, workers=False, verbose=False)  # the same initial weights on every rank
+    module = VCellModule(config.model, spec, config.train)
+    pl.seed_everything(config.seed + 1000 * rank, workers=False, verbose=False)  # each rank its own masks
+
+    history = History(run_directory / "history.csv", resume_step=start_step)
+    tracker = open_tracker(config, run_directory, rank, payload.get("wandb_id"))
+    callbacks: list[pl.Callback] = [
+        RestoreRng(rank_state["rng"] if rank_state else None),
+        Telemetry(history, tracker, flops_per_cell=6.0 * count_parameters(module), flush_every=config.train.checkpoint_every),
+    ]
+    if config.train.progress_bar:
+        callbacks.append(LineProgress(config.train.steps))
+    if config.train.audit_cells:
+        callbacks.append(CellAudit(run_directory / "audit", start_step))
+    callbacks.append(Checkpointing(
+        store, config.train.checkpoint_every, config.train.keep_checkpoints, payload["config_hash"], config.train.strategy,
+        on_saved=lambda step: history.flush() if rank == 0 else None,
+    ))
+    drill = FaultDrill.from_environment()
+    if drill is not None:
+        callbacks.append(drill)
+
+    trainer = build_trainer(config, callbacks, "val" in datamodule.loaders)
+    started = time.perf_counter()
+    if start_step < config.train.steps:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(latest.lightning_path) if latest else None)
+    elapsed = time.perf_counter() - started
+    validation = [{}]
+    if "val" in datamodule.loaders:  # weights from the checkpoint when this attempt had nothing left to train
+        reload = str(latest.lightning_path) if latest and start_step >= config.train.steps else None
+        validation = trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False)
+    metrics = {}
+    if rank == 0:
+        final = store.latest()
+        ckpt.export_weights(final, run_directory / "model", dump_config(config), spec.gene_ids)
+        metrics = write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
+    tracker.finish()
+    ray.train.report(metrics)
+
+
+def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, start_step: int, elapsed: float,
+                  parameters: int) -> dict:
+    rows = read_history(run_directory / "history.csv")
+    first, last = (rows[0], rows[-1]) if rows else ({}, {})
+    losses = {key: float(value) for key, value in last.items() if key.startswith("train/") and value != ""}
+    metrics = {
+        "run": config.name, "steps": int(last.get("step", 0) or 0), "resumed_from_step": start_step,
+        "parameters": parameters, "first_train_loss": float(first.get("train/loss", "nan") or "nan"),
+        "final_train": losses, "final_validation": {k: float(v) for k, v in validation.items()},
+        "cells_per_s": steady_state([float(r["cells_per_s"]) for r in rows]),
+        "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows]),
+        "seconds_this_attempt": round(elapsed, 2), "workers": config.scaling.workers, "strategy": config.train.strategy,
+    }
+    text = json.dumps(metrics, indent=2).encode()
+    atomic_write(run_directory / "metrics.json", lambda stream: stream.write(text))
+    return metrics
