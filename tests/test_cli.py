@@ -15,7 +15,7 @@ from vcell.config import load_config
 from vcell.models.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"]]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
@@ -31,7 +31,7 @@ def test_command_surface_is_frozen():
     parser = build_parser()
     top = parser._subparsers._group_actions[0].choices
     atlas = top["atlas"]._subparsers._group_actions[0].choices
-    assert sorted(top) == ["atlas", "models"]
+    assert sorted(top) == ["atlas", "models", "train"]
     assert sorted(atlas) == ["build", "info", "synth", "validate"]
 
 
@@ -103,3 +103,23 @@ def test_models_refuses_bad_arguments(capsys):
 )
 def test_human_count(count, text):
     assert human_count(count) == text
+
+
+def test_train_dry_run_prints_the_plan_without_training(tmp_path, capsys):
+    from vcell.atlas.synth import synthesize_atlas
+    from vcell.config.schema import BuildConfig, SynthConfig
+
+    atlas = synthesize_atlas(tmp_path / "atlas.zarr", SynthConfig(cells=300, genes=60, transcription_factors=6, pathways=4,
+                                                                  compartments=2, perturbations=3, truth_draws=8),
+                             BuildConfig(), progress=False)
+    code = main(["train", "--dry-run", f"data.atlas={atlas}", f"scaling.storage_path={tmp_path / 'runs'}",
+                 "train.strategy=deepspeed", "train.deepspeed.stage=3", "loader.batch_size=32"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "parameters" in out and "deepspeed ZeRO-3" in out and "GB per worker" in out
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+def test_train_refuses_restart_with_resume(capsys):
+    assert main(["train", "--restart", "--resume-with-changes", "--dry-run"]) == 2
+    assert "exclude each other" in capsys.readouterr().err

@@ -110,7 +110,7 @@ class Telemetry(pl.Callback):
 
     def record(self, trainer, module, cells: int, wait: float, total: float) -> None:
         row = {
-            "step": trainer.global_step, "epoch": trainer.datamodule.train_position()["epoch"],
+            "step": trainer.global_step, "epoch": trainer.datamodule.train_position()["epoch"], "time": round(time.time(), 3),
             "lr": trainer.optimizers[0].param_groups[0]["lr"], "cells_per_s": round(cells / total, 1),
             "step_s": round(total, 5), "data_wait_fraction": round(wait / total, 4),
         }

@@ -21,7 +21,7 @@ from pathlib import Path
 from vcell.config.schema import VCellConfig
 from vcell.files import atomic_write
 
-FIRST_COLUMNS = ["step", "epoch", "lr", "cells_per_s", "step_s", "data_wait_fraction"]
+FIRST_COLUMNS = ["step", "epoch", "time", "lr", "cells_per_s", "step_s", "data_wait_fraction"]
 
 
 def wandb_run_id(name: str, salt: str = "") -> str:

@@ -77,6 +77,7 @@ def train_worker(payload: dict) -> None:
     import ray.train
 
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # device banners and tips, once per rank
     config = VCellConfig.model_validate(payload["config"])
     run_directory = Path(payload["run_directory"])
     context = ray.train.get_context()
