@@ -19,11 +19,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(PY) launch.py atlas synth --reuse
-	$(PY) launch.py atlas validate data/demo.zarr
+	$(PY) launch.py train
 
 test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) data/demo.zarr
+	rm -rf $(VENV) data/demo.zarr runs/quickstart

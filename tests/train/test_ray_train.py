@@ -61,6 +61,9 @@ def test_a_run_writes_its_whole_directory(reference, capsys):
     assert [c.step for c in kept] == [8, 12]  # keep_checkpoints=2
     assert kept[-1].manifest["world_size"] == 2 and len(kept[-1].manifest["files"]) == 3
     assert list((directory / "wandb").glob("offline-run-*-vcell-*"))
+    capsys.readouterr()
+    assert train(config)["steps"] == 12  # the same command again: nothing left to do
+    assert "already complete" in capsys.readouterr().out
 
 
 def test_exported_weights_load_into_a_fresh_model_and_match_the_checkpoint(reference, train_atlas):

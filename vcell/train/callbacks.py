@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -157,8 +158,11 @@ class LineProgress(pl.Callback):
         eta = elapsed / done * (self.total - step)
         metrics = trainer.callback_metrics
         validation = f"  val {float(metrics['val/loss']):.4f}" if "val/loss" in metrics else ""
-        print(f"step {step}/{self.total} ({step / self.total:.0%})  loss {float(metrics.get('train/loss', float('nan'))):.4f}"
-              f"{validation}  {self.cells / elapsed:,.0f} cells/s  eta {int(eta // 60)}m{int(eta % 60):02d}s", flush=True)
+        line = (f"step {step}/{self.total} ({step / self.total:.0%})  loss {float(metrics.get('train/loss', float('nan'))):.4f}"
+                f"{validation}  {self.cells / elapsed:,.0f} cells/s  eta {int(eta // 60)}m{int(eta % 60):02d}s\n")
+        # not print(): Ray Train patches it to log as well as print, so each line would show twice
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def peak_flops() -> float:

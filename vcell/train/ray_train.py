@@ -23,7 +23,7 @@ from vcell.config.schema import ScalingSection, VCellConfig
 from vcell.errors import VCellError
 from vcell.train.checkpoint import CheckpointStore
 from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
-from vcell.train.run import Run, check_run, prepare_run, probe_writable
+from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 from vcell.train.worker import resume_point
 
@@ -167,7 +167,10 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
         check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
         print(format_plan(plan, config))
         return plan.as_dict()
-    check_run(config, restart=restart, resume_with_changes=resume_with_changes)
+    if check_run(config, restart=restart, resume_with_changes=resume_with_changes):
+        finished = finished_run(config)
+        if finished is not None:
+            return finished
     with ray_cluster(config.scaling) as resources:
         check_resources(config, resources)
         run = prepare_run(config, restart=restart, resume_with_changes=resume_with_changes)
@@ -180,6 +183,21 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     metrics = json.loads((run.directory / "metrics.json").read_text())
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
     print(format_summary(metrics, run, config))
+    return metrics
+
+
+def finished_run(config: VCellConfig) -> dict | None:
+    """The metrics of this run when it already trained to `train.steps` with this config."""
+    directory = run_directory(config)
+    latest = CheckpointStore(directory).latest()
+    metrics_path = directory / "metrics.json"
+    if latest is None or latest.step < config.train.steps or not metrics_path.is_file():
+        return None
+    if latest.manifest["config_hash"] != config_hash(config):
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    print(f"run '{config.name}' is already complete (step {latest.step}); --restart trains it again")
+    print(format_summary({**metrics, "seconds_total": 0.0}, Run(directory, latest.manifest["config_hash"], True), config))
     return metrics
 
 

@@ -132,13 +132,12 @@ def train_worker(payload: dict) -> None:
     if "val" in datamodule.loaders:  # weights from the checkpoint when this attempt had nothing left to train
         reload = str(latest.lightning_path) if latest and start_step >= config.train.steps else None
         validation = trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False)
-    metrics = {}
     if rank == 0:
         final = store.latest()
         ckpt.export_weights(final, run_directory / "model", dump_config(config), spec.gene_ids)
-        metrics = write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
+        write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
     tracker.finish()
-    ray.train.report(metrics)
+    ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
 
 
 def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, start_step: int, elapsed: float,
