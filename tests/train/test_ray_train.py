@@ -135,11 +135,18 @@ def drop_loader_position(checkpoint) -> None:
 def test_one_worker_and_deepspeed_follow_the_ddp_loss(reference, train_atlas, storage):
     single = run_config(train_atlas, storage, "single", "scaling.workers=1", "loader.batch_size=128")
     zero2 = run_config(train_atlas, storage, "zero2", "train.strategy=deepspeed", "train.deepspeed.stage=2")
-    train(single)
-    train(zero2)
+    zero3 = run_config(train_atlas, storage, "zero3", "train.strategy=deepspeed", "train.deepspeed.stage=3",
+                       "train.deepspeed.offload=true")
+    for config in (single, zero2, zero3):
+        train(config)
     ddp = losses(reference[0])
-    # the same cells, the same global batch: ZeRO-2 takes the very steps DDP takes
+    # the same cells, the same global batch: ZeRO-2 and ZeRO-3 (sharded weights, offloaded
+    # optimiser) take the very steps DDP takes, and their sharded checkpoints export the same model
     np.testing.assert_allclose(losses(zero2), ddp, rtol=1e-3)
+    np.testing.assert_allclose(losses(zero3), ddp, rtol=1e-3)
+    exported = load_exported(run_directory(zero3) / "model")
+    assert all(torch.allclose(value, load_exported(run_directory(reference[0]) / "model")[name], atol=1e-4)
+               for name, value in exported.items())
     # one process sees other cells in each batch: the same curve within sampling noise
     assert np.abs(losses(single) - ddp).mean() / ddp.mean() < 0.1
     assert weight_differences(reference[0], zero2)  # (not bitwise: other reduction order)

@@ -60,14 +60,16 @@ class NegativeBinomialLikelihood(nn.Module):
         self.log_dispersion = nn.Parameter(torch.zeros(n_genes))
         self.zero_logits = nn.Linear(latent, n_genes) if zero_inflated else None
 
-    def dispersion(self) -> torch.Tensor:
+    def forward(self) -> torch.Tensor:
+        """(G,) dispersion theta. Read through a call (`self()`), never the attribute: engines that
+        shard parameters (DeepSpeed ZeRO-3) gather a module's parameters only around its forward."""
         return torch.exp(self.log_dispersion.clamp(-12.0, 12.0))
 
     def extras(self, z: torch.Tensor) -> dict:
         return {} if self.zero_logits is None else {"zero_logits": self.zero_logits(z)}
 
     def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
-        theta = self.dispersion()
+        theta = self()
         if self.zero_logits is None:
             return negative_binomial_log_prob(counts, prediction.mean, theta)
         return zero_inflated_negative_binomial_log_prob(counts, prediction.mean, theta, prediction.extra["zero_logits"])
@@ -75,7 +77,7 @@ class NegativeBinomialLikelihood(nn.Module):
     def sample(self, prediction: Prediction) -> torch.Tensor:
         """Counts drawn as Poisson(Gamma(theta, theta / mean)), zeroed by the inflation if any
         (seed with torch.manual_seed)."""
-        theta = self.dispersion()
+        theta = self()
         mean = prediction.mean.clamp(min=1e-8)
         rate = torch.distributions.Gamma(theta.expand_as(mean), theta / mean).sample()
         counts = torch.poisson(rate)
@@ -85,7 +87,7 @@ class NegativeBinomialLikelihood(nn.Module):
         return counts
 
     def statistics(self, prediction: Prediction) -> dict:
-        theta, mean = self.dispersion(), prediction.mean.detach()
+        theta, mean = self().detach(), prediction.mean.detach()
         intrinsic = (mean + mean.pow(2) / theta).mean(0)
         extrinsic = mean.var(0, unbiased=False)
         return {"dispersion": theta.detach(), "extrinsic_variance_fraction": extrinsic / (extrinsic + intrinsic + 1e-12)}
