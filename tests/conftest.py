@@ -17,6 +17,7 @@ def pytest_configure(config):
     """Before anything imports Ray: a loopback-only local cluster, HOME in a scratch folder, and a
     shared cache for DeepSpeed's compiled CPU ops (~20 s to build once, then reused)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # runs end (and failures show) sooner
     os.environ["HOME"] = tempfile.mkdtemp(prefix="vcell-test-home-")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "vcell-torch-extensions"))
 

@@ -106,6 +106,25 @@ class CheckpointStore:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
+def resume_point(store: CheckpointStore, config_hash: str, allow_changes: bool, world_size: int) -> Checkpoint | None:
+    """The newest complete checkpoint to continue from, refused when it does not fit this run."""
+    latest = store.latest()
+    if latest is None:
+        return None
+    if latest.manifest["config_hash"] != config_hash and not allow_changes:
+        raise VCellError(
+            f"the newest checkpoint {latest.path} was written with another config (hash "
+            f"{latest.manifest['config_hash']}, now {config_hash})",
+            hint="resume with --resume-with-changes, or --restart",
+        )
+    if latest.world_size != world_size:
+        raise VCellError(
+            f"{latest.path} was written by {latest.world_size} worker(s); this attempt has {world_size}",
+            hint=f"resume with scaling.workers={latest.world_size}, or start over with --restart",
+        )
+    return latest
+
+
 def read_checkpoint(directory: Path, verify: bool) -> Checkpoint | None:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():

@@ -24,7 +24,6 @@ from vcell.atlas.store import open_atlas
 from vcell.config.schema import VCellConfig
 from vcell.config.loader import dump_config
 from vcell.data.datamodule import AtlasDataModule
-from vcell.errors import VCellError
 from vcell.files import atomic_write
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
@@ -36,24 +35,6 @@ from vcell.train.strategy import make_strategy
 from vcell.train.tracking import History, open_tracker, read_history
 
 log = logging.getLogger(__name__)
-
-
-def resume_point(store: ckpt.CheckpointStore, config_hash: str, allow_changes: bool, world_size: int):
-    latest = store.latest()
-    if latest is None:
-        return None
-    if latest.manifest["config_hash"] != config_hash and not allow_changes:
-        raise VCellError(
-            f"the newest checkpoint {latest.path} was written with another config (hash "
-            f"{latest.manifest['config_hash']}, now {config_hash})",
-            hint="resume with --resume-with-changes, or --restart",
-        )
-    if latest.world_size != world_size:
-        raise VCellError(
-            f"{latest.path} was written by {latest.world_size} worker(s); this attempt has {world_size}",
-            hint=f"resume with scaling.workers={latest.world_size}, or start over with --restart",
-        )
-    return latest
 
 
 def build_trainer(config: VCellConfig, callbacks: list, has_validation: bool) -> pl.Trainer:
@@ -88,7 +69,7 @@ def train_worker(payload: dict) -> None:
     probe_writable(run_directory, f"worker {rank} on {os.uname().nodename}")
 
     store = ckpt.CheckpointStore(run_directory)
-    latest = resume_point(store, payload["config_hash"], payload["allow_changes"], world_size)
+    latest = ckpt.resume_point(store, payload["config_hash"], payload["allow_changes"], world_size)
     start_step = latest.step if latest else 0
     rank_state = latest.rank_state(rank) if latest else None
 
