@@ -66,7 +66,9 @@ class ScalingSection(Section):
     address: str | None = Field(
         None, description="Ray cluster to join ('auto' or host:port); null starts a local one on 127.0.0.1"
     )
-    include_dashboard: bool = Field(False, description="the Ray dashboard of a local cluster (off: nothing listens)")
+    include_dashboard: bool = Field(
+        False, description="the Ray dashboard of a local cluster (off: nothing listens; on needs ray[default])"
+    )
     storage_path: str = Field(
         "runs", description="folder holding runs/<name>/: local, or a filesystem every node mounts on clusters"
     )

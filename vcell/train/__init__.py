@@ -1,2 +1,4 @@
-"""Training: a plain single-process loop (`plain`) for checks and notebooks; the distributed
-trainer (Lightning under Ray Train) builds on the same model contract."""
+"""Training. `ray_train.train` is the driver (checks, Ray cluster, TorchTrainer); each Ray worker
+runs `worker.train_worker`: Lightning (`module.VCellModule`) with DDP or DeepSpeed (`strategy`,
+`deepspeed_cpu`), checkpoints through `checkpoint` (the only checkpoint I/O), numbers through
+`tracking`. `plain.fit` is a single-process loop for checks and notebooks."""

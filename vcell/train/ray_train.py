@@ -69,9 +69,15 @@ def ray_cluster(scaling: ScalingSection) -> Iterator[dict[str, float]]:
     else:
         # Without the dashboard Ray's state API is absent, and Ray Train's placement-group cleaner
         # warns about it every few seconds: worker processes log errors only.
-        ray.init(num_cpus=int(local_resources()["CPU"]), include_dashboard=scaling.include_dashboard,
-                 _node_ip_address="127.0.0.1", configure_logging=False,
-                 logging_config=None if scaling.include_dashboard else ray.LoggingConfig(log_level="ERROR"))
+        try:
+            ray.init(num_cpus=int(local_resources()["CPU"]), include_dashboard=scaling.include_dashboard,
+                     _node_ip_address="127.0.0.1", configure_logging=False,
+                     logging_config=None if scaling.include_dashboard else ray.LoggingConfig(log_level="ERROR"))
+        except Exception as error:
+            if scaling.include_dashboard and "dashboard" in str(error):
+                raise VCellError(f"scaling.include_dashboard=true: {error}",
+                                 hint="pip install 'ray[default]' for the dashboard, or leave it off") from None
+            raise
     try:
         yield ray.cluster_resources()
     finally:
