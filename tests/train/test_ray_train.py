@@ -85,6 +85,27 @@ def test_exported_weights_load_into_a_fresh_model_and_match_the_checkpoint(refer
     torch.testing.assert_close(model.reconstruct(cells).expression, twin.reconstruct(cells).expression, rtol=0, atol=0)
 
 
+def test_a_finished_run_exports_a_self_contained_model_with_a_card(reference, tmp_path, capsys):
+    from vcell.cli import main
+    from vcell.evaluate.export import load_trained
+
+    config, metrics = reference
+    out = tmp_path / "export"
+    assert main(["export", str(run_directory(config)), "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.yaml", "spec.json", "categories.json",
+                                              "genes.txt", "MODEL_CARD.md"}
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "`full` model" in card and f"{metrics['final_validation']['val/loss']:.4f}" in card
+    exported_config, model = load_trained(out)  # no atlas needed
+    assert exported_config.model == config.model and not model.training
+    reference_weights = load_exported(run_directory(config) / "model")
+    assert all(torch.equal(value, reference_weights[name]) for name, value in model.state_dict().items())
+    assert main(["export", str(run_directory(config)), "--out", str(out)]) == 2  # not over a non-empty folder
+    assert "not empty" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")]) == 2
+    assert "neither a run" in capsys.readouterr().err
+
+
 def test_a_killed_worker_restarts_from_the_last_checkpoint_with_every_cell_once(reference, train_atlas, storage,
                                                                                monkeypatch, tmp_path):
     monkeypatch.setenv("VCELL_FAULT_STEP", "6")  # rank 1 is killed after step 6; the checkpoint of step 4 survives

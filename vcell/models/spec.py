@@ -240,3 +240,41 @@ def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None
         perturbation_gene=perturbed.astype(np.int64),
         control_code=0,
     )
+
+
+EDGE_FIELDS = ("gene_pathway", "pathway_compartment", "grn")
+
+
+def spec_to_dict(spec: ModelSpec) -> dict:
+    """The spec as JSON-ready values: an exported model rebuilds without its training atlas."""
+    edges = {
+        name: None if (value := getattr(spec, name)) is None else {
+            "source": value.source.tolist(), "target": value.target.tolist(),
+            "sign": None if value.sign is None else np.asarray(value.sign).tolist(),
+        }
+        for name in EDGE_FIELDS
+    }
+    return {
+        "gene_ids": list(spec.gene_ids), "inputs": sorted(spec.inputs), "pathway_names": list(spec.pathway_names),
+        "compartment_names": list(spec.compartment_names), **edges,
+        "perturbation_gene": spec.perturbation_gene.tolist(), "control_code": int(spec.control_code),
+        "mean_library": float(spec.mean_library), "coverage": spec.coverage,
+    }
+
+
+def spec_from_dict(values: dict) -> ModelSpec:
+    """The inverse of `spec_to_dict`."""
+    def edges(entry: dict | None) -> Edges | None:
+        if entry is None:
+            return None
+        sign = None if entry["sign"] is None else np.asarray(entry["sign"])
+        return Edges(np.asarray(entry["source"], dtype=np.int64), np.asarray(entry["target"], dtype=np.int64), sign)
+
+    return ModelSpec(
+        gene_ids=list(values["gene_ids"]), inputs=frozenset(values["inputs"]),
+        pathway_names=list(values["pathway_names"]), compartment_names=list(values["compartment_names"]),
+        **{name: edges(values[name]) for name in EDGE_FIELDS},
+        perturbation_gene=np.asarray(values["perturbation_gene"], dtype=np.int64),
+        control_code=int(values["control_code"]), mean_library=float(values["mean_library"]),
+        coverage=dict(values.get("coverage", {})),
+    )

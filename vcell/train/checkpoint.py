@@ -199,19 +199,42 @@ def model_state(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
             for key, value in module_state.items() if key.startswith(prefix)}
 
 
-def export_weights(checkpoint: Checkpoint, directory: Path, config_text: str, gene_ids: list[str]) -> Path:
-    """model.safetensors + config.yaml + genes.txt in `directory`, each written atomically."""
+MODEL_FORMAT = "vcell-model-1"
+
+
+def export_weights(checkpoint: Checkpoint, directory: Path, config_text: str, spec_values: dict, categories: dict) -> Path:
+    """model.safetensors + config.yaml + spec.json (vocabulary, annotations) + categories.json (the
+    codes of the obs columns the model reads) + genes.txt in `directory`, each written atomically:
+    everything needed to rebuild the model without its training atlas."""
     from safetensors.torch import save
 
     state = {key: value.contiguous() for key, value in model_state(checkpoint).items()}
-    payload = save(state, metadata={"step": str(checkpoint.step), "config_hash": checkpoint.manifest["config_hash"]})
-    atomic_write(directory / "model.safetensors", lambda stream: stream.write(payload))
-    atomic_write(directory / "config.yaml", lambda stream: stream.write(config_text.encode()))
-    atomic_write(directory / "genes.txt", lambda stream: stream.write(("\n".join(gene_ids) + "\n").encode()))
+    metadata = {"format": MODEL_FORMAT, "step": str(checkpoint.step), "config_hash": checkpoint.manifest["config_hash"]}
+    payload = save(state, metadata=metadata)
+    texts = {
+        "config.yaml": config_text, "spec.json": json.dumps(spec_values), "categories.json": json.dumps(categories),
+        "genes.txt": "\n".join(spec_values["gene_ids"]) + "\n",
+    }
+    for name, text in texts.items():
+        atomic_write(directory / name, lambda stream, data=text.encode(): stream.write(data))
+    atomic_write(directory / "model.safetensors", lambda stream: stream.write(payload))  # last: marks the export whole
     return directory / "model.safetensors"
 
 
 def load_exported(directory: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of an exported model; a clear error for files vcell did not write."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    return load_file(Path(directory) / "model.safetensors")
+    path = Path(directory) / "model.safetensors"
+    if not path.is_file():
+        raise VCellError(f"no exported model at {path}", hint="point at a finished run or a `vcell export` folder")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own types for damaged headers
+        raise VCellError(f"{path} is not a readable safetensors file: {error}") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise VCellError(f"{path} was not written by vcell (format {metadata.get('format')!r}, expected {MODEL_FORMAT!r})",
+                         hint="vcell loads only weights it exported itself, with their config and spec")
+    return load_file(path)

@@ -1,0 +1,130 @@
+"""A trained model outside its run: load it anywhere, hand it over as a folder with a model card.
+
+    config, model = load_trained("runs/quickstart")          # a run folder or an export folder
+    export_run("runs/quickstart", "exports/quickstart")      # weights, config, spec, MODEL_CARD.md
+
+A run's `model/` folder (written by the training job) holds everything needed to rebuild the
+model without the training atlas: weights (safetensors, fp32), the resolved config, the spec
+(vocabulary and annotations) and the category codes of the obs columns the model reads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from vcell.config.schema import VCellConfig
+from vcell.errors import VCellError
+from vcell.models.model import VirtualCell
+from vcell.models.spec import spec_from_dict
+from vcell.models.zoo import build_model, count_parameters
+from vcell.train.checkpoint import CheckpointStore, load_exported
+from vcell.train.tracking import read_history
+
+MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "genes.txt")
+
+
+def model_directory(path: str | Path) -> Path:
+    """`path` itself when it holds an exported model, else its `model/` (a run folder)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if (path / "model" / "model.safetensors").is_file():
+        return path / "model"
+    if CheckpointStore(path).latest() is not None:
+        raise VCellError(f"{path}: the run has checkpoints but no exported model (it did not finish)",
+                         hint="run the same `vcell train` command again: it resumes, finishes and exports")
+    raise VCellError(f"{path}: neither a run with a complete checkpoint nor an exported model",
+                     hint="give a folder under runs/ of a finished run, or a `vcell export` folder")
+
+
+def load_trained(path: str | Path) -> tuple[VCellConfig, VirtualCell]:
+    """The config and the model (evaluation mode, CPU) of a finished run or an export folder."""
+    directory = model_directory(path)
+    weights = load_exported(directory)
+    config = VCellConfig.model_validate(yaml.safe_load((directory / "config.yaml").read_text()))
+    spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
+    model = build_model(config.model, spec)
+    model.load_state_dict(weights, strict=True)
+    return config, model.eval()
+
+
+def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Copy a finished run's model files and write MODEL_CARD.md into `out` (whole or not at all)."""
+    source, out = model_directory(run), Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise VCellError(f"{out} exists and is not empty", hint="choose another --out, or pass --overwrite")
+    config, model = load_trained(source)  # refuses anything vcell did not write
+    run_folder = source.parent if source.name == "model" else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        for name in MODEL_FILES:
+            shutil.copy2(source / name, staging / name)
+        (staging / "MODEL_CARD.md").write_text(model_card(config, model, run_folder))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None) -> str:
+    """Markdown: what the model is, what it was trained on and how, and how well it did."""
+    metrics = json.loads((run_folder / "metrics.json").read_text()) if run_folder and (run_folder / "metrics.json").is_file() else {}
+    history = read_history(run_folder / "history.csv") if run_folder else []
+    spec = model.spec
+    hidden, layers, latent = config.model.dimensions()
+    lines = [
+        f"# {config.name}: vcell `{config.model.name}` model",
+        "",
+        "## Model",
+        f"- enhancements: {', '.join(config.model.enhancements) or 'none (base masked-expression autoencoder)'}",
+        f"- size `{config.model.size}`: hidden {hidden} x {layers} layer(s), latent {latent}; "
+        f"{count_parameters(model):,} parameters",
+        f"- {spec.n_genes:,} genes (genes.txt); {len(spec.pathway_names)} pathways, "
+        f"{0 if spec.grn is None else len(spec.grn):,} prior GRN edges; {spec.n_perturbations} perturbation categories",
+        f"- inputs read: {', '.join(sorted(spec.inputs))}",
+        "",
+        "## Data",
+        f"- atlas: `{config.data.atlas}`",
+        f"- loader: batch {config.loader.batch_size} cells per worker, normalisation "
+        f"target_sum={config.loader.normalize.target_sum}, log1p={config.loader.normalize.log1p}, "
+        f"zscore={config.loader.normalize.zscore}; split seed {config.loader.split.seed} "
+        f"(val {config.loader.split.val_fraction}, test {config.loader.split.test_fraction})",
+        "",
+        "## Training",
+        f"- {config.train.steps} steps, {config.scaling.workers} worker(s), strategy {config.train.strategy}"
+        + (f" (ZeRO-{config.train.deepspeed.stage})" if config.train.strategy == "deepspeed" else ""),
+        f"- AdamW lr {config.train.learning_rate}, weight decay {config.train.weight_decay}, warm-up "
+        f"{config.train.warmup_fraction:.0%} then cosine to {config.train.final_lr_fraction:.0%}, clip {config.train.gradient_clip}",
+    ]
+    if metrics:
+        train, validation = metrics.get("final_train", {}), metrics.get("final_validation", {})
+        lines += [
+            f"- train loss {metrics.get('first_train_loss', float('nan')):.4f} -> {train.get('train/loss', float('nan')):.4f} "
+            f"over {len(history)} logged steps; {metrics.get('cells_per_s', float('nan')):,.0f} cells/s",
+            "",
+            "## Metrics (held-out validation cells)",
+            "",
+            "| term | value |",
+            "|:--|--:|",
+            *[f"| {name.removeprefix('val/')} | {value:.4f} |" for name, value in sorted(validation.items())],
+        ]
+    lines += [
+        "",
+        "## Use",
+        "```python",
+        "from vcell.evaluate.export import load_trained",
+        "config, model = load_trained('<this folder>')",
+        "```",
+        "Weights are safetensors (fp32); spec.json holds the vocabulary and annotations the model was built on;",
+        "categories.json the codes of the obs columns it reads (perturbations, cell types).",
+    ]
+    return "\n".join(lines) + "\n"
