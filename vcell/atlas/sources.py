@@ -19,6 +19,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from vcell.errors import VCellError
+from vcell.files import update_digest
 
 # Ensembl gene IDs (human ENSG..., mouse ENSMUSG..., any species code), optional version.
 ENSEMBL_PATTERN = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
@@ -136,7 +137,5 @@ def sha256_of_path(path: Path) -> str:
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        update_digest(digest, file)
     return digest.hexdigest()

@@ -15,7 +15,6 @@ X arrays use the Zarr sharding codec: one file per array per shard (~1 GB), inne
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from vcell.atlas.spill import CSRArrays
 from vcell.config.schema import CodecConfig
 from vcell.errors import VCellError
+from vcell.files import sha256_file
 
 FORMAT_NAME = "vcell-atlas"
 FORMAT_VERSION = 1
@@ -91,14 +91,6 @@ def write_shard(
         write_elem(shard, "obsm", obsm)
         for key in ("varm", "layers", "obsp", "varp", "uns"):
             write_elem(shard, key, {})
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checksum_tree(root: Path, exclude: set[str] = frozenset()) -> dict[str, str]:

@@ -14,7 +14,6 @@ matches its files. `export_weights` turns the newest one into `model/model.safet
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -26,20 +25,12 @@ import numpy as np
 import torch
 
 from vcell.errors import VCellError
-from vcell.files import atomic_write
+from vcell.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LIGHTNING = "lightning.ckpt"
 FORMAT = 1
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def files_under(directory: Path) -> list[Path]:
@@ -79,10 +70,14 @@ class CheckpointStore:
     def path(self, step: int) -> Path:
         return self.root / f"step-{step:08d}"
 
+    def directories(self) -> list[Path]:
+        """Every step-* folder, complete or not, oldest first (zero-padded names sort by step)."""
+        return sorted(self.root.glob("step-*")) if self.root.is_dir() else []
+
     def complete(self, verify: bool = True) -> list[Checkpoint]:
         """Checkpoints whose manifest is present and matches their files, oldest first."""
         found = []
-        for directory in sorted(self.root.glob("step-*")) if self.root.is_dir() else []:
+        for directory in self.directories():
             checkpoint = read_checkpoint(directory, verify)
             if checkpoint is None:
                 log.warning("ignoring incomplete checkpoint %s", directory)
@@ -91,8 +86,13 @@ class CheckpointStore:
         return found
 
     def latest(self) -> Checkpoint | None:
-        complete = self.complete()
-        return complete[-1] if complete else None
+        """The newest complete checkpoint; only it is hashed unless it turns out incomplete."""
+        for directory in reversed(self.directories()):
+            checkpoint = read_checkpoint(directory, verify=True)
+            if checkpoint is not None:
+                return checkpoint
+            log.warning("ignoring incomplete checkpoint %s", directory)
+        return None
 
     def prune(self, keep: int) -> None:
         """Keep the newest `keep` complete checkpoints; drop older and incomplete ones below them."""
@@ -101,7 +101,7 @@ class CheckpointStore:
             return
         kept = {c.path for c in complete[-keep:]}
         newest = complete[-1].step
-        for directory in self.root.glob("step-*"):
+        for directory in self.directories():
             if directory not in kept and int(directory.name.removeprefix("step-")) <= newest:
                 shutil.rmtree(directory, ignore_errors=True)
 
@@ -137,7 +137,7 @@ def read_checkpoint(directory: Path, verify: bool) -> Checkpoint | None:
         path = directory / entry["path"]
         if not path.is_file() or path.stat().st_size != entry["bytes"]:
             return None
-        if verify and sha256_of(path) != entry["sha256"]:
+        if verify and sha256_file(path) != entry["sha256"]:
             return None
     return Checkpoint(int(manifest["step"]), directory, manifest)
 
@@ -145,7 +145,7 @@ def read_checkpoint(directory: Path, verify: bool) -> Checkpoint | None:
 def write_manifest(directory: Path, step: int, config_hash: str, world_size: int, strategy: str) -> Path:
     """The completion mark: called last, by one rank, after every rank has written its files."""
     files = [
-        {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size, "sha256": sha256_of(p)}
+        {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in files_under(directory)
     ]
     manifest = {
