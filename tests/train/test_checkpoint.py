@@ -65,7 +65,8 @@ def test_weights_come_out_of_the_lightning_file_without_the_module_prefix(tmp_pa
     fake_checkpoint(store, 7)
     state = ckpt.model_state(store.latest())
     assert list(state) == ["weight"] and torch.equal(state["weight"], torch.full((3,), 7.0))
-    ckpt.export_weights(store.latest(), tmp_path / "model", "name: x\n", {"gene_ids": ["g1", "g2"]}, {"cell_type": ["T"]})
+    ckpt.export_weights(store.latest(), tmp_path / "model", "name: x\n", {"gene_ids": ["g1", "g2"]}, {"cell_type": ["T"]},
+                        {"target_sum": 1e4, "log1p": True, "clip": None, "gene_mean": None, "gene_scale": None})
     assert torch.equal(ckpt.load_exported(tmp_path / "model")["weight"], state["weight"])
     assert (tmp_path / "model" / "genes.txt").read_text() == "g1\ng2\n"
 

@@ -124,6 +124,10 @@ class AnnDataSource(Source):
     def var(self) -> pd.DataFrame:
         return self._var
 
+    @property
+    def obs(self) -> pd.DataFrame:
+        return self._obs
+
     def nnz_per_cell(self) -> float:
         """Mean stored values per cell, from indptr alone when sparse (no data read)."""
         if hasattr(self._matrix, "group"):

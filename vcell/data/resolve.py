@@ -107,3 +107,19 @@ def zscore_parameters(atlas: Atlas, config: NormalizeConfig, genes: np.ndarray |
     sd = np.sqrt(variance)
     scale = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 1.0)  # constant genes: centre only
     return mean.astype(np.float32), scale.astype(np.float32)
+
+
+def normalization_to_dict(normalization: Normalization) -> dict:
+    """JSON-ready normalisation (exported with a model, so new cells are scaled as in training)."""
+    def listed(values: np.ndarray | None) -> list[float] | None:
+        return None if values is None else np.asarray(values, dtype=np.float32).tolist()
+
+    return {"target_sum": normalization.target_sum, "log1p": normalization.log1p, "clip": normalization.clip,
+            "gene_mean": listed(normalization.gene_mean), "gene_scale": listed(normalization.gene_scale)}
+
+
+def normalization_from_dict(values: dict) -> Normalization:
+    def array(key: str) -> np.ndarray | None:
+        return None if values.get(key) is None else np.asarray(values[key], dtype=np.float32)
+
+    return Normalization(values["target_sum"], bool(values["log1p"]), array("gene_mean"), array("gene_scale"), values["clip"])

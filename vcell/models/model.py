@@ -79,6 +79,16 @@ class VirtualCell(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         cells = self.inputs(batch)
         x_in = hide_genes(cells.x, self.config.mask_fraction, self.training)
+        z, prediction, losses, stats = self.cell_pass(x_in, cells)
+        response_losses, response_stats = self.response(z, x_in is cells.x, cells)
+        if self.training and hasattr(self.latent, "tick"):
+            self.latent.tick()
+        losses.update(response_losses)
+        stats.update(response_stats)
+        return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
+
+    def cell_pass(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Prediction, dict, dict]:
+        """Each cell on its own: (z, its reconstruction, losses, statistics); no pairing of cells."""
         z, losses, stats = self.encode(x_in, cells)
         prediction = self.decode(z, z, cells.library)
         losses["reconstruction"] = self.head.loss(prediction, cells)
@@ -87,12 +97,7 @@ class VirtualCell(nn.Module):
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)
             losses.update(auxiliary_losses)
             stats.update(auxiliary_stats)
-        response_losses, response_stats = self.response(z, x_in is cells.x, cells)
-        if self.training and hasattr(self.latent, "tick"):
-            self.latent.tick()
-        losses.update(response_losses)
-        stats.update(response_stats)
-        return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
+        return z, prediction, losses, stats
 
     def response(self, z: torch.Tensor, unmasked: bool, cells: CellInputs) -> tuple[dict, dict]:
         """The response loss over (basal, target) pairs of this batch (empty when none pair).
@@ -160,6 +165,15 @@ class VirtualCell(nn.Module):
         """Latent, reconstruction and statistics of the batch's cells, without masking."""
         with self.evaluating():
             return self(batch)
+
+    @torch.no_grad()
+    def describe(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+        """Latent, reconstruction and the per-cell and per-gene statistics of the batch's cells,
+        each cell on its own (no response pass): what `vcell embed` writes, ~10x cheaper than `embed`."""
+        with self.evaluating():
+            cells = self.inputs(batch)
+            z, prediction, losses, stats = self.cell_pass(cells.x, cells)
+            return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:

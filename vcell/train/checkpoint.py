@@ -202,23 +202,46 @@ def model_state(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
 MODEL_FORMAT = "vcell-model-1"
 
 
-def export_weights(checkpoint: Checkpoint, directory: Path, config_text: str, spec_values: dict, categories: dict) -> Path:
+def export_weights(checkpoint: Checkpoint, directory: Path, config_text: str, spec_values: dict, categories: dict,
+                   normalization: dict) -> Path:
+    """The model folder (see `write_model_folder`) of a checkpoint's weights."""
+    metadata = {"step": str(checkpoint.step), "config_hash": checkpoint.manifest["config_hash"]}
+    return write_model_folder(directory, model_state(checkpoint), metadata, config_text, spec_values, categories,
+                              normalization)
+
+
+def write_model_folder(directory: Path, state: dict[str, torch.Tensor], metadata: dict[str, str], config_text: str,
+                       spec_values: dict, categories: dict, normalization: dict) -> Path:
     """model.safetensors + config.yaml + spec.json (vocabulary, annotations) + categories.json (the
-    codes of the obs columns the model reads) + genes.txt in `directory`, each written atomically:
-    everything needed to rebuild the model without its training atlas."""
+    codes of the obs columns the model reads) + normalization.json (the loader's normalisation,
+    z-score statistics included) + genes.txt in `directory`, each written atomically: everything
+    needed to rebuild the model and feed it new cells without its training atlas."""
     from safetensors.torch import save
 
-    state = {key: value.contiguous() for key, value in model_state(checkpoint).items()}
-    metadata = {"format": MODEL_FORMAT, "step": str(checkpoint.step), "config_hash": checkpoint.manifest["config_hash"]}
-    payload = save(state, metadata=metadata)
+    # own copies: a live model's buffers may share memory (index tables), which safetensors refuses
+    state = {key: (value.detach().float() if value.is_floating_point() else value.detach()).clone().contiguous()
+             for key, value in state.items()}
+    payload = save(state, metadata={**metadata, "format": MODEL_FORMAT})
     texts = {
         "config.yaml": config_text, "spec.json": json.dumps(spec_values), "categories.json": json.dumps(categories),
+        "normalization.json": json.dumps(normalization),
         "genes.txt": "\n".join(spec_values["gene_ids"]) + "\n",
     }
     for name, text in texts.items():
         atomic_write(directory / name, lambda stream, data=text.encode(): stream.write(data))
     atomic_write(directory / "model.safetensors", lambda stream: stream.write(payload))  # last: marks the export whole
     return directory / "model.safetensors"
+
+
+def model_inputs_description(config, atlas, spec) -> tuple[dict, dict, dict]:
+    """(spec values, category codes of the obs columns the model reads, normalisation) for a model folder."""
+    from vcell.data.resolve import normalization_to_dict, resolve_normalization, select_genes
+    from vcell.models.spec import spec_to_dict
+
+    categories = {column: atlas.attrs["obs_categories"][column]
+                  for column in config.loader.labels if column in atlas.attrs.get("obs_categories", {})}
+    normalization = resolve_normalization(atlas, config.loader.normalize, select_genes(atlas, config.loader.genes))
+    return spec_to_dict(spec), categories, normalization_to_dict(normalization)
 
 
 def load_exported(directory: str | Path) -> dict[str, torch.Tensor]:

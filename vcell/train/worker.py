@@ -25,7 +25,6 @@ from vcell.config.schema import VCellConfig
 from vcell.config.loader import dump_config
 from vcell.data.datamodule import AtlasDataModule
 from vcell.files import atomic_write
-from vcell.models.spec import spec_to_dict
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
 from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry
@@ -116,9 +115,8 @@ def train_worker(payload: dict) -> None:
         validation = trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False)
     if rank == 0:
         final = store.latest()
-        categories = {column: atlas.attrs["obs_categories"][column]
-                      for column in config.loader.labels if column in atlas.attrs.get("obs_categories", {})}
-        ckpt.export_weights(final, run_directory / "model", dump_config(config), spec_to_dict(spec), categories)
+        spec_values, categories, normalization = ckpt.model_inputs_description(config, atlas, spec)
+        ckpt.export_weights(final, run_directory / "model", dump_config(config), spec_values, categories, normalization)
         write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
     tracker.finish()
     ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
