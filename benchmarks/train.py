@@ -48,7 +48,7 @@ def overrides(args, workers: int, strategy: str) -> list[str]:
         f"model.name={args.model}", f"model.size={args.size}", f"loader.batch_size={args.batch_size}",
         f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", "train.validate_every=null",
         f"train.strategy={strategy}", f"scaling.workers={workers}", "scaling.cpus_per_worker=1",
-        f"scaling.storage_path={args.workdir}",
+        f"scaling.storage_path={args.workdir}", "evaluate.at_end=false",  # training alone is measured
     ]
 
 

@@ -15,7 +15,7 @@ from vcell.config import load_config
 from vcell.models.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"]]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"], ["embed"], ["evaluate"], ["predict"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
@@ -31,7 +31,7 @@ def test_command_surface_is_frozen():
     parser = build_parser()
     top = parser._subparsers._group_actions[0].choices
     atlas = top["atlas"]._subparsers._group_actions[0].choices
-    assert sorted(top) == ["atlas", "export", "models", "train"]
+    assert sorted(top) == ["atlas", "embed", "evaluate", "export", "models", "predict", "train"]
     assert sorted(atlas) == ["build", "info", "synth", "validate"]
 
 

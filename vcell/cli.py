@@ -7,6 +7,9 @@
     vcell models [--json] [--genes G] [--size S]
     vcell train [--name N] [--address A] [--restart | --resume-with-changes] [--dry-run] [k=v ...]
     vcell export RUN --out DIR [--overwrite]
+    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad
+    vcell evaluate RUN [--atlas PATH]
+    vcell predict RUN --cell-type T [--perturbation GENE] [--time H] --out FILE.h5ad
 
 Every command takes `--config FILE` (default: configs/experiments/quickstart.yaml),
 dotted overrides `section.key=value`, `--print-config` and `--save-config FILE`.
@@ -176,21 +179,6 @@ def add_train_parser(commands) -> None:
     parser.set_defaults(handler=run_train)
 
 
-def run_export(args: argparse.Namespace) -> None:
-    from vcell.evaluate.export import export_run
-
-    out = export_run(args.run, args.out, overwrite=args.overwrite)
-    print(f"exported {args.run} to {out}/ (model.safetensors, config.yaml, spec.json, categories.json, genes.txt, MODEL_CARD.md)")
-
-
-def add_export_parser(commands) -> None:
-    parser = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card")
-    parser.add_argument("run", help="run folder (runs/<name>) or an export folder")
-    parser.add_argument("--out", required=True, help="output folder (written whole or not at all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    parser.set_defaults(handler=run_export)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcell", description="Virtual-cell models on Zarr-sharded single-cell atlases.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -240,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--size", choices=list(SIZES), default="small", help="width/depth preset (default: small)")
     models.set_defaults(handler=run_models)
     add_train_parser(commands)
-    add_export_parser(commands)
+    from vcell.evaluate.commands import add_run_commands
+
+    add_run_commands(commands)
     return parser
 
 

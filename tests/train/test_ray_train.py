@@ -42,7 +42,7 @@ def storage(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(ray_cluster, train_atlas, storage):
     """An uninterrupted 2-worker DDP run (W&B offline): what the other runs are compared with."""
-    config = run_config(train_atlas, storage, "reference", "wandb.mode=offline")
+    config = run_config(train_atlas, storage, "reference", "wandb.mode=offline", "evaluate.at_end=true")
     return config, train(config)
 
 
@@ -61,6 +61,11 @@ def test_a_run_writes_its_whole_directory(reference, capsys):
     assert [c.step for c in kept] == [8, 12]  # keep_checkpoints=2
     assert kept[-1].manifest["world_size"] == 2 and len(kept[-1].manifest["files"]) == 3
     assert list((directory / "wandb").glob("offline-run-*-vcell-*"))
+    evaluation = metrics["evaluation"]  # evaluated at the end of the job (evaluate.at_end)
+    assert {"embedding", "reconstruction", "perturbation", "enhancements"} <= set(evaluation)
+    assert "pca" in evaluation["embedding"]["baselines"] and evaluation["data"]["held_out_split"] == "val"
+    assert "plots/training_curves.png" in evaluation["plots"] and (directory / "plots" / "embedding_tsne.png").is_file()
+    assert (directory / "embeddings.h5ad").is_file()
     capsys.readouterr()
     assert train(config)["steps"] == 12  # the same command again: nothing left to do
     assert "already complete" in capsys.readouterr().out
@@ -93,8 +98,9 @@ def test_a_finished_run_exports_a_self_contained_model_with_a_card(reference, tm
     out = tmp_path / "export"
     assert main(["export", str(run_directory(config)), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.yaml", "spec.json", "categories.json",
-                                              "genes.txt", "MODEL_CARD.md"}
+                                              "normalization.json", "genes.txt", "MODEL_CARD.md"}
     card = (out / "MODEL_CARD.md").read_text()
+    assert "## Evaluation" in card and "embedding: knn_accuracy" in card  # the run was evaluated at its end
     assert "`full` model" in card and f"{metrics['final_validation']['val/loss']:.4f}" in card
     exported_config, model = load_trained(out)  # no atlas needed
     assert exported_config.model == config.model and not model.training

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from vcell.config.evaluate import EvaluateConfig
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.config.train import ScalingSection, TrainConfig, WandbConfig
@@ -246,3 +247,4 @@ class VCellConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from vcell.config.schema import VCellConfig
+from vcell.data.resolve import normalization_from_dict
+from vcell.data.transform import Normalization
 from vcell.errors import VCellError
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_dict
@@ -25,7 +28,22 @@ from vcell.models.zoo import build_model, count_parameters
 from vcell.train.checkpoint import CheckpointStore, load_exported
 from vcell.train.tracking import read_history
 
-MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "genes.txt")
+MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "normalization.json", "genes.txt")
+
+
+@dataclass
+class Trained:
+    """A trained model with what it needs to read new cells as its training data was read."""
+
+    directory: Path  # the model folder (a run's model/ or an export)
+    config: VCellConfig
+    model: VirtualCell
+    categories: dict[str, list[str]]  # obs column -> the category names behind the model's codes
+    normalization: Normalization
+
+    @property
+    def run_folder(self) -> Path | None:
+        return self.directory.parent if self.directory.name == "model" else None
 
 
 def model_directory(path: str | Path) -> Path:
@@ -44,13 +62,40 @@ def model_directory(path: str | Path) -> Path:
 
 def load_trained(path: str | Path) -> tuple[VCellConfig, VirtualCell]:
     """The config and the model (evaluation mode, CPU) of a finished run or an export folder."""
+    trained = open_trained(path)
+    return trained.config, trained.model
+
+
+def open_trained(path: str | Path) -> Trained:
+    """A finished run's (or export's) model, config, category codes and normalisation."""
     directory = model_directory(path)
-    weights = load_exported(directory)
+    weights = load_exported(directory)  # refuses anything vcell did not write
+    missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+    if missing:
+        raise VCellError(f"{directory}: incomplete model folder, missing {', '.join(missing)}",
+                         hint="re-export it with this vcell version (`vcell export RUN --out DIR`), or rerun training")
     config = VCellConfig.model_validate(yaml.safe_load((directory / "config.yaml").read_text()))
     spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
     model = build_model(config.model, spec)
     model.load_state_dict(weights, strict=True)
-    return config, model.eval()
+    categories = json.loads((directory / "categories.json").read_text())
+    normalization = normalization_from_dict(json.loads((directory / "normalization.json").read_text()))
+    return Trained(directory, config, model.eval(), categories, normalization)
+
+
+def save_trained(model: VirtualCell, config: VCellConfig, directory: str | Path, *, step: int = 0) -> Path:
+    """A model trained in this process (plain loop, notebook) as a model folder that `open_trained`,
+    `vcell embed`, `vcell evaluate` and `vcell predict` read like a finished run's."""
+    from vcell.atlas.store import open_atlas
+    from vcell.config.loader import dump_config
+    from vcell.train.checkpoint import model_inputs_description, write_model_folder
+
+    atlas = open_atlas(config.data.atlas)
+    spec_values, categories, normalization = model_inputs_description(config, atlas, model.spec)
+    directory = Path(directory)
+    write_model_folder(directory, model.state_dict(), {"step": str(step), "config_hash": "in-process"},
+                       dump_config(config), spec_values, categories, normalization)
+    return directory
 
 
 def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -73,6 +118,23 @@ def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def evaluation_table(evaluation: dict | None) -> list[str]:
+    """Markdown rows of `vcell evaluate`'s metrics with their baselines (none if not evaluated)."""
+    if not evaluation:
+        return []
+    from vcell.evaluate.report import baseline_rows
+
+    def shown(value) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    rows = [f"| {metric} | {shown(scores.pop('model'))} | "
+            + ", ".join(f"{name} {shown(value)}" for name, value in scores.items()) + " |"
+            for metric, scores in baseline_rows(evaluation)]
+    held_out = evaluation.get("data", {})
+    return ["", f"## Evaluation ({held_out.get('held_out_cells', 0):,} held-out cells, `{held_out.get('held_out_split')}` split)",
+            "", "| metric | model | baselines |", "|:--|--:|:--|", *rows]
 
 
 def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None) -> str:
@@ -117,6 +179,7 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
             "|:--|--:|",
             *[f"| {name.removeprefix('val/')} | {value:.4f} |" for name, value in sorted(validation.items())],
         ]
+    lines += evaluation_table(metrics.get("evaluation"))
     lines += [
         "",
         "## Use",

@@ -223,6 +223,19 @@ def expected_counts(prediction, library: torch.Tensor) -> torch.Tensor:
 def check_resource(setup: ScienceSetup) -> ScienceRow:
     """Shift of the other genes' total counts after knocking down a highly expressed gene:
     |predicted - true log fold change| (true from the simulator's mechanism), mean over cell types."""
+    shifts = resource_shifts(setup, {name: trained(setup, name) for name in ("resource", "base")})
+    errors = {name: np.abs(np.array(shifts[name]) - np.array(shifts["truth"])) for name in ("resource", "base")}
+    return ScienceRow(
+        "resource", f"|error| of the other genes' log total shift, knockdown of {shifts['gene']}", False,
+        float(np.mean(errors["resource"])), float(np.mean(errors["base"])), float(np.mean(np.abs(shifts["truth"]))),
+        {"true_shift": float(np.mean(shifts["truth"])), "resource_shift": float(np.mean(shifts["resource"])),
+         "base_shift": float(np.mean(shifts["base"])), "random_is": "predicting no shift"},
+    )
+
+
+def resource_shifts(setup, models: dict) -> dict:
+    """Per cell type, the true and each model's log shift of the other genes' total counts when the
+    perturbation target holding the largest share of transcripts is knocked down."""
     truth = setup.truth
     names = codes(setup, "perturbation")
     control = names.index("control")
@@ -230,23 +243,13 @@ def check_resource(setup: ScienceSetup) -> ScienceRow:
     index = int(np.argmax(typical[truth.perturbation_targets]))  # the truth's perturbation index is index + 1
     target = int(truth.perturbation_targets[index])
     code = names.index(str(truth.gene_symbols[target]))  # the atlas's category code of the same perturbation
-    errors: dict[str, list[float]] = {"resource": [], "base": []}
-    true_shifts, predicted = [], {"resource": [], "base": []}
+    shifts: dict = {"gene": str(truth.gene_symbols[target]), "truth": [], **{name: [] for name in models}}
     for cell_type, basal in basal_cells_by_type(setup, control):
-        true_shift = other_genes_shift_truth(truth, cell_type, index + 1, target)
-        true_shifts.append(true_shift)
-        for name in errors:
-            model = trained(setup, name)
+        shifts["truth"].append(other_genes_shift_truth(truth, cell_type, index + 1, target))
+        for name, model in models.items():
             gene = model.spec.gene_ids.index(truth.gene_ids[target])
-            shift = predicted_other_genes_shift(model, basal, control, code, gene)
-            predicted[name].append(shift)
-            errors[name].append(abs(shift - true_shift))
-    return ScienceRow(
-        "resource", f"|error| of the other genes' log total shift, knockdown of {truth.gene_symbols[target]}", False,
-        float(np.mean(errors["resource"])), float(np.mean(errors["base"])), float(np.mean(np.abs(true_shifts))),
-        {"true_shift": float(np.mean(true_shifts)), "resource_shift": float(np.mean(predicted["resource"])),
-         "base_shift": float(np.mean(predicted["base"])), "random_is": "predicting no shift"},
-    )
+            shifts[name].append(predicted_other_genes_shift(model, basal, control, code, gene))
+    return shifts
 
 
 def other_genes_shift_truth(truth, cell_type: int, perturbation: int, target: int) -> float:
@@ -273,19 +276,8 @@ def predicted_other_genes_shift(model, basal: dict, control: int, code: int, gen
 
 def check_memory(setup: ScienceSetup, hours_since_pulse: float = 24.0) -> ScienceRow:
     """Primed - naive difference (at rest and 2 h into a stimulus) against the simulator's."""
-    control = codes(setup, "perturbation").index("control")
-    differences: dict[str, list[np.ndarray]] = {"temporal+memory": [], "temporal": [], "base": [], "truth": []}
-    for cell_type, basal in basal_cells_by_type(setup, control):
-        for hours in (0.0, 2.0):
-            primed = true_log_expression(setup, cell_type, time=hours, hours_since_pulse=hours_since_pulse)
-            differences["truth"].append(primed - true_log_expression(setup, cell_type, time=hours))
-            for name in ("temporal+memory", "temporal", "base"):
-                model = trained(setup, name)
-                conditions = {"time": hours, "perturbation": control}
-                difference = predict_mean(model, basal, hours_since_pulse=hours_since_pulse, **conditions) - predict_mean(
-                    model, basal, hours_since_pulse=float("nan"), **conditions
-                )
-                differences[name].append(difference)
+    names = ("temporal+memory", "temporal", "base")
+    differences = memory_differences(setup, {name: trained(setup, name) for name in names}, hours_since_pulse)
     scores = score_changes(differences)
     return ScienceRow(
         "memory", f"Pearson r, predicted vs true primed - naive difference ({hours_since_pulse:g} h after a pulse)", True,
@@ -294,6 +286,25 @@ def check_memory(setup: ScienceSetup, hours_since_pulse: float = 24.0) -> Scienc
          "relative_error_memory": scores["temporal+memory"]["relative_error"],
          "random_is": "no difference (no history)"},
     )
+
+
+def memory_differences(setup, models: dict, hours_since_pulse: float, true_mean=None) -> dict[str, list[np.ndarray]]:
+    """Per cell type, at rest and 2 h into a stimulus: primed - naive mean expression, true and predicted
+    (`true_mean(setup, cell_type, **condition)` gives the truth; default: log1p cp10k)."""
+    true_mean = true_mean or true_log_expression
+    control = codes(setup, "perturbation").index("control")
+    differences: dict[str, list[np.ndarray]] = {"truth": [], **{name: [] for name in models}}
+    for cell_type, basal in basal_cells_by_type(setup, control):
+        for hours in (0.0, 2.0):
+            primed = true_mean(setup, cell_type, time=hours, hours_since_pulse=hours_since_pulse)
+            differences["truth"].append(primed - true_mean(setup, cell_type, time=hours))
+            for name, model in models.items():
+                conditions = {"time": hours, "perturbation": control}
+                difference = predict_mean(model, basal, hours_since_pulse=hours_since_pulse, **conditions) - predict_mean(
+                    model, basal, hours_since_pulse=float("nan"), **conditions
+                )
+                differences[name].append(difference)
+    return differences
 
 
 CHECKS = {

@@ -188,10 +188,26 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
         probe_storage(run.directory)
         log.info("training '%s': %s", config.name, format_plan(plan, config).splitlines()[2].split(None, 1)[1])
         run_workers(config, run, resume_with_changes)
-    metrics = json.loads((run.directory / "metrics.json").read_text())
+    if config.evaluate.at_end:  # after Ray has given the cores back
+        evaluate_finished(run.directory, progress)
+    metrics = json.loads((run.directory / "metrics.json").read_text())  # training's and evaluation's
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
     print(format_summary(metrics, run, config))
     return metrics
+
+
+def evaluate_finished(directory: Path, progress: bool) -> None:
+    """`vcell evaluate` on the run just trained; a failure keeps the trained model and says how to retry."""
+    from vcell.evaluate.report import evaluate_run, summary_lines
+
+    try:
+        results = evaluate_run(directory, progress=progress)
+    except Exception as error:
+        log.exception("evaluation failed")
+        raise VCellError(f"training finished and the model is saved in {directory}/model, but evaluation failed: {error}",
+                         hint=f"fix the cause, then run `vcell evaluate {directory}` (or the same `vcell train` again)") from error
+    if progress:
+        print("\n".join(summary_lines(results)))
 
 
 def finished_run(config: VCellConfig) -> dict | None:
@@ -203,8 +219,10 @@ def finished_run(config: VCellConfig) -> dict | None:
         return None
     if latest.manifest["config_hash"] != config_hash(config):
         return None
-    metrics = json.loads(metrics_path.read_text())
     print(f"run '{config.name}' is already complete (step {latest.step}); --restart trains it again")
+    if config.evaluate.at_end and "evaluation" not in json.loads(metrics_path.read_text()):  # stopped while evaluating
+        evaluate_finished(directory, True)
+    metrics = json.loads(metrics_path.read_text())
     print(format_summary({**metrics, "seconds_total": 0.0}, Run(directory, latest.manifest["config_hash"], True), config))
     return metrics
 
@@ -217,7 +235,8 @@ def format_summary(metrics: dict, run: Run, config: VCellConfig) -> str:
         f"train loss  {metrics['first_train_loss']:.4f} -> {metrics['final_train'].get('train/loss', float('nan')):.4f}"
         + (f"; validation loss {validation:.4f}" if validation is not None else ""),
         f"throughput  {metrics['cells_per_s']:,.0f} cells/s (steady state), waiting for data {metrics['data_wait_fraction']:.1%}",
-        f"outputs     {run.directory}/ (config.yaml, checkpoints/, model/, history.csv, metrics.json)",
+        f"outputs     {run.directory}/ (config.yaml, checkpoints/, model/, history.csv, metrics.json"
+        + (", plots/, embeddings.h5ad)" if "evaluation" in metrics else ")"),
     ]
     if config.wandb.mode == "offline":
         command = wandb_sync_command(run.directory, wandb_run_id(config.name))

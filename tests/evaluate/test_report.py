@@ -1,0 +1,129 @@
+"""`vcell evaluate`: metrics with baselines, figures and embeddings in the run folder; `vcell predict`."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import matplotlib.image
+import numpy as np
+import pytest
+
+from vcell.atlas.store import open_atlas
+from vcell.cli import main
+from vcell.errors import VCellError
+from vcell.evaluate.predict import predict_run
+from vcell.evaluate.report import evaluate_run, summary_lines
+from vcell.train.checkpoint import CheckpointStore
+
+from tests.train.test_checkpoint import fake_checkpoint
+
+EXPECTED_PLOTS = {
+    "embedding_pca.png", "embedding_tsne.png", "metrics_vs_baselines.png", "perturbation_deltas.png",
+    "pathway_activity.png", "grn_edges_vs_truth.png", "kinetics.png", "variance_decomposition.png",
+    "resource_allocation.png", "scale_contributions.png",
+}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_folder, tmp_path_factory):
+    import shutil
+
+    folder = shutil.copytree(trained_folder, tmp_path_factory.mktemp("evaluated") / "tiny")
+    (folder / "metrics.json").write_text(json.dumps({"run": "tiny", "steps": 60}))  # training's keys stay
+    results = evaluate_run(folder, progress=False)
+    return folder, results
+
+
+def test_metrics_json_has_every_section_with_baselines(evaluated):
+    folder, results = evaluated
+    metrics = json.loads((folder / "metrics.json").read_text())  # strict JSON: NaN written as null
+    assert metrics["run"] == "tiny" and metrics["evaluation"]["data"]["held_out_split"] == "test"
+    evaluation = metrics["evaluation"]
+    embedding = evaluation["embedding"]
+    assert set(embedding["model"]) == set(embedding["baselines"]["pca"]) == {"knn_accuracy", "ari", "nmi", "silhouette"}
+    assert all(0 <= v <= 1 for v in embedding["baselines"]["pca"].values())
+    reconstruction = evaluation["reconstruction"]
+    assert {"gene_mean", "pca"} <= set(reconstruction["baselines"]) and reconstruction["hidden_entries"] > 0
+    assert reconstruction["log_likelihood"]["model"] < 0
+    perturbation = evaluation["perturbation"]
+    unseen = perturbation["unseen_perturbations"]
+    assert len(unseen["perturbations"]) == 1  # the one held out whole
+    for comparison in ("vs_observed", "vs_truth"):
+        assert set(unseen[comparison]["model"]) == {"pearson_delta", "pearson_delta_top20", "mae", "discrimination_l1",
+                                                    "de_overlap"}
+        assert {"control", "mean_perturbation"} <= set(unseen[comparison]["baselines"])
+    assert perturbation["seen_perturbations"]["vs_observed"]["baselines"]["control"]["pearson_delta"] == 0
+    assert "additive" in perturbation  # skipped with a reason, not faked
+    enhancements = evaluation["enhancements"]
+    assert set(enhancements) == {"hierarchical", "temporal", "regulatory", "stochastic", "resource", "multiscale", "memory"}
+    assert "skipped" in enhancements["multiscale"]  # no truth for it: said so
+    for name in ("regulatory", "hierarchical", "temporal", "stochastic", "resource", "memory"):
+        assert "model" in enhancements[name] and "baselines" in enhancements[name], name
+    assert 0 <= enhancements["stochastic"]["model"]["coverage_90"] <= 1
+
+
+def test_every_plot_is_written_and_readable(evaluated):
+    folder, results = evaluated
+    written = {path.split("/")[-1] for path in results["plots"]}
+    assert EXPECTED_PLOTS <= written
+    for name in written:
+        image = matplotlib.image.imread(folder / "plots" / name)
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0, name
+
+
+def test_embeddings_of_every_atlas_cell_are_written(evaluated, evaluation_atlas):
+    folder, results = evaluated
+    table = ad.read_h5ad(folder / results["embeddings"])
+    assert table.n_obs == open_atlas(evaluation_atlas).n_cells and "X_vcell" in table.obsm
+
+
+def test_summary_lists_model_and_baselines(evaluated):
+    lines = summary_lines(evaluated[1])
+    assert any(line.startswith("embedding: knn_accuracy") and "pca" in line for line in lines)
+    assert any("unseen perturbations: pearson_delta" in line for line in lines)
+
+
+def test_another_atlas_is_split_in_half_and_said_so(trained_folder, evaluation_atlas, tmp_path):
+    import shutil
+
+    other = shutil.copytree(evaluation_atlas, tmp_path / "other.zarr")
+    folder = shutil.copytree(trained_folder, tmp_path / "run")
+    results = evaluate_run(folder, other, progress=False, overrides={"plots": False, "embeddings": "none",
+                                                                    "enhancements": False})
+    assert results["data"]["held_out_split"] == "half"
+    assert any("not the training atlas" in note for note in results["notes"])
+    assert not (folder / "plots").exists() and not (folder / "embeddings.h5ad").exists()
+
+
+def test_evaluate_refuses_runs_without_a_finished_model(tmp_path):
+    with pytest.raises(VCellError, match="neither a run with a complete checkpoint nor an exported model"):
+        evaluate_run(tmp_path)
+    fake_checkpoint(CheckpointStore(tmp_path), 4)  # complete, but the run never exported its model
+    with pytest.raises(VCellError, match="did not finish"):
+        evaluate_run(tmp_path)
+    assert main(["evaluate", str(tmp_path / "nothing"), "--quiet"]) == 2
+
+
+def test_predict_moves_basal_cells_to_a_perturbation(trained_folder, evaluation_atlas, tmp_path):
+    atlas = open_atlas(evaluation_atlas)
+    perturbation = atlas.attrs["obs_categories"]["perturbation"][0]
+    cell_type = atlas.attrs["obs_categories"]["cell_type"][0]
+    out = predict_run(trained_folder, perturbation=perturbation, cell_type=cell_type, out=tmp_path / "p.h5ad", cells=40)
+    table = ad.read_h5ad(out)
+    assert table.n_obs == 40 and table.n_vars == 100
+    assert (table.obs["cell_type"].astype(str) == cell_type).all() and (table.obs["perturbation"] == "control").all()
+    assert (table.obs["predicted_perturbation"] == perturbation).all()
+    delta = table.X - table.layers["control"]
+    np.testing.assert_allclose(table.var["mean_delta"].to_numpy(), delta.mean(0), atol=1e-5)
+    assert np.abs(delta).max() > 0 and "expected_counts" in table.layers
+    assert len(table.uns["vcell_predict"]["top_genes"]) == 20
+
+
+def test_predict_errors_name_the_bad_value(trained_folder, tmp_path):
+    with pytest.raises(VCellError, match="perturbation 'NOPE' is not one the model knows"):
+        predict_run(trained_folder, perturbation="NOPE", cell_type="type_0", out=tmp_path / "p.h5ad")
+    with pytest.raises(VCellError, match="combinations are not supported"):
+        predict_run(trained_folder, perturbation="A,B", cell_type="type_0", out=tmp_path / "p.h5ad")
+    assert main(["predict", str(trained_folder), "--cell-type", "no_such_type", "--out", str(tmp_path / "q.h5ad")]) == 2
+    assert not list(tmp_path.iterdir())

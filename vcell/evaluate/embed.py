@@ -1,0 +1,141 @@
+"""`vcell embed`: a trained model's view of every cell of an input, as AnnData.
+
+    embed_run("runs/quickstart", "data/new.h5ad", "new_embedded.h5ad")
+
+What the written `.h5ad` holds (n input cells, in input order; G = the model's genes):
+
+- `obs`: the input's obs, plus one `vcell_<stat>` column per per-cell scalar statistic
+  (resource models: `vcell_capacity`, `vcell_free_share`);
+- `obsm["X_vcell"]`: (n, latent) the cell embedding (the latent mean for variational models);
+- `obsm["vcell_<stat>"]`: (n, k) per-cell statistics: `vcell_pathway_activity` (n, P) and
+  `vcell_compartment_activity` (n, C) (hierarchical), `vcell_pathway_allocation` (n, P)
+  (resource), `vcell_scale_weight` (n, S) (multiscale); their column names are in
+  `uns["vcell"]["columns"]`;
+- `var`: the model's genes (index) with `vcell_<stat>` per-gene statistics
+  (stochastic: `vcell_dispersion`, `vcell_extrinsic_variance_fraction`); no expression matrix;
+- `uns["vcell"]`: run, model, step, gene coverage of the input, the learned GRN edges
+  (`edges`: source, target, weight; regulatory) and latent response rates (temporal).
+
+Cells are streamed in batches: memory holds one batch of expression, and the outputs go
+straight to disk. Evaluation mode and no masking, so a cell's embedding does not depend on
+the batch it sits in (only on floating-point summation order, ~1e-6). The file is written to
+a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from anndata.io import write_elem
+from tqdm import tqdm
+
+from vcell.evaluate.cells import CellStream, open_cells
+from vcell.evaluate.export import Trained, open_trained
+from vcell.files import new_output_file, staged_file
+
+ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
+
+
+def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *, batch_size: int = 1024,
+              layer: str | None = None, gene_key: str | None = None, overwrite: bool = False,
+              progress: bool = True) -> Path:
+    """Embed every cell of `input_path` (default: the run's training atlas) into `out`."""
+    out = new_output_file(out, ".h5ad", overwrite)
+    trained = open_trained(run)
+    stream = open_cells(input_path or trained.config.data.atlas, trained, layer=layer, gene_key=gene_key)
+    for warning in stream.warnings:
+        print(f"warning: {warning}")
+    return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress)
+
+
+def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
+    """Statistics with one value (or row) per cell, by name."""
+    return {name: shape for name, shape in trained.model.stat_shapes().items() if shape[:1] == ("B",)}
+
+
+def embed_batch(trained: Trained, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """(latent (b, D), per-cell statistics, every statistic) of one batch."""
+    output = trained.model.describe(batch)
+    per_cell = {name: output.stats[name].numpy() for name in cell_statistics(trained) if name in output.stats}
+    return output.latent.numpy(), per_cell, output.stats
+
+
+def write_embeddings(trained: Trained, stream: CellStream, out: Path, *, batch_size: int = 1024,
+                     progress: bool = True) -> Path:
+    with staged_file(out) as temporary:
+        skeleton(stream, trained).write_h5ad(temporary)
+        scalars, last_stats = {}, {}
+        with h5py.File(temporary, "a") as handle:
+            bar = tqdm(total=stream.n_cells, unit="cells", desc="embed", disable=not progress, mininterval=2.0)
+            for rows, batch in stream.batches(batch_size):
+                latent, per_cell, last_stats = embed_batch(trained, batch)
+                write_rows(handle, "X_vcell", latent, rows, stream.n_cells)
+                for name, values in per_cell.items():
+                    if values.ndim == 1:
+                        scalars.setdefault(name, np.empty(stream.n_cells, np.float32))[rows] = values
+                    else:
+                        write_rows(handle, f"vcell_{name}", values, rows, stream.n_cells)
+                bar.update(rows.stop - rows.start)
+            bar.close()
+            finish(handle, trained, stream, scalars, last_stats)
+    return out
+
+
+def skeleton(stream: CellStream, trained: Trained) -> ad.AnnData:
+    """obs and var only: obsm arrays are added on disk batch by batch."""
+    obs = stream.obs.copy()
+    obs.index = obs.index.astype(str)
+    var = pd.DataFrame(index=pd.Index(trained.model.spec.gene_ids, name="gene_id"))
+    return ad.AnnData(obs=obs, var=var)
+
+
+def write_rows(handle: h5py.File, key: str, values: np.ndarray, rows: slice, n_cells: int) -> None:
+    """obsm[key][rows] = values, creating the (n_cells, k) float32 dataset on first use."""
+    path = f"obsm/{key}"
+    if path not in handle:
+        dataset = handle.create_dataset(path, shape=(n_cells, values.shape[1]), dtype=np.float32,
+                                        chunks=(min(n_cells, 4096), values.shape[1]))
+        dataset.attrs.update(ARRAY_ENCODING)
+    handle[path][rows] = values.astype(np.float32)
+
+
+def finish(handle: h5py.File, trained: Trained, stream: CellStream, scalars: dict, stats: dict) -> None:
+    """Per-cell scalars into obs, per-gene statistics into var, the rest and provenance into uns."""
+    obs = stream.obs.copy()
+    obs.index = obs.index.astype(str)
+    for name, values in scalars.items():
+        obs[f"vcell_{name}"] = values
+    var = pd.DataFrame(index=pd.Index(trained.model.spec.gene_ids, name="gene_id"))
+    shapes = trained.model.stat_shapes()
+    for name, value in stats.items():
+        if shapes.get(name) == ("G",):
+            var[f"vcell_{name}"] = value.detach().numpy().astype(np.float32)
+    for key, frame in (("obs", obs), ("var", var)):
+        del handle[key]
+        write_elem(handle, key, frame)
+    del handle["uns"]
+    write_elem(handle, "uns", {"vcell": provenance(trained, stream, stats)})
+
+
+def provenance(trained: Trained, stream: CellStream, stats: dict) -> dict:
+    spec = trained.model.spec
+    info = {
+        "run": trained.config.name, "model": trained.config.model.name, "model_folder": str(trained.directory),
+        "input": str(stream.path), "coverage": {k: float(v) for k, v in stream.coverage.items()},
+        "latent_key": "X_vcell",
+        "columns": {"vcell_pathway_activity": list(spec.pathway_names),
+                    "vcell_pathway_allocation": list(spec.pathway_names),
+                    "vcell_compartment_activity": list(getattr(spec, "compartment_names", []))},
+    }
+    if "edge_weight" in stats and spec.grn is not None:
+        genes = np.array(spec.gene_ids)
+        info["edges"] = {"source": genes[spec.grn.source].tolist(), "target": genes[spec.grn.target].tolist(),
+                         "weight": stats["edge_weight"].detach().numpy().astype(np.float64).tolist()}
+    if "response_rate" in stats:
+        info["response_rate"] = stats["response_rate"].detach().numpy().astype(np.float64)
+    return info

@@ -1,0 +1,181 @@
+"""The figures of an evaluation, from its computed arrays: one PNG each under <run>/plots/.
+
+    paths = write_figures(data, results, arrays, Path("runs/quickstart/plots"), config.evaluate)
+
+Training curves; PCA and t-SNE of the held-out embeddings coloured by cell type, batch,
+perturbation and time; model vs baselines; predicted vs observed perturbation deltas; and the
+model-specific views: pathway activity by cell type, GRN weights vs truth, response kinetics,
+variance decomposition, resource allocation and scale contributions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vcell.config.evaluate import EvaluateConfig
+from vcell.evaluate import plots, plots_model
+from vcell.evaluate.heldout import HeldOut
+from vcell.evaluate.report import baseline_rows
+from vcell.evaluate.representation import PCA
+from vcell.evaluate.truth import true_expression
+from vcell.models.inputs import Conditions
+from vcell.train.tracking import read_history
+
+log = logging.getLogger(__name__)
+KINETIC_GENES = 6
+ALLOCATION_PATHWAYS = 8
+
+
+def colourings(data: HeldOut, rows: np.ndarray) -> dict[str, tuple[np.ndarray, list[str] | None]]:
+    """Cell type, batch, perturbation (categorical) and time (continuous) of held-out cells."""
+    columns = data.trained.config.model.columns
+    out = {}
+    for column in (columns.context, "batch", columns.perturbation, columns.time):
+        if not column or column not in data.test_obs:
+            continue
+        values = data.test_obs[column].iloc[rows]
+        if isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object:
+            categorical = pd.Categorical(values)
+            out[column] = (categorical.codes.astype(np.int64), [str(c) for c in categorical.categories])
+        else:
+            out[column] = (values.to_numpy(np.float64), None)
+    return out
+
+
+def embedding_figures(data: HeldOut, arrays: dict, directory: Path, settings: EvaluateConfig) -> list[Path]:
+    latent = arrays["latent"]
+    everything = np.arange(len(latent))
+    pca = PCA(latent, 2, seed=data.seed).transform(latent)
+    paths = [plots.embedding_panels(pca, colourings(data, everything), "PCA of the model's embedding, held-out cells",
+                                    directory / "embedding_pca.png",
+                                    axis_labels=("PC 1", "PC 2"))]
+    from sklearn.manifold import TSNE
+
+    rows = everything
+    if len(rows) > settings.tsne_cells:
+        rows = np.sort(np.random.default_rng(data.seed).choice(rows, settings.tsne_cells, replace=False))
+    sampled = f" (a random sample of {len(latent):,})" if len(rows) < len(latent) else ""
+    coordinates = TSNE(2, perplexity=min(30.0, (len(rows) - 1) / 3), init="pca", random_state=data.seed).fit_transform(latent[rows])
+    paths.append(plots.embedding_panels(coordinates, colourings(data, rows), f"t-SNE of the model's embedding, "
+                                        f"held-out cells{sampled}", directory / "embedding_tsne.png",
+                                        axis_labels=("t-SNE 1", "t-SNE 2")))
+    return paths
+
+
+def perturbation_figure(arrays: dict, directory: Path) -> list[Path]:
+    groups = [g for g in ("unseen_perturbations", "seen_perturbations") if f"{g}/observed" in arrays]
+    if not groups:
+        return []
+    observed = np.concatenate([arrays[f"{g}/observed"].ravel() for g in groups])
+    predicted = np.concatenate([arrays[f"{g}/model"].ravel() for g in groups])
+    sizes = [arrays[f"{g}/observed"].size for g in groups]
+    masks, start = {}, 0
+    for group, size in zip(groups, sizes):
+        mask = np.zeros(len(observed), dtype=bool)
+        mask[start: start + size] = True
+        masks[group.replace("_", " ")], start = mask, start + size
+    return [plots_model.scatter_against(observed, predicted, "observed delta (perturbed - control, normalised)",
+                                        "predicted delta", "Perturbation response per gene, held-out cells",
+                                        directory / "perturbation_deltas.png", groups=masks)]
+
+
+def by_cell_type(data: HeldOut, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(types, k) mean of per-cell values per cell type, and the type names."""
+    column = data.column("context")
+    codes = data.test[column].numpy()
+    present = sorted(c for c in np.unique(codes) if c >= 0)
+    return np.stack([values[codes == c].mean(0) for c in present]), [data.categories[column][c] for c in present]
+
+
+def model_figures(data: HeldOut, arrays: dict, directory: Path) -> list[Path]:
+    spec, paths = data.model.spec, []
+    if "activity" in arrays.get("hierarchical", {}):
+        matrix, types = by_cell_type(data, arrays["hierarchical"]["activity"])
+        matrix = matrix - matrix.mean(0)  # differences between cell types, not each pathway's overall level
+        paths.append(plots_model.heatmap(matrix, types, list(spec.pathway_names), "Pathway activity by cell type "
+                                         "(held-out cells)", "mean activity - mean over cell types",
+                                         directory / "pathway_activity.png"))
+    if "learned" in arrays.get("regulatory", {}):
+        values = arrays["regulatory"]
+        paths.append(plots_model.scatter_against(values["true"], values["learned"], "true edge weight (log space)",
+                                                 "learned edge weight", "GRN: learned vs true weights of true edges",
+                                                 directory / "grn_edges_vs_truth.png", diagonal=False))
+    if "hours" in arrays.get("temporal", {}):
+        paths.append(kinetics_figure(data, arrays["temporal"]["hours"], directory))
+    if "extrinsic_fraction" in arrays.get("stochastic", {}):
+        paths.append(variance_figure(data, arrays["stochastic"], directory))
+    if "allocation" in arrays.get("resource", {}):
+        matrix, types = by_cell_type(data, arrays["resource"]["allocation"])
+        top = np.argsort(-matrix.mean(0))[:ALLOCATION_PATHWAYS]
+        parts = {spec.pathway_names[p]: matrix[:, p] for p in top}
+        parts["other pathways"] = matrix.sum(1) - matrix[:, top].sum(1)
+        paths.append(plots_model.stacked_bars(types, parts, "Transcriptional capacity allocated to pathways",
+                                              "share of expected counts", directory / "resource_allocation.png"))
+    if "scale_weight" in arrays.get("multiscale", {}):
+        matrix, types = by_cell_type(data, arrays["multiscale"]["scale_weight"])
+        names = ["gene", "pathway", "cell"][: matrix.shape[1]]
+        paths.append(plots_model.stacked_bars(types, {n: matrix[:, i] for i, n in enumerate(names)},
+                                              "Scale contributions (gate weights)", "mean weight",
+                                              directory / "scale_contributions.png"))
+    return paths
+
+
+def kinetics_figure(data: HeldOut, hours: np.ndarray, directory: Path) -> Path:
+    """Predicted mean expression after a stimulus of the genes the truth moves most (one cell type)."""
+    from vcell.evaluate.science_checks import basal_cells_by_type
+
+    control = data.code("perturbation", data.trained.config.model.columns.control)
+    cell_type, basal = next(basal_cells_by_type(data, control))
+    n = len(basal["x"])
+    conditions = Conditions(perturbation=torch.full((n,), control))
+    path = data.model.trajectory(basal, list(hours), conditions).double().mean(1).numpy()  # (T, G)
+    genes = data.model.spec.gene_ids
+    if data.truth is not None:
+        amplitude = np.abs(data.truth.stimulus_log_amplitude[cell_type][data.truth_order])
+    else:
+        amplitude = np.abs(path[-1] - path[0])
+    chosen = np.argsort(-amplitude)[:KINETIC_GENES]
+    lines = {genes[g]: path[:, g] for g in chosen}
+    reference = None
+    if data.truth is not None:
+        truth = np.stack([true_expression(data, cell_type, time=float(h)) for h in hours])
+        reference = {genes[g]: truth[:, g] for g in chosen}
+    name = data.categories[data.column("context")][cell_type]
+    return plots_model.curves(hours, lines, "hours after the stimulus", "mean normalised expression",
+                              f"Response kinetics in {name} (solid: model, dashed: truth)", directory / "kinetics.png",
+                              reference=reference)
+
+
+def variance_figure(data: HeldOut, values: dict, directory: Path) -> Path:
+    """Extrinsic vs intrinsic share of each gene's variance, genes grouped by mean expression."""
+    mean = data.test["x"].numpy().mean(0)
+    groups = np.array_split(np.argsort(mean), 5)
+    names = ["lowest 20%", "20-40%", "40-60%", "60-80%", "highest 20%"]
+    extrinsic = np.array([values["extrinsic_fraction"][g].mean() for g in groups])
+    parts = {"extrinsic (cell state)": extrinsic, "intrinsic (noise)": 1 - extrinsic}
+    title = "Variance decomposition by gene expression level"
+    if "true_extrinsic_fraction" in values:
+        true = np.array([values["true_extrinsic_fraction"][g].mean() for g in groups])
+        title += f" (true extrinsic: {', '.join(f'{v:.2f}' for v in true)})"
+    return plots_model.stacked_bars(names, parts, title, "share of variance", directory / "variance_decomposition.png")
+
+
+def write_figures(data: HeldOut, results: dict, arrays: dict, directory: Path, settings: EvaluateConfig) -> list[str]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    run_folder = data.trained.run_folder
+    if run_folder and (run_folder / "history.csv").is_file():
+        history = [{k: float(v) if v not in ("", None) else np.nan for k, v in row.items()}
+                   for row in read_history(run_folder / "history.csv")]
+        paths.append(plots.training_curves(history, directory / "training_curves.png"))
+    paths += embedding_figures(data, arrays["embedding"], directory, settings)
+    paths.append(plots_model.metric_bars(baseline_rows(results), f"{data.trained.config.name}: model vs baselines "
+                                         "(held-out cells)", directory / "metrics_vs_baselines.png"))
+    paths += perturbation_figure(arrays.get("perturbation", {}), directory)
+    paths += model_figures(data, arrays.get("enhancements", {}), directory)
+    return sorted(str(path.relative_to(directory.parent)) for path in paths)

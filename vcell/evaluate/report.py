@@ -1,0 +1,138 @@
+"""`vcell evaluate`: metrics against baselines, plots and embeddings of a finished run.
+
+    results = evaluate_run("runs/quickstart")     # adds "evaluation" to metrics.json, writes plots/
+
+Writes into the run folder (or an export folder): `metrics.json` gains an "evaluation" key
+(embedding, reconstruction, perturbation and per-enhancement sections, each with the
+model's value, baselines beside it and a definition; skipped metrics say why), `plots/*.png`,
+and `embeddings.h5ad` (see `vcell.evaluate.embed`). The training job calls this at its end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vcell.evaluate.embed import write_embeddings
+from vcell.evaluate.enhancements import enhancement_metrics
+from vcell.evaluate.export import open_trained
+from vcell.evaluate.heldout import held_out_cells
+from vcell.evaluate.perturbation import perturbation_metrics
+from vcell.evaluate.representation import embedding_metrics, reconstruction_metrics
+from vcell.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: bool = True,
+                 overrides: dict | None = None) -> dict:
+    """Score a finished run on held-out cells; returns the "evaluation" section it wrote."""
+    started = time.perf_counter()
+    trained = open_trained(run)
+    settings = trained.config.evaluate.model_copy(update=overrides or {})
+    folder = trained.run_folder or trained.directory
+    data = held_out_cells(trained, atlas, max_cells=settings.max_cells, seed=trained.config.seed)
+    results: dict = {"data": data.description, "notes": data.notes}
+    arrays: dict = {}
+    stages = [("embedding", embedding_metrics), ("reconstruction", lambda d: (reconstruction_metrics(d), {})),
+              ("perturbation", perturbation_metrics)]
+    if settings.enhancements:
+        stages.append(("enhancements", enhancement_metrics))
+    for name, stage in stages:
+        tick = time.perf_counter()
+        results[name], arrays[name] = stage(data)
+        say(progress, f"evaluate: {name} scored in {time.perf_counter() - tick:.1f} s")
+    if settings.plots:
+        results["plots"] = write_figures_logged(data, results, arrays, folder, settings, progress)
+    if settings.embeddings != "none":
+        results["embeddings"] = write_run_embeddings(trained, data, folder, settings.embeddings, progress)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_metrics(folder / "metrics.json", results)
+    return results
+
+
+def say(progress: bool, message: str) -> None:
+    log.info(message)
+    if progress:
+        print(message, flush=True)
+
+
+def write_figures_logged(data, results, arrays, folder: Path, settings, progress: bool) -> list[str]:
+    from vcell.evaluate.figures import write_figures
+
+    tick = time.perf_counter()
+    paths = write_figures(data, results, arrays, folder / "plots", settings)
+    say(progress, f"evaluate: {len(paths)} plots in {time.perf_counter() - tick:.1f} s")
+    return paths
+
+
+def write_run_embeddings(trained, data, folder: Path, which: str, progress: bool) -> str:
+    from vcell.evaluate.cells import open_cells
+
+    rows = None if which == "all" else data.test["cell_index"].numpy()
+    stream = open_cells(data.atlas, trained, rows=rows)
+    path = write_embeddings(trained, stream, folder / "embeddings.h5ad", progress=progress)
+    return str(path.relative_to(folder))
+
+
+def baseline_rows(results: dict) -> list[tuple[str, dict[str, float]]]:
+    """(metric, {method: value}) for every section with a model value and baselines."""
+    rows = []
+
+    def add(prefix: str, section: dict) -> None:
+        if not isinstance(section, dict) or "model" not in section or "baselines" not in section:
+            return
+        for metric, value in section["model"].items():
+            scores = {"model": value}
+            scores.update({name: values.get(metric, np.nan) for name, values in section["baselines"].items()})
+            rows.append((f"{prefix}: {metric}", scores))
+
+    add("embedding", results.get("embedding", {}))
+    add("reconstruction", results.get("reconstruction", {}))
+    for group in ("unseen_perturbations", "seen_perturbations"):
+        add(f"{group.split('_')[0]} perturbations", results.get("perturbation", {}).get(group, {}).get("vs_observed", {}))
+    for name, section in results.get("enhancements", {}).items():
+        add(name, section)
+    return rows
+
+
+def summary_lines(results: dict) -> list[str]:
+    """A readable table: each metric, the model's value and each baseline's."""
+    lines = [f"held-out cells: {results['data'].get('held_out_cells', 0):,} ({results['data'].get('held_out_split')}); "
+             f"{results.get('seconds', 0):.0f} s", f"{'metric':<44} {'model':>9}  baselines"]
+    for metric, scores in baseline_rows(results):
+        model = scores.pop("model")
+        others = ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None and value == value)
+        lines.append(f"{metric:<44} {model if model is not None else float('nan'):>9.3f}  {others}")
+    lines += [f"note: {note}" for note in results.get("notes", [])]
+    if results.get("plots"):
+        lines.append(f"plots: {len(results['plots'])} PNG files in plots/")
+    return lines
+
+
+def finite(value):
+    """JSON has no NaN: undefined values are written as null."""
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) or math.isinf(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return finite(value.tolist())
+    return value
+
+
+def write_metrics(path: Path, evaluation: dict) -> None:
+    """metrics.json with "evaluation" added (training's keys kept), written whole."""
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics["evaluation"] = finite(evaluation)
+    text = json.dumps(metrics, indent=2, allow_nan=False).encode()
+    atomic_write(path, lambda stream: stream.write(text))

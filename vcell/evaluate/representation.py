@@ -1,0 +1,153 @@
+"""How well a model represents held-out cells: its embedding and its reconstruction.
+
+    section, arrays = embedding_metrics(data)        # kNN / ARI / NMI / silhouette, model vs PCA
+    section = reconstruction_metrics(data)           # masked-gene Pearson, log-likelihood, vs baselines
+
+Embedding baseline: PCA of the same normalised input with as many components as the model's
+latent, fitted on the reference (training) cells: what a standard pipeline gets for free.
+Reconstruction hides a seeded 25% of each held-out cell's measured genes and scores the
+prediction at the hidden entries (per cell and per gene), against the reference's gene
+means and a PCA reconstruction from the same masked input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vcell.data.memory import batches_of
+from vcell.evaluate.heldout import HeldOut
+from vcell.evaluate.metrics import moment_dispersion
+from vcell.evaluate.scores import adjusted_rand_index, kmeans, knn_accuracy, normalized_mutual_info, silhouette_labels
+
+MASK_FRACTION = 0.25
+MASK_STREAM = 17
+KNN_NEIGHBOURS = 15
+
+
+@torch.no_grad()
+def latent_of(model, cells: dict[str, torch.Tensor], batch_size: int = 2048) -> np.ndarray:
+    """(n, D) embeddings (the encoder alone: no decoding needed)."""
+    with model.evaluating():
+        return np.concatenate([model.encode(batch["x"], model.inputs(batch))[0].numpy()
+                               for batch in batches_of(cells, batch_size)])
+
+
+class PCA:
+    """Principal components of the reference cells (randomised SVD, seeded)."""
+
+    def __init__(self, x: np.ndarray, n_components: int, seed: int = 0) -> None:
+        from sklearn.decomposition import PCA as RandomizedPCA
+
+        fitted = RandomizedPCA(n_components, svd_solver="randomized", random_state=seed).fit(x)
+        self.mean, self.components = fitted.mean_, fitted.components_  # (G,), (k, G)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) @ self.components.T
+
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        return self.transform(x) @ self.components + self.mean
+
+
+def embedding_scores(reference: np.ndarray, reference_labels: np.ndarray, query: np.ndarray,
+                     query_labels: np.ndarray, seed: int) -> dict[str, float]:
+    known = query_labels >= 0
+    query, query_labels = query[known], query_labels[known]
+    n_clusters = len(np.unique(query_labels))
+    clusters = kmeans(query, n_clusters, seed=seed)
+    return {
+        "knn_accuracy": knn_accuracy(reference, reference_labels, query, query_labels, k=KNN_NEIGHBOURS),
+        "ari": adjusted_rand_index(query_labels, clusters),
+        "nmi": normalized_mutual_info(query_labels, clusters),
+        "silhouette": silhouette_labels(query, query_labels, seed=seed),
+    }
+
+
+def embedding_metrics(data: HeldOut, label: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Section for metrics.json and the arrays plots need (held-out latent and PCA coordinates)."""
+    label = label or data.column("context") or "cell_type"
+    model_test, model_train = latent_of(data.model, data.test), latent_of(data.model, data.train)
+    arrays = {"latent": model_test}
+    if label not in data.test:
+        return {"skipped": f"held-out cells have no '{label}' labels to score embeddings against"}, arrays
+    pca = PCA(data.train["x"].numpy(), model_test.shape[1])
+    pca_test, pca_train = pca.transform(data.test["x"].numpy()), pca.transform(data.train["x"].numpy())
+    arrays["pca"] = pca_test
+    labels_test, labels_train = data.test[label].numpy(), data.train[label].numpy()
+    section = {
+        "label": label, "cells": int((labels_test >= 0).sum()), "dimensions": int(model_test.shape[1]),
+        "definitions": "kNN accuracy (k=15, reference -> held-out); ARI and NMI of k-means (k = number of labels) "
+                       "vs labels; silhouette on labels rescaled to [0, 1] (scib-metrics silhouette_label)",
+        "model": embedding_scores(model_train, labels_train, model_test, labels_test, data.seed),
+        "baselines": {"pca": embedding_scores(pca_train, labels_train, pca_test, labels_test, data.seed)},
+    }
+    return section, arrays
+
+
+def hidden_mask(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """(n, G) bool: a seeded MASK_FRACTION of each cell's measured (x > 0) entries."""
+    generator = torch.Generator().manual_seed(seed * 1000 + MASK_STREAM)
+    return (x > 0) & (torch.rand(x.shape, generator=generator) < MASK_FRACTION)
+
+
+def masked_predictions(data: HeldOut, mask: torch.Tensor) -> np.ndarray:
+    """(n, G) the model's reconstruction of held-out cells from their masked input."""
+    masked = dict(data.test, x=data.test["x"].masked_fill(mask, 0.0))
+    return np.concatenate([data.model.reconstruct(batch).expression.numpy() for batch in batches_of(masked, 2048)])
+
+
+def hidden_entry_correlations(predicted: np.ndarray, observed: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Mean Pearson r over cells (hidden genes of each cell) and over genes (cells where hidden),
+    each over rows/columns with at least 3 hidden entries and some variance."""
+    def mean_correlation(p: np.ndarray, o: np.ndarray, m: np.ndarray, axis: int) -> float:
+        count = m.sum(axis)
+        p_mean = (p * m).sum(axis) / np.maximum(count, 1)
+        o_mean = (o * m).sum(axis) / np.maximum(count, 1)
+        p_centred = (p - np.expand_dims(p_mean, axis)) * m
+        o_centred = (o - np.expand_dims(o_mean, axis)) * m
+        numerator = (p_centred * o_centred).sum(axis)
+        denominator = np.sqrt((p_centred**2).sum(axis) * (o_centred**2).sum(axis))
+        usable = (count >= 3) & (denominator > 0)
+        return float((numerator[usable] / denominator[usable]).mean()) if usable.any() else float("nan")
+
+    return {"per_cell_pearson": mean_correlation(predicted, observed, mask, 1),
+            "per_gene_pearson": mean_correlation(predicted, observed, mask, 0),
+            "hidden_mse": float((((predicted - observed) * mask) ** 2).sum() / max(mask.sum(), 1))}
+
+
+def reconstruction_metrics(data: HeldOut) -> dict:
+    x = data.test["x"]
+    mask = hidden_mask(x, data.seed)
+    observed, hidden = x.numpy(), mask.numpy()
+    pca = PCA(data.train["x"].numpy(), data.trained.config.model.dimensions()[2])
+    gene_mean = np.broadcast_to(data.train["x"].numpy().mean(0), observed.shape)
+    section = {
+        "definitions": f"a seeded {MASK_FRACTION:.0%} of each held-out cell's measured genes hidden (set to 0); "
+                       "Pearson r between prediction and truth at the hidden entries, per cell and per gene",
+        "hidden_entries": int(hidden.sum()),
+        "model": hidden_entry_correlations(masked_predictions(data, mask), observed, hidden),
+        "baselines": {
+            "gene_mean": hidden_entry_correlations(gene_mean, observed, hidden),
+            "pca": hidden_entry_correlations(pca.reconstruct(np.where(hidden, 0.0, observed)), observed, hidden),
+        },
+    }
+    section["baselines"]["gene_mean"]["per_gene_pearson"] = float("nan")  # a constant per gene: undefined
+    if "counts" in data.test and hasattr(data.model.head, "likelihood"):
+        section["log_likelihood"] = count_log_likelihood(data)
+    return section
+
+
+def count_log_likelihood(data: HeldOut) -> dict:
+    """Held-out cells' counts under the model (decoded from the whole cell) vs a per-gene NB that
+    knows only each cell's library size (method-of-moments dispersion on the reference)."""
+    model = data.model
+    with torch.no_grad():
+        ours = np.concatenate([model.head.likelihood.log_prob(batch["counts"], model.reconstruct(batch)).sum(1).numpy()
+                               for batch in batches_of(data.test, 1024)])
+    fraction, theta = moment_dispersion(data.train["counts"].numpy(), data.train["library_size"].numpy())
+    counts, library = data.test["counts"], data.test["library_size"].numpy()
+    mean = torch.as_tensor(library[:, None] * fraction[None, :] + 1e-8)
+    theta = torch.as_tensor(theta)
+    reference = torch.distributions.NegativeBinomial(theta, logits=torch.log(mean) - torch.log(theta)).log_prob(counts)
+    return {"definition": "log-likelihood of held-out raw counts, nats per cell (higher is better)",
+            "model": float(ours.mean()), "baselines": {"library_size_nb": float(reference.sum(1).mean())}}
