@@ -68,19 +68,23 @@ def embedding_figures(data: HeldOut, arrays: dict, directory: Path, settings: Ev
 
 
 def perturbation_figure(arrays: dict, directory: Path) -> list[Path]:
+    """Predicted vs true deltas per gene and perturbation: the simulator's truth when there is one
+    (observed pseudobulks of a few held-out cells are mostly noise), else the observed ones."""
     groups = [g for g in ("unseen_perturbations", "seen_perturbations") if f"{g}/observed" in arrays]
     if not groups:
         return []
-    observed = np.concatenate([arrays[f"{g}/observed"].ravel() for g in groups])
+    target = "truth" if all(f"{g}/truth" in arrays for g in groups) else "observed"
+    reference = np.concatenate([arrays[f"{g}/{target}"].ravel() for g in groups])
     predicted = np.concatenate([arrays[f"{g}/model"].ravel() for g in groups])
-    sizes = [arrays[f"{g}/observed"].size for g in groups]
     masks, start = {}, 0
-    for group, size in zip(groups, sizes):
-        mask = np.zeros(len(observed), dtype=bool)
+    for group in groups:
+        size = arrays[f"{group}/{target}"].size
+        mask = np.zeros(len(reference), dtype=bool)
         mask[start: start + size] = True
         masks[group.replace("_", " ")], start = mask, start + size
-    return [plots_model.scatter_against(observed, predicted, "observed delta (perturbed - control, normalised)",
-                                        "predicted delta", "Perturbation response per gene, held-out cells",
+    label = "true delta (simulator)" if target == "truth" else "observed delta (held-out cells)"
+    return [plots_model.scatter_against(reference, predicted, f"{label}, perturbed - control", "predicted delta",
+                                        "Perturbation response per gene (normalised expression)",
                                         directory / "perturbation_deltas.png", groups=masks)]
 
 
@@ -152,17 +156,19 @@ def kinetics_figure(data: HeldOut, hours: np.ndarray, directory: Path) -> Path:
 
 
 def variance_figure(data: HeldOut, values: dict, directory: Path) -> Path:
-    """Extrinsic vs intrinsic share of each gene's variance, genes grouped by mean expression."""
+    """The share of each gene's variance the model puts in cell state (extrinsic) rather than
+    noise: per gene against the simulator's when known, else by expression level."""
+    path = directory / "variance_decomposition.png"
+    if "true_extrinsic_fraction" in values:
+        return plots_model.scatter_against(values["true_extrinsic_fraction"], values["extrinsic_fraction"],
+                                           "true extrinsic share of variance", "model's extrinsic share",
+                                           "Variance decomposition per gene (cell state vs noise)", path)
     mean = data.test["x"].numpy().mean(0)
     groups = np.array_split(np.argsort(mean), 5)
-    names = ["lowest 20%", "20-40%", "40-60%", "60-80%", "highest 20%"]
     extrinsic = np.array([values["extrinsic_fraction"][g].mean() for g in groups])
-    parts = {"extrinsic (cell state)": extrinsic, "intrinsic (noise)": 1 - extrinsic}
-    title = "Variance decomposition by gene expression level"
-    if "true_extrinsic_fraction" in values:
-        true = np.array([values["true_extrinsic_fraction"][g].mean() for g in groups])
-        title += f" (true extrinsic: {', '.join(f'{v:.2f}' for v in true)})"
-    return plots_model.stacked_bars(names, parts, title, "share of variance", directory / "variance_decomposition.png")
+    return plots_model.stacked_bars(["lowest 20%", "20-40%", "40-60%", "60-80%", "highest 20%"],
+                                    {"extrinsic (cell state)": extrinsic, "intrinsic (noise)": 1 - extrinsic},
+                                    "Variance decomposition by expression level", "share of variance", path)
 
 
 def write_figures(data: HeldOut, results: dict, arrays: dict, directory: Path, settings: EvaluateConfig) -> list[str]:

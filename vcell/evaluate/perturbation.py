@@ -136,8 +136,9 @@ def score(predictions: dict[str, np.ndarray], target: np.ndarray, de_genes: list
             "pearson_delta_top20": float(np.mean([pearson(p[g], t[g]) for p, t, g in zip(predicted, target, top)])),
             "mae": float(np.abs(predicted - target).mean()),
             "discrimination_l1": discrimination_score(predicted, target)[0] if len(target) > 1 else float("nan"),
+            # a prediction of no change ranks no gene above another: its overlap is undefined, not chance
             "de_overlap": float(np.nanmean([de_overlap(p, g) for p, g in zip(predicted, de_genes)] or [np.nan]))
-            if any(len(g) for g in de_genes) else float("nan"),
+            if any(len(g) for g in de_genes) and np.abs(predicted).max() > 0 else float("nan"),
         }
     return out
 
@@ -189,4 +190,6 @@ def perturbation_metrics(data: HeldOut) -> tuple[dict, dict[str, np.ndarray]]:
         section[group] = group_section(rows, names, data.truth is not None)
         arrays[f"{group}/observed"] = np.stack([r["observed"] for r in rows])
         arrays[f"{group}/model"] = np.stack([r["model"] for r in rows])
+        if data.truth is not None:
+            arrays[f"{group}/truth"] = np.stack([r["truth"] for r in rows])
     return section, arrays
