@@ -136,9 +136,11 @@ class AnnDataSource(Source):
                 return float(indptr[-1]) / max(self.n_cells, 1)
         return float(self._matrix.shape[1])
 
-    def chunks(self, chunk_cells: int) -> Iterator[SourceChunk]:
-        for start in range(0, self.n_cells, chunk_cells):
-            stop = min(start + chunk_cells, self.n_cells)
+    def chunks(self, chunk_cells: int, first: int = 0, last: int | None = None) -> Iterator[SourceChunk]:
+        """Cells [first, last) (default: all) in chunks of `chunk_cells`."""
+        last = self.n_cells if last is None else min(last, self.n_cells)
+        for start in range(first, last, chunk_cells):
+            stop = min(start + chunk_cells, last)
             try:
                 block = self._matrix[start:stop]
                 obsm = {k: np.asarray(self._root["obsm"][k][start:stop]) for k in self._obsm_keys}

@@ -64,17 +64,34 @@ class CellStream:
             position += size
 
 
-def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = None, layer: str | None = None,
-               gene_key: str | None = None) -> CellStream:
+def is_atlas(path: Path) -> bool:
+    return (path / "zarr.json").is_file() and (path / "shards").is_dir()
+
+
+def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = None, span: tuple[int, int] | None = None,
+               layer: str | None = None, gene_key: str | None = None) -> CellStream:
     """A stream over an atlas (a directory with zarr.json) or an .h5ad/AnnData zarr file.
 
-    `rows` (sorted atlas rows) restricts an atlas to a subset (evaluation samples)."""
+    `rows` (sorted atlas rows) restricts an atlas to a subset (evaluation samples); `span`
+    (first, last) restricts either kind to consecutive cells (one worker's share)."""
     path = Path(path)
-    if (path / "zarr.json").is_file() and (path / "shards").is_dir():
+    if is_atlas(path):
+        if span is not None:
+            rows = np.arange(*span, dtype=np.int64)
         return atlas_cells(open_atlas(path), trained, rows)
     if rows is not None:
         raise VCellError("choosing rows is only supported for atlas inputs")
-    return anndata_cells(path, trained, layer, gene_key)
+    return anndata_cells(path, trained, layer, gene_key, span)
+
+
+def count_cells(path: str | Path) -> int:
+    """Cells in an atlas or AnnData input, without reading its matrix."""
+    path = Path(path)
+    if is_atlas(path):
+        return open_atlas(path).n_cells
+    from vcell.atlas.anndata_source import AnnDataSource
+
+    return AnnDataSource(path).n_cells
 
 
 # -- vocabulary and categories ---------------------------------------------------------------
@@ -183,13 +200,15 @@ def absent_labels(columns: list[str], n: int, trained: Trained) -> dict[str, np.
 
 
 # -- AnnData inputs --------------------------------------------------------------------------
-def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str | None) -> CellStream:
+def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str | None,
+                  span: tuple[int, int] | None = None) -> CellStream:
     from vcell.atlas.anndata_source import AnnDataSource
 
     source = AnnDataSource(path, "auto" if layer is None else f"layers/{layer}", gene_key)
     var = source.var
     genes, coverage = align_genes(trained.model.spec.gene_ids, var.index, var.get("gene_symbol"), path)
-    obs = source.obs
+    first_cell, last_cell = span or (0, source.n_cells)
+    obs = source.obs.iloc[first_cell:last_cell]
     first = next(source.chunks(min(1024, source.n_cells))).X
     check_counts(trained, bool(np.all(np.mod(first.data, 1) == 0)) and (first.data >= 0).all(), path)
     columns = trained.config.loader.labels
@@ -209,7 +228,7 @@ def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str
         return labels
 
     def chunks(batch_size: int) -> Iterator[RowBlock]:
-        for chunk in source.chunks(batch_size):
+        for chunk in source.chunks(batch_size, first_cell, last_cell):
             matrix = chunk.X.astype(np.float32)
             yield RowBlock(matrix.indptr, matrix.indices, matrix.data, encode(chunk.obs))
 

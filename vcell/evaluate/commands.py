@@ -1,7 +1,7 @@
 """The `vcell` commands on a finished run: export, embed, evaluate, predict (argument parsing only).
 
     vcell export RUN --out DIR [--overwrite]
-    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--layer L] [--gene-key K]
+    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--workers N] [--layer L] [--gene-key K]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
@@ -23,7 +23,8 @@ def run_embed(args: argparse.Namespace) -> None:
     from vcell.evaluate.embed import embed_run
 
     out = embed_run(args.run, args.input, args.out, batch_size=args.batch_size, layer=args.layer,
-                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet)
+                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
+                    address=args.address)
     print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics; see uns['vcell'])")
 
 
@@ -61,6 +62,8 @@ def add_run_commands(commands) -> None:
     embed.add_argument("--batch-size", type=int, default=1024, help="cells per batch (memory; results do not change)")
     embed.add_argument("--layer", help=".h5ad input: use layers/LAYER (raw counts) instead of X")
     embed.add_argument("--gene-key", help=".h5ad input: var column with gene IDs or symbols (default: the index)")
+    embed.add_argument("--workers", type=int, default=0, help="Ray tasks embedding spans of cells in parallel (large inputs)")
+    embed.add_argument("--address", help="Ray cluster for --workers ('auto' or host:port; default: a local one)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)

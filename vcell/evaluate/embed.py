@@ -24,6 +24,7 @@ a temporary name and renamed when complete.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -43,14 +44,21 @@ ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
 def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *, batch_size: int = 1024,
               layer: str | None = None, gene_key: str | None = None, overwrite: bool = False,
-              progress: bool = True) -> Path:
-    """Embed every cell of `input_path` (default: the run's training atlas) into `out`."""
+              progress: bool = True, workers: int = 0, address: str | None = None) -> Path:
+    """Embed every cell of `input_path` (default: the run's training atlas) into `out`; with
+    `workers` > 1, Ray tasks (a local cluster, or `address`) embed consecutive spans of cells."""
     out = new_output_file(out, ".h5ad", overwrite)
     trained = open_trained(run)
-    stream = open_cells(input_path or trained.config.data.atlas, trained, layer=layer, gene_key=gene_key)
+    source = input_path or trained.config.data.atlas
+    stream = open_cells(source, trained, layer=layer, gene_key=gene_key)
     for warning in stream.warnings:
         print(f"warning: {warning}")
-    return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress)
+    if workers <= 1:
+        return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress)
+    from vcell.evaluate.embed_parallel import parallel_batches
+
+    produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, workers, layer, gene_key, address)
+    return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced)
 
 
 def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
@@ -59,21 +67,29 @@ def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
 
 
 def embed_batch(trained: Trained, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """(latent (b, D), per-cell statistics, every statistic) of one batch."""
+    """(latent (b, D), per-cell statistics, every statistic as numpy) of one batch."""
     output = trained.model.describe(batch)
-    per_cell = {name: output.stats[name].numpy() for name in cell_statistics(trained) if name in output.stats}
-    return output.latent.numpy(), per_cell, output.stats
+    stats = {name: value.detach().numpy() for name, value in output.stats.items()}
+    per_cell = {name: stats[name] for name in cell_statistics(trained) if name in stats}
+    return output.latent.numpy(), per_cell, stats
+
+
+def local_batches(trained: Trained, stream: CellStream, batch_size: int) -> Iterator[tuple[slice, np.ndarray, dict, dict]]:
+    for rows, batch in stream.batches(batch_size):
+        yield (rows, *embed_batch(trained, batch))
 
 
 def write_embeddings(trained: Trained, stream: CellStream, out: Path, *, batch_size: int = 1024,
-                     progress: bool = True) -> Path:
+                     progress: bool = True, produced: Iterator | None = None) -> Path:
+    """Write what `produced` yields ((rows, latent, per-cell stats, stats) in input order; default:
+    this process embeds `stream`) into `out`, batch by batch."""
+    produced = produced if produced is not None else local_batches(trained, stream, batch_size)
     with staged_file(out) as temporary:
         skeleton(stream, trained).write_h5ad(temporary)
         scalars, last_stats = {}, {}
         with h5py.File(temporary, "a") as handle:
             bar = tqdm(total=stream.n_cells, unit="cells", desc="embed", disable=not progress, mininterval=2.0)
-            for rows, batch in stream.batches(batch_size):
-                latent, per_cell, last_stats = embed_batch(trained, batch)
+            for rows, latent, per_cell, last_stats in produced:
                 write_rows(handle, "X_vcell", latent, rows, stream.n_cells)
                 for name, values in per_cell.items():
                     if values.ndim == 1:
@@ -114,7 +130,7 @@ def finish(handle: h5py.File, trained: Trained, stream: CellStream, scalars: dic
     shapes = trained.model.stat_shapes()
     for name, value in stats.items():
         if shapes.get(name) == ("G",):
-            var[f"vcell_{name}"] = value.detach().numpy().astype(np.float32)
+            var[f"vcell_{name}"] = np.asarray(value, dtype=np.float32)
     for key, frame in (("obs", obs), ("var", var)):
         del handle[key]
         write_elem(handle, key, frame)
@@ -135,7 +151,7 @@ def provenance(trained: Trained, stream: CellStream, stats: dict) -> dict:
     if "edge_weight" in stats and spec.grn is not None:
         genes = np.array(spec.gene_ids)
         info["edges"] = {"source": genes[spec.grn.source].tolist(), "target": genes[spec.grn.target].tolist(),
-                         "weight": stats["edge_weight"].detach().numpy().astype(np.float64).tolist()}
+                         "weight": np.asarray(stats["edge_weight"], dtype=np.float64).tolist()}
     if "response_rate" in stats:
-        info["response_rate"] = stats["response_rate"].detach().numpy().astype(np.float64)
+        info["response_rate"] = np.asarray(stats["response_rate"], dtype=np.float64)
     return info
