@@ -54,6 +54,8 @@ def test_a_run_writes_its_whole_directory(reference, capsys):
     history = read_history(directory / "history.csv")
     assert [int(row["step"]) for row in history] == list(range(1, 13))
     assert {"lr", "cells_per_s", "step_s", "data_wait_fraction", "train/reconstruction", "train/loss"} <= set(history[0])
+    validated = [int(row["step"]) for row in history if row.get("val/loss")]
+    assert validated == [6, 12]  # validation losses beside the step they were measured at
     assert metrics == {**json.loads((directory / "metrics.json").read_text()), "seconds_total": metrics["seconds_total"]}
     assert metrics["final_train"]["train/loss"] < metrics["first_train_loss"]
     assert "val/loss" in metrics["final_validation"]

@@ -118,8 +118,8 @@ def model_figures(data: HeldOut, arrays: dict, directory: Path) -> list[Path]:
         top = np.argsort(-matrix.mean(0))[:ALLOCATION_PATHWAYS]
         parts = {spec.pathway_names[p]: matrix[:, p] for p in top}
         parts["other pathways"] = matrix.sum(1) - matrix[:, top].sum(1)
-        paths.append(plots_model.stacked_bars(types, parts, "Transcriptional capacity allocated to pathways",
-                                              "share of expected counts", directory / "resource_allocation.png"))
+        paths.append(plots_model.stacked_bars(types, parts, "Transcriptional capacity allocated to pathways "
+                                              "(the rest: genes outside any pathway)", "share of expected counts", directory / "resource_allocation.png"))
     if "scale_weight" in arrays.get("multiscale", {}):
         matrix, types = by_cell_type(data, arrays["multiscale"]["scale_weight"])
         names = ["gene", "pathway", "cell"][: matrix.shape[1]]

@@ -126,9 +126,11 @@ class Telemetry(pl.Callback):
 
     def on_validation_end(self, trainer, module) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
-            values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+            values = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             if values:
                 self.tracker.log(values, step=trainer.global_step)
+                self.history.annotate(trainer.global_step, values)  # beside the step's training losses
+                self.history.flush()
 
     def on_train_end(self, trainer, module) -> None:
         if trainer.is_global_zero:

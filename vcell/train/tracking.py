@@ -83,6 +83,14 @@ class History:
     def append(self, row: dict) -> None:
         self.rows.append(row)
 
+    def annotate(self, step: int, values: dict) -> None:
+        """Add `values` (validation losses) to the row of `step`, or a row of their own."""
+        row = next((row for row in reversed(self.rows) if int(row["step"]) == step), None)
+        if row is None:
+            self.rows.append({"step": step, **values})
+        else:
+            row.update(values)
+
     def flush(self) -> None:
         columns = list(FIRST_COLUMNS)
         for row in self.rows:
