@@ -26,7 +26,7 @@ import torch
 from vcell.atlas.store import open_atlas
 from vcell.atlas.synth_truth import Truth
 from vcell.data.split import assign_splits
-from vcell.evaluate.cells import open_cells
+from vcell.evaluate.cells import CellStream, open_cells
 from vcell.evaluate.export import Trained
 
 log = logging.getLogger(__name__)
@@ -79,12 +79,14 @@ def sample_rows(candidates: np.ndarray, limit: int, seed: int, stream: int) -> n
     return np.sort(rng.choice(candidates, size=limit, replace=False))
 
 
-def read_cells(atlas: Path, trained: Trained, rows: np.ndarray, batch_size: int = 2048) -> dict[str, torch.Tensor]:
+def read_cells(atlas: Path, trained: Trained, rows: np.ndarray, batch_size: int = 2048) -> tuple[dict[str, torch.Tensor], CellStream]:
+    """The chosen atlas rows in memory (model inputs, `cell_index` = atlas row), and their stream
+    (its obs and warnings)."""
     stream = open_cells(atlas, trained, rows=rows)
     parts = [batch for _, batch in stream.batches(batch_size)]
     cells = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     cells["cell_index"] = torch.as_tensor(rows)
-    return cells
+    return cells, stream
 
 
 def held_out_cells(trained: Trained, atlas: str | Path | None = None, *, max_cells: int = 10000, seed: int = 0) -> HeldOut:
@@ -112,10 +114,9 @@ def held_out_cells(trained: Trained, atlas: str | Path | None = None, *, max_cel
     if len(test_rows) < len(held_out):
         notes.append(f"scored a random {len(test_rows):,} of {len(held_out):,} held-out cells")
     log.info("reading %d held-out and %d reference cells of %s", len(test_rows), len(train_rows), atlas_path)
-    stream = open_cells(atlas_path, trained, rows=test_rows)
+    test, stream = read_cells(atlas_path, trained, test_rows)
     data = HeldOut(
-        trained, atlas_path, read_cells(atlas_path, trained, train_rows), read_cells(atlas_path, trained, test_rows),
-        stream.obs, trained.categories, seed=seed, notes=notes + stream.warnings,
+        trained, atlas_path, read_cells(atlas_path, trained, train_rows)[0], test, stream.obs, trained.categories, seed=seed, notes=notes + stream.warnings,
         description={"atlas": str(atlas_path), "held_out_cells": int(len(test_rows)),
                      "held_out_available": int(len(held_out)), "reference_cells": int(len(train_rows)),
                      "held_out_split": "test" if same_atlas and held_out_code == 2 else ("val" if same_atlas else "half")},

@@ -78,7 +78,7 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
     if len(rows) == 0:
         raise VCellError(f"{atlas_path} has no control, unstimulated, naive cells of type {cell_type!r} to start from",
                          hint="pass --atlas with an atlas that has such cells")
-    basal = read_cells(atlas_path, trained, rows)
+    basal, stream = read_cells(atlas_path, trained, rows)
     n = len(rows)
     pulse = float("nan") if hours_since_pulse is None else float(hours_since_pulse)
 
@@ -87,7 +87,7 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
                                                        torch.full((n,), float(time)), torch.full((n,), pulse)))
 
     moved, reference = under(code), under(control)
-    table = predicted_anndata(trained, atlas_path, rows, moved, reference)
+    table = predicted_anndata(trained, stream.obs, moved, reference)
     table.obs["predicted_perturbation"] = perturbation or columns.control
     table.obs["predicted_time"], table.obs["predicted_hours_since_pulse"] = float(time), pulse
     delta = table.var["mean_delta"].to_numpy()
@@ -101,10 +101,8 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
     return out
 
 
-def predicted_anndata(trained: Trained, atlas_path: Path, rows: np.ndarray, moved, reference) -> ad.AnnData:
-    from vcell.evaluate.cells import atlas_obs
-
-    obs = atlas_obs(open_atlas(atlas_path)).iloc[rows].copy()
+def predicted_anndata(trained: Trained, obs: pd.DataFrame, moved, reference) -> ad.AnnData:
+    obs = obs.copy()
     obs.index = obs.index.astype(str)
     var = pd.DataFrame(index=pd.Index(trained.model.spec.gene_ids, name="gene_id"))
     expression, control = moved.expression.numpy(), reference.expression.numpy()
