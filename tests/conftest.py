@@ -12,12 +12,16 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
+from vcell.atlas.synth import synthesize_atlas
+from vcell.config.schema import BuildConfig, SynthConfig
+
 
 def pytest_configure(config):
     """Before anything imports Ray: a loopback-only local cluster, HOME in a scratch folder, and a
     shared cache for DeepSpeed's compiled CPU ops (~20 s to build once, then reused)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"  # runs end (and failures show) sooner
+    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"  # no cloud nodes here: one process less per run
     os.environ["HOME"] = tempfile.mkdtemp(prefix="vcell-test-home-")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(tempfile.gettempdir(), "vcell-torch-extensions"))
 
@@ -66,3 +70,15 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def train_atlas(tmp_path_factory):
+    """1,600 simulated cells x 120 genes with every label and annotation the full model reads
+    (training and campaign tests)."""
+    synth = SynthConfig(
+        cells=1600, genes=120, transcription_factors=12, pathways=8, compartments=3, perturbations=6,
+        chunk_cells=800, truth_draws=16,
+    )
+    out = tmp_path_factory.mktemp("train") / "atlas.zarr"
+    return synthesize_atlas(out, synth, BuildConfig(shard_cells=400), progress=False)

@@ -6,6 +6,7 @@
     vcell atlas validate PATH [--skip-stats]
     vcell models [--json] [--genes G] [--size S]
     vcell train [--name N] [--address A] [--restart | --resume-with-changes] [--dry-run] [k=v ...]
+    vcell tune [--config configs/tune/quickstart.yaml] [--name N] [--restart] [--retry-errored] [k=v ...]
     vcell export RUN --out DIR [--overwrite]
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad
     vcell evaluate RUN [--atlas PATH]
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     from vcell.evaluate.commands import add_run_commands
 
     add_run_commands(commands)
+    from vcell.tune.commands import add_tune_parser
+
+    add_tune_parser(commands)
     return parser
 
 

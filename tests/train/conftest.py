@@ -1,4 +1,4 @@
-"""A small simulated atlas and run configs for the distributed-training tests.
+"""Run configs for the distributed-training tests (the atlas, `train_atlas`, is in tests/conftest.py).
 
 Runs go through the real driver (`vcell.train.ray_train.train`) on the session's local Ray
 cluster; each takes ~10-20 s here, so a few reference runs are shared by module fixtures.
@@ -6,22 +6,7 @@ cluster; each takes ~10-20 s here, so a few reference runs are shared by module 
 
 from __future__ import annotations
 
-import pytest
-
-from vcell.atlas.synth import synthesize_atlas
 from vcell.config import load_config
-from vcell.config.schema import BuildConfig, SynthConfig
-
-
-@pytest.fixture(scope="session")
-def train_atlas(tmp_path_factory):
-    """1,600 simulated cells x 120 genes with every label and annotation the full model reads."""
-    synth = SynthConfig(
-        cells=1600, genes=120, transcription_factors=12, pathways=8, compartments=3, perturbations=6,
-        chunk_cells=800, truth_draws=16,
-    )
-    out = tmp_path_factory.mktemp("train") / "atlas.zarr"
-    return synthesize_atlas(out, synth, BuildConfig(shard_cells=400), progress=False)
 
 
 def run_config(atlas, storage, name: str, *overrides: str):

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from vcell.config.schema import VCellConfig
+from vcell.config.tune import TuneSection
 from vcell.errors import VCellError
 from vcell.files import atomic_write
 
@@ -157,8 +158,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def dump_config(config: VCellConfig) -> str:
-    """The resolved config as YAML that `load_config` reads back to an equal config."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML that `load_config` reads back to an equal config (a `tune` section
+    left at its defaults is left out: training configs stay free of campaign settings)."""
+    tree = config.model_dump(mode="json")
+    if tree["tune"] == TuneSection().model_dump(mode="json"):
+        del tree["tune"]
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def save_config(config: VCellConfig, path: str | Path) -> Path:

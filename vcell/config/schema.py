@@ -16,6 +16,7 @@ from vcell.config.evaluate import EvaluateConfig
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.config.train import ScalingSection, TrainConfig, WandbConfig
+from vcell.config.tune import TuneSection
 
 
 class CodecConfig(Section):
@@ -248,3 +249,4 @@ class VCellConfig(Section):
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tune: TuneSection = Field(default_factory=TuneSection)

@@ -137,6 +137,22 @@ class Telemetry(pl.Callback):
             self.history.flush()
 
 
+class ValidationReport(pl.Callback):
+    """After every validation during fit, every rank calls `report(metrics)` with the step, the
+    validation and latest training losses, and the newest complete checkpoint's step: what a
+    campaign's scheduler acts on (`report` is `ray.train.report`, which every rank must call)."""
+
+    def __init__(self, report, checkpointing: Checkpointing) -> None:
+        self.report, self.checkpointing = report, checkpointing
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
+                   if key.startswith(("val/", "train/"))}
+        self.report({"step": trainer.global_step, "checkpoint_step": self.checkpointing.last_saved, **metrics})
+
+
 class LineProgress(pl.Callback):
     """Rank 0's progress as plain lines (a worker's output is a log, not a terminal):
     `step 60/300 (20%)  loss 2.61  val 2.58  930 cells/s  eta 4m12s`, about `lines` times a run."""

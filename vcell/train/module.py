@@ -60,6 +60,23 @@ class VCellModule(pl.LightningModule):
             self.log(f"val/{name}", value, batch_size=size, sync_dist=True)
         self.log("val/loss", output.loss, batch_size=size, sync_dist=True, prog_bar=True)
 
+    def on_train_start(self) -> None:
+        """A resumed run takes this config's peak learning rate and weight decay, keeping the restored
+        schedule position: a campaign's PBT exploit (or --resume-with-changes) may have changed them,
+        and the optimiser state in the checkpoint would otherwise bring the old ones back."""
+        settings = self.train_config
+        for scheduler_config in self.trainer.lr_scheduler_configs:
+            scheduler = scheduler_config.scheduler
+            groups = scheduler.optimizer.param_groups
+            if all(g.get("initial_lr") == settings.learning_rate and g["weight_decay"] == settings.weight_decay
+                   for g in groups):
+                continue
+            for group, multiplier in zip(groups, scheduler.lr_lambdas):
+                group.update(initial_lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                             lr=settings.learning_rate * multiplier(scheduler.last_epoch))
+            scheduler.base_lrs = [settings.learning_rate] * len(groups)
+            scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
+
     def configure_optimizers(self):
         settings = self.train_config
         # Torch AdamW everywhere: DeepSpeed wraps it (its CPUAdam/FusedAdam JIT-compile for 40+ s).

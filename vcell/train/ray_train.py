@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from vcell.atlas.store import Atlas, open_atlas
@@ -59,6 +60,9 @@ def ray_cluster(scaling: ScalingSection) -> Iterator[dict[str, float]]:
         # Ray Train's controller polls its workers every 2 s by default: a run's end (and a dead
         # worker) is seen sooner at 0.5 s, which costs nothing on one machine
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+        # the preemption watcher polls cloud nodes for spot-instance notices: one more process per run
+        # (seconds of start-up on a small machine) for an event a local machine never sees
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     import ray
 
     if ray.is_initialized():
@@ -130,21 +134,41 @@ def absolute_paths(config: VCellConfig) -> VCellConfig:
     return VCellConfig.model_validate(tree)
 
 
-def run_workers(config: VCellConfig, run: Run, allow_changes: bool) -> None:
+def worker_entry(payload: dict) -> None:
+    """`worker.train_worker`, imported in the worker: the driver (or a campaign's trial) then never
+    imports Lightning, seconds of start-up on a small machine."""
+    from vcell.train.worker import train_worker
+
+    train_worker(payload)
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What a job running `train` inside a larger one (a campaign's trial) adds to the run."""
+
+    callbacks: tuple = ()  # Ray Train callbacks of the TorchTrainer
+    wandb_id: str | None = None  # None: derived from the run name
+    report_validation: bool = False  # workers report every validation with ray.train.report
+    probe_storage: bool = True  # False when the caller has checked the storage from every node
+
+    def wandb_run_id(self, config: VCellConfig) -> str:
+        return self.wandb_id or wandb_run_id(config.name)
+
+
+def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHooks = RunHooks()) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from vcell.train.worker import train_worker
 
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {})}
     environment = {k: v for k, v in os.environ.items() if k.startswith("VCELL_") or k in FORWARDED_ENVIRONMENT}
     environment["OMP_NUM_THREADS"] = str(scaling.cpus_per_worker)
     trainer = TorchTrainer(
-        train_worker,
+        worker_entry,
         train_loop_config={
             "config": absolute_paths(config).model_dump(mode="json"), "run_directory": str(run.directory),
-            "config_hash": run.config_hash, "allow_changes": allow_changes, "wandb_id": wandb_run_id(config.name),
+            "config_hash": run.config_hash, "allow_changes": allow_changes, "wandb_id": hooks.wandb_run_id(config),
+            "report_validation": hooks.report_validation,
         },
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=bool(scaling.gpus_per_worker),
                                      resources_per_worker=resources),
@@ -152,7 +176,7 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool) -> None:
         run_config=RunConfig(
             name="ray", storage_path=str(run.directory),  # Ray's own bookkeeping: runs/<name>/ray/
             failure_config=FailureConfig(max_failures=scaling.max_failures, controller_failure_limit=2),
-            worker_runtime_env={"env_vars": environment},
+            worker_runtime_env={"env_vars": environment}, callbacks=list(hooks.callbacks),
         ),
     )
     try:
@@ -165,7 +189,7 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool) -> None:
 
 
 def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False, dry_run: bool = False,
-          progress: bool = True) -> dict:
+          progress: bool = True, hooks: RunHooks = RunHooks()) -> dict:
     """Train `config` to the end (resuming an earlier attempt of the same run); the run's metrics."""
     started = time.perf_counter()
     atlas = prepare_atlas(config, progress)
@@ -176,7 +200,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
         print(format_plan(plan, config))
         return plan.as_dict()
     if check_run(config, restart=restart, resume_with_changes=resume_with_changes):
-        finished = finished_run(config)
+        finished = finished_run(config, hooks)
         if finished is not None:
             return finished
     with ray_cluster(config.scaling) as resources:
@@ -185,14 +209,15 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
         latest = resume_point(CheckpointStore(run.directory), run.config_hash, resume_with_changes, config.scaling.workers)
         if latest is not None:
             log.info("resuming run '%s' from step %d (%s)", config.name, latest.step, latest.path)
-        probe_storage(run.directory)
+        if hooks.probe_storage:
+            probe_storage(run.directory)
         log.info("training '%s': %s", config.name, format_plan(plan, config).splitlines()[2].split(None, 1)[1])
-        run_workers(config, run, resume_with_changes)
+        run_workers(config, run, resume_with_changes, hooks)
     if config.evaluate.at_end:  # after Ray has given the cores back
         evaluate_finished(run.directory, progress)
     metrics = json.loads((run.directory / "metrics.json").read_text())  # training's and evaluation's
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
-    print(format_summary(metrics, run, config))
+    print(format_summary(metrics, run, config, hooks))
     return metrics
 
 
@@ -210,7 +235,7 @@ def evaluate_finished(directory: Path, progress: bool) -> None:
         print("\n".join(summary_lines(results)))
 
 
-def finished_run(config: VCellConfig) -> dict | None:
+def finished_run(config: VCellConfig, hooks: RunHooks = RunHooks()) -> dict | None:
     """The metrics of this run when it already trained to `train.steps` with this config."""
     directory = run_directory(config)
     latest = CheckpointStore(directory).latest()
@@ -223,11 +248,12 @@ def finished_run(config: VCellConfig) -> dict | None:
     if config.evaluate.at_end and "evaluation" not in json.loads(metrics_path.read_text()):  # stopped while evaluating
         evaluate_finished(directory, True)
     metrics = json.loads(metrics_path.read_text())
-    print(format_summary({**metrics, "seconds_total": 0.0}, Run(directory, latest.manifest["config_hash"], True), config))
+    print(format_summary({**metrics, "seconds_total": 0.0}, Run(directory, latest.manifest["config_hash"], True), config,
+                         hooks))
     return metrics
 
 
-def format_summary(metrics: dict, run: Run, config: VCellConfig) -> str:
+def format_summary(metrics: dict, run: Run, config: VCellConfig, hooks: RunHooks = RunHooks()) -> str:
     validation = metrics["final_validation"].get("val/loss")
     lines = [
         f"run '{metrics['run']}' finished: {metrics['steps']} steps on {metrics['workers']} worker(s) ({metrics['strategy']}), "
@@ -239,7 +265,7 @@ def format_summary(metrics: dict, run: Run, config: VCellConfig) -> str:
         + (", plots/, embeddings.h5ad)" if "evaluation" in metrics else ")"),
     ]
     if config.wandb.mode == "offline":
-        command = wandb_sync_command(run.directory, wandb_run_id(config.name))
+        command = wandb_sync_command(run.directory, hooks.wandb_run_id(config))
         if command:
             lines.append(f"W&B         offline; upload with: {command}")
     return "\n".join(lines)

@@ -45,7 +45,7 @@ def identity(config: VCellConfig | dict) -> dict[str, object]:
     tree = config.model_dump(mode="json") if isinstance(config, VCellConfig) else config
     # the name is the folder itself: a copied or renamed run is still the same computation
     return {key: value for key, value in flatten(tree).items()
-            if key not in OPERATIONAL and key != "name" and not key.startswith("evaluate.")}
+            if key not in OPERATIONAL and key != "name" and not key.startswith(("evaluate.", "tune."))}
 
 
 def config_hash(config: VCellConfig) -> str:

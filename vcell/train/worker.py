@@ -27,7 +27,7 @@ from vcell.data.datamodule import AtlasDataModule
 from vcell.files import atomic_write
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
-from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry
+from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry, ValidationReport
 from vcell.train.module import VCellModule
 from vcell.train.plan import model_spec, resolved_precision, steady_state
 from vcell.train.run import probe_writable
@@ -96,10 +96,13 @@ def train_worker(payload: dict) -> None:
         callbacks.append(LineProgress(config.train.steps))
     if config.train.audit_cells:
         callbacks.append(CellAudit(run_directory / "audit", start_step))
-    callbacks.append(Checkpointing(
+    checkpointing = Checkpointing(
         store, config.train.checkpoint_every, config.train.keep_checkpoints, payload["config_hash"], config.train.strategy,
         on_saved=lambda step: history.flush() if rank == 0 else None,
-    ))
+    )
+    callbacks.append(checkpointing)
+    if payload.get("report_validation"):  # a campaign's trial: its scheduler acts on every validation
+        callbacks.append(ValidationReport(ray.train.report, checkpointing))
     drill = FaultDrill.from_environment()
     if drill is not None:
         callbacks.append(drill)

@@ -1,0 +1,1 @@
+"""Search campaigns: Ray Tune over whole vcell training runs (`vcell tune`)."""
