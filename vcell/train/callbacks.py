@@ -127,7 +127,8 @@ class Telemetry(pl.Callback):
     def on_validation_end(self, trainer, module) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             values = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-            if values:
+            # step 0: an attempt that only validates a finished checkpoint (its steps are in the history)
+            if values and trainer.global_step > 0:
                 self.tracker.log(values, step=trainer.global_step)
                 self.history.annotate(trainer.global_step, values)  # beside the step's training losses
                 self.history.flush()

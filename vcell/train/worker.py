@@ -134,8 +134,8 @@ def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, st
         "run": config.name, "steps": int(last.get("step", 0) or 0), "resumed_from_step": start_step,
         "parameters": parameters, "first_train_loss": float(first.get("train/loss", "nan") or "nan"),
         "final_train": losses, "final_validation": {k: float(v) for k, v in validation.items()},
-        "cells_per_s": steady_state([float(r["cells_per_s"]) for r in rows]),
-        "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows]),
+        "cells_per_s": steady_state([float(r["cells_per_s"]) for r in rows if r.get("cells_per_s")]),
+        "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows if r.get("data_wait_fraction")]),
         "seconds_this_attempt": round(elapsed, 2), "workers": config.scaling.workers, "strategy": config.train.strategy,
     }
     text = json.dumps(metrics, indent=2).encode()

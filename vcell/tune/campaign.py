@@ -29,8 +29,7 @@ from vcell.train.plan import check_resources, training_plan, with_model_inputs
 from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage, ray_cluster
 from vcell.train.run import flatten
 from vcell.tune.plan import CampaignPlan, campaign_plan
-from vcell.tune.trial import (TRIAL_ACTOR_RESOURCES, ReleaseWorkers, TrialSetup, remove_placement_group, run_trial,
-                              trial_folder)
+from vcell.tune.trial import TRIAL_ACTOR_RESOURCES, ReleaseWorkers, TrialNamer, TrialSetup, remove_placement_group, run_trial
 
 log = logging.getLogger(__name__)
 CAMPAIGN_FILE = "campaign.yaml"
@@ -99,17 +98,19 @@ def make_tuner(plan: CampaignPlan, directory: Path, concurrent: int, resuming: b
         return tune.Tuner.restore(str(directory), trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=retry_errored)
     settings = plan.config.tune
+    namer = TrialNamer(first_number=1 if settings.search == "optuna" else 0)
     return tune.Tuner(
         trainable,
         param_space=plan.space.tune_domains(settings.search),
         tune_config=tune.TuneConfig(
             search_alg=plan.searcher(concurrent), scheduler=plan.scheduler(), num_samples=trial_count(plan),
-            trial_name_creator=trial_folder, trial_dirname_creator=trial_folder,
+            trial_name_creator=namer, trial_dirname_creator=namer,
         ),
         run_config=tune.RunConfig(
             name=plan.config.name, storage_path=str(directory.parent),
             failure_config=tune.FailureConfig(max_failures=settings.retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2) if plan.checkpoints_to_tune else None,
+            # PBT copies a trial from its newest checkpoint; a few kept in case a newer one is still arriving
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=4) if plan.checkpoints_to_tune else None,
             callbacks=[ReleaseWorkers(str(directory))], verbose=1 if progress else 0,
         ),
     )

@@ -81,7 +81,8 @@ class SearchSpace:
 
     def pbt_mutations(self) -> dict[str, Any]:
         """The domains PBT may re-draw when it copies a trial (train keys that can continue a checkpoint)."""
-        return {d.key: d.tune_domain() for d in self.dimensions if d.key in PBT_MUTABLE}
+        return {d.key: Dimension(d.key, "choice" if d.listed else d.kind, d.values).tune_domain()
+                for d in self.dimensions if d.key in PBT_MUTABLE}
 
 
 def leaf_field(key: str):

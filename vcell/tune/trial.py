@@ -56,13 +56,15 @@ class TrialSetup:
     checkpoints_to_tune: bool
 
 
-def trial_name(trial_id: str) -> str:
-    """Tune's trial id '<experiment>_00003' -> 'trial-003': short, and the same after a restore."""
-    return f"trial-{int(trial_id.rsplit('_', 1)[-1]):03d}"
+class TrialNamer:
+    """Tune trial -> 'trial-003': short, numbered in the order the search made them, the same after
+    a restore (the number comes from the search's own counter, which Tune saves with the campaign)."""
 
+    def __init__(self, first_number: int) -> None:
+        self.first_number = first_number  # Ray's basic generator counts from 0, its Searcher wrapper from 1
 
-def trial_folder(trial) -> str:
-    return trial_name(trial.trial_id)
+    def __call__(self, trial) -> str:
+        return f"trial-{int(trial.experiment_tag.split('_')[0]) - self.first_number:03d}"
 
 
 def trial_config(setup: TrialSetup, values: dict, name: str) -> VCellConfig:
@@ -133,7 +135,7 @@ class ReleaseWorkers(Callback):
         self.campaign_directory = campaign_directory
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        remove_placement_group(Path(self.campaign_directory) / trial_folder(trial))
+        remove_placement_group(Path(self.campaign_directory) / trial.custom_dirname)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.on_trial_complete(iteration, trials, trial)
@@ -222,7 +224,7 @@ def run_trial(values: dict, setup: TrialSetup) -> None:
     from ray import tune
     from ray.util.queue import Empty, Queue
 
-    name = trial_name(tune.get_context().get_trial_id())
+    name = tune.get_context().get_trial_name()
     config = trial_config(setup, values, name)
     directory = Path(setup.directory) / name
     exploited = adopt_checkpoint(tune.get_checkpoint(), directory)
