@@ -15,7 +15,7 @@ from vcell.config import load_config
 from vcell.models.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"], ["embed"], ["evaluate"], ["predict"]]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"], ["embed"], ["evaluate"], ["predict"], ["tune"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
@@ -31,7 +31,7 @@ def test_command_surface_is_frozen():
     parser = build_parser()
     top = parser._subparsers._group_actions[0].choices
     atlas = top["atlas"]._subparsers._group_actions[0].choices
-    assert sorted(top) == ["atlas", "embed", "evaluate", "export", "models", "predict", "train"]
+    assert sorted(top) == ["atlas", "embed", "evaluate", "export", "models", "predict", "train", "tune"]
     assert sorted(atlas) == ["build", "info", "synth", "validate"]
 
 
@@ -123,3 +123,22 @@ def test_train_dry_run_prints_the_plan_without_training(tmp_path, capsys):
 def test_train_refuses_restart_with_resume(capsys):
     assert main(["train", "--restart", "--resume-with-changes", "--dry-run"]) == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_tune_reads_the_example_campaign_by_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--print-config", "tune.trials=3"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["name"] == "tune-quickstart" and printed["tune"]["trials"] == 3
+    assert "train.learning_rate" in printed["tune"]["space"]
+
+
+def test_tune_refuses_a_bad_space_before_anything_starts(tmp_path, capsys):
+    storage = tmp_path / "runs"
+    code = main(["tune", f"scaling.storage_path={storage}", "data.atlas=/nonexistent.zarr",
+                 "tune.space={train.learning_rate: {loguniform: [0, 0.01]}}"])
+    assert code == 2
+    assert "'train.learning_rate': loguniform needs positive bounds" in capsys.readouterr().err
+    assert not storage.exists()  # nothing written, no atlas built, no Ray started
+
