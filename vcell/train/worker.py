@@ -103,6 +103,7 @@ def train_worker(payload: dict) -> None:
     callbacks.append(checkpointing)
     if payload.get("report_validation"):  # a campaign's trial: its scheduler acts on every validation
         callbacks.append(ValidationReport(ray.train.report, checkpointing))
+        quiet_report_log()
     drill = FaultDrill.from_environment()
     if drill is not None:
         callbacks.append(drill)
@@ -123,6 +124,15 @@ def train_worker(payload: dict) -> None:
         write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
     tracker.finish()
     ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
+
+
+def quiet_report_log() -> None:
+    """Ray Train logs each report whole, at INFO, on every rank: a campaign reports every validation."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its log stays as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # Ray names this logger by file
 
 
 def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, start_step: int, elapsed: float,

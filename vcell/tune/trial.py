@@ -72,6 +72,7 @@ def trial_config(setup: TrialSetup, values: dict, name: str) -> VCellConfig:
     tree.update(name=name)
     tree["scaling"]["storage_path"] = setup.directory
     tree["wandb"]["group"] = tree["wandb"]["group"] or setup.campaign
+    tree["train"]["progress_bar"] = False  # trials run side by side: Tune's status table is the progress
     if setup.needs_evaluation:
         tree["evaluate"]["at_end"] = True
     return VCellConfig.model_validate(tree)
