@@ -61,7 +61,7 @@ class TuneSection(Section):
     metric: str = Field("val/loss", description="objective: val/<term>, train/<term>, or evaluation.<dotted path in "
                         "metrics.json> (e.g. evaluation.embedding.model.knn_accuracy)")
     mode: Literal["min", "max"] = Field("min", description="minimise or maximise the objective")
-    trials: int = Field(8, ge=1, description="trials sampled (grid search: repeats of the whole grid)")
+    trials: int = Field(8, ge=1, description="trials in all (with grid keys: a multiple of the grid's combinations, each run whole)")
     search: Literal["random", "grid", "optuna"] = Field(
         "random", description="random sampling, an exhaustive grid (every key grid or choice), or Optuna's TPE")
     space: dict[str, dict[str, Any]] = Field(

@@ -52,9 +52,9 @@ def config_hash(config: VCellConfig) -> str:
     return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def config_diff(saved: dict, current: VCellConfig) -> list[str]:
-    """'key: saved -> now' for every key that differs."""
-    before, after = identity(saved), identity(current)
+def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list[str]:
+    """'key: saved -> now' for every key of `identity_of` (a run's identity by default) that differs."""
+    before, after = identity_of(saved), identity_of(current)
     keys = sorted(set(before) | set(after))
     return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
             for key in keys if before.get(key) != after.get(key)]

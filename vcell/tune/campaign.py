@@ -13,6 +13,7 @@ typo costs a second, not a campaign.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from vcell.errors import VCellError
 from vcell.files import atomic_write
 from vcell.train.plan import check_resources, training_plan, with_model_inputs
 from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage, ray_cluster
-from vcell.train.run import flatten
+from vcell.train.run import config_diff, flatten
 from vcell.tune.plan import CampaignPlan, campaign_plan
 from vcell.tune.trial import TRIAL_ACTOR_RESOURCES, ReleaseWorkers, TrialNamer, TrialSetup, remove_placement_group, run_trial
 
@@ -41,13 +42,10 @@ def campaign_directory(config: VCellConfig) -> Path:
     return (Path(config.scaling.storage_path) / config.name).resolve()
 
 
-def campaign_differences(saved: dict, config: VCellConfig) -> list[str]:
-    def identity(tree: dict) -> dict:
-        return {key: value for key, value in flatten(tree).items() if not key.startswith(RESUMABLE_CHANGES)}
-
-    before, after = identity(saved), identity(config.model_dump(mode="json"))
-    return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
-            for key in sorted(set(before) | set(after)) if before.get(key) != after.get(key)]
+def campaign_identity(config: VCellConfig | dict) -> dict[str, object]:
+    """The dotted keys that define a campaign: its trials' settings and the campaign's own."""
+    tree = config.model_dump(mode="json") if isinstance(config, VCellConfig) else config
+    return {key: value for key, value in flatten(tree).items() if not key.startswith(RESUMABLE_CHANGES)}
 
 
 def prepare_campaign(directory: Path, config: VCellConfig, restart: bool) -> bool:
@@ -61,7 +59,7 @@ def prepare_campaign(directory: Path, config: VCellConfig, restart: bool) -> boo
         shutil.rmtree(directory)
     resuming = saved.is_file()
     if resuming:
-        differences = campaign_differences(yaml.safe_load(saved.read_text()) or {}, config)
+        differences = config_diff(yaml.safe_load(saved.read_text()) or {}, config, campaign_identity)
         if differences:
             shown = "\n    ".join(differences)
             raise VCellError(f"campaign '{config.name}' exists in {directory} with a different config:\n    {shown}",
@@ -88,7 +86,7 @@ def trial_count(plan: CampaignPlan) -> int:
 
 
 def make_tuner(plan: CampaignPlan, directory: Path, concurrent: int, resuming: bool, retry_errored: bool,
-               progress: bool):
+               progress: bool, samples: int):
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=trial_setup(plan, directory)),
@@ -103,7 +101,7 @@ def make_tuner(plan: CampaignPlan, directory: Path, concurrent: int, resuming: b
         trainable,
         param_space=plan.space.tune_domains(settings.search),
         tune_config=tune.TuneConfig(
-            search_alg=plan.searcher(concurrent), scheduler=plan.scheduler(), num_samples=trial_count(plan),
+            search_alg=plan.searcher(concurrent), scheduler=plan.scheduler(), num_samples=samples,
             trial_name_creator=namer, trial_dirname_creator=namer,
         ),
         run_config=tune.RunConfig(
@@ -122,9 +120,9 @@ def tune_campaign(config: VCellConfig, *, restart: bool = False, retry_errored: 
     from vcell.tune.results import campaign_results
 
     plan = campaign_plan(config)
-    trial_count(plan)
+    samples = trial_count(plan)
     atlas = prepare_atlas(config, progress)  # once here: trials must not race to build it
-    plan = CampaignPlan(with_model_inputs(config, atlas), plan.space, plan.scheduler_metric, plan.scheduler_mode)
+    plan = dataclasses.replace(plan, config=with_model_inputs(config, atlas))
     training_plan(plan.config, atlas)  # the base model builds on this atlas
     directory = campaign_directory(config)
     resuming = prepare_campaign(directory, config, restart)
@@ -137,7 +135,7 @@ def tune_campaign(config: VCellConfig, *, restart: bool = False, retry_errored: 
         concurrent = plan.concurrent_trials(cluster)
         log.info("campaign '%s': %d trial(s), %d at a time, each %s", config.name, config.tune.trials, concurrent,
                  f"{config.scaling.workers} worker(s) x {config.scaling.cpus_per_worker} CPU")
-        tuner = make_tuner(plan, directory, concurrent, resuming, retry_errored, progress)
+        tuner = make_tuner(plan, directory, concurrent, resuming, retry_errored, progress, samples)
         grid = tuner.fit()
         for trial_directory in directory.glob("trial-*"):  # a trial that died abruptly
             remove_placement_group(trial_directory)

@@ -13,6 +13,7 @@ float range on a whole-number key), every listed choice.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from dataclasses import dataclass
@@ -108,8 +109,6 @@ def leaf_field(key: str):
 
 def apply_values(tree: dict, values: dict[str, Any]) -> dict:
     """A copy of the config `tree` with each dotted key set to its value."""
-    import copy
-
     tree = copy.deepcopy(tree)
     for key, value in values.items():
         node = tree

@@ -32,6 +32,7 @@ from vcell.errors import VCellError
 from vcell.files import atomic_write
 from vcell.train.checkpoint import CheckpointStore
 from vcell.train.ray_train import RunHooks, train
+from vcell.train.run import flatten
 from vcell.train.tracking import wandb_run_id
 from vcell.tune.space import apply_values
 
@@ -199,20 +200,11 @@ def report(metrics: dict, directory: Path, with_checkpoint: bool) -> None:
 
 
 # -- the trial ------------------------------------------------------------------------------------
-def numeric_leaves(tree: dict, prefix: str) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(numeric_leaves(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat
-
-
 def final_result(metrics: dict, objective: str) -> dict:
     """The last report of a trial: final losses and, when evaluated, every evaluation number."""
     result = {"step": metrics["steps"], **metrics.get("final_train", {}), **metrics.get("final_validation", {}),
-              **numeric_leaves(metrics.get("evaluation", {}), "evaluation.")}
+              **{key: float(value) for key, value in flatten(metrics.get("evaluation", {}), "evaluation.").items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)}}
     if objective not in result:
         close = difflib.get_close_matches(objective, list(result), n=3, cutoff=0.4)
         raise VCellError(f"the trial finished but reported no {objective!r} (tune.metric)",
