@@ -33,8 +33,10 @@ def test_asha_campaign_stops_weak_trials_and_writes_results(asha_campaign):
     assert [row["trial"] for row in rows] == ["trial-000", "trial-001", "trial-002", "trial-003"]
     assert {"train.learning_rate", "final_objective", "best_objective", "status", "steps", "seconds"} <= set(rows[0])
     statuses = {row["trial"]: row["status"] for row in rows}
-    assert statuses["trial-000"] == statuses["trial-001"] == "completed"
-    assert "stopped early" in (statuses["trial-002"], statuses["trial-003"])
+    # the two good trials run side by side: whichever reaches a rung second may be stopped there if
+    # it is behind, which is ASHA at work; the two that cannot learn meet both at the first rung
+    assert "completed" in (statuses["trial-000"], statuses["trial-001"])
+    assert statuses["trial-002"] == statuses["trial-003"] == "stopped early"
     stopped = [row for row in rows if row["status"] == "stopped early"]
     assert all(int(row["steps"]) < 12 for row in stopped)
     assert summary["stopped_early"] == len(stopped) and summary["completed"] + len(stopped) == 4
