@@ -15,9 +15,16 @@ import pytorch_lightning as pl
 
 from vcell.atlas.store import open_atlas
 from vcell.config.schema import LoaderConfig
-from vcell.data.loader import AtlasLoader, distributed_rank, fills_a_batch
+from vcell.data.loader import AtlasLoader, distributed_rank
 from vcell.data.split import assign_splits, save_split
 from vcell.errors import VCellError
+
+
+def evaluation_batch_size(split_cells: int, world_size: int, batch_size: int) -> int:
+    """Batch size of a validation or test loader: loader.batch_size, or smaller when the split
+    holds fewer cells per rank (a small atlas still validates; no gradient depends on it).
+    0 when there is not one cell per rank."""
+    return min(batch_size, split_cells // world_size)
 
 
 class AtlasDataModule(pl.LightningDataModule):
@@ -52,10 +59,12 @@ class AtlasDataModule(pl.LightningDataModule):
             atlas, self.config, "train", seed=self.seed, rank=rank, world_size=world, split_codes=self.split_codes
         )
         counts = self.loaders["train"].summary()["cells"]
-        for split in ("val", "test"):  # a split too small for one batch per rank gets no loader
-            if fills_a_batch(counts[split], world, self.config.batch_size):
+        for split in ("val", "test"):  # an empty split (or fewer cells than ranks) gets no loader
+            batch_size = evaluation_batch_size(counts[split], world, self.config.batch_size)
+            if batch_size:
+                config = self.config.model_copy(update={"batch_size": batch_size})
                 self.loaders[split] = AtlasLoader(
-                    atlas, self.config, split, seed=self.seed, rank=rank, world_size=world, split_codes=self.split_codes
+                    atlas, config, split, seed=self.seed, rank=rank, world_size=world, split_codes=self.split_codes
                 )
         if self.pending_state is not None:
             self.loaders["train"].load_state_dict(self.pending_state)
@@ -77,8 +86,8 @@ class AtlasDataModule(pl.LightningDataModule):
     def test_dataloader(self):
         if "test" not in self.loaders:
             raise VCellError(
-                f"the test split has fewer than loader.batch_size={self.config.batch_size} cells per rank",
-                hint="raise loader.split.test_fraction or lower loader.batch_size",
+                "the test split has fewer cells than there are ranks reading it",
+                hint="raise loader.split.test_fraction, or hold out a group with loader.split.holdout",
             )
         return self.loaders["test"]
 

@@ -178,37 +178,42 @@ class AtlasReader:
 
 
 def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[RowBlock, np.ndarray]:
-    """Read the blocks a window's rows live in (each span once) as one CSR piece.
+    """Read atlas rows (any order, repeats allowed) as one CSR piece, each block they touch once.
 
-    `rows` (stream order) visits each block's rows as one increasing run, so a run's first
-    and last rows bound what to read. Returns the piece and, per entry of `rows`, its row in it.
+    A block is read as one span, from its first to its last requested row: the loader's
+    windows ask for most rows of few blocks, so this decodes little waste. No assumption is
+    made about the order of `rows` (padding wraps a rank's stream back into a block it has
+    already visited; evaluation samples rows at random). Returns the piece and, per entry of
+    `rows`, its row in the piece.
     """
-    block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
-    run_starts = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
-    run_stops = np.append(run_starts[1:], len(rows))
-    spans = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(run_starts.tolist(), run_stops.tolist())]
+    rows = np.asarray(rows, dtype=np.int64)
+    ordered = np.unique(rows)  # sorted: the rows of a block are consecutive entries
+    block_of = np.searchsorted(blocks.starts, ordered, side="right") - 1
+    first_of_block = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
+    last_of_block = np.append(first_of_block[1:], len(ordered)) - 1
+    spans = [(int(ordered[a]), int(ordered[b]) + 1) for a, b in zip(first_of_block.tolist(), last_of_block.tolist())]
     pointers = [reader.row_pointers(first, last) for first, last in spans]
     # Where each span's rows and values go in the window; values decode straight into place.
-    row_offsets = np.cumsum([0] + [last - first for first, last in spans])
-    value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers])
+    row_offsets = np.cumsum([0] + [last - first for first, last in spans]).astype(np.int64)
+    value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers]).astype(np.int64)
     data = np.empty(value_offsets[-1], dtype=reader.value_dtype())
     indices = np.empty(value_offsets[-1], dtype=reader.index_dtype())
-    indptr = np.empty(row_offsets[-1] + 1, dtype=np.int64)
-    indptr[0] = 0
-    local = np.empty(len(rows), dtype=np.int64)
-    labels: dict[str, list[np.ndarray]] = {}
+    indptr = np.zeros(row_offsets[-1] + 1, dtype=np.int64)
+    labels: dict[str, list[np.ndarray]] = {name: [] for name in reader.kinds}
     for span, ((first, last), pointer) in enumerate(zip(spans, pointers)):
         low, high = value_offsets[span], value_offsets[span + 1]
         reader.read_values(first, pointer, data[low:high], indices[low:high])
         indptr[row_offsets[span] + 1: row_offsets[span + 1] + 1] = pointer[1:] - pointer[0] + low
-        local[run_starts[span]: run_stops[span]] = rows[run_starts[span]: run_stops[span]] - first + row_offsets[span]
         for name, values in reader.read_labels_of_rows(first, last).items():
-            labels.setdefault(name, []).append(values)
+            labels[name].append(values)
+    span_of_row = np.searchsorted(blocks.starts[block_of[first_of_block]], rows, side="right") - 1
+    span_starts = np.array([first for first, _ in spans], dtype=np.int64)
+    local = rows - span_starts[span_of_row] + row_offsets[:-1][span_of_row]
     small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
     window = RowBlock(
         indptr=indptr.astype(np.int32) if small else indptr,
         indices=indices.astype(np.int32 if small else np.int64),
         data=data,
-        labels={name: np.concatenate(parts) for name, parts in labels.items()},
+        labels={name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in labels.items()},
     )
     return window, local
