@@ -72,7 +72,7 @@ def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = 
                layer: str | None = None, gene_key: str | None = None) -> CellStream:
     """A stream over an atlas (a directory with zarr.json) or an .h5ad/AnnData zarr file.
 
-    `rows` (sorted atlas rows) restricts an atlas to a subset (evaluation samples); `span`
+    `rows` (atlas rows, any order, repeats allowed) restricts an atlas to a subset; `span`
     (first, last) restricts either kind to consecutive cells (one worker's share)."""
     path = Path(path)
     if is_atlas(path):

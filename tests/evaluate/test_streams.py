@@ -1,0 +1,77 @@
+"""Property-based checks of the streams `vcell embed` and `vcell evaluate` read: any rows (sorted,
+shuffled, repeated, one cell), any batch size (1 cell up to more than the input), atlas or h5ad
+input, a span of it: the cells come out in the order asked, each with its own values, and the
+values do not depend on how they were batched."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vcell.atlas.store import open_atlas
+from vcell.evaluate.cells import open_cells
+from vcell.evaluate.export import open_trained
+
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def trained(trained_folder):
+    return open_trained(trained_folder)
+
+
+@pytest.fixture(scope="module")
+def reference(trained, evaluation_atlas):
+    """x and library size of every atlas cell, read in one batch in atlas order."""
+    n_cells = open_atlas(evaluation_atlas).n_cells
+    stream = open_cells(evaluation_atlas, trained)
+    (_, batch), = list(stream.batches(n_cells))
+    return batch["x"], batch["library_size"]
+
+
+def streamed(stream, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    positions, xs, libraries = [], [], []
+    for where, batch in stream.batches(batch_size):
+        assert len(batch["x"]) == where.stop - where.start <= batch_size
+        positions.append(where)
+        xs.append(batch["x"])
+        libraries.append(batch["library_size"])
+    return torch.cat(xs), torch.cat(libraries), positions
+
+
+@PROPERTY_SETTINGS
+@given(data=st.data(), batch_size=st.one_of(st.integers(1, 8), st.integers(8, 2000)))
+def test_atlas_rows_in_any_order_and_batch_size(trained, evaluation_atlas, reference, data, batch_size):
+    n_cells = len(reference[0])
+    rows = np.array(data.draw(st.lists(st.integers(0, n_cells - 1), min_size=1, max_size=400)), dtype=np.int64)
+    x, library, positions = streamed(open_cells(evaluation_atlas, trained, rows=rows), batch_size)
+    assert positions[0].start == 0 and positions[-1].stop == len(rows)
+    assert all(a.stop == b.start for a, b in zip(positions, positions[1:]))  # consecutive, in order
+    torch.testing.assert_close(x, reference[0][rows], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(library, reference[1][rows])
+
+
+@PROPERTY_SETTINGS
+@given(data=st.data(), batch_size=st.integers(1, 700))
+def test_h5ad_spans_match_the_atlas(trained, evaluation_atlas, reference, h5ad_input, data, batch_size):
+    """One worker's share of an .h5ad (a span) streams the same values as the atlas rows."""
+    n_cells = len(reference[0])
+    first = data.draw(st.integers(0, n_cells - 1))
+    last = data.draw(st.integers(first + 1, n_cells))
+    x, library, _ = streamed(open_cells(h5ad_input, trained, span=(first, last)), batch_size)
+    torch.testing.assert_close(x, reference[0][first:last], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(library, reference[1][first:last])
+
+
+@pytest.fixture(scope="module")
+def h5ad_input(evaluation_atlas, tmp_path_factory):
+    from tests.evaluate.test_embed import atlas_as_anndata
+
+    path = tmp_path_factory.mktemp("streams") / "cells.h5ad"
+    adata: ad.AnnData = atlas_as_anndata(evaluation_atlas)
+    adata.write_h5ad(path)
+    return path
