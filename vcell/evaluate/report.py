@@ -133,6 +133,6 @@ def finite(value):
 def write_metrics(path: Path, evaluation: dict) -> None:
     """metrics.json with "evaluation" added (training's keys kept), written whole."""
     metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics["evaluation"] = finite(evaluation)
-    text = json.dumps(metrics, indent=2, allow_nan=False).encode()
+    metrics["evaluation"] = evaluation
+    text = json.dumps(finite(metrics), indent=2, allow_nan=False).encode()  # JSON has no NaN: null
     atomic_write(path, lambda stream: stream.write(text))

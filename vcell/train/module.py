@@ -30,6 +30,11 @@ def valid_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: (value if value.layout == torch.strided else value.to_dense())[valid] for key, value in batch.items()}
 
 
+def count_valid(batch: dict[str, torch.Tensor]) -> int:
+    valid = batch.get("valid")
+    return batch["x"].shape[0] if valid is None else int(valid.sum())
+
+
 class VCellModule(pl.LightningModule):
     """Training, validation and optimiser for one `VirtualCell` (see module doc)."""
 
@@ -43,6 +48,12 @@ class VCellModule(pl.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> torch.Tensor:
+        if count_valid(batch) == 0:
+            # All padding: this rank's share of the epoch ended a batch before the longest rank's.
+            # Its step must still run backward (DDP reduces every rank's gradients), so it
+            # contributes a zero loss with the graph intact; a mean over no rows would be NaN.
+            self.cells_in_step = 0
+            return self.model(batch).loss * 0.0
         batch = valid_rows(batch)
         self.cells_in_step = len(batch["x"])
         output = self.model(batch)
@@ -53,6 +64,8 @@ class VCellModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
+        if count_valid(batch) == 0:  # all padding (every rank has valid cells in its earlier batches)
+            return
         batch = valid_rows(batch)
         output = self.model(batch)
         size = len(batch["x"])
