@@ -174,3 +174,34 @@ def test_the_sizes_that_crashed_with_the_default_settings(tmp_path, n_cells, wor
         assert len({len(loader) for loader in loaders}) == 1
         seen = np.concatenate([b["cell_index"][b["valid"]].numpy() for loader in loaders for b in loader])
         assert np.array_equal(np.sort(seen), np.flatnonzero(modules[0].split_codes == code))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(sorted(ATLASES)), val=st.floats(0, 0.4), test=st.floats(0, 0.4),
+       holdout=st.sampled_from([None, ("val", "a"), ("test", "b"), ("test", "c")]), world=st.integers(1, 4),
+       batch_size=st.sampled_from([1, 32, 256]), seed=st.integers(0, 100))
+def test_train_val_and_test_streams_cover_every_cell_once(atlases, name, val, test, holdout, world, batch_size, seed):
+    """Seeded fractions and held-out groups: each cell lands in one split, held-out groups whole in
+    theirs, and the three streams over all ranks read every cell of the atlas exactly once."""
+    path, _, cell_types = atlases[name]
+    split = {"val_fraction": val, "test_fraction": test, "seed": seed}
+    if holdout:
+        split["holdout"] = [{"column": "cell_type", holdout[0]: [holdout[1]]}]
+    config = LoaderConfig(batch_size=batch_size, buffer_cells=max(batch_size, 512), threads=0, split=split)
+    modules = [AtlasDataModule(path, config, rank=rank, world_size=world) for rank in range(world)]
+    try:
+        for module in modules:
+            module.setup()
+    except VCellError as error:  # only a training split too small for one batch per rank is refused
+        assert "larger than the" in str(error) and "'train' split" in str(error)
+        return
+    codes = modules[0].split_codes
+    if holdout:
+        held = cell_types == ["a", "b", "c"].index(holdout[1])
+        assert (codes[held] == ("train", "val", "test").index(holdout[0])).all()
+    seen = [b["cell_index"][b["valid"]].numpy() for module in modules for split_name in ("train", "val", "test")
+            if split_name in module.loaders for b in module.loaders[split_name]]
+    expected = np.flatnonzero(np.isin(codes, [code for code, s in enumerate(("train", "val", "test"))
+                                              if s in modules[0].loaders])) if codes is not None else np.arange(len(cell_types))
+    assert np.array_equal(np.sort(np.concatenate(seen)), expected)
+    assert set(np.unique(codes if codes is not None else [0])) <= {0, 1, 2}
