@@ -191,7 +191,7 @@ def add_grn(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
     if not path.is_file():
         raise VCellError(
             f"model: GRN prior not found at {path} (needed by regulatory)",
-            hint="set model.regulatory.edges to a TSV with columns source, target, sign, weight (gene IDs)",
+            hint="set model.regulatory.edges to a TSV or CSV of source, target[, sign, weight] (gene IDs)",
         )
     table = read_grn_edges(path)
     position = {gene: index for index, gene in enumerate(spec.gene_ids)}
