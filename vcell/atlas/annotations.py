@@ -121,6 +121,8 @@ def read_grn_edges(path: str | Path) -> pd.DataFrame:
     """
     lines = read_lines(path, "GRN edge")
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.startswith("#")]
+    if not numbered:
+        raise VCellError(f"{path}: the GRN edge file holds only comments", hint="write one edge per line: source, target[, sign, weight]")
     separator = "\t" if "\t" in numbered[0][1] else ","
     rows = [(n, [field.strip() for field in next(csv.reader([line], delimiter=separator))]) for n, line in numbered]
     columns = grn_header(path, rows[0][1])
