@@ -241,8 +241,8 @@ def test_wild_file_builds_exactly_or_names_the_option(name, tmp_path, capsys):
     for words in case.refusal:
         assert words in error, error
     assert str(source) in error and nothing_left_behind(tmp_path) == []
-    with pytest.raises(VCellError):  # the library says the same
-        build_atlas([AnnDataSource(source)], tmp_path / "atlas.zarr", BuildConfig(), progress=False)
+    with pytest.raises(VCellError):  # the library, with the build's default matrix, says the same
+        build_atlas([AnnDataSource(source, BuildConfig().matrix)], tmp_path / "atlas.zarr", BuildConfig(), progress=False)
     assert nothing_left_behind(tmp_path) == []
     if case.options:  # ... and the option it names works, from the CLI and the library
         assert build_with_cli(tmp_path, source, case.options) == 0, capsys.readouterr().err

@@ -2,9 +2,10 @@
 
 Opened lazily (h5py / zarr handles + anndata's element readers): obs and var are read into
 memory (they are small), the expression matrix is sliced a chunk of rows at a time. Layouts
-of every anndata version are read alike (`anndata_layout.py`). With `matrix="auto"`, X is
-used unless it is scaled or normalised while the file also holds counts: then the error
-names the option that selects them (`--matrix raw.X`, `--layer counts`).
+of every anndata version are read alike (`anndata_layout.py`). `matrix="X"` reads X as it
+is; the build's default `matrix="auto"` also reads X, unless X is scaled or normalised while
+the file holds counts elsewhere: then the error names the option that selects them
+(`--matrix raw.X`, `--layer counts`).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def matrix_name(matrix: str) -> str:
 class AnnDataSource(Source):
     """Cells of one AnnData file, over the gene IDs selected by `gene_key`."""
 
-    def __init__(self, path: str | Path, matrix: str = "auto", gene_key: str | None = None) -> None:
+    def __init__(self, path: str | Path, matrix: str = "X", gene_key: str | None = None) -> None:
         self.path = Path(path)
         self.name = self.path.name.removesuffix(".h5ad").removesuffix(".zarr")
         name = matrix_name(matrix)
