@@ -279,3 +279,44 @@ def test_cli_refusal_in_a_real_process_has_no_traceback(tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "rerun with --matrix raw.X" in result.stderr and nothing_left_behind(tmp_path) == []
+
+
+# -- durations as text (issue 15, item 7) --------------------------------------------------------
+def with_time(values: list[str], categorical: bool = True) -> ad.AnnData:
+    adata = modern(counts())
+    column = [values[i % len(values)] for i in range(N_CELLS)]
+    adata.obs["time"] = pd.Categorical(column) if categorical else np.array(column, dtype=object)
+    return adata
+
+
+@pytest.mark.parametrize(
+    ("values", "hours"),
+    [
+        (["0h", "4h", "16h"], [0.0, 4.0, 16.0]),  # categories: their codes would read as 0, 1, 2 hours
+        (["0", "4", "16"], [0.0, 4.0, 16.0]),  # numbers stored as categories
+        (["30min", "1.5 h", "2d", ""], [0.5, 1.5, 48.0, np.nan]),  # units, spaces, a missing value
+    ],
+)
+def test_time_written_as_text_is_stored_as_hours(tmp_path, capsys, caplog, values, hours):
+    source = h5ad(lambda: with_time(values))(tmp_path)
+    with caplog.at_level("INFO", logger="vcell.atlas.durations"):
+        assert build_with_cli(tmp_path, source, []) == 0, capsys.readouterr().err
+    assert "converted to hours" in caplog.text
+    atlas = open_atlas(tmp_path / "atlas.zarr")
+    assert atlas.attrs["obs_columns"]["time"] == "float32" and "time" not in atlas.attrs["obs_categories"]
+    recorded = atlas.attrs["obs_conversions"]["time"]["values"]  # what each text became (missing: null)
+    assert recorded == {text: None if np.isnan(value) else value for text, value in zip(values, hours)}
+    stored = read_atlas_in_input_order(tmp_path / "atlas.zarr").obs["time"].to_numpy()
+    expected = np.array([hours[i % len(hours)] for i in range(N_CELLS)], dtype=np.float32)
+    assert np.array_equal(stored, expected, equal_nan=True)
+
+
+def test_time_that_is_not_a_duration_is_refused(tmp_path, capsys):
+    source = h5ad(lambda: with_time(["0h", "late"], categorical=False))(tmp_path)
+    assert build_with_cli(tmp_path, source, []) == 2
+    error = capsys.readouterr().err
+    assert "obs column 'time'" in error and "'late'" in error and "not a duration" in error and "Traceback" not in error
+    assert nothing_left_behind(tmp_path) == []
+    # kept as a category on request (the model check then refuses to read it as hours)
+    assert build_with_cli(tmp_path, source, ["build.duration_columns=[]"]) == 0
+    assert open_atlas(tmp_path / "atlas.zarr").attrs["obs_categories"]["time"] == ["0h", "late"]

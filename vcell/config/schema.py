@@ -34,7 +34,8 @@ class BuildConfig(Section):
 
     matrix: str = Field(
         "auto",
-        description="which matrix holds expression: 'auto' (X), 'X', 'raw.X' or 'layers/<name>'",
+        description="which matrix holds expression: 'X', 'raw.X', 'layers/<name>', or 'auto': X, but refused "
+        "when X is scaled or normalised while raw.X or a layer holds counts (the error names the option)",
     )
     gene_key: str | None = Field(
         None, description="var column with gene IDs ('index' = var_names); None prefers Ensembl IDs"
@@ -48,6 +49,11 @@ class BuildConfig(Section):
         "auto",
         description="stored value type of X: 'auto' stores counts below 65,536 as uint16 (a third less "
         "to read and decode than float32 + uint16 indices) and anything else as float32",
+    )
+    duration_columns: list[str] = Field(
+        default_factory=lambda: ["time", "hours_since_pulse"],
+        description="obs columns the models read as hours (model.columns.time/history): text such as '4h', "
+        "'30min', '2d' (or numbers stored as categories) is converted to hours; other text is an error",
     )
     codec: CodecConfig = Field(default_factory=CodecConfig)
     chunk_nnz: int = Field(
