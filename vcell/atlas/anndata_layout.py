@@ -22,7 +22,7 @@ import zarr
 from anndata.io import read_elem, sparse_dataset
 
 SPARSE_FORMATS = {"csr_matrix": "csr", "csc_matrix": "csc", "csr": "csr", "csc": "csc"}
-SAMPLE_CELLS = 1000  # rows read to judge what a matrix holds
+SAMPLE_CELLS = 256  # rows read to judge what a matrix holds (dense: 256 x genes values)
 
 
 def read_dataframe(root, key: str) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def legacy_dataframe(dataset: h5py.Dataset, uns: h5py.Group | None) -> pd.DataFr
             continue
         categories = decode_strings(np.atleast_1d(uns[key][()]))
         if codes.size and codes.max() < len(categories):
-            frame[column] = pd.Categorical.from_codes(np.where(codes < 0, -1, codes), categories=list(categories))
+            frame[column] = pd.Categorical.from_codes(codes, categories=list(categories))  # -1: missing
     return frame
 
 
