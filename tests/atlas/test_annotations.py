@@ -82,18 +82,21 @@ def test_bad_gmt_names_file_line_and_fix(tmp_path, text, pattern):
 def test_missing_file_is_reported(tmp_path):
     with pytest.raises(VCellError, match=r"GMT file not found: .*nowhere\.gmt"):
         read_gmt(tmp_path / "nowhere.gmt")
-    with pytest.raises(VCellError, match=r"table file not found"):
+    with pytest.raises(VCellError, match=r"GRN edge file not found"):
         read_grn_edges(tmp_path / "nowhere.tsv")
 
 
 @pytest.mark.parametrize(
     ("text", "pattern"),
     [
-        ("source\ttarget\tweight\nA\tB\t1\n", r"line 1: header lacks column\(s\) \['sign'\]"),
+        ("source\tweight\nA\t1\n", r"header line \['source', 'weight'\] names no target column"),
         ("source\ttarget\tsign\tweight\nA\tB\t1\t0.5\nA\tC\t1\n", r"line 3: 3 field\(s\), the header has 4"),
-        ("source\ttarget\tsign\tweight\nA\tB\t1\t0.5\n\nA\tC\t2\t0.5\n", r"line 4: bad edge \(sign '2'"),
-        ("source\ttarget\tsign\tweight\nA\tB\t-1\tstrong\n", r"line 2: bad edge .*weight 'strong'"),
+        ("source\ttarget\tsign\tweight\nA\tB\t1\t0.5\n\nA\tC\t2\t0.5\n", r"line 4: bad edge: unknown sign '2'"),
+        ("source\ttarget\tsign\tweight\nA\tB\t-1\tstrong\n", r"line 2: bad edge: weight 'strong'"),
         ("source\ttarget\tsign\tweight\nA\tB\t-1\t-0.5\n", r"line 2: bad edge"),
+        ("A\tB\tactivation\nA\tC\tmaybe\n", r"line 2: bad edge: unknown sign 'maybe'"),
+        ("A\tB\t+\t1\tx\n", r"line 1: 5 field\(s\); without a header"),
+        ("A B +\n", r"line 1: 1 field\(s\)"),
         ("", r"empty"),
     ],
 )
@@ -122,3 +125,30 @@ def test_read_table_keeps_extra_columns(tmp_path):
 def test_unwritable_sets_are_refused(tmp_path):
     with pytest.raises(VCellError, match="cannot be written"):
         write_gmt(tmp_path / "x.gmt", {"EMPTY": []})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "source\ttarget\nTF1\tG1\nTF1\tG2\nTF2\tG1\n",  # two columns, header
+        "TF1\tG1\nTF1\tG2\nTF2\tG1\n",  # two columns, no header
+        "TF1,G1,+\nTF1,G2,-\nTF2,G1,+\n",  # CSV, +/-
+        "tf\ttarget\tmor\nTF1\tG1\t1\nTF1\tG2\t-1\nTF2\tG1\t1\n",  # DoRothEA-style header
+        "TF1\tG1\tActivation\nTF1\tG2\tRepression\nTF2\tG1\tactivates\n",  # TRRUST-style words
+        "weight,target,source,sign\n0.5,G1,TF1,ACTIVATION\n1,G2,TF1,represses\n2,G1,TF2,+1\n",  # any order
+    ],
+)
+def test_grn_edges_accept_what_the_field_writes(tmp_path, text):
+    table = read_grn_edges(write(tmp_path, "edges.txt", text))
+    assert table["source"].tolist() == ["TF1", "TF1", "TF2"] and table["target"].tolist() == ["G1", "G2", "G1"]
+    assert table["sign"].dtype == np.int8 and table["weight"].dtype == float
+    if "-" in text or "epress" in text:
+        assert table["sign"].tolist() == [1, -1, 1]
+    else:
+        assert table["sign"].tolist() == [0, 0, 0]  # not given: unknown, never a guessed +1
+        assert table["weight"].isna().all()
+
+
+def test_grn_edges_unknown_sign_and_missing_weight(tmp_path):
+    table = read_grn_edges(write(tmp_path, "e.tsv", "source\ttarget\tsign\tweight\nA\tB\tUnknown\t\nA\tC\t-\t0.25\n"))
+    assert table["sign"].tolist() == [0, -1] and np.isnan(table.loc[2, "weight"]) and table.loc[3, "weight"] == 0.25

@@ -101,7 +101,9 @@ def test_zarr_input_layer_and_normalized_values(tmp_path):
     adata.write_zarr(tmp_path / "in.zarr")
     counts = build_atlas([AnnDataSource(tmp_path / "in.zarr", matrix="layers/counts")], tmp_path / "counts.zarr", BuildConfig(), progress=False)
     assert open_atlas(counts).attrs["values"] == "counts"
-    normalized = build_atlas([AnnDataSource(tmp_path / "in.zarr")], tmp_path / "norm.zarr", BuildConfig(), progress=False)
+    with pytest.raises(VCellError, match="counts are in layers/counts: rerun with --layer counts"):
+        AnnDataSource(tmp_path / "in.zarr", matrix="auto")  # the build's default: X is normalised, counts exist
+    normalized = build_atlas([AnnDataSource(tmp_path / "in.zarr", matrix="X")], tmp_path / "norm.zarr", BuildConfig(), progress=False)
     assert open_atlas(normalized).attrs["values"] == "normalized"
     assert open_atlas(normalized).attrs["stats"]["transform"] == "identity"
 

@@ -148,6 +148,28 @@ def test_missing_time_column_is_named(atlas):
         spec_from_atlas(atlas, config, counts=True)
 
 
+def test_categorical_time_is_refused_never_read_as_codes(tmp_path):
+    """An atlas whose time column is a category ('0h', '4h', '16h') would give the model codes 0, 1, 2."""
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from vcell.atlas.anndata_source import AnnDataSource
+    from vcell.atlas.build import build_atlas
+
+    X = sp.csr_matrix(np.random.default_rng(0).poisson(2.0, (30, 10)).astype(np.float32))
+    obs = pd.DataFrame({"time": pd.Categorical(["0h", "4h", "16h"] * 10)}, index=[f"c{i}" for i in range(30)])
+    ad.AnnData(X, obs=obs, var=pd.DataFrame(index=[f"G{i}" for i in range(10)])).write_h5ad(tmp_path / "in.h5ad")
+    kept = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "kept.zarr", BuildConfig(duration_columns=[]),
+                       progress=False)  # an atlas built before durations were converted, or on request
+    for name in ("base", "temporal"):
+        with pytest.raises(VCellError, match=r"(?s)'time' \(model.columns.time\) is categorical.*category codes.*rebuild"):
+            spec_from_atlas(open_atlas(kept), ModelConfig(name=name), counts=True)
+    spec_from_atlas(open_atlas(kept), ModelConfig(name="base", columns={"time": None}), counts=True)  # the way out
+    converted = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "hours.zarr", BuildConfig(), progress=False)
+    assert "time" in spec_from_atlas(open_atlas(converted), ModelConfig(name="temporal"), counts=True).inputs
+
+
 # -- models built from the spec run on real batches ------------------------------------------------
 def run(model: VirtualCell, batch: dict) -> dict:
     model.train()

@@ -1,7 +1,11 @@
 """An `.h5ad` file or AnnData `.zarr` store as an atlas `Source`, read in row chunks.
 
 Opened lazily (h5py / zarr handles + anndata's element readers): obs and var are read into
-memory (they are small), the expression matrix is sliced a chunk of rows at a time.
+memory (they are small), the expression matrix is sliced a chunk of rows at a time. Layouts
+of every anndata version are read alike (`anndata_layout.py`). `matrix="X"` reads X as it
+is; the build's default `matrix="auto"` also reads X, unless X is scaled or normalised while
+the file holds counts elsewhere: then the error names the option that selects them
+(`--matrix raw.X`, `--layer counts`).
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import zarr
-from anndata.io import read_elem, sparse_dataset
-
+from vcell.atlas.anndata_layout import (
+    is_matrix, matrix_elements, open_matrix, option_for, read_dataframe, sample_values,
+)
 from vcell.atlas.sources import Source, SourceChunk, gene_symbols, select_gene_ids, sha256_of_path
 from vcell.errors import VCellError
 
@@ -41,14 +46,14 @@ def open_anndata_root(path: Path):
         ) from None
 
 
-def resolve_matrix(matrix: str) -> tuple[str, str]:
-    """The config's `matrix` -> (element path of the matrix, element path of its var)."""
+def matrix_name(matrix: str) -> str:
+    """The config's `matrix` -> the name of the matrix it selects ('X', 'raw.X', 'layers/<name>')."""
     if matrix in ("auto", "X"):
-        return "X", "var"
+        return "X"
     if matrix in ("raw.X", "raw/X"):
-        return "raw/X", "raw/var"
+        return "raw.X"
     if matrix.startswith(("layers/", "layer:")):
-        return "layers/" + matrix.split("/", 1)[-1].split(":", 1)[-1], "var"
+        return "layers/" + matrix.split("/", 1)[-1].split(":", 1)[-1]
     raise VCellError(
         f"unknown matrix '{matrix}'", hint="use 'X', 'raw.X' or 'layers/<name>' (or --layer NAME)"
     )
@@ -57,15 +62,19 @@ def resolve_matrix(matrix: str) -> tuple[str, str]:
 class AnnDataSource(Source):
     """Cells of one AnnData file, over the gene IDs selected by `gene_key`."""
 
-    def __init__(self, path: str | Path, matrix: str = "auto", gene_key: str | None = None) -> None:
+    def __init__(self, path: str | Path, matrix: str = "X", gene_key: str | None = None) -> None:
         self.path = Path(path)
         self.name = self.path.name.removesuffix(".h5ad").removesuffix(".zarr")
-        self.matrix_key, var_key = resolve_matrix(matrix)
+        name = matrix_name(matrix)
         self._root = open_anndata_root(self.path)
         try:
-            self._obs = read_elem(self._root["obs"])
-            var = read_elem(self._root[var_key])
+            elements = matrix_elements(self._root)
+            self.matrix_key, var_key = self._locate(name, elements)
+            self._obs = read_dataframe(self._root, "obs")
+            var = read_dataframe(self._root, var_key)
             self._matrix = self._open_matrix()
+            if matrix == "auto":
+                self._refuse_x_without_counts(elements)
         except VCellError:
             raise
         except READ_ERRORS as error:
@@ -87,26 +96,46 @@ class AnnDataSource(Source):
             self._var["gene_symbol"] = symbols.to_numpy()
         self._obsm_keys = self._dense_obsm_keys(n_cells)
 
-    def _open_matrix(self):
-        if self.matrix_key not in self._root:
-            available = ["X"] * ("X" in self._root) + ["raw.X"] * ("raw" in self._root)
-            if "layers" in self._root:
-                available += [f"layers/{k}" for k in self._root["layers"].keys()]
+    def _locate(self, name: str, elements: dict[str, tuple[str, str]]) -> tuple[str, str]:
+        if name not in elements:
             raise VCellError(
-                f"{self.path}: has no matrix '{self.matrix_key}' (available: {', '.join(available) or 'none'})",
-                hint="choose one with --layer NAME or build.matrix=raw.X",
+                f"{self.path}: has no matrix '{name}' (available: {', '.join(elements) or 'none'})",
+                hint="choose one with --layer NAME or --matrix raw.X (build.matrix)",
             )
+        return elements[name]
+
+    def _open_matrix(self):
         element = self._root[self.matrix_key]
-        if isinstance(element, (h5py.Group, zarr.Group)):
-            encoding = element.attrs.get("encoding-type", "")
-            if encoding not in ("csr_matrix", "csc_matrix"):
-                raise VCellError(f"{self.path}: '{self.matrix_key}' is a {encoding or 'group'}, not a matrix")
-            return sparse_dataset(element)
-        return element  # dense h5py.Dataset / zarr.Array: sliced by rows
+        if not is_matrix(element):
+            what = element.attrs.get("encoding-type") or type(element).__name__
+            raise VCellError(f"{self.path}: '{self.matrix_key}' is a {what}, not a matrix", hint="choose another with --layer or --matrix")
+        return open_matrix(element)
+
+    def _refuse_x_without_counts(self, elements: dict[str, tuple[str, str]]) -> None:
+        """X may be scaled or normalised while the file keeps the counts elsewhere: say where.
+        (Without counts elsewhere, a normalised X builds and a negative value is refused by the build.)"""
+        sample = sample_values(self._matrix, self.n_cells)
+        if sample.kind in ("counts", "empty"):
+            return
+        holding_counts = [name for name, (key, _) in elements.items() if name != "X" and self._holds_counts(key)]
+        if not holding_counts:
+            return
+        what = "is scaled (it holds negative values" if sample.kind == "scaled" else "holds normalised values (non-integers"
+        options = " or ".join(option_for(name) for name in holding_counts)
+        raise VCellError(
+            f"{self.path}: X {what}, e.g. {sample.value:g} in cell '{self._obs.index[sample.row]}'); "
+            f"counts are in {', '.join(holding_counts)}: rerun with {options}",
+            hint="in a config file, set build.matrix to that matrix" if sample.kind == "scaled" else
+            "or pass --matrix X to build from the normalised X as it is (models that need counts will refuse it)",
+        )
+
+    def _holds_counts(self, key: str) -> bool:
+        element = self._root[key]
+        return is_matrix(element) and sample_values(open_matrix(element), self.n_cells).kind == "counts"
 
     def _dense_obsm_keys(self, n_cells: int) -> list[str]:
-        if "obsm" not in self._root:
-            return []
+        if "obsm" not in self._root or not isinstance(self._root["obsm"], (h5py.Group, zarr.Group)):
+            return []  # pre-0.7 files kept obsm as one compound dataset: not carried over
         keys = []
         for key in self._root["obsm"].keys():  # h5py and zarr groups both have keys()
             element = self._root["obsm"][key]

@@ -5,11 +5,12 @@ over later, and fail with a `VCellError` naming the file, the line and the fix:
 
     sets = read_gmt("atlas.zarr/annotations/pathways.gmt")          # {name: [gene IDs]}
     mask, coverage = align_to_vocabulary(sets, atlas_gene_ids)       # (n_sets, n_genes) bool
-    edges = read_grn_edges("atlas.zarr/annotations/grn_edges.tsv")  # DataFrame
+    edges = read_grn_edges("atlas.zarr/annotations/grn_edges.tsv")  # source, target[, sign, weight]
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +21,19 @@ from vcell.atlas.sources import strip_ensembl_version
 from vcell.errors import VCellError
 
 GRN_COLUMNS = ("source", "target", "sign", "weight")
+SIGN_WORDS = {
+    **dict.fromkeys(("+", "+1", "1", "activation", "activates", "activate", "activator", "activating", "positive"), 1),
+    **dict.fromkeys(("-", "-1", "repression", "represses", "repress", "repressor", "repressing", "inhibition",
+                     "inhibits", "negative"), -1),
+    **dict.fromkeys(("", "0", "?", "na", "unknown", "unsigned"), 0),
+}
+# Header names of common GRN resources (DoRothEA/CollecTRI, TRRUST, SCENIC) -> our columns.
+GRN_HEADER_NAMES = {
+    **dict.fromkeys(("source", "regulator", "tf", "from"), "source"),
+    **dict.fromkeys(("target", "gene", "to"), "target"),
+    **dict.fromkeys(("sign", "mor", "mode", "effect", "regulation"), "sign"),
+    **dict.fromkeys(("weight", "importance", "score", "likelihood"), "weight"),
+}
 COMPARTMENT_COLUMNS = ("pathway", "compartment")
 
 
@@ -64,9 +78,8 @@ def write_gmt(
     lines = []
     for name, genes in sets.items():
         if "\t" in name or not len(genes):
-            raise VCellError(
-                f"gene set {name!r} cannot be written to {path}", hint="names need no tabs and sets need genes"
-            )
+            problem = "its name holds a tab" if "\t" in name else "it has no genes"
+            raise VCellError(f"gene set '{name}' cannot be written to {path}: {problem}", hint="names need no tabs and sets need genes")
         description = (descriptions or {}).get(name, "NA")
         lines.append("\t".join([name, description, *map(str, genes)]))
     Path(path).write_text("\n".join(lines) + "\n")
@@ -98,17 +111,84 @@ def read_table(path: str | Path, required_columns: Sequence[str]) -> pd.DataFram
 
 
 def read_grn_edges(path: str | Path) -> pd.DataFrame:
-    """GRN edges: columns source, target (gene IDs), sign (+1/-1, int8), weight (float >= 0)."""
-    table = read_table(path, GRN_COLUMNS)
-    for line, sign, weight in zip(table.index, table["sign"], table["weight"]):
-        if sign.strip() not in {"1", "+1", "-1"} or not is_number(weight) or float(weight) < 0:
-            raise VCellError(
-                f"{path}, line {line}: bad edge (sign {sign!r}, weight {weight!r})",
-                hint="sign must be 1 or -1 and weight a non-negative number",
-            )
-    table["sign"] = table["sign"].astype(int).astype(np.int8)
-    table["weight"] = table["weight"].astype(float)
-    return table
+    """GRN edges as people write them: `source, target[, sign, weight]`, one edge a line.
+
+    Tab- or comma-separated, with or without a header line. A header names its columns in any
+    order (common names such as tf/regulator, gene, mor/mode are understood); without one the
+    columns are source, target, sign, weight. A sign is +/-, 1/-1, activation/repression (and
+    related words, any case) or unknown; a missing sign is 0 (unknown), a missing weight NaN.
+    Returns columns source, target, sign (int8), weight (float), indexed by line number.
+    """
+    lines = read_lines(path, "GRN edge")
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.startswith("#")]
+    if not numbered:
+        raise VCellError(f"{path}: the GRN edge file holds only comments", hint="write one edge per line: source, target[, sign, weight]")
+    separator = "\t" if "\t" in numbered[0][1] else ","
+    rows = [(n, [field.strip() for field in next(csv.reader([line], delimiter=separator))]) for n, line in numbered]
+    columns = grn_header(path, rows[0][1])
+    if columns is not None:
+        rows = rows[1:]
+    edges = [grn_edge(path, number, fields, columns) for number, fields in rows]
+    table = pd.DataFrame(edges, columns=list(GRN_COLUMNS), index=pd.Index([n for n, _ in rows], name="line"))
+    table[["source", "target"]] = table[["source", "target"]].astype(object)
+    return table.astype({"sign": np.int8, "weight": float})
+
+
+def grn_header(path: str | Path, fields: list[str]) -> list[str | None] | None:
+    """Our column name (or None: ignored) per header field, or None when line 1 is an edge."""
+    names = [GRN_HEADER_NAMES.get(field.lower()) for field in fields]
+    if names[0] is None and sum(name is not None for name in names) < 2:
+        return None
+    missing = [column for column in ("source", "target") if column not in names]
+    if missing:
+        raise VCellError(
+            f"{path}: the header line {fields} names no {' or '.join(missing)} column",
+            hint="name the columns source, target[, sign, weight], or drop the header line",
+        )
+    return names
+
+
+def grn_edge(path: str | Path, number: int, fields: list[str], columns: list[str | None] | None) -> tuple:
+    """(source, target, sign, weight) of one line; `columns` from the header, None = positional."""
+    if columns is None and not 2 <= len(fields) <= len(GRN_COLUMNS):
+        raise VCellError(
+            f"{path}, line {number}: {len(fields)} field(s); without a header the columns are source, target[, sign, weight]",
+            hint="separate fields with tabs or commas, or add a header line naming the columns",
+        )
+    if columns is not None and len(fields) != len(columns):
+        raise VCellError(
+            f"{path}, line {number}: {len(fields)} field(s), the header has {len(columns)}",
+            hint="separate fields with tabs or commas and give every column a value",
+        )
+    values = dict(zip(columns or GRN_COLUMNS, fields))
+    if not values.get("source") or not values.get("target"):
+        raise VCellError(f"{path}, line {number}: bad edge: empty source or target", hint="give both gene IDs")
+    return values["source"], values["target"], parse_sign(path, number, values.get("sign", "")), \
+        parse_weight(path, number, values.get("weight", ""))
+
+
+def parse_sign(path: str | Path, number: int, text: str) -> int:
+    sign = SIGN_WORDS.get(text.lower())
+    if sign is None and is_number(text) and abs(float(text)) == 1:
+        sign = int(float(text))
+    if sign is None:
+        raise VCellError(
+            f"{path}, line {number}: bad edge: unknown sign '{text}'",
+            hint="write the sign as +/-, 1/-1, activation/repression or unknown "
+            "(without a header line the third column is the sign)",
+        )
+    return sign
+
+
+def parse_weight(path: str | Path, number: int, text: str) -> float:
+    if not text or text.lower() in ("na", "nan"):
+        return float("nan")
+    if not is_number(text) or float(text) < 0:
+        raise VCellError(
+            f"{path}, line {number}: bad edge: weight '{text}' is not a non-negative number",
+            hint="write the weight as a number >= 0, or leave it out",
+        )
+    return float(text)
 
 
 def write_grn_edges(

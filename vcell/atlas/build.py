@@ -26,7 +26,8 @@ from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from vcell import __version__
-from vcell.atlas.merge import Vocabulary, build_vocabulary, merge_obs, merge_obsm
+from vcell.atlas.durations import convert_duration_columns
+from vcell.atlas.merge import SOURCE_COLUMN, Vocabulary, build_vocabulary, merge_obs, merge_obsm
 from vcell.atlas.sources import Source
 from vcell.atlas.spill import ShardSpill
 from vcell.atlas.stats import TARGET_SUM, LIBRARY_EDGES, StatsAccumulator
@@ -158,6 +159,7 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
         spill.close()
     stored_dtype = resolve_stored_dtype(config, scan)
     obs = merge_obs(scan["obs"], unique_names([s.name for s in sources]))
+    obs, conversions = convert_duration_columns(obs, config.duration_columns, SOURCE_COLUMN)
     obsm = merge_obsm(scan["obsm"])
     shards = root.create_group(SHARDS_GROUP)
     order = np.argsort(positions)  # input row of each output position
@@ -189,6 +191,7 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
         "shards": shard_records,
         "obs_columns": {c: str(obs[c].dtype) for c in obs.columns},
         "obs_categories": {c: [str(v) for v in obs[c].cat.categories] for c in obs.columns if obs[c].dtype == "category"},
+        "obs_conversions": conversions,
         "obsm_keys": sorted(obsm),
         "stats": {"transform": scan["stats"].transform, "target_sum": TARGET_SUM},
         "library_size": scan["stats"].library_summary(),

@@ -113,7 +113,7 @@ def select_gene_ids(var: pd.DataFrame, gene_key: str | None, path: str) -> tuple
     duplicated = ids[ids.duplicated()].unique()
     if len(duplicated):
         raise VCellError(
-            f"{path}: {len(duplicated)} duplicate gene IDs in var '{key}', e.g. {list(duplicated[:5])}",
+            f"{path}: {len(duplicated)} duplicate gene IDs in var '{key}', e.g. {[str(gene) for gene in duplicated[:5]]}",
             hint="gene IDs must be unique: sum or drop the duplicates, or choose a unique ID column "
             "with --gene-key (Ensembl IDs usually are)",
         )

@@ -222,7 +222,7 @@ def resolve_name(value: int | str, names: np.ndarray, what: str) -> int:
         return int(value)
     matches = np.flatnonzero(names == value)
     if not len(matches):
-        raise VCellError(f"unknown {what} {value!r}", hint=f"use one of {names[:10].tolist()} or an index")
+        raise VCellError(f"unknown {what} '{value}'", hint=f"use one of {names[:10].tolist()} or an index")
     return int(matches[0])
 
 
@@ -237,6 +237,6 @@ def resolve_perturbation(truth: Truth, perturbation: int | str | None) -> int:
         if len(matches):
             return int(matches[0]) + 1
     raise VCellError(
-        f"{perturbation!r} is not a perturbation of this simulation",
+        f"'{perturbation}' is not a perturbation of this simulation",
         hint=f"use 'control' or one of {truth.perturbation_names()[1:11]} (symbols or gene IDs)",
     )

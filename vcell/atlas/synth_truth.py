@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vcell.config.schema import SynthConfig
+from vcell.config.schema import SynthConfig, n_master_tfs
 
 COMPARTMENTS = ("nucleus", "cytosol", "mitochondrion", "endoplasmic_reticulum", "plasma_membrane", "extracellular")
-MASTER_FRACTION = 0.2  # of TFs; masters set the cell type and have no regulators
 MASTER_LOG_AMPLITUDE = 1.5  # on/off masters sit at base +- this (x ~4.5 above/below typical)
 N_TF_LAYERS = 3  # masters, then two layers of regulated TFs; targets are layer 3
 # Baseline log rates: targets spread widely (heavy-tailed means, most genes rarely detected),
@@ -172,8 +171,9 @@ def draw_base_log_rate(gene_layer: np.ndarray, rng: np.random.Generator) -> np.n
 
 
 def draw_layers(n_genes: int, n_tfs: int) -> np.ndarray:
-    """(G,) layer of each gene: ~20% of TFs are masters, the rest split over two layers."""
-    n_master = max(1, round(MASTER_FRACTION * n_tfs))
+    """(G,) layer of each gene: ~20% of TFs are masters (no regulators; they set the cell type),
+    the rest split over two layers."""
+    n_master = n_master_tfs(n_tfs)
     n_first = (n_tfs - n_master + 1) // 2
     layer = np.full(n_genes, N_TF_LAYERS, dtype=np.int8)
     layer[:n_master], layer[n_master : n_master + n_first], layer[n_master + n_first : n_tfs] = 0, 1, 2
@@ -221,13 +221,19 @@ def draw_cell_types(config: SynthConfig, gene_layer: np.ndarray, rng: np.random.
 
 
 def draw_pathways(config: SynthConfig, rng: np.random.Generator) -> dict:
-    """Gene sets of 10-80 genes (at most a quarter of the genes); a gene joins at most 2."""
+    """Gene sets of 10-80 genes (at most a quarter of the genes); a gene joins at most 2.
+
+    A set never takes the places the sets still to draw need (`low` genes each, at least one),
+    so every set has genes however few genes there are (config: pathways <= 2 x genes).
+    """
     n_genes, n_pathways = config.genes, config.pathways
     membership = np.zeros((n_pathways, n_genes), dtype=bool)
-    low, high = min(PATHWAY_SIZE_RANGE[0], n_genes // 4), min(PATHWAY_SIZE_RANGE[1], n_genes // 4)
+    low, high = max(1, min(PATHWAY_SIZE_RANGE[0], n_genes // 4)), max(1, min(PATHWAY_SIZE_RANGE[1], n_genes // 4))
     for p in range(n_pathways):
         free = np.flatnonzero(membership.sum(0) < 2)
-        size = min(len(free), int(rng.integers(low, high, endpoint=True)))
+        places_left = 2 * n_genes - int(membership.sum())
+        room = max(1, places_left - (n_pathways - p - 1) * low)
+        size = min(len(free), room, int(rng.integers(low, high, endpoint=True)))
         membership[p, rng.choice(free, size=size, replace=False)] = True
     # Every compartment gets a pathway first, the rest land at random.
     first = rng.permutation(config.compartments)

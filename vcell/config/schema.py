@@ -34,7 +34,8 @@ class BuildConfig(Section):
 
     matrix: str = Field(
         "auto",
-        description="which matrix holds expression: 'auto' (X), 'X', 'raw.X' or 'layers/<name>'",
+        description="which matrix holds expression: 'X', 'raw.X', 'layers/<name>', or 'auto': X, but refused "
+        "when X is scaled or normalised while raw.X or a layer holds counts (the error names the option)",
     )
     gene_key: str | None = Field(
         None, description="var column with gene IDs ('index' = var_names); None prefers Ensembl IDs"
@@ -48,6 +49,11 @@ class BuildConfig(Section):
         "auto",
         description="stored value type of X: 'auto' stores counts below 65,536 as uint16 (a third less "
         "to read and decode than float32 + uint16 indices) and anything else as float32",
+    )
+    duration_columns: list[str] = Field(
+        default_factory=lambda: ["time", "hours_since_pulse"],
+        description="obs columns the models read as hours (model.columns.time/history): text such as '4h', "
+        "'30min', '2d' (or numbers stored as categories) is converted to hours; other text is an error",
     )
     codec: CodecConfig = Field(default_factory=CodecConfig)
     chunk_nnz: int = Field(
@@ -65,17 +71,60 @@ class BuildConfig(Section):
     overwrite: bool = Field(False, description="replace an existing atlas at the output path")
 
 
+# The demo atlas's biology at 2,000 genes; with fewer genes each count scales down with them.
+DEMO_GENES = 2000
+DEMO_SIZES = {"transcription_factors": 100, "pathways": 40, "compartments": 6, "perturbations": 50}
+MIN_TRANSCRIPTION_FACTORS = 4  # masters plus two regulated layers
+
+
+def n_master_tfs(transcription_factors: int) -> int:
+    """The simulator's master TFs (about a fifth of the TFs): their on/off states are the cell types."""
+    return max(1, round(0.2 * transcription_factors))
+
+
+def min_transcription_factors(cell_types: int) -> int:
+    """Fewest TFs whose masters have a distinct on/off pattern for every cell type."""
+    tfs = MIN_TRANSCRIPTION_FACTORS
+    while 2 ** n_master_tfs(tfs) < cell_types:
+        tfs += 1
+    return tfs
+
+
+def scaled_synth_sizes(genes: int, cell_types: int, given: dict) -> dict:
+    """Counts of the simulated biology not in `given`, scaled from the demo's by genes / 2,000.
+
+    Larger atlases keep the demo's counts; no count goes below what the simulator needs.
+    """
+    def scaled(key: str, floor: int) -> int:
+        return given[key] if key in given else min(DEMO_SIZES[key], max(floor, round(DEMO_SIZES[key] * genes / DEMO_GENES)))
+
+    sizes = {"transcription_factors": scaled("transcription_factors", min_transcription_factors(cell_types))}
+    sizes["pathways"] = scaled("pathways", 1)
+    sizes["compartments"] = given.get("compartments", min(DEMO_SIZES["compartments"], sizes["pathways"]))
+    sizes["perturbations"] = scaled("perturbations", 1)
+    return sizes
+
+
 class SynthConfig(Section):
-    """The ground-truth simulator (`vcell atlas synth`); every default makes the demo atlas."""
+    """The ground-truth simulator (`vcell atlas synth`); every default makes the demo atlas.
+
+    transcription_factors, pathways, compartments and perturbations left out scale with
+    `genes` (the demo's 100, 40, 6 and 50 at 2,000 genes and above).
+    """
 
     cells: int = Field(20000, ge=1, description="number of cells")
-    genes: int = Field(2000, ge=50, description="number of genes (transcription factors included)")
+    genes: int = Field(
+        DEMO_GENES, ge=MIN_TRANSCRIPTION_FACTORS + 1,
+        description="number of genes (transcription factors included); at least one more than the TFs",
+    )
     seed: int = Field(0, description="same seed, same atlas")
     cell_types: int = Field(6, ge=1, description="distinct regulatory states")
-    transcription_factors: int = Field(100, ge=4, description="regulators in the GRN")
-    pathways: int = Field(40, ge=1, description="gene sets")
-    compartments: int = Field(6, ge=1, description="cellular compartments grouping pathways")
-    perturbations: int = Field(50, ge=0, description="single-gene perturbation targets")
+    transcription_factors: int = Field(
+        100, ge=MIN_TRANSCRIPTION_FACTORS, description="regulators in the GRN (default: genes / 20, at most 100)"
+    )
+    pathways: int = Field(40, ge=1, description="gene sets (default: genes / 50, at most 40)")
+    compartments: int = Field(6, ge=1, description="cellular compartments grouping pathways (default: 6, at most pathways)")
+    perturbations: int = Field(50, ge=0, description="single-gene perturbation targets (default: genes / 40, at most 50)")
     batches: int = Field(3, ge=1, description="datasets/batches with technical effects")
     fraction_perturbed: float = Field(0.5, ge=0.0, le=1.0, description="cells with a perturbation")
     fraction_stimulated: float = Field(0.4, ge=0.0, le=1.0, description="cells in the time course")
@@ -96,12 +145,28 @@ class SynthConfig(Section):
         256, ge=8, description="simulated cells per condition behind each true expected profile"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _scale_with_genes(cls, data: object) -> object:
+        """Fill the biology counts the user left out from the gene count (field checks come after)."""
+        if not isinstance(data, dict):
+            return data
+        genes, cell_types = data.get("genes", DEMO_GENES), data.get("cell_types", 6)
+        if not isinstance(genes, int) or not isinstance(cell_types, int) or genes < 1 or cell_types < 1:
+            return data  # the field checks report it
+        return {**data, **scaled_synth_sizes(genes, cell_types, data)}
+
     @model_validator(mode="after")
     def _check_sizes(self) -> SynthConfig:
         if self.transcription_factors >= self.genes:
+            needed = min_transcription_factors(self.cell_types) + 1
             raise ValueError(
-                f"transcription_factors ({self.transcription_factors}) must be < genes ({self.genes})"
+                f"transcription_factors ({self.transcription_factors}) must be < genes ({self.genes}); with "
+                f"transcription_factors left to scale, {self.cell_types} cell type(s) need at least {needed} genes "
+                f"({needed - 1} transcription factors for distinct master-TF states, plus a target gene)"
             )
+        if self.pathways > 2 * self.genes:
+            raise ValueError(f"pathways ({self.pathways}) must be <= 2 x genes ({2 * self.genes}): a gene joins at most 2")
         if self.perturbations > self.genes:
             raise ValueError(f"perturbations ({self.perturbations}) must be <= genes ({self.genes})")
         if self.compartments > self.pathways:

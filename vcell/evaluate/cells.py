@@ -204,7 +204,7 @@ def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str
                   span: tuple[int, int] | None = None) -> CellStream:
     from vcell.atlas.anndata_source import AnnDataSource
 
-    source = AnnDataSource(path, "auto" if layer is None else f"layers/{layer}", gene_key)
+    source = AnnDataSource(path, "X" if layer is None else f"layers/{layer}", gene_key)
     var = source.var
     genes, coverage = align_genes(trained.model.spec.gene_ids, var.index, var.get("gene_symbol"), path)
     first_cell, last_cell = span or (0, source.n_cells)

@@ -74,6 +74,7 @@ def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None 
     selected = np.arange(len(var)) if genes is None else np.asarray(genes)
     gene_ids = [strip_ensembl_version(str(gene)) for gene in var.index[selected]]
     columns = atlas.attrs["obs_columns"]
+    check_hours_are_numbers(atlas, config)
     inputs = {role for role in CONDITION_ROLES if getattr(config.columns, role) in columns}
     if counts and atlas.attrs.get("values") == "counts":
         inputs.add("counts")
@@ -115,6 +116,22 @@ def check_inputs(atlas: Atlas, config: ModelConfig, needs: set[str], inputs: fro
                 f"which the atlas {atlas.path} does not have",
                 hint=f"set model.columns.{role} to the column holding it; columns: {', '.join(sorted(atlas.attrs['obs_columns']))}",
             )
+
+
+def check_hours_are_numbers(atlas: Atlas, config: ModelConfig) -> None:
+    """The time and history columns reach the model as hours: a categorical one would hand it
+    category codes (0, 1, 2 for '0h', '4h', '16h'), so it is refused, never used."""
+    for role in ("time", "history"):
+        column = getattr(config.columns, role)
+        categories = atlas.attrs.get("obs_categories", {}).get(column)
+        if column is None or categories is None:
+            continue
+        raise VCellError(
+            f"model: obs column '{column}' (model.columns.{role}) is categorical in the atlas {atlas.path} "
+            f"(categories {categories[:6]}); the model reads it as hours and would see category codes",
+            hint="rebuild the atlas (vcell atlas build converts durations such as '4h' or '30min' to hours in the "
+            f"columns of build.duration_columns), or set model.columns.{role} to a numeric column or null",
+        )
 
 
 def annotation_path(setting: str | None, atlas_path: Path, default_name: str) -> Path:
@@ -191,7 +208,7 @@ def add_grn(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
     if not path.is_file():
         raise VCellError(
             f"model: GRN prior not found at {path} (needed by regulatory)",
-            hint="set model.regulatory.edges to a TSV with columns source, target, sign, weight (gene IDs)",
+            hint="set model.regulatory.edges to a TSV or CSV of source, target[, sign, weight] (gene IDs)",
         )
     table = read_grn_edges(path)
     position = {gene: index for index, gene in enumerate(spec.gene_ids)}
