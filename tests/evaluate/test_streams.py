@@ -6,6 +6,7 @@ values do not depend on how they were batched."""
 from __future__ import annotations
 
 import anndata as ad
+import pandas as pd
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from vcell.atlas.store import open_atlas
 from vcell.evaluate.cells import open_cells
+from vcell.errors import VCellError
 from vcell.evaluate.export import open_trained
 
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -75,3 +77,23 @@ def h5ad_input(evaluation_atlas, tmp_path_factory):
     adata: ad.AnnData = atlas_as_anndata(evaluation_atlas)
     adata.write_h5ad(path)
     return path
+
+
+def test_durations_written_as_text_are_read_as_hours(trained, evaluation_atlas, tmp_path):
+    """An .h5ad whose time column holds '0h', '4h' (as real files do) embeds like the numbers;
+    text that is no duration is an error naming the column, never NaN (read as unstimulated)."""
+    from tests.evaluate.test_embed import atlas_as_anndata
+
+    adata = atlas_as_anndata(evaluation_atlas)
+    column = trained.config.model.columns.time
+    assert column in trained.config.loader.labels
+    numeric = adata.obs[column].to_numpy(np.float32)
+    adata.obs[column] = pd.Categorical([f"{value:g}h" for value in numeric])
+    adata.write_h5ad(tmp_path / "text.h5ad")
+    (_, batch), = list(open_cells(tmp_path / "text.h5ad", trained).batches(len(numeric)))
+    np.testing.assert_array_equal(batch[column].numpy(), numeric)
+
+    adata.obs[column] = pd.Categorical(np.where(numeric > 0, "late", "0h"))
+    adata.write_h5ad(tmp_path / "bad.h5ad")
+    with pytest.raises(VCellError, match=f"'{column}' .* holds 'late', which is not a duration"):
+        list(open_cells(tmp_path / "bad.h5ad", trained).batches(256))

@@ -26,6 +26,7 @@ import scipy.sparse as sp
 import torch
 from anndata.io import read_elem
 
+from vcell.atlas.durations import is_textual, to_hours
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.data.loader import to_tensors
 from vcell.data.plan import Blocks
@@ -200,6 +201,15 @@ def absent_labels(columns: list[str], n: int, trained: Trained) -> dict[str, np.
 
 
 # -- AnnData inputs --------------------------------------------------------------------------
+def numeric_label(values: pd.Series, column: str, path: Path) -> np.ndarray:
+    """A column the model reads as a number, as float32. Durations written as text ('4h', '30min')
+    become hours, as the atlas build converts them; any other text is an error, never NaN."""
+    if is_textual(values):
+        hours, _ = to_hours(values, column, pd.Series(str(path), index=values.index))
+        return hours
+    return values.to_numpy(np.float32)
+
+
 def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str | None,
                   span: tuple[int, int] | None = None) -> CellStream:
     from vcell.atlas.anndata_source import AnnDataSource
@@ -223,7 +233,7 @@ def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str
                 lookup = {name: code for code, name in enumerate(trained.categories[column])}
                 labels[column] = np.array([lookup.get(name, -1) for name in names], dtype=np.int64)
             else:
-                labels[column] = pd.to_numeric(frame[column], errors="coerce").to_numpy(np.float32)
+                labels[column] = numeric_label(frame[column], column, path)
         labels.update(absent_labels(missing, len(frame), trained))
         return labels
 
