@@ -30,7 +30,7 @@ from vcell.atlas.chunks import RecordedFiles
 from vcell.atlas.spill import CSRArrays
 from vcell.config.schema import CodecConfig
 from vcell.errors import VCellError
-from vcell.files import sha256_file
+from vcell.files import OutputKind, foreign_entries, sha256_file
 
 FORMAT_NAME = "vcell-atlas"
 FORMAT_VERSION = 1
@@ -38,6 +38,7 @@ ATTRS_KEY = "vcell_atlas"
 SHARDS_GROUP = "shards"
 ANNDATA_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
 CSR_ATTRS = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+ATLAS_ENTRIES = {"zarr.json", "var", "genes", "stats", SHARDS_GROUP, "truth", "annotations"}  # the layout above
 ROW_CHUNK = 8192  # rows per chunk of indptr and obs columns
 BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}
 
@@ -174,6 +175,21 @@ def check_files_outside_shards(path: Path, recorded: dict[str, str]) -> None:
             hint=f"the atlas is damaged: `vcell atlas validate {path}` lists every problem; restore the files or "
             "rebuild the atlas with --overwrite",
         )
+
+
+def not_an_atlas_of_ours(path: Path) -> str | None:
+    """None for a folder vcell built as an atlas (root attrs name the format) holding nothing else; else why not."""
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        metadata = None
+    attrs = metadata.get("attributes", {}).get(ATTRS_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(attrs, dict) or attrs.get("format") != FORMAT_NAME:
+        return "it is not a vcell atlas"
+    return foreign_entries(path, ATLAS_ENTRIES)
+
+
+ATLAS_OUTPUT = OutputKind("an atlas", is_folder=True, not_ours=not_an_atlas_of_ours)
 
 
 def directory_bytes(path: Path) -> int:
