@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable
 
 from vcell.errors import VCellError
+from vcell.files import FILE_SYSTEM_ERRORS
 
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*=")
 log = logging.getLogger("vcell")
@@ -115,11 +117,43 @@ def run_validate(args: argparse.Namespace) -> None:
           f"{summary['n_genes']:,} genes in {summary['n_shards']} shard(s))")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `minimum` (a failure is argparse's error: exit 2, naming the option)."""
+
+    wanted = "a positive whole number" if minimum == 1 else f"a whole number >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.minimum = minimum  # read by the test that walks every option
+    return parse
+
+
+def finite_number(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a finite float >= `minimum` (no nan, no inf)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number >= {minimum:g}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {text}")
+        return value
+
+    parse.minimum = minimum
+    return parse
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
+non_negative_hours = finite_number(0.0)
 
 
 def human_count(n: int) -> str:
@@ -189,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = atlas_commands.add_parser("synth", help="simulate an atlas with known ground truth")
     synth.add_argument("--out", help="output atlas path (default: data.atlas of the config)")
-    synth.add_argument("--cells", type=int, help="number of cells (data.synth.cells)")
-    synth.add_argument("--genes", type=int, help="number of genes (data.synth.genes)")
-    synth.add_argument("--seed", type=int, help="simulator seed (data.synth.seed)")
+    synth.add_argument("--cells", type=positive_int, help="number of cells (data.synth.cells)")
+    synth.add_argument("--genes", type=positive_int, help="number of genes (data.synth.genes)")
+    synth.add_argument("--seed", type=non_negative_int, help="simulator seed (data.synth.seed)")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing atlas")
     synth.add_argument("--reuse", action="store_true", help="keep an existing atlas made with the same settings")
     synth.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -255,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         handler(args)
     except VCellError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except FILE_SYSTEM_ERRORS as error:  # the last resort: library code names its paths itself
+        print(f"error: {error.filename}: {error.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

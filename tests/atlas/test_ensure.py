@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import anndata as ad
 import numpy as np
+import pytest
 
 from vcell.atlas.store import open_atlas
 from vcell.atlas.validate import validate_atlas
@@ -60,3 +62,44 @@ def test_info_json_of_a_simulated_atlas(tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["has_truth"] and info["values"] == "counts"
     assert np.isclose(info["density"], info["nnz"] / (900 * 200))
+
+
+# -- which atlas a job may simulate: only the demo path, never on a dry run ------------------
+JOB = ["data.synth.cells=300", *SMALL]
+
+
+def test_a_typo_in_data_atlas_is_an_error_not_a_new_atlas(tmp_path, monkeypatch, capsys):
+    from vcell.config import load_config
+    from vcell.errors import VCellError
+    from vcell.train.ray_train import prepare_atlas
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "mydata.zarr").mkdir(parents=True)
+    code = main(["train", "--dry-run", "data.atlas=data/mydta.zarr", f"scaling.storage_path={tmp_path / 'runs'}", *JOB])
+    error = capsys.readouterr().err
+    assert code == 2 and "data/mydta.zarr" in error and "Traceback" not in error
+    assert "did you mean data/mydata.zarr" in error and "vcell atlas synth --out data/mydta.zarr" in error
+    config = load_config(None, ["data.atlas=data/mydta.zarr", *JOB])
+    with pytest.raises(VCellError, match="atlas not found: data/mydta.zarr"):
+        prepare_atlas(config, progress=False)  # a real run as well, not only the dry run
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mydata.zarr"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_demo_atlas_is_simulated_when_missing_and_says_so(tmp_path, monkeypatch, caplog):
+    from vcell.config import load_config
+    from vcell.train.ray_train import prepare_atlas
+
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    atlas = prepare_atlas(load_config(None, JOB), progress=False)  # the default data.atlas: data/demo.zarr
+    assert atlas.n_cells == 300 and (tmp_path / "data" / "demo.zarr").is_dir()
+    assert "simulating the demo atlas data/demo.zarr" in caplog.text
+
+
+def test_a_dry_run_never_writes_the_demo_atlas(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--dry-run", f"scaling.storage_path={tmp_path / 'runs'}", *JOB]) == 2
+    error = capsys.readouterr().err
+    assert "data/demo.zarr" in error and "a dry run writes nothing" in error and "vcell atlas synth" in error
+    assert list(tmp_path.iterdir()) == []

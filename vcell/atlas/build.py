@@ -32,10 +32,12 @@ from vcell.atlas.sources import Source
 from vcell.atlas.spill import ShardSpill
 from vcell.atlas.stats import TARGET_SUM, LIBRARY_EDGES, StatsAccumulator
 from vcell.atlas.store import (
-    ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, SHARDS_GROUP, checksum_tree, index_dtype, shard_name, write_shard,
+    ATLAS_OUTPUT, ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, SHARDS_GROUP, checksum_tree, index_dtype, shard_name,
+    write_shard,
 )
 from vcell.config.schema import BuildConfig
 from vcell.errors import VCellError
+from vcell.files import claim_output, swap_into_place
 
 log = logging.getLogger(__name__)
 ExtraWriter = Callable[[zarr.Group, Path], None]
@@ -118,17 +120,16 @@ def build_atlas(
     progress: bool = True,
 ) -> Path:
     """Build an atlas at `out` from `sources`; returns the path. See the module docstring."""
-    out = Path(out)
     if not sources:
         raise VCellError("no inputs given", hint="pass one or more .h5ad files or AnnData .zarr stores")
-    if out.exists() and not config.overwrite:
-        raise VCellError(f"output already exists: {out}", hint="choose another --out or pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    given = Path(out)
+    out = claim_output(given, ATLAS_OUTPUT, inputs=[getattr(s, "path", None) for s in sources], overwrite=config.overwrite)
     temporary = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
         build_into(temporary, sources, config, extra, progress)
-        replace_atomically(temporary, out)
+        swap_into_place(temporary, out)
     except OSError as error:
         # numpy's tofile reports a short write without errno: look at the disk itself then.
         if error.errno in (errno.ENOSPC, errno.EDQUOT) or (error.errno is None and disk_is_full(temporary)):
@@ -136,10 +137,10 @@ def build_atlas(
                 f"disk full while writing the atlas {out} ({error}); nothing was left behind",
                 hint="free space or choose another --out; a build needs about twice the atlas size while it runs",
             ) from None
-        raise VCellError(f"cannot write the atlas {out}: {error}") from None
+        raise VCellError(f"cannot write the atlas {given}: {error}") from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return out
+    return given
 
 
 def build_into(directory: Path, sources: list[Source], config: BuildConfig, extra: ExtraWriter | None, progress: bool) -> None:
@@ -260,17 +261,6 @@ def write_vocabulary_and_stats(root: zarr.Group, vocabulary: Vocabulary, stats: 
     group.create_array("library_size_histogram", data=stats.library_histogram)
     group.create_array("library_size_edges", data=LIBRARY_EDGES)
     group.attrs.update({"transform": stats.transform, "target_sum": TARGET_SUM})
-
-
-def replace_atomically(temporary: Path, out: Path) -> None:
-    """Rename the finished build into place; an old atlas is removed only after that."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, trash)
-        os.rename(temporary, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.rename(temporary, out)
 
 
 def disk_is_full(path: Path) -> bool:

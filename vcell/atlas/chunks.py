@@ -12,6 +12,11 @@ Supported layouts (the builder writes only these): plain or `sharding_indexed` c
 `bytes` codec (little-endian) followed by at most one of `blosc`/`zstd`/`gzip`, index at the
 start or end with an optional crc32c. Anything else raises `UnsupportedLayout`, and callers
 fall back to zarr-python, so any valid atlas still reads, only slower.
+
+Zarr reads an absent chunk file as the fill value (0): a deleted file would become a blank
+matrix that trains without complaint. zarr legitimately skips chunks holding only the fill
+value, so absence alone proves nothing; the atlas's checksums list every file the build wrote
+(`RecordedFiles`), and a listed file that is gone is damage, on both read paths.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import json
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Container
+from dataclasses import dataclass
 from pathlib import Path
 
 import numcodecs
@@ -33,6 +40,39 @@ COMPRESSORS = {"blosc": numcodecs.Blosc, "zstd": numcodecs.Zstd, "gzip": numcode
 
 class UnsupportedLayout(Exception):
     """The array uses a layout the fast path does not read; use zarr-python instead."""
+
+
+@dataclass(frozen=True)
+class RecordedFiles:
+    """The files a writer recorded for one array of an atlas: one of them missing is damage."""
+
+    atlas: Path
+    array: str  # the array's path inside the atlas, e.g. "shards/00001/X/data"
+    files: Container[str]  # recorded paths relative to the atlas (its checksums)
+
+    def expects(self, key: str) -> bool:
+        """Whether chunk file `key` (relative to the array, e.g. "c/0") was written."""
+        return f"{self.array}/{key}" in self.files
+
+    def missing(self, key: str) -> VCellError:
+        return VCellError(
+            f"atlas {self.atlas}: chunk file {self.array}/{key} is missing, although the build wrote data "
+            "there (reading it as zeros would silently blank those cells)",
+            hint=f"the atlas is damaged: `vcell atlas validate {self.atlas}` lists what else is; restore the file "
+            "from a copy, or rebuild the atlas (`vcell atlas build ... --overwrite` / `vcell atlas synth --overwrite`)",
+        )
+
+
+def check_chunk_files(array, directory: Path, recorded: RecordedFiles | None, start: int, stop: int) -> None:
+    """For zarr-python reads of elements [start, stop) of a 1-D `array`: every recorded chunk
+    file in the range exists (one stat per chunk file)."""
+    if recorded is None or stop <= start:
+        return
+    outer = int((array.shards or array.chunks)[0])
+    for chunk in range(start // outer, (stop - 1) // outer + 1):
+        key = array.metadata.encode_chunk_key((chunk,))
+        if recorded.expects(key) and not (directory / key).exists():
+            raise recorded.missing(key)
 
 
 class DecodedChunkCache:
@@ -77,10 +117,15 @@ def parse_codecs(codecs: list[dict], where: Path) -> numcodecs.abc.Codec | None:
 
 
 class ChunkedArrayReader:
-    """Range reads of one 1-D Zarr v3 array: `reader.read(start, stop)` -> numpy array."""
+    """Range reads of one 1-D Zarr v3 array: `reader.read(start, stop)` -> numpy array.
 
-    def __init__(self, path: str | Path, cache: DecodedChunkCache | None = None):
+    `recorded`: the files the writer recorded; an absent one raises instead of reading as fill.
+    """
+
+    def __init__(self, path: str | Path, cache: DecodedChunkCache | None = None,
+                 recorded: RecordedFiles | None = None):
         self.path = Path(path)
+        self.recorded = recorded
         try:
             meta = json.loads((self.path / "zarr.json").read_text())
         except (OSError, json.JSONDecodeError) as error:
@@ -128,7 +173,10 @@ class ChunkedArrayReader:
             if outer_index not in self.handles:
                 path = self.path / f"{self.key_prefix}{outer_index}"
                 self.handles[outer_index] = os.open(path, os.O_RDONLY) if path.exists() else -1
-            return self.handles[outer_index]
+            handle = self.handles[outer_index]
+        if handle < 0 and self.recorded is not None and self.recorded.expects(f"{self.key_prefix}{outer_index}"):
+            raise self.recorded.missing(f"{self.key_prefix}{outer_index}")
+        return handle
 
     def close(self) -> None:
         if not hasattr(self, "handles"):  # __init__ failed before opening anything

@@ -26,10 +26,11 @@ import zarr
 from anndata.io import write_elem
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from vcell.atlas.chunks import RecordedFiles
 from vcell.atlas.spill import CSRArrays
 from vcell.config.schema import CodecConfig
 from vcell.errors import VCellError
-from vcell.files import sha256_file
+from vcell.files import OutputKind, foreign_entries, sha256_file
 
 FORMAT_NAME = "vcell-atlas"
 FORMAT_VERSION = 1
@@ -37,6 +38,7 @@ ATTRS_KEY = "vcell_atlas"
 SHARDS_GROUP = "shards"
 ANNDATA_ATTRS = {"encoding-type": "anndata", "encoding-version": "0.1.0"}
 CSR_ATTRS = {"encoding-type": "csr_matrix", "encoding-version": "0.1.0"}
+ATLAS_ENTRIES = {"zarr.json", "var", "genes", "stats", SHARDS_GROUP, "truth", "annotations"}  # the layout above
 ROW_CHUNK = 8192  # rows per chunk of indptr and obs columns
 BLOSC_SHUFFLE = {"byte": "shuffle", "bit": "bitshuffle", "none": "noshuffle"}
 
@@ -126,9 +128,19 @@ class Atlas:
     def shard_group(self, name: str) -> zarr.Group:
         return self.root[f"{SHARDS_GROUP}/{name}"]
 
+    def recorded_files(self, array: str) -> RecordedFiles | None:
+        """What the build wrote for `array` (from its checksums): readers refuse a missing chunk file."""
+        checksums = self.attrs.get("checksums")
+        return None if checksums is None else RecordedFiles(self.path, array, checksums)
 
-def open_atlas(path: str | Path) -> Atlas:
-    """Open an atlas for reading; a clear error if it is missing, incomplete or not an atlas."""
+
+def open_atlas(path: str | Path, *, check_files: bool = True) -> Atlas:
+    """Open an atlas for reading; a clear error if it is missing, incomplete or not an atlas.
+
+    `check_files`: refuse an atlas whose files outside shards/ (vocabulary, statistics, truth)
+    are not all there (a stat per file, independent of the number of cells; shard files are
+    checked chunk by chunk as they are read). `vcell atlas validate` lists them instead.
+    """
     path = Path(path)
     if not (path / "zarr.json").is_file():
         raise VCellError(
@@ -149,7 +161,35 @@ def open_atlas(path: str | Path) -> Atlas:
         )
     if not attrs.get("complete"):
         raise VCellError(f"{path}: the atlas build did not finish; rebuild it with --overwrite")
+    if check_files:
+        check_files_outside_shards(path, attrs.get("checksums", {}))
     return Atlas(path=path, root=zarr.open_group(str(path), mode="r"), attrs=attrs)
+
+
+def check_files_outside_shards(path: Path, recorded: dict[str, str]) -> None:
+    missing = [name for name in recorded if not name.startswith(f"{SHARDS_GROUP}/") and not (path / name).exists()]
+    if missing:
+        raise VCellError(
+            f"atlas {path}: {len(missing)} file(s) the build wrote are missing: {', '.join(sorted(missing)[:5])}"
+            + (" ..." if len(missing) > 5 else ""),
+            hint=f"the atlas is damaged: `vcell atlas validate {path}` lists every problem; restore the files or "
+            "rebuild the atlas with --overwrite",
+        )
+
+
+def not_an_atlas_of_ours(path: Path) -> str | None:
+    """None for a folder vcell built as an atlas (root attrs name the format) holding nothing else; else why not."""
+    try:
+        metadata = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        metadata = None
+    attrs = metadata.get("attributes", {}).get(ATTRS_KEY) if isinstance(metadata, dict) else None
+    if not isinstance(attrs, dict) or attrs.get("format") != FORMAT_NAME:
+        return "it is not a vcell atlas"
+    return foreign_entries(path, ATLAS_ENTRIES)
+
+
+ATLAS_OUTPUT = OutputKind("an atlas", is_folder=True, not_ours=not_an_atlas_of_ours)
 
 
 def directory_bytes(path: Path) -> int:

@@ -113,7 +113,7 @@ def check_stats(atlas: Atlas, stats: StatsAccumulator) -> list[str]:
 
 def validate_atlas(path: str | Path, *, check_statistics: bool = True, progress: bool = True) -> dict:
     """Validate the atlas at `path`; raises VCellError listing every problem, else a summary."""
-    atlas = open_atlas(path)
+    atlas = open_atlas(path, check_files=False)  # missing files are listed below with every other problem
     problems = check_checksums(atlas)
     var_index = read_elem(atlas.root["var"]).index
     if len(var_index) != atlas.n_genes or var_index.has_duplicates:

@@ -183,7 +183,8 @@ class DataConfig(Section):
 
     atlas: str = Field("data/demo.zarr", description="path of the atlas (a Zarr v3 store)")
     synthesize_if_missing: bool = Field(
-        True, description="build the atlas with the simulator (data.synth) when it does not exist"
+        True, description="simulate the demo atlas (data.synth) when it does not exist; only at the demo path "
+        "data/demo.zarr: any other missing data.atlas is an error"
     )
     synth: SynthConfig = Field(default_factory=SynthConfig)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import zarr
 
-from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, UnsupportedLayout
+from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, RecordedFiles, UnsupportedLayout, check_chunk_files
 from vcell.atlas.store import Atlas
 from vcell.data.plan import Blocks
 from vcell.errors import VCellError
@@ -33,16 +34,19 @@ class RowBlock:
 
 
 class ZarrRangeReader:
-    """The fallback: range reads through zarr-python (any valid layout, slower)."""
+    """The fallback: range reads through zarr-python (any valid layout, slower); a recorded chunk
+    file that is gone raises instead of reading as the fill value."""
 
-    def __init__(self, array: zarr.Array):
-        self.array = array
+    def __init__(self, array: zarr.Array, directory: Path | None = None, recorded: RecordedFiles | None = None):
+        self.array, self.directory, self.recorded = array, directory, recorded
 
     @property
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if self.directory is not None:
+            check_chunk_files(self.array, self.directory, self.recorded, start, stop)
         values = np.asarray(self.array[start:stop])
         if out is None:
             return values
@@ -51,10 +55,11 @@ class ZarrRangeReader:
 
 
 def open_range_reader(atlas: Atlas, path: str, cache: DecodedChunkCache | None):
+    recorded = atlas.recorded_files(path)
     try:
-        return ChunkedArrayReader(atlas.path / path, cache)
+        return ChunkedArrayReader(atlas.path / path, cache, recorded)
     except UnsupportedLayout:
-        return ZarrRangeReader(atlas.root[path])
+        return ZarrRangeReader(atlas.root[path], atlas.path / path, recorded)
 
 
 def label_kinds(atlas: Atlas, columns: list[str]) -> dict[str, str]:

@@ -49,6 +49,8 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def add_run_commands(commands) -> None:
+    from vcell.cli import non_negative_hours, non_negative_int, positive_int, whole_number
+
     export = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card")
     export.add_argument("run", help="run folder (runs/<name>) or an export folder")
     export.add_argument("--out", required=True, help="output folder (written whole or not at all)")
@@ -59,10 +61,10 @@ def add_run_commands(commands) -> None:
     embed.add_argument("run", help="run folder or export folder")
     embed.add_argument("--input", help="atlas or .h5ad to embed (default: the run's training atlas)")
     embed.add_argument("--out", required=True, help="output .h5ad")
-    embed.add_argument("--batch-size", type=int, default=1024, help="cells per batch (memory; results do not change)")
+    embed.add_argument("--batch-size", type=positive_int, default=1024, help="cells per batch (memory; results do not change)")
     embed.add_argument("--layer", help=".h5ad input: use layers/LAYER (raw counts) instead of X")
     embed.add_argument("--gene-key", help=".h5ad input: var column with gene IDs or symbols (default: the index)")
-    embed.add_argument("--workers", type=int, default=0, help="Ray tasks embedding spans of cells in parallel (large inputs)")
+    embed.add_argument("--workers", type=non_negative_int, default=0, help="Ray tasks embedding spans of cells in parallel (large inputs)")
     embed.add_argument("--address", help="Ray cluster for --workers ('auto' or host:port; default: a local one)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,7 +73,7 @@ def add_run_commands(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics vs baselines, plots and embeddings of a finished run")
     evaluate.add_argument("run", help="run folder (writes its metrics.json, plots/, embeddings.h5ad)")
     evaluate.add_argument("--atlas", help="score on this atlas instead of the run's held-out cells")
-    evaluate.add_argument("--max-cells", type=int, help="held-out cells scored (evaluate.max_cells)")
+    evaluate.add_argument("--max-cells", type=whole_number(100), help="held-out cells scored (evaluate.max_cells, >= 100)")
     evaluate.add_argument("--embeddings", choices=["all", "held_out", "none"], help="cells in embeddings.h5ad")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     evaluate.add_argument("--json", action="store_true", help="print the whole evaluation section as JSON")
@@ -82,9 +84,9 @@ def add_run_commands(commands) -> None:
     predict.add_argument("run", help="run folder or export folder")
     predict.add_argument("--cell-type", required=True, help="cell type the basal cells are drawn from")
     predict.add_argument("--perturbation", help="perturbation category (e.g. a gene symbol); default: control")
-    predict.add_argument("--time", type=float, default=0.0, help="hours since a stimulus (0 = unstimulated)")
-    predict.add_argument("--hours-since-pulse", type=float, help="hours since an earlier pulse (default: naive)")
-    predict.add_argument("--cells", type=int, default=500, help="basal cells to start from (a seeded sample)")
+    predict.add_argument("--time", type=non_negative_hours, default=0.0, help="hours since a stimulus (0 = unstimulated)")
+    predict.add_argument("--hours-since-pulse", type=non_negative_hours, help="hours since an earlier pulse (default: naive)")
+    predict.add_argument("--cells", type=positive_int, default=500, help="basal cells to start from (a seeded sample)")
     predict.add_argument("--atlas", help="atlas with the basal cells (default: the run's training atlas)")
     predict.add_argument("--out", required=True, help="output .h5ad")
     predict.add_argument("--overwrite", action="store_true", help="replace an existing output file")

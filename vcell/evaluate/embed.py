@@ -14,7 +14,8 @@ What the written `.h5ad` holds (n input cells, in input order; G = the model's g
 - `var`: the model's genes (index) with `vcell_<stat>` per-gene statistics
   (stochastic: `vcell_dispersion`, `vcell_extrinsic_variance_fraction`); no expression matrix;
 - `uns["vcell"]`: run, model, step, gene coverage of the input, the learned GRN edges
-  (`edges`: source, target, weight; regulatory) and latent response rates (temporal).
+  (`edges`: source, target, weight; regulatory) and latent response rates (temporal);
+  `uns["vcell_writer"]`: "vcell embed" (so `--overwrite` knows the file is ours to replace).
 
 Cells are streamed in batches: memory holds one batch of expression, and the outputs go
 straight to disk. Evaluation mode and no masking, so a cell's embedding does not depend on
@@ -37,7 +38,8 @@ from tqdm import tqdm
 
 from vcell.evaluate.cells import CellStream, open_cells
 from vcell.evaluate.export import Trained, open_trained
-from vcell.files import new_output_file, staged_file
+from vcell.errors import VCellError
+from vcell.files import H5AD_WRITER_KEY, new_output_file, output_errors, staged_file
 
 ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
@@ -47,18 +49,25 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
               progress: bool = True, workers: int = 0, address: str | None = None) -> Path:
     """Embed every cell of `input_path` (default: the run's training atlas) into `out`; with
     `workers` > 1, Ray tasks (a local cluster, or `address`) embed consecutive spans of cells."""
-    out = new_output_file(out, ".h5ad", overwrite)
+    if batch_size < 1:  # the command line checks this in argparse; library callers get it here
+        raise VCellError(f"batch_size={batch_size}: embed needs at least one cell per batch")
+    given = Path(out)
+    out = new_output_file(given, ".h5ad", overwrite, inputs=[run, input_path])
     trained = open_trained(run)
     source = input_path or trained.config.data.atlas
+    new_output_file(given, ".h5ad", overwrite, inputs=[source])  # the default input, now known
     stream = open_cells(source, trained, layer=layer, gene_key=gene_key)
     for warning in stream.warnings:
         print(f"warning: {warning}")
-    if workers <= 1:
-        return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress)
-    from vcell.evaluate.embed_parallel import parallel_batches
+    produced = None
+    if workers > 1:
+        from vcell.evaluate.embed_parallel import parallel_batches
 
-    produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, workers, layer, gene_key, address)
-    return write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced)
+        produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, workers, layer, gene_key,
+                                    address)
+    with output_errors(given):
+        write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced)
+    return given
 
 
 def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
@@ -135,7 +144,7 @@ def finish(handle: h5py.File, trained: Trained, stream: CellStream, scalars: dic
         del handle[key]
         write_elem(handle, key, frame)
     del handle["uns"]
-    write_elem(handle, "uns", {"vcell": provenance(trained, stream, stats)})
+    write_elem(handle, "uns", {"vcell": provenance(trained, stream, stats), H5AD_WRITER_KEY: "vcell embed"})
 
 
 def provenance(trained: Trained, stream: CellStream, stats: dict) -> dict:

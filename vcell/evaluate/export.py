@@ -22,6 +22,7 @@ from vcell.config.schema import VCellConfig
 from vcell.data.resolve import normalization_from_dict
 from vcell.data.transform import Normalization
 from vcell.errors import VCellError
+from vcell.files import OutputKind, claim_output, current_umask, foreign_entries, output_errors, swap_into_place
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_dict
 from vcell.models.zoo import build_model, count_parameters
@@ -29,6 +30,21 @@ from vcell.train.checkpoint import CheckpointStore, load_exported
 from vcell.train.tracking import read_history
 
 MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "normalization.json", "genes.txt")
+CARD_FRONT_MATTER = "---\nlibrary_name: vcell\nvcell_export: 1\n---\n"  # model-card metadata; marks our exports
+
+
+def not_an_export_of_ours(path: Path) -> str | None:
+    """None for a folder `vcell export` wrote (its card's front matter says so) holding nothing else."""
+    try:
+        card = (path / "MODEL_CARD.md").read_text()[:len(CARD_FRONT_MATTER)]
+    except (OSError, UnicodeDecodeError):
+        card = ""
+    if card != CARD_FRONT_MATTER:
+        return "it is not a vcell export (no MODEL_CARD.md written by `vcell export`)"
+    return foreign_entries(path, {*MODEL_FILES, "MODEL_CARD.md"})
+
+
+EXPORT_OUTPUT = OutputKind("an export folder", is_folder=True, not_ours=not_an_export_of_ours)
 
 
 @dataclass
@@ -100,24 +116,23 @@ def save_trained(model: VirtualCell, config: VCellConfig, directory: str | Path,
 
 def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
     """Copy a finished run's model files and write MODEL_CARD.md into `out` (whole or not at all)."""
-    source, out = model_directory(run), Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise VCellError(f"{out} exists and is not empty", hint="choose another --out, or pass --overwrite")
+    source, given = model_directory(run), Path(out)
+    out = claim_output(given, EXPORT_OUTPUT, inputs=[run], overwrite=overwrite)
     config, model = load_trained(source)  # refuses anything vcell did not write
     run_folder = source.parent if source.name == "model" else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        for name in MODEL_FILES:
-            shutil.copy2(source / name, staging / name)
-        (staging / "MODEL_CARD.md").write_text(model_card(config, model, run_folder))
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
+    with output_errors(given):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            for name in MODEL_FILES:
+                shutil.copy2(source / name, staging / name)
+            (staging / "MODEL_CARD.md").write_text(model_card(config, model, run_folder))
+            staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; an export is shared like any folder
+            swap_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return given
 
 
 def evaluation_table(evaluation: dict | None) -> list[str]:
@@ -144,6 +159,7 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
     spec = model.spec
     hidden, layers, latent = config.model.dimensions()
     lines = [
+        CARD_FRONT_MATTER.rstrip("\n"),
         f"# {config.name}: vcell `{config.model.name}` model",
         "",
         "## Model",

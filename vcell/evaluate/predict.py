@@ -7,12 +7,13 @@ Starts from basal cells (control, unstimulated, naive) of the chosen cell type i
 requested conditions and under control. The `.h5ad` holds `X` (predicted normalised
 expression under the conditions), `layers["control"]` (the same cells predicted under
 control), `layers["expected_counts"]` for count models, the source cells' obs plus the
-conditions, `var["mean_delta"]` (mean predicted - control per gene) and `uns["vcell_predict"]`
-(conditions, run, the 20 genes moved most).
+conditions, `var["mean_delta"]` (mean predicted - control per gene), `uns["vcell_predict"]`
+(conditions, run, the 20 genes moved most) and `uns["vcell_writer"]` ("vcell predict").
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import anndata as ad
@@ -25,7 +26,7 @@ from vcell.data.reader import AtlasReader
 from vcell.errors import VCellError
 from vcell.evaluate.export import Trained, open_trained
 from vcell.evaluate.heldout import read_cells, sample_rows
-from vcell.files import new_output_file, staged_file
+from vcell.files import H5AD_WRITER_KEY, new_output_file, output_errors, staged_file
 from vcell.models.inputs import Conditions
 
 
@@ -61,10 +62,21 @@ def basal_rows(trained: Trained, atlas_path: Path, cell_type: int) -> np.ndarray
     return np.flatnonzero(keep)
 
 
+def check_request(cells: int, time: float, hours_since_pulse: float | None) -> None:
+    """Library callers get the checks the command line does in argparse."""
+    if cells < 1:
+        raise VCellError(f"cells={cells}: predict needs at least one basal cell")
+    for name, hours in (("time", time), ("hours_since_pulse", hours_since_pulse)):
+        if hours is not None and not (math.isfinite(hours) and hours >= 0):
+            raise VCellError(f"{name}={hours}: hours must be a finite number >= 0")
+
+
 def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, out: str | Path, time: float = 0.0,
                 hours_since_pulse: float | None = None, cells: int = 500, atlas: str | Path | None = None,
                 overwrite: bool = False) -> Path:
-    out = new_output_file(out, ".h5ad", overwrite)
+    check_request(cells, time, hours_since_pulse)
+    given = Path(out)
+    out = new_output_file(given, ".h5ad", overwrite, inputs=[run, atlas])
     if perturbation and "," in perturbation:
         raise VCellError(f"--perturbation {perturbation}: combinations are not supported yet; this model encodes "
                          "one perturbation per cell", hint="predict each perturbation on its own")
@@ -74,6 +86,7 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
     control = category_code(trained, columns.perturbation, columns.control, "control")
     code = control if perturbation is None else category_code(trained, columns.perturbation, perturbation, "perturbation")
     atlas_path = Path(atlas or trained.config.data.atlas)
+    new_output_file(given, ".h5ad", overwrite, inputs=[atlas_path])  # the default atlas, now known
     rows = sample_rows(basal_rows(trained, atlas_path, type_code), cells, trained.config.seed, 3)
     if len(rows) == 0:
         raise VCellError(f"{atlas_path} has no control, unstimulated, naive cells of type {cell_type!r} to start from",
@@ -96,9 +109,10 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
         "time": float(time), "hours_since_pulse": "naive" if hours_since_pulse is None else pulse, "cells": n,
         "top_genes": [trained.model.spec.gene_ids[g] for g in np.argsort(-np.abs(delta))[:20]],
     }
-    with staged_file(out) as temporary:
+    table.uns[H5AD_WRITER_KEY] = "vcell predict"
+    with output_errors(given), staged_file(out) as temporary:
         table.write_h5ad(temporary)
-    return out
+    return given
 
 
 def predicted_anndata(trained: Trained, obs: pd.DataFrame, moved, reference) -> ad.AnnData:

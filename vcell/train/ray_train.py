@@ -31,16 +31,11 @@ log = logging.getLogger(__name__)
 FORWARDED_ENVIRONMENT = ("TORCH_EXTENSIONS_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
-def prepare_atlas(config: VCellConfig, progress: bool = True) -> Atlas:
-    """The run's atlas; the simulator makes it when it is missing and `data.synthesize_if_missing`."""
-    path = Path(config.data.atlas)
-    if not path.exists() and config.data.synthesize_if_missing:
-        from vcell.atlas.ensure import ensure_synthetic_atlas
+def prepare_atlas(config: VCellConfig, progress: bool = True, *, dry_run: bool = False) -> Atlas:
+    """The run's atlas; only the demo atlas is simulated when missing, never on a dry run (`job_atlas`)."""
+    from vcell.atlas.ensure import job_atlas
 
-        ensure_synthetic_atlas(config.data, config.build, progress=progress)
-    if not path.exists():
-        raise VCellError(f"atlas not found: {path}", hint="build it with `vcell atlas build` or set data.atlas")
-    return open_atlas(path)
+    return open_atlas(job_atlas(config.data, config.build, dry_run=dry_run, progress=progress))
 
 
 def local_resources() -> dict[str, float]:
@@ -192,7 +187,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
           progress: bool = True, hooks: RunHooks = RunHooks()) -> dict:
     """Train `config` to the end (resuming an earlier attempt of the same run); the run's metrics."""
     started = time.perf_counter()
-    atlas = prepare_atlas(config, progress)
+    atlas = prepare_atlas(config, progress, dry_run=dry_run)
     config = with_model_inputs(config, atlas)
     plan = training_plan(config, atlas)  # builds the model on the meta device: annotations, inputs
     if dry_run:
