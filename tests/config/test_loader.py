@@ -84,3 +84,14 @@ def test_dump_and_save_round_trip(tmp_path):
     assert load_config(saved) == config
     assert "cells: 1234" in dump_config(config)
     assert not list(Path(tmp_path).glob(".*tmp"))
+
+
+def test_an_unknown_key_typed_on_the_command_line_is_blamed_on_it():
+    with pytest.raises(VCellError, match=r"unknown key 'data.data' in the command line"):
+        load_config(None, ["data.data.synth.cells=10"])
+
+
+@pytest.mark.parametrize("key", ["seed", "data.synth.seed", "loader.split.seed", "build.shuffle_seed"])
+def test_negative_seeds_are_config_errors_not_numpy_tracebacks(key):
+    with pytest.raises(VCellError, match=rf"'{key}' in the command line: .*greater than or equal to 0"):
+        load_config(None, [f"{key}=-5"])

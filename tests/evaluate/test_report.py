@@ -127,3 +127,8 @@ def test_predict_errors_name_the_bad_value(trained_folder, tmp_path):
         predict_run(trained_folder, perturbation="A,B", cell_type="type_0", out=tmp_path / "p.h5ad")
     assert main(["predict", str(trained_folder), "--cell-type", "no_such_type", "--out", str(tmp_path / "q.h5ad")]) == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_evaluation_overrides_are_validated(trained_folder):
+    with pytest.raises(VCellError, match="evaluate.max_cells"):
+        evaluate_run(trained_folder, progress=False, overrides={"max_cells": -5})

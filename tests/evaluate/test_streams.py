@@ -97,3 +97,4 @@ def test_durations_written_as_text_are_read_as_hours(trained, evaluation_atlas, 
     adata.write_h5ad(tmp_path / "bad.h5ad")
     with pytest.raises(VCellError, match=f"'{column}' .* holds 'late', which is not a duration"):
         list(open_cells(tmp_path / "bad.h5ad", trained).batches(256))
+

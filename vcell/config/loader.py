@@ -108,7 +108,11 @@ def apply_overrides(tree: dict, overrides: list[str], provenance: dict[str, str]
 
 
 def origin_of(dotted: str, provenance: dict[str, str]) -> str:
-    """Where the value at `dotted` (or its closest set parent) came from."""
+    """Where the value at `dotted` came from: itself or a key below it set explicitly (an override
+    `a.b.c=1` creates section `a.b`), else its closest set parent."""
+    below = [origin for key, origin in provenance.items() if key == dotted or key.startswith(dotted + ".")]
+    if below:
+        return COMMAND_LINE if COMMAND_LINE in below else below[0]
     parts = dotted.split(".")
     for end in range(len(parts), 0, -1):
         origin = provenance.get(".".join(parts[:end]))

@@ -66,7 +66,7 @@ class BuildConfig(Section):
         None, ge=1, description="cells per shard; overrides shard_bytes when set (tests, tuning)"
     )
     read_cells: int = Field(8192, ge=1, description="cells read from an input at a time")
-    shuffle_seed: int = Field(0, description="seed of the cell pre-shuffle across sources")
+    shuffle_seed: int = Field(0, ge=0, description="seed of the cell pre-shuffle across sources")
     shuffle: bool = Field(True, description="pre-shuffle cells across sources (off keeps input order)")
     overwrite: bool = Field(False, description="replace an existing atlas at the output path")
 
@@ -117,7 +117,7 @@ class SynthConfig(Section):
         DEMO_GENES, ge=MIN_TRANSCRIPTION_FACTORS + 1,
         description="number of genes (transcription factors included); at least one more than the TFs",
     )
-    seed: int = Field(0, description="same seed, same atlas")
+    seed: int = Field(0, ge=0, description="same seed, same atlas")
     cell_types: int = Field(6, ge=1, description="distinct regulatory states")
     transcription_factors: int = Field(
         100, ge=MIN_TRANSCRIPTION_FACTORS, description="regulators in the GRN (default: genes / 20, at most 100)"
@@ -234,7 +234,7 @@ class HoldoutConfig(Section):
 class SplitConfig(Section):
     """Train/validation/test assignment of cells: held-out groups first, then a seeded fraction."""
 
-    seed: int = Field(0, description="seed of the random part of the split")
+    seed: int = Field(0, ge=0, description="seed of the random part of the split")
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the other cells for validation")
     test_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the other cells for test")
     holdout: list[HoldoutConfig] = Field(default_factory=list, description="held-out groups, by column")
@@ -306,7 +306,7 @@ class VCellConfig(Section):
     """The root of the tree: one file resolves to one of these."""
 
     name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name")
-    seed: int = Field(0, description="global seed")
+    seed: int = Field(0, ge=0, description="global seed")
     data: DataConfig = Field(default_factory=DataConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)

@@ -68,7 +68,7 @@ class TuneSection(Section):
         default_factory=dict, description="dotted key -> {choice|grid: [values]} or {uniform|loguniform|int: [low, high]}")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    seed: int | None = Field(None, description="seed of the search (null: the config's seed)")
+    seed: int | None = Field(None, ge=0, description="seed of the search (null: the config's seed)")
     retries: int = Field(0, ge=0, description="times a failed trial is started again before it counts as errored")
 
     @field_validator("space")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from vcell.evaluate.embed import write_embeddings
 from vcell.evaluate.enhancements import enhancement_metrics
@@ -24,9 +25,19 @@ from vcell.evaluate.export import open_trained
 from vcell.evaluate.heldout import held_out_cells
 from vcell.evaluate.perturbation import perturbation_metrics
 from vcell.evaluate.representation import embedding_metrics, reconstruction_metrics
+from vcell.errors import VCellError
 from vcell.files import atomic_write
 
 log = logging.getLogger(__name__)
+
+
+def evaluation_settings(evaluate: BaseModel, overrides: dict) -> BaseModel:
+    """The run's evaluate section with `overrides`, validated as the config is (model_copy is not)."""
+    try:
+        return type(evaluate).model_validate({**evaluate.model_dump(), **overrides})
+    except ValidationError as error:
+        problems = "; ".join(f"evaluate.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise VCellError(f"invalid evaluation settings: {problems}") from None
 
 
 def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: bool = True,
@@ -34,7 +45,7 @@ def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: 
     """Score a finished run on held-out cells; returns the "evaluation" section it wrote."""
     started = time.perf_counter()
     trained = open_trained(run)
-    settings = trained.config.evaluate.model_copy(update=overrides or {})
+    settings = evaluation_settings(trained.config.evaluate, overrides or {})
     folder = trained.run_folder or trained.directory
     data = held_out_cells(trained, atlas, max_cells=settings.max_cells, seed=trained.config.seed)
     results: dict = {"data": data.description, "notes": data.notes}
