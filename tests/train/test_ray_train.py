@@ -30,6 +30,13 @@ def weight_differences(first, second) -> list[str]:
     return [name for name in a if not torch.equal(a[name], b[name])]
 
 
+def weights_not_close(first: dict, second: dict, atol: float) -> list[str]:
+    """Names of the tensors not within `atol` (+ 1e-5 relative) everywhere, of another shape, or missing."""
+    return [name for name in first.keys() | second.keys()
+            if name not in first or name not in second or first[name].shape != second[name].shape
+            or not torch.allclose(first[name], second[name], atol=atol)]
+
+
 def losses(config) -> np.ndarray:
     return np.array([float(row["train/loss"]) for row in read_history(run_directory(config) / "history.csv")])
 
@@ -173,12 +180,18 @@ def test_one_worker_and_deepspeed_follow_the_ddp_loss(reference, train_atlas, st
     # optimiser) take the very steps DDP takes, and their sharded checkpoints export the same model
     np.testing.assert_allclose(losses(zero2), ddp, rtol=1e-3)
     np.testing.assert_allclose(losses(zero3), ddp, rtol=1e-3)
-    exported = load_exported(run_directory(zero3) / "model")
-    assert all(torch.allclose(value, load_exported(run_directory(reference[0]) / "model")[name], atol=1e-4)
-               for name, value in exported.items())
+    # the same weights within float tolerance; bitwise equality is neither promised nor excluded
+    # (another reduction order may or may not change the last bits)
+    ddp_weights = load_exported(run_directory(reference[0]) / "model")
+    for config in (zero2, zero3):
+        assert weights_not_close(load_exported(run_directory(config) / "model"), ddp_weights, atol=1e-4) == []
+    # the comparison can fail: a copy with one weight moved by 1e-3 is caught, by name
+    name = next(name for name in sorted(ddp_weights) if ddp_weights[name].is_floating_point())
+    moved = {**ddp_weights, name: ddp_weights[name].clone()}
+    moved[name].view(-1)[0] += 1e-3
+    assert weights_not_close(moved, ddp_weights, atol=1e-4) == [name]
     # one process sees other cells in each batch: the same curve within sampling noise
     assert np.abs(losses(single) - ddp).mean() / ddp.mean() < 0.1
-    assert weight_differences(reference[0], zero2)  # (not bitwise: other reduction order)
 
 
 def test_a_changed_config_is_refused_with_the_difference(reference):
