@@ -4,7 +4,10 @@ tolerance with exactly-once data, bitwise resume parity, and errors before any w
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,6 +195,66 @@ def test_one_worker_and_deepspeed_follow_the_ddp_loss(reference, train_atlas, st
     assert weights_not_close(moved, ddp_weights, atol=1e-4) == [name]
     # one process sees other cells in each batch: the same curve within sampling noise
     assert np.abs(losses(single) - ddp).mean() / ddp.mean() < 0.1
+
+
+class WorkerSockets:
+    """Polls, in a thread, the listening sockets of this session's Ray Train worker processes."""
+
+    def __init__(self) -> None:
+        self.listening: set[tuple[int, str, int]] = set()  # (pid, address, port)
+        self.pids: set[int] = set()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.poll, daemon=True)
+
+    def poll(self) -> None:
+        import psutil
+
+        while not self.stopped.wait(0.2):
+            for process in psutil.Process(os.getpid()).children(recursive=True):
+                try:
+                    if "RayTrainWorker" not in " ".join(process.cmdline()):
+                        continue
+                    self.pids.add(process.pid)
+                    self.listening |= {(process.pid, c.laddr.ip, c.laddr.port)
+                                       for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+                except psutil.Error:  # the process ended between listing and asking
+                    continue
+
+    def __enter__(self) -> "WorkerSockets":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+NOISE = ("find_unused_parameters=True", "your dataloader is not resumable", "generated new fontManager",
+         "Reporting training result", "TrainingReport(")
+
+
+def test_a_healthy_run_and_its_resume_are_quiet_and_listen_on_loopback_only(ray_cluster, train_atlas, tmp_path, capfd):
+    import matplotlib
+
+    shutil.rmtree(matplotlib.get_cachedir(), ignore_errors=True)  # the workers' too (same HOME): a first run's state
+    first = run_config(train_atlas, tmp_path, "quiet", "train.steps=4")
+    with WorkerSockets() as sockets:
+        train(first)
+        resumed = train(first.model_copy(update={"train": first.train.model_copy(update={"steps": 8})}),
+                        resume_with_changes=True)
+    assert resumed["resumed_from_step"] == 4  # mid-epoch: where Lightning would warn about the loader
+    # item 14: torch's rendezvous store (and gloo) listen on the node's Ray address, 127.0.0.1 here
+    assert sockets.listening, "no listening socket of a training worker was seen"
+    wildcard = [entry for entry in sockets.listening if entry[1] in ("0.0.0.0", "::", "::ffff:0.0.0.0")]
+    assert wildcard == [], f"bound to every interface: {wildcard}"
+    # item 12: nothing a user should not see, in the driver's output or in any worker's log
+    logs = Path(ray_cluster._private.worker.global_worker.node.get_logs_dir_path())
+    worker_logs = [path for pid in sockets.pids for path in logs.glob(f"worker-*-{pid}.*")]
+    assert worker_logs, f"no log of the worker processes {sockets.pids} in {logs}"
+    captured = capfd.readouterr()
+    texts = {"driver": captured.out + captured.err, **{path.name: path.read_text(errors="replace") for path in worker_logs}}
+    shown = {(name, noise) for name, text in texts.items() for noise in NOISE if noise in text}
+    assert not shown, f"noise in a healthy run: {sorted(shown)}"
 
 
 def test_a_changed_config_is_refused_with_the_difference(reference):

@@ -137,6 +137,9 @@ def absolute_paths(config: VCellConfig) -> VCellConfig:
 def worker_entry(payload: dict) -> None:
     """`worker.train_worker`, imported in the worker: the driver (or a campaign's trial) then never
     imports Lightning, seconds of start-up on a small machine."""
+    # Lightning imports torchmetrics, which imports matplotlib: on a machine without its font cache
+    # each worker builds one and logs "generated new fontManager" (INFO, which Ray's workers show)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
     from vcell.train.worker import train_worker
 
     train_worker(payload)
@@ -157,7 +160,9 @@ class RunHooks:
 
 def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHooks = RunHooks()) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from vcell.train.rendezvous import BoundTorchConfig
 
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {})}
@@ -172,7 +177,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         },
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=bool(scaling.gpus_per_worker),
                                      resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
+        # the rendezvous store listens on the node's Ray address only (torch's own: every interface)
+        torch_config=BoundTorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
         run_config=RunConfig(
             name="ray", storage_path=str(run.directory),  # Ray's own bookkeeping: runs/<name>/ray/
             failure_config=FailureConfig(max_failures=scaling.max_failures, controller_failure_limit=2),
