@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -122,6 +123,12 @@ def test_a_finished_run_exports_a_self_contained_model_with_a_card(reference, tm
     assert "not empty" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "no-run"), "--out", str(tmp_path / "x")]) == 2
     assert "neither a run" in capsys.readouterr().err
+    edited = tmp_path / "edited-run"  # a run folder is trusted input: one whose checkpoint does not verify is refused
+    shutil.copytree(run_directory(config), edited)
+    manifest = CheckpointStore(edited).latest().path / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "files": []}))
+    assert main(["export", str(edited), "--out", str(tmp_path / "from-edited")]) == 2
+    assert "does not verify" in capsys.readouterr().err and not (tmp_path / "from-edited").exists()
 
 
 def test_a_killed_worker_restarts_from_the_last_checkpoint_with_every_cell_once(reference, train_atlas, storage,
@@ -255,6 +262,19 @@ def test_a_healthy_run_and_its_resume_are_quiet_and_listen_on_loopback_only(ray_
     texts = {"driver": captured.out + captured.err, **{path.name: path.read_text(errors="replace") for path in worker_logs}}
     shown = {(name, noise) for name, text in texts.items() for noise in NOISE if noise in text}
     assert not shown, f"noise in a healthy run: {sorted(shown)}"
+
+
+def test_a_vcell_error_in_a_worker_stops_the_run_at_once_with_one_message(ray_cluster, train_atlas, tmp_path, monkeypatch):
+    attempts = tmp_path / "attempts"
+    monkeypatch.setenv("VCELL_FAULT_STEP", "2")  # rank 1 raises a VCellError at step 2, on every attempt
+    monkeypatch.setenv("VCELL_FAULT_KIND", "error")
+    monkeypatch.setenv("VCELL_FAULT_MARKER", str(attempts))
+    config = run_config(train_atlas, tmp_path, "deterministic", "scaling.max_failures=2")
+    with pytest.raises(VCellError, match="worker 1: fault drill: a deterministic error on rank 1 at step 2") as failed:
+        train(config)
+    assert attempts.read_text().count("error on rank 1") == 1  # not retried: max_failures is for dead workers
+    log = Path(re.search(r"worker log: (\S+)", str(failed.value)).group(1))
+    assert log.is_file() and "Traceback" not in log.read_text()  # the message is the whole story
 
 
 def test_a_changed_config_is_refused_with_the_difference(reference):

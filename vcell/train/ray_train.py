@@ -24,6 +24,7 @@ from vcell.config.schema import ScalingSection, VCellConfig
 from vcell.errors import VCellError
 from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
+from vcell.train.preflight import preflight
 from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 
@@ -113,13 +114,10 @@ def probe_storage(directory: Path) -> None:
 
 def worker_failure(error: Exception) -> VCellError | None:
     """The user-facing error behind a failed run, if a worker raised one."""
-    for failure in getattr(error, "worker_failures", {}).values():
-        cause = failure
-        while cause is not None:
-            if isinstance(cause, VCellError):
-                return cause
-            cause = cause.__cause__
-    return None
+    from vcell.train.failures import user_error
+
+    return next((cause for failure in getattr(error, "worker_failures", {}).values()
+                 if (cause := user_error(failure)) is not None), None)
 
 
 def absolute_paths(config: VCellConfig) -> VCellConfig:
@@ -140,9 +138,15 @@ def worker_entry(payload: dict) -> None:
     # Lightning imports torchmetrics, which imports matplotlib: on a machine without its font cache
     # each worker builds one and logs "generated new fontManager" (INFO, which Ray's workers show)
     logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
+    import ray.train
+
+    from vcell.train.failures import raise_user_error
     from vcell.train.worker import train_worker
 
-    train_worker(payload)
+    try:
+        train_worker(payload)
+    except VCellError as error:  # the same on every attempt: not retried (failures.NoRetryOfUserErrors)
+        raise_user_error(error, ray.train.get_context().get_world_rank())
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from vcell.train.failures import user_errors_not_retried
     from vcell.train.rendezvous import BoundTorchConfig
 
     scaling = config.scaling
@@ -186,7 +191,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         ),
     )
     try:
-        trainer.fit()
+        with user_errors_not_retried():
+            trainer.fit()
     except Exception as error:  # Ray wraps worker errors: show ours plainly
         cause = worker_failure(error)
         if cause is not None:
@@ -201,6 +207,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     atlas = prepare_atlas(config, progress)
     config = with_model_inputs(config, atlas)
     plan = training_plan(config, atlas)  # builds the model on the meta device: annotations, inputs
+    preflight(config, atlas)  # atlas metadata, labels, split, storage: before anything is written
     if dry_run:
         check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
         print(format_plan(plan, config))
