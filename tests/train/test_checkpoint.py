@@ -91,7 +91,7 @@ def test_a_deepspeed_checkpoint_must_list_its_shards(tmp_path):
     store = ckpt.CheckpointStore(tmp_path)
     directory = fake_checkpoint(store, 4, manifest=False)
     ckpt.write_manifest(directory, 4, "hash", 2, "deepspeed")  # a DDP file where DeepSpeed's folder belongs
-    with pytest.raises(VCellError, match="does not list: lightning.ckpt/latest"):
+    with pytest.raises(VCellError, match="does not list: lightning.ckpt/<tag>/mp_rank_00_model_states.pt, lightning.ckpt/latest"):
         ckpt.verify_checkpoint(directory)
 
 

@@ -200,9 +200,15 @@ def check_fields(value: object, fields: dict[str, type], where: str) -> None:
 
 
 def required_files(manifest: dict) -> set[str]:
-    """What a resume reads: the Lightning state (DeepSpeed: its folder's `latest` tag) and each rank's state."""
-    ranks = {f"rank-{rank}.pt" for rank in range(manifest["world_size"])}
-    return ranks | {f"{LIGHTNING}/latest" if manifest["strategy"] == "deepspeed" else LIGHTNING}
+    """What a resume reads: the Lightning state and each rank's state. DeepSpeed's state is a folder:
+    its `latest` tag and the model states under the tag (the optimiser shards then must be listed
+    too, as every file in the folder must)."""
+    needed = {f"rank-{rank}.pt" for rank in range(manifest["world_size"])}
+    if manifest["strategy"] != "deepspeed":
+        return needed | {LIGHTNING}
+    model_states = [entry["path"] for entry in manifest["files"]
+                    if PurePosixPath(entry["path"]).match(f"{LIGHTNING}/*/*model_states.pt")]
+    return needed | {f"{LIGHTNING}/latest"} | set(model_states[:1] or [f"{LIGHTNING}/<tag>/mp_rank_00_model_states.pt"])
 
 
 def verify_checkpoint(directory: Path) -> Checkpoint:
