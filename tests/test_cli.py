@@ -113,7 +113,7 @@ def test_train_dry_run_prints_the_plan_without_training(tmp_path, capsys):
                                                                   compartments=2, perturbations=3, truth_draws=8),
                              BuildConfig(), progress=False)
     code = main(["train", "--dry-run", f"data.atlas={atlas}", f"scaling.storage_path={tmp_path / 'runs'}",
-                 "train.strategy=deepspeed", "train.deepspeed.stage=3", "loader.batch_size=32"])
+                 "train.strategy=deepspeed", "train.deepspeed.stage=3", "loader.batch_size=32", "loader.split.holdout=[]"])
     out = capsys.readouterr().out
     assert code == 0
     assert "parameters" in out and "deepspeed ZeRO-3" in out and "GB per worker" in out

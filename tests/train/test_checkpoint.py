@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 
 import numpy as np
@@ -35,6 +37,62 @@ def test_only_checkpoints_with_a_matching_manifest_count(tmp_path):
     assert store.latest().step == 10
     (store.path(10) / "rank-0.pt").unlink()
     assert store.latest() is None
+
+
+def edit_files(edit):
+    def apply(manifest: dict, directory) -> dict:
+        edit(manifest["files"], directory)
+        return manifest
+    return apply
+
+
+def drop_rank_file(files, directory):
+    files[:] = [entry for entry in files if entry["path"] != "rank-1.pt"]
+    (directory / "rank-1.pt").unlink()
+
+
+EDITED_MANIFESTS = {  # name -> (edit of the manifest dict, or raw text), words the warning must contain
+    "empty file list": (lambda m, d: {**m, "files": []}, "does not list: lightning.ckpt, rank-0.pt"),
+    "a rank's state neither listed nor there": (edit_files(drop_rank_file), "does not list: rank-1.pt"),
+    "an unlisted extra file": (lambda m, d: (d / "extra.pt").write_bytes(b"x") and m, "does not list: extra.pt"),
+    "step as text": (lambda m, d: {**m, "step": "20"}, "'step' missing or not of type int"),
+    "world size true": (lambda m, d: {**m, "world_size": True}, "'world_size' missing or not of type int"),
+    "no config hash": (lambda m, d: {k: v for k, v in m.items() if k != "config_hash"}, "'config_hash' missing"),
+    "step of another folder": (lambda m, d: {**m, "step": 10}, "does not match the folder name"),
+    "entry without sha256": (edit_files(lambda f, d: f[0].pop("sha256")), "'sha256' missing"),
+    "entry not an object": (edit_files(lambda f, d: f.append("rank-9.pt")), "a 'files' entry is not a JSON object"),
+    "path outside the folder": (edit_files(lambda f, d: f[0].update(path="../../x")), "not a plain path"),
+    "wrong size": (edit_files(lambda f, d: f[0].update(bytes=f[0]["bytes"] + 1)), "the manifest says"),
+    "wrong sha256": (edit_files(lambda f, d: f[0].update(sha256="0" * 64)), "sha256 differs"),
+    "unknown strategy": (lambda m, d: {**m, "strategy": "fsdp"}, "strategy 'fsdp'"),
+    "not JSON": ("{\"step\": 20,", "is not valid JSON"),
+    "a list": ("[]", "is not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("name", EDITED_MANIFESTS)
+def test_an_edited_manifest_is_ignored_on_resume_with_a_warning_naming_it(tmp_path, caplog, name):
+    store = ckpt.CheckpointStore(tmp_path)
+    fake_checkpoint(store, 10)
+    directory = fake_checkpoint(store, 20)
+    edit, reason = EDITED_MANIFESTS[name]
+    manifest_path = directory / ckpt.MANIFEST
+    text = edit if isinstance(edit, str) else json.dumps(edit(json.loads(manifest_path.read_text()), directory))
+    manifest_path.write_text(text)
+    with caplog.at_level(logging.WARNING, logger=ckpt.__name__):
+        assert store.latest().step == 10  # the edited newest one is skipped, no traceback
+    assert f"ignoring checkpoint {directory}" in caplog.text and reason in caplog.text
+    with pytest.raises(VCellError, match="does not verify") as refused:  # pointed at explicitly: refused
+        ckpt.verify_checkpoint(directory)
+    assert reason in str(refused.value)
+
+
+def test_a_deepspeed_checkpoint_must_list_its_shards(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    directory = fake_checkpoint(store, 4, manifest=False)
+    ckpt.write_manifest(directory, 4, "hash", 2, "deepspeed")  # a DDP file where DeepSpeed's folder belongs
+    with pytest.raises(VCellError, match="does not list: lightning.ckpt/<tag>/mp_rank_00_model_states.pt, lightning.ckpt/latest"):
+        ckpt.verify_checkpoint(directory)
 
 
 def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):

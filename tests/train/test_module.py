@@ -1,5 +1,6 @@
-"""The LightningModule's handling of padding: a batch that is all padding (a rank whose share of
-the epoch ended a batch early) must not turn the loss or the gradients into NaN."""
+"""The training step: every parameter in the graph (so DDP runs without unused-parameter
+detection, its per-step graph walk and its warning), and padding handled so that a batch that is
+all padding (a rank whose share of the epoch ended a batch early) never turns into NaN."""
 
 from __future__ import annotations
 
@@ -7,22 +8,46 @@ import pytest
 import torch
 
 from tests.models.test_zoo import SPEC, random_batch
+from vcell.config import load_config
 from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
 from vcell.train.module import VCellModule
 
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
+
+def test_every_parameter_gets_a_gradient_in_a_batch_without_perturbed_cells():
+    config = load_config(None, ["model.size=tiny"])
+    batch = random_batch()
+    batch["perturbation"].zero_(), batch["time"].zero_(), batch["hours_since_pulse"].fill_(float("nan"))  # all basal
+    idle, losses = {}, {}
+    for strategy in ("deepspeed", "ddp"):
+        torch.manual_seed(0)
+        module = VCellModule(config.model, SPEC, config.train.model_copy(update={"strategy": strategy}))
+        torch.manual_seed(1)
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        idle[strategy] = [name for name, parameter in module.named_parameters() if parameter.grad is None]
+        losses[strategy] = loss.detach()
+    assert idle["deepspeed"], "the batch should leave the response path idle (else this test proves nothing)"
+    assert idle["ddp"] == []  # DDP's strategy has find_unused_parameters=False: every parameter must take part
+    assert torch.equal(losses["ddp"], losses["deepspeed"])  # the term adds exactly nothing
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
 @pytest.mark.parametrize("name", ["base", "full"])
-def test_an_all_padding_batch_gives_a_zero_loss_and_zero_gradients(name):
+def test_an_all_padding_batch_gives_a_zero_loss_and_zero_gradients(name, strategy):
     torch.manual_seed(0)
-    module = VCellModule(ModelConfig(name=name, size="tiny"), SPEC, TrainConfig())
+    module = VCellModule(ModelConfig(name=name, size="tiny"), SPEC, TrainConfig(strategy=strategy))
     batch = random_batch()
     batch["valid"] = torch.zeros(len(batch["x"]), dtype=torch.bool)
     loss = module.training_step(batch, 0)
     loss.backward()
     assert loss.item() == 0.0
-    gradients = [p.grad for p in module.parameters() if p.grad is not None]
-    assert gradients and all(torch.equal(g, torch.zeros_like(g)) for g in gradients)
+    gradients = {name: p.grad for name, p in module.named_parameters() if p.grad is not None}
+    assert gradients and all(torch.equal(g, torch.zeros_like(g)) for g in gradients.values())
+    if strategy == "ddp":  # the step takes part in DDP's gradient reduction like any other
+        assert len(gradients) == len(list(module.parameters()))
     assert module.cells_in_step == 0
 
 

@@ -26,7 +26,7 @@ from vcell.files import OutputKind, claim_output, current_umask, foreign_entries
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_dict
 from vcell.models.zoo import build_model, count_parameters
-from vcell.train.checkpoint import CheckpointStore, load_exported
+from vcell.train.checkpoint import CheckpointStore, load_exported, verify_model_source
 from vcell.train.tracking import read_history
 
 MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "normalization.json", "genes.txt")
@@ -118,8 +118,10 @@ def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> 
     """Copy a finished run's model files and write MODEL_CARD.md into `out` (whole or not at all)."""
     source, given = model_directory(run), Path(out)
     out = claim_output(given, EXPORT_OUTPUT, inputs=[run], overwrite=overwrite)
-    config, model = load_trained(source)  # refuses anything vcell did not write
     run_folder = source.parent if source.name == "model" else None
+    if run_folder is not None:  # a run folder is trusted input: its checkpoint must verify (sha256)
+        verify_model_source(run_folder)
+    config, model = load_trained(source)  # refuses anything vcell did not write
     with output_errors(given):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))

@@ -17,6 +17,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from vcell.errors import VCellError
 from vcell.train import checkpoint as ckpt
 from vcell.train.tracking import History
 
@@ -217,21 +218,29 @@ def read_audit(directory: Path) -> np.ndarray:
 
 class FaultDrill(pl.Callback):
     """Kills this worker process at a step, once (a marker file remembers): failure drills.
+    With VCELL_FAULT_KIND=error it raises a VCellError there instead, on every attempt (a
+    deterministic error), and appends a line to the marker each time.
 
     Set by the environment of the driver: VCELL_FAULT_STEP, VCELL_FAULT_RANK (default 1),
     VCELL_FAULT_MARKER (a path; the kill happens only while it does not exist)."""
 
-    def __init__(self, step: int, rank: int, marker: Path) -> None:
-        self.step, self.rank, self.marker = step, rank, marker
+    def __init__(self, step: int, rank: int, marker: Path, kind: str = "kill") -> None:
+        self.step, self.rank, self.marker, self.kind = step, rank, marker, kind
 
     @classmethod
     def from_environment(cls) -> FaultDrill | None:
         if "VCELL_FAULT_STEP" not in os.environ:
             return None
         return cls(int(os.environ["VCELL_FAULT_STEP"]), int(os.environ.get("VCELL_FAULT_RANK", 1)),
-                   Path(os.environ["VCELL_FAULT_MARKER"]))
+                   Path(os.environ["VCELL_FAULT_MARKER"]), os.environ.get("VCELL_FAULT_KIND", "kill"))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
-        if trainer.global_step == self.step and trainer.global_rank == self.rank and not self.marker.exists():
+        if trainer.global_step != self.step or trainer.global_rank != self.rank:
+            return
+        if self.kind == "error":
+            with open(self.marker, "a") as stream:
+                stream.write(f"error on rank {self.rank} at step {self.step}\n")
+            raise VCellError(f"fault drill: a deterministic error on rank {self.rank} at step {self.step}")
+        if not self.marker.exists():
             self.marker.write_text(f"killed rank {self.rank} at step {self.step}\n")
             os.kill(os.getpid(), signal.SIGKILL)

@@ -9,7 +9,10 @@
                               incomplete and ignored on resume
 
 A crash while saving leaves no manifest; a resume picks the newest checkpoint whose manifest
-matches its files. `export_weights` turns the newest one into `model/model.safetensors`.
+matches its files: well formed, listing the Lightning state and every rank's file, and every
+file in the folder (nothing unlisted), each of the listed size and sha256. A DeepSpeed resume
+unpickles its shards, so a run folder is trusted input and this check is what guards it.
+`export_weights` turns the newest one into `model/model.safetensors`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import random
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -37,11 +40,16 @@ def files_under(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
+class IncompleteCheckpoint(VCellError):
+    """A checkpoint folder whose manifest is missing, malformed, or does not match its files."""
+
+
 @dataclass
 class Checkpoint:
     step: int
     path: Path
     manifest: dict
+    verified: bool = False  # every file's sha256 matched the manifest (not only names and sizes)
 
     @property
     def lightning_path(self) -> Path:
@@ -78,10 +86,8 @@ class CheckpointStore:
         """Checkpoints whose manifest is present and matches their files, oldest first."""
         found = []
         for directory in self.directories():
-            checkpoint = read_checkpoint(directory, verify)
-            if checkpoint is None:
-                log.warning("ignoring incomplete checkpoint %s", directory)
-            else:
+            checkpoint = read_checkpoint(directory, verify)  # warns, with the reason, when incomplete
+            if checkpoint is not None:
                 found.append(checkpoint)
         return found
 
@@ -91,7 +97,6 @@ class CheckpointStore:
             checkpoint = read_checkpoint(directory, verify=True)
             if checkpoint is not None:
                 return checkpoint
-            log.warning("ignoring incomplete checkpoint %s", directory)
         return None
 
     def prune(self, keep: int) -> None:
@@ -126,20 +131,108 @@ def resume_point(store: CheckpointStore, config_hash: str, allow_changes: bool, 
 
 
 def read_checkpoint(directory: Path, verify: bool) -> Checkpoint | None:
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        return None
+    """The checkpoint in `directory`, or None (with a warning saying why) when it is incomplete."""
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return check_checkpoint(directory, verify)
+    except IncompleteCheckpoint as problem:
+        log.warning("ignoring checkpoint %s: %s", directory, problem)
         return None
-    for entry in manifest.get("files", []):
-        path = directory / entry["path"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"]:
-            return None
+
+
+def check_checkpoint(directory: Path, verify: bool = True) -> Checkpoint:
+    """The checkpoint in `directory` when its manifest is well formed, lists the files a resume
+    needs and every file in the folder, and (with `verify`) matches each file's sha256.
+
+    Resuming a DeepSpeed run unpickles its shards (DeepSpeed loads them with weights_only=False),
+    so nothing is trusted that the manifest does not vouch for: an empty or edited manifest, an
+    extra file, a missing one. Raises `IncompleteCheckpoint` naming the first problem found."""
+    manifest = parse_manifest(directory)
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    present = {p.relative_to(directory).as_posix() for p in files_under(directory)}
+    needed = required_files(manifest)
+    for problem, names in (("does not list", needed - set(listed)), ("lists missing files", set(listed) - present),
+                           ("does not list", present - set(listed))):
+        if names:
+            raise IncompleteCheckpoint(f"{directory / MANIFEST} {problem}: {', '.join(sorted(names)[:5])}")
+    for name, entry in listed.items():
+        path = directory / name
+        if path.stat().st_size != entry["bytes"]:
+            raise IncompleteCheckpoint(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
         if verify and sha256_file(path) != entry["sha256"]:
-            return None
-    return Checkpoint(int(manifest["step"]), directory, manifest)
+            raise IncompleteCheckpoint(f"{path}: sha256 differs from the manifest (changed or damaged)")
+    return Checkpoint(manifest["step"], directory, manifest, verified=verify)
+
+
+MANIFEST_FIELDS = {"format": int, "step": int, "config_hash": str, "world_size": int, "strategy": str, "files": list}
+FILE_FIELDS = {"path": str, "bytes": int, "sha256": str}
+
+
+def parse_manifest(directory: Path) -> dict:
+    """The manifest of `directory` with every field of the type `write_manifest` gives it."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise IncompleteCheckpoint(f"no {MANIFEST} (the save did not finish)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IncompleteCheckpoint(f"{path} is not valid JSON ({error})") from None
+    check_fields(manifest, MANIFEST_FIELDS, str(path))
+    for entry in manifest["files"]:
+        check_fields(entry, FILE_FIELDS, f"{path}: a 'files' entry")
+        name = PurePosixPath(entry["path"])
+        if name.is_absolute() or ".." in name.parts or name.as_posix() != entry["path"] or entry["path"] == MANIFEST:
+            raise IncompleteCheckpoint(f"{path}: file path {entry['path']!r} is not a plain path inside the checkpoint")
+    if manifest["format"] != FORMAT or manifest["world_size"] < 1 or manifest["strategy"] not in ("ddp", "deepspeed"):
+        raise IncompleteCheckpoint(f"{path}: format {manifest['format']}, world_size {manifest['world_size']}, "
+                                   f"strategy {manifest['strategy']!r} (this vcell writes format {FORMAT})")
+    if directory.name != f"step-{manifest['step']:08d}":
+        raise IncompleteCheckpoint(f"{path}: step {manifest['step']} does not match the folder name")
+    return manifest
+
+
+def check_fields(value: object, fields: dict[str, type], where: str) -> None:
+    if not isinstance(value, dict):
+        raise IncompleteCheckpoint(f"{where} is not a JSON object")
+    for key, kind in fields.items():
+        # bool is an int subclass in Python: `true` is no step number
+        if key not in value or not isinstance(value[key], kind) or isinstance(value[key], bool):
+            raise IncompleteCheckpoint(f"{where}: '{key}' missing or not of type {kind.__name__}")
+
+
+def required_files(manifest: dict) -> set[str]:
+    """What a resume reads: the Lightning state and each rank's state. DeepSpeed's state is a folder:
+    its `latest` tag and the model states under the tag (the optimiser shards then must be listed
+    too, as every file in the folder must)."""
+    needed = {f"rank-{rank}.pt" for rank in range(manifest["world_size"])}
+    if manifest["strategy"] != "deepspeed":
+        return needed | {LIGHTNING}
+    model_states = [entry["path"] for entry in manifest["files"]
+                    if PurePosixPath(entry["path"]).match(f"{LIGHTNING}/*/*model_states.pt")]
+    return needed | {f"{LIGHTNING}/latest"} | set(model_states[:1] or [f"{LIGHTNING}/<tag>/mp_rank_00_model_states.pt"])
+
+
+def verify_checkpoint(directory: Path) -> Checkpoint:
+    """The checkpoint in `directory`, every file verified (sha256); a clear error when it does not
+    verify. For a checkpoint the user points at: a run folder is trusted input (see module doc)."""
+    try:
+        return check_checkpoint(directory, verify=True)
+    except IncompleteCheckpoint as problem:
+        raise VCellError(f"checkpoint {directory} does not verify: {problem}",
+                         hint="vcell reads only checkpoints whose manifest vouches for every file: use runs you "
+                         "trained yourself, or train this one again with --restart") from None
+
+
+def verify_model_source(run_directory: Path) -> Checkpoint:
+    """The checkpoint a run's `model/` was exported from (the step in its metadata), verified."""
+    from safetensors import safe_open
+
+    model = run_directory / "model" / "model.safetensors"
+    try:
+        with safe_open(str(model), framework="pt") as handle:
+            step = int((handle.metadata() or {})["step"])
+    except Exception:  # safetensors raises its own types; a missing or non-numeric step alike
+        raise VCellError(f"{model}: no readable step in its metadata", hint="rerun the same `vcell train` command") from None
+    return verify_checkpoint(CheckpointStore(run_directory).path(step))
 
 
 def write_manifest(directory: Path, step: int, config_hash: str, world_size: int, strategy: str) -> Path:
@@ -190,6 +283,9 @@ def model_state(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     """The `VirtualCell` weights (fp32) of a checkpoint, DDP file or DeepSpeed shards alike."""
     if checkpoint.lightning_path.is_dir():
         from vcell.train.deepspeed_cpu import consolidate_zero_checkpoint
+
+        if not checkpoint.verified:  # DeepSpeed unpickles its shards: only files the manifest vouches for
+            checkpoint = check_checkpoint(checkpoint.path, verify=True)
 
         module_state = consolidate_zero_checkpoint(checkpoint.lightning_path)
     else:

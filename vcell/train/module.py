@@ -35,6 +35,19 @@ def count_valid(batch: dict[str, torch.Tensor]) -> int:
     return batch["x"].shape[0] if valid is None else int(valid.sum())
 
 
+def every_parameter_term(model: torch.nn.Module) -> torch.Tensor:
+    """0 x (one element of every trainable parameter): adds nothing to the loss or to any gradient,
+    but puts every parameter in this step's graph.
+
+    Why: a batch can leave a path idle (no perturbed cell with a basal partner: the response path
+    and its dynamics get no gradient). DDP then needs `find_unused_parameters=True`, an extra walk
+    of the autograd graph every step and a warning on runs where nothing is idle. With this term
+    each parameter gets a gradient (zero where idle, as DeepSpeed gives idle parameters) every step,
+    so DDP runs with the flag off (`strategy.py`). Not used under DeepSpeed: ZeRO-3 keeps
+    parameters partitioned (empty) outside their module's forward."""
+    return torch.stack([parameter.reshape(-1)[0] for parameter in model.parameters() if parameter.requires_grad]).sum() * 0.0
+
+
 class VCellModule(pl.LightningModule):
     """Training, validation and optimiser for one `VirtualCell` (see module doc)."""
 
@@ -53,14 +66,17 @@ class VCellModule(pl.LightningModule):
             # Its step must still run backward (DDP reduces every rank's gradients), so it
             # contributes a zero loss with the graph intact; a mean over no rows would be NaN.
             self.cells_in_step = 0
-            return self.model(batch).loss * 0.0
-        batch = valid_rows(batch)
-        self.cells_in_step = len(batch["x"])
-        output = self.model(batch)
-        for name, value in output.losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=self.cells_in_step)
-        loss = output.loss
-        self.log("train/loss", loss.detach(), batch_size=self.cells_in_step, prog_bar=True)
+            loss = self.model(batch).loss * 0.0
+        else:
+            batch = valid_rows(batch)
+            self.cells_in_step = len(batch["x"])
+            output = self.model(batch)
+            for name, value in output.losses.items():
+                self.log(f"train/{name}", value.detach(), batch_size=self.cells_in_step)
+            loss = output.loss
+            self.log("train/loss", loss.detach(), batch_size=self.cells_in_step, prog_bar=True)
+        if self.train_config.strategy == "ddp":
+            loss = loss + every_parameter_term(self.model)
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:

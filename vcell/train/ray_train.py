@@ -24,6 +24,7 @@ from vcell.config.schema import ScalingSection, VCellConfig
 from vcell.errors import VCellError
 from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
+from vcell.train.preflight import preflight
 from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 
@@ -108,13 +109,10 @@ def probe_storage(directory: Path) -> None:
 
 def worker_failure(error: Exception) -> VCellError | None:
     """The user-facing error behind a failed run, if a worker raised one."""
-    for failure in getattr(error, "worker_failures", {}).values():
-        cause = failure
-        while cause is not None:
-            if isinstance(cause, VCellError):
-                return cause
-            cause = cause.__cause__
-    return None
+    from vcell.train.failures import user_error
+
+    return next((cause for failure in getattr(error, "worker_failures", {}).values()
+                 if (cause := user_error(failure)) is not None), None)
 
 
 def absolute_paths(config: VCellConfig) -> VCellConfig:
@@ -132,9 +130,18 @@ def absolute_paths(config: VCellConfig) -> VCellConfig:
 def worker_entry(payload: dict) -> None:
     """`worker.train_worker`, imported in the worker: the driver (or a campaign's trial) then never
     imports Lightning, seconds of start-up on a small machine."""
+    # Lightning imports torchmetrics, which imports matplotlib: on a machine without its font cache
+    # each worker builds one and logs "generated new fontManager" (INFO, which Ray's workers show)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.WARNING)
+    import ray.train
+
+    from vcell.train.failures import raise_user_error
     from vcell.train.worker import train_worker
 
-    train_worker(payload)
+    try:
+        train_worker(payload)
+    except VCellError as error:  # the same on every attempt: not retried (failures.NoRetryOfUserErrors)
+        raise_user_error(error, ray.train.get_context().get_world_rank())
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,10 @@ class RunHooks:
 
 def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHooks = RunHooks()) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
+
+    from vcell.train.failures import user_errors_not_retried
+    from vcell.train.rendezvous import BoundTorchConfig
 
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if scaling.gpus_per_worker else {})}
@@ -167,7 +177,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         },
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=bool(scaling.gpus_per_worker),
                                      resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
+        # the rendezvous store listens on the node's Ray address only (torch's own: every interface)
+        torch_config=BoundTorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
         run_config=RunConfig(
             name="ray", storage_path=str(run.directory),  # Ray's own bookkeeping: runs/<name>/ray/
             failure_config=FailureConfig(max_failures=scaling.max_failures, controller_failure_limit=2),
@@ -175,7 +186,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         ),
     )
     try:
-        trainer.fit()
+        with user_errors_not_retried():
+            trainer.fit()
     except Exception as error:  # Ray wraps worker errors: show ours plainly
         cause = worker_failure(error)
         if cause is not None:
@@ -190,6 +202,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     atlas = prepare_atlas(config, progress, dry_run=dry_run)
     config = with_model_inputs(config, atlas)
     plan = training_plan(config, atlas)  # builds the model on the meta device: annotations, inputs
+    preflight(config, atlas)  # atlas metadata, labels, split, storage: before anything is written
     if dry_run:
         check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
         print(format_plan(plan, config))

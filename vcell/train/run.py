@@ -6,7 +6,8 @@
 
 Re-running the same command finds the same folder and resumes. The same name with a different
 config is refused with the difference shown, unless the user restarts (the old run is deleted)
-or resumes with changes (e.g. more steps). Everything is written through temp files + rename.
+or resumes with changes (e.g. more steps). An attempt that failed before its first checkpoint
+protects nothing: a corrected config simply replaces it. Everything is written through temp files + rename.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes
     resumed = saved_path.is_file() and not restart
     if resumed:
         differences = config_diff(yaml.safe_load(saved_path.read_text()) or {}, config)
+        if differences and not has_checkpoints(saved_path.parent):
+            return False  # an attempt that failed before its first checkpoint: nothing to resume or protect
         if differences and not resume_with_changes:
             shown = "\n    ".join(differences)
             raise VCellError(
@@ -96,11 +99,17 @@ def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes
     return resumed
 
 
+def has_checkpoints(directory: Path) -> bool:
+    """Whether any checkpoint of the run got as far as its manifest (complete or not, unverified)."""
+    return any((directory / "checkpoints").glob("step-*/manifest.json"))
+
+
 def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False) -> Run:
     """Check the run folder against `config` and record the config in it (see module doc)."""
     resumed = check_run(config, restart=restart, resume_with_changes=resume_with_changes)
     directory = run_directory(config)
-    if restart:
+    failed_start = not resumed and (directory / "config.yaml").is_file()  # and no checkpoint (see check_run)
+    if restart or failed_start:
         for name in RUN_FILES:
             path = directory / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

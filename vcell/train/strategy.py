@@ -3,8 +3,9 @@
     strategy = make_strategy(config)    # inside a Ray Train worker
 
 DDP is Ray's `RayDDPStrategy` (the process group Ray Train has set up, the device Ray chose),
-with unused-parameter detection on: a batch without perturbed cells leaves the response path's
-parameters without gradients. DeepSpeed reads configs/deepspeed/zero<stage>.json (+ offload and
+with unused-parameter detection off: the training step puts every parameter in each step's graph
+(`module.every_parameter_term`), so a batch without perturbed cells leaves no parameter without a
+gradient, and DDP skips the per-step graph walk that detection costs. DeepSpeed reads configs/deepspeed/zero<stage>.json (+ offload and
 overrides) and uses the stock strategy on GPU or our CPU subclass (`deepspeed_cpu`).
 """
 
@@ -24,4 +25,4 @@ def make_strategy(config: VCellConfig) -> Strategy:
         return deepspeed_strategy(load_deepspeed_config(settings.stage, settings.offload, settings.overrides), accelerator)
     from ray.train.lightning import RayDDPStrategy
 
-    return RayDDPStrategy(find_unused_parameters=True)
+    return RayDDPStrategy(find_unused_parameters=False)

@@ -1,0 +1,61 @@
+"""What `vcell train --dry-run` (and every real start, before Ray) catches without training, and
+that a start which failed before its first checkpoint does not block the corrected rerun."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.train.conftest import run_config
+from vcell.errors import VCellError
+from vcell.train.ray_train import train
+from vcell.train.run import prepare_run, run_directory
+
+QUICKSTART_HOLDOUT = "loader.split.holdout=[{column: perturbation, test: [TF013, TF040, TF073, GENE0936, GENE1440]}]"
+
+
+def damaged_copy(atlas, tmp_path):
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(atlas, copy)
+    metadata = copy / "var" / "zarr.json"
+    metadata.write_text(metadata.read_text().replace('"', "'", 2).replace("'", '"', 2) + " ")  # one byte more
+    return copy
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+@pytest.mark.parametrize("case, message", [
+    ("holdout", r"holdout: \['TF013', 'TF040', 'TF073', 'GENE0936', 'GENE1440'\] are not values of obs column 'perturbation'"),
+    ("labels", r"loader.labels: donor_age not among the obs columns"),
+    ("batch", r"loader.batch_size=1000 is larger than the training split per worker: 1,4\d\d training cells"),
+    ("damaged", r"is damaged: 0 recorded file\(s\) missing, 1 changed \(var/zarr.json\)"),
+    ("storage", r"cannot write the run folder .*: not a folder"),
+])
+def test_what_needs_no_training_fails_before_anything_is_written(train_atlas, tmp_path, case, message, dry_run):
+    atlas, storage, extra = train_atlas, tmp_path / "runs", []
+    if case == "damaged":
+        atlas = damaged_copy(train_atlas, tmp_path)
+    if case == "storage":
+        (tmp_path / "a-file").write_text("not a folder")
+        storage = tmp_path / "a-file" / "runs"
+    extra = {"holdout": [QUICKSTART_HOLDOUT], "labels": ["loader.labels=[cell_type, donor_age]"],
+             "batch": ["loader.batch_size=1000", "loader.buffer_cells=2000"]}.get(case, [])
+    config = run_config(atlas, storage, "preflight", *extra)
+    with pytest.raises(VCellError, match=message):
+        train(config, dry_run=dry_run)  # a real start fails the same way, before Ray starts
+    assert not run_directory(config).exists() and not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corrected_rerun(train_atlas, tmp_path):
+    failed = run_config(train_atlas, tmp_path, "retry", "loader.batch_size=32")
+    directory = prepare_run(failed).directory  # what a start writes before its workers fail
+    (directory / "history.csv").write_text("step\n")
+    corrected = run_config(train_atlas, tmp_path, "retry", "loader.batch_size=64")
+    run = prepare_run(corrected)  # not "a different config under the same name"
+    assert not run.resumed and not (directory / "history.csv").exists()
+    assert "batch_size: 64" in (directory / "config.yaml").read_text()
+    (directory / "checkpoints" / "step-00000004").mkdir(parents=True)
+    (directory / "checkpoints" / "step-00000004" / "manifest.json").write_text(json.dumps({}))
+    with pytest.raises(VCellError, match="with a different config"):  # once it has saved progress, it is protected
+        prepare_run(failed)
