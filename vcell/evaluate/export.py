@@ -119,7 +119,10 @@ def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> 
     source, given = model_directory(run), Path(out)
     out = claim_output(given, EXPORT_OUTPUT, inputs=[run], overwrite=overwrite)
     run_folder = source.parent if source.name == "model" else None
-    if run_folder is not None:  # a run folder is trusted input: its checkpoint must verify (sha256)
+    if run_folder is not None and (run_folder / "checkpoints").is_dir():
+        # A training run's folder is trusted input: the checkpoint its model came from must verify
+        # (sha256). A model saved from the user's own loop (save_trained) has no checkpoints; its
+        # safetensors weights are checked by load_trained (no pickle is read either way).
         verify_model_source(run_folder)
     config, model = load_trained(source)  # refuses anything vcell did not write
     with output_errors(given):
