@@ -18,13 +18,23 @@ import math
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import MLP, integrate
 from vcell.models.inputs import Conditions
+from vcell.models.registry import Enhancement
 from vcell.models.slots import ConditionShift, Slots
 from vcell.models.spec import ModelSpec
+
+
+class TemporalConfig(Section):
+    """Latent response kinetics: dz/dt = rate * (z0 + drive(z, stimulus) - z), fixed-step RK4."""
+
+    n_steps: int = Field(8, ge=1, le=256, description="RK4 steps from t=0 to each cell's time")
+    time_scale: float = Field(8.0, gt=0, description="hours per unit of model time (keeps rates near 1)")
 
 
 class TemporalDynamics(nn.Module):
@@ -87,3 +97,16 @@ def response_half_times(trajectory: np.ndarray, hours: np.ndarray) -> np.ndarray
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, latent = config.dimensions()
     slots.dynamics = TemporalDynamics(slots.dynamics, latent, hidden, config)
+
+
+ENHANCEMENT = Enhancement(
+    name="temporal",
+    title="Temporal dynamics",
+    summary="latent ODE of the response to a stimulus; predicts unseen times, per-gene half-times",
+    config=TemporalConfig,
+    install=install,
+    needs=frozenset({"time"}),
+    evaluation="vcell.evaluate.enhancements:temporal",
+    figure="vcell.evaluate.figures:temporal_figure",
+    science_check="vcell.evaluate.science_checks:check_temporal",
+)
