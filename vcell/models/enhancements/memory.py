@@ -20,6 +20,8 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.errors import VCellError
+from vcell.models.enhancements.temporal import TemporalDynamics
 from vcell.models.inputs import Conditions
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
@@ -84,7 +86,9 @@ class StimulusMemory(nn.Module):
 
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     _, _, latent = config.dimensions()
-    slots.dynamics.memory = StimulusMemory(latent, config.memory.memory_dim or latent)
+    if not isinstance(slots.dynamics, TemporalDynamics):  # the registry's `requires` installs temporal first
+        raise VCellError("memory needs the temporal dynamics in the dynamics slot", hint="add 'temporal'")
+    slots.dynamics.attach_memory(StimulusMemory(latent, config.memory.memory_dim or latent))
 
 
 ENHANCEMENT = Enhancement(

@@ -24,6 +24,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.blocks import MLP, integrate
+from vcell.models.contracts import MemoryHook
 from vcell.models.inputs import Conditions
 from vcell.models.registry import Enhancement
 from vcell.models.slots import ConditionShift, Slots
@@ -50,7 +51,12 @@ class TemporalDynamics(nn.Module):
         nn.init.zeros_(self.drive[-1].bias)
         # rates spread log-uniformly over 0.1-4 per unit of model time: fast and slow responders
         self.log_rate = nn.Parameter(torch.log(torch.expm1(torch.logspace(-1, math.log10(4.0), latent))))
-        self.memory: nn.Module | None = None  # set by the memory enhancement
+        self.memory: MemoryHook | None = None  # see attach_memory
+
+    def attach_memory(self, memory: MemoryHook) -> None:
+        """The hook through which a memory of earlier stimuli conditions these dynamics
+        (`contracts.AcceptsMemory`): it shifts the start and joins the stimulus drive."""
+        self.memory = memory
 
     def forward(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, dict]:
         start = self.shift.shift(z, conditions)
