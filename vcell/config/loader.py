@@ -124,12 +124,17 @@ def origin_of(dotted: str, provenance: dict[str, str]) -> str:
 def section_model(model: type[BaseModel], parts: list[str]) -> type[BaseModel] | None:
     """The pydantic model class of the section at `parts` (None if not a section)."""
     for part in parts:
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
+        annotation = allowed_keys(model).get(part)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
     return model
+
+
+def allowed_keys(model: type[BaseModel]) -> dict[str, Any]:
+    """The keys a section accepts -> their types (registered enhancements' sections included)."""
+    keys = getattr(model, "section_keys", None)
+    return keys() if keys else {name: field.annotation for name, field in model.model_fields.items()}
 
 
 def describe_error(error: dict, provenance: dict[str, str]) -> str:
@@ -139,7 +144,7 @@ def describe_error(error: dict, provenance: dict[str, str]) -> str:
     origin = origin_of(dotted, provenance)
     if error["type"] == "extra_forbidden":
         section = section_model(VCellConfig, parts[:-1])
-        allowed = sorted(section.model_fields) if section else []
+        allowed = sorted(allowed_keys(section)) if section else []
         close = difflib.get_close_matches(parts[-1], allowed, n=1)
         suggestion = f" (did you mean '{close[0]}'?)" if close else ""
         return f"unknown key '{dotted}' in {origin}{suggestion}; allowed keys here: {', '.join(allowed)}"

@@ -8,19 +8,27 @@
 
 Each enhancement's section is always present and typed (unknown keys are errors); it is used
 only when the enhancement is in `enhancements`.
+
+The sections come from the registry of enhancements (`vcell.models.registry`): each registered
+enhancement brings its own section class, so a new enhancement needs no edit here. The design,
+the simplest that keeps the config strict and its errors precise: the model section allows
+extra keys, and a validator that runs first turns every registered name into that section's
+instance (validated by its class; absent = defaults) and refuses any other key with pydantic's
+own `extra_forbidden` error. Errors keep their full location (`model.temporal.n_stpes`), so the
+loader names the key, the file that set it and a did-you-mean, as for any other section.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
 from vcell.config.section import Section
 from vcell.errors import VCellError
 from vcell.models.catalogue import CATALOGUE, check_enhancements
-
-Enhancement = Literal["hierarchical", "temporal", "regulatory", "stochastic", "resource", "multiscale", "memory"]
+from vcell.models.registry import enhancements as registered_enhancements
 
 # size -> (hidden width, hidden layers per MLP, latent dimension). The base model with 20,000
 # genes: tiny 1.3M parameters, small 10.5M, medium 44M, large 216M, xlarge 538M (the full model
@@ -46,69 +54,14 @@ class ColumnsConfig(Section):
     history: str | None = Field("hours_since_pulse", description="hours since an earlier pulse; NaN = naive")
 
 
-class HierarchicalConfig(Section):
-    """gene -> pathway -> compartment from annotation files aligned to the atlas vocabulary."""
-
-    gene_sets: str | None = Field(None, description="GMT file of pathways; null = <atlas>/annotations/pathways.gmt")
-    compartments: str | None = Field(
-        None, description="TSV pathway -> compartment; null = <atlas>/annotations/pathway_compartments.tsv"
-    )
-    missing: Literal["error", "learned"] = Field(
-        "error", description="no annotation files: 'error', or 'learned' groups trained from scratch"
-    )
-    learned_pathways: int = Field(64, ge=1, description="groups used by missing=learned (and compartments: /8)")
-    min_genes: int = Field(3, ge=1, description="pathways with fewer genes in the vocabulary are dropped")
-
-
-class TemporalConfig(Section):
-    """Latent response kinetics: dz/dt = rate * (z0 + drive(z, stimulus) - z), fixed-step RK4."""
-
-    n_steps: int = Field(8, ge=1, le=256, description="RK4 steps from t=0 to each cell's time")
-    time_scale: float = Field(8.0, gt=0, description="hours per unit of model time (keeps rates near 1)")
-
-
-class RegulatoryConfig(Section):
-    """A gene regulatory network prior constrains how perturbation effects spread."""
-
-    edges: str | None = Field(None, description="TSV source, target[, sign, weight]; null = <atlas>/annotations/grn_edges.tsv")
-    steps: int = Field(3, ge=1, le=10, description="propagation steps (regulatory layers an effect crosses)")
-    outside_prior: Literal["exclude", "penalize"] = Field(
-        "exclude", description="'exclude': only prior edges exist; 'penalize': every regulator->gene pair, L1 off the prior"
-    )
-    penalty: float = Field(1e-3, ge=0, description="L1 weight on edges outside the prior (outside_prior=penalize)")
-
-
-class StochasticConfig(Section):
-    """Variational latent and a count likelihood with per-gene dispersion."""
-
-    likelihood: Literal["nb", "zinb"] = Field("nb", description="negative binomial, or zero-inflated NB")
-    kl_weight: float = Field(1.0, ge=0, description="weight of the KL term after warm-up")
-    kl_warmup_steps: int = Field(1000, ge=0, description="training steps over which the KL weight ramps from 0")
-
-
-class ResourceConfig(Section):
-    """Expression = capacity x allocation: genes share a finite, cell-state-dependent pool."""
-
-    free_pool: bool = Field(True, description="part of the capacity may stay unused (a freed share is not all re-used)")
-
-
-class MultiscaleConfig(Section):
-    """Gene-, pathway- and cell-level views of a cell fused by learned gates."""
-
-    scale_loss_weight: float = Field(0.1, ge=0, description="weight of the pathway- and cell-level losses")
-
-
-class MemoryConfig(Section):
-    """A recurrent memory of earlier stimuli (GRU over the cell's stimulus history)."""
-
-    memory_dim: int | None = Field(None, ge=1, description="memory state size; null = the latent dimension")
-
-
 class ModelConfig(Section):
-    """The composable VirtualCell: a set of enhancements over the masked-expression base."""
+    """The composable VirtualCell: a set of enhancements over the masked-expression base
+    (plus one section per registered enhancement: see the module doc)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)  # extras: only the registered sections
 
     name: str = Field("base", description="catalogue model, or your label for a custom `enhancements` set")
-    enhancements: list[Enhancement] | None = Field(
+    enhancements: list[str] | None = Field(
         None, description="null = the catalogue's set for `name`; any valid set otherwise"
     )
     size: Literal["tiny", "small", "medium", "large", "xlarge"] = Field("small", description="width/depth preset")
@@ -123,13 +76,44 @@ class ModelConfig(Section):
         1.0, ge=0, description="weight of the response loss (control cell + condition -> perturbed/stimulated cell)"
     )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
-    hierarchical: HierarchicalConfig = Field(default_factory=HierarchicalConfig)
-    temporal: TemporalConfig = Field(default_factory=TemporalConfig)
-    regulatory: RegulatoryConfig = Field(default_factory=RegulatoryConfig)
-    stochastic: StochasticConfig = Field(default_factory=StochasticConfig)
-    resource: ResourceConfig = Field(default_factory=ResourceConfig)
-    multiscale: MultiscaleConfig = Field(default_factory=MultiscaleConfig)
-    memory: MemoryConfig = Field(default_factory=MemoryConfig)
+
+    @classmethod
+    def section_keys(cls) -> dict[str, Any]:
+        return {**super().section_keys(), **{name: e.config for name, e in registered_enhancements().items()}}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _enhancement_sections(cls, data: Any) -> Any:
+        """Every registered enhancement's section, validated by its class; any other extra key refused."""
+        if not isinstance(data, dict):
+            return data
+        sections = {name: e.config for name, e in registered_enhancements().items()}
+        errors = [InitErrorDetails(type="extra_forbidden", loc=(key,), input=value)
+                  for key, value in data.items() if key not in cls.model_fields and key not in sections]
+        fields = {key: value for key, value in data.items() if key in cls.model_fields}
+        for name, section in sections.items():
+            if name in cls.model_fields:
+                raise VCellError(f"enhancement '{name}' is named like the model setting model.{name}",
+                                 hint="register it under another name")
+            try:
+                value = data.get(name, {})
+                fields[name] = value if isinstance(value, section) else section.model_validate(value)
+            except ValidationError as error:
+                errors += [InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+                           for e in error.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return fields  # fields first, then the sections in install order: the dump's order
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        enhancement = registered_enhancements().get(name)
+        if enhancement is not None and not isinstance(value, enhancement.config):  # assigned sections are typed too
+            value = enhancement.config.model_validate(value)
+        super().__setattr__(name, value)
+
+    def section(self, name: str) -> BaseModel:
+        """The typed settings of enhancement `name` (also `config.<name>`)."""
+        return self.__pydantic_extra__[name]
 
     @model_validator(mode="after")
     def _resolve_enhancements(self) -> ModelConfig:

@@ -2,6 +2,8 @@
 
     sections, arrays = enhancement_metrics(data)     # {"regulatory": {...}, "temporal": {...}, ...}
 
+One function per built-in enhancement, named after it; its `Enhancement.evaluation` points here.
+
 Each section has the model's value, baselines, and a definition; without truth (a real atlas)
 a section says so instead of inventing a number. Baselines: co-expression for GRN edges,
 gene-set means of the observed input for pathway activity, the nearest observed time point
@@ -22,6 +24,7 @@ from vcell.evaluate.scores import interval_coverage
 from vcell.evaluate.truth import true_expression
 from vcell.models.blocks import gene_set_means
 from vcell.models.inputs import Conditions
+from vcell.models.registry import get_enhancement, resolve
 
 NO_TRUTH = "skipped: needs the simulator's truth (a synthetic atlas)"
 COVERAGE_DRAWS = 50
@@ -195,12 +198,13 @@ def multiscale(data: HeldOut) -> tuple[dict, dict]:
             "mean_scale_weight": weights.mean(0).tolist()}, {"scale_weight": weights}
 
 
-SECTIONS = {"regulatory": regulatory, "hierarchical": hierarchical, "temporal": temporal, "stochastic": stochastic,
-            "resource": resource, "memory": memory, "multiscale": multiscale}
-
-
 def enhancement_metrics(data: HeldOut) -> tuple[dict, dict]:
+    """Each of the model's enhancements scored by its own `evaluation` (the registry's hook)."""
     sections, arrays = {}, {}
     for name in data.trained.config.model.enhancements:
-        sections[name], arrays[name] = SECTIONS[name](data)
+        evaluation = get_enhancement(name).evaluation
+        if evaluation is None:
+            sections[name], arrays[name] = {"skipped": "the enhancement declares no evaluation"}, {}
+        else:
+            sections[name], arrays[name] = resolve(evaluation)(data)
     return sections, arrays

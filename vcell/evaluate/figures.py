@@ -24,6 +24,7 @@ from vcell.evaluate.report import baseline_rows
 from vcell.evaluate.representation import PCA
 from vcell.evaluate.truth import true_expression
 from vcell.models.inputs import Conditions
+from vcell.models.registry import get_enhancement, resolve
 from vcell.train.tracking import read_history
 
 log = logging.getLogger(__name__)
@@ -97,36 +98,64 @@ def by_cell_type(data: HeldOut, values: np.ndarray) -> tuple[np.ndarray, list[st
 
 
 def model_figures(data: HeldOut, arrays: dict, directory: Path) -> list[Path]:
-    spec, paths = data.model.spec, []
-    if "activity" in arrays.get("hierarchical", {}):
-        matrix, types = by_cell_type(data, arrays["hierarchical"]["activity"])
-        matrix = matrix - matrix.mean(0)  # differences between cell types, not each pathway's overall level
-        paths.append(plots_model.heatmap(matrix, types, list(spec.pathway_names), "Pathway activity by cell type "
-                                         "(held-out cells)", "mean activity - mean over cell types",
-                                         directory / "pathway_activity.png"))
-    if "learned" in arrays.get("regulatory", {}):
-        values = arrays["regulatory"]
-        paths.append(plots_model.scatter_against(values["true"], values["learned"], "true edge weight (log space)",
-                                                 "learned edge weight", "GRN: learned vs true weights of true edges",
-                                                 directory / "grn_edges_vs_truth.png", diagonal=False))
-    if "hours" in arrays.get("temporal", {}):
-        paths.append(kinetics_figure(data, arrays["temporal"]["hours"], directory))
-    if "extrinsic_fraction" in arrays.get("stochastic", {}):
-        paths.append(variance_figure(data, arrays["stochastic"], directory))
-    if "allocation" in arrays.get("resource", {}):
-        matrix, types = by_cell_type(data, arrays["resource"]["allocation"])
-        top = np.argsort(-matrix.mean(0))[:ALLOCATION_PATHWAYS]
-        parts = {spec.pathway_names[p]: matrix[:, p] for p in top}
-        parts["other pathways"] = matrix.sum(1) - matrix[:, top].sum(1)
-        paths.append(plots_model.stacked_bars(types, parts, "Transcriptional capacity allocated to pathways "
-                                              "(the rest: genes outside any pathway)", "share of expected counts", directory / "resource_allocation.png"))
-    if "scale_weight" in arrays.get("multiscale", {}):
-        matrix, types = by_cell_type(data, arrays["multiscale"]["scale_weight"])
-        names = ["gene", "pathway", "cell"][: matrix.shape[1]]
-        paths.append(plots_model.stacked_bars(types, {n: matrix[:, i] for i, n in enumerate(names)},
-                                              "Scale contributions (gate weights)", "mean weight",
-                                              directory / "scale_contributions.png"))
+    """The figure of each enhancement evaluated (`arrays`: its name -> its arrays), drawn by the
+    registry's `figure` hook; an enhancement without one draws nothing."""
+    paths: list[Path] = []
+    for name, values in arrays.items():
+        figure = get_enhancement(name).figure
+        if figure is not None:
+            paths += resolve(figure)(data, values, directory)
     return paths
+
+
+# -- the built-in enhancements' figures: (data, its arrays, folder) -> paths written -----------------
+def hierarchical_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    if "activity" not in values:
+        return []
+    matrix, types = by_cell_type(data, values["activity"])
+    matrix = matrix - matrix.mean(0)  # differences between cell types, not each pathway's overall level
+    return [plots_model.heatmap(matrix, types, list(data.model.spec.pathway_names), "Pathway activity by cell type "
+                                "(held-out cells)", "mean activity - mean over cell types",
+                                directory / "pathway_activity.png")]
+
+
+def regulatory_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    if "learned" not in values:
+        return []
+    return [plots_model.scatter_against(values["true"], values["learned"], "true edge weight (log space)",
+                                        "learned edge weight", "GRN: learned vs true weights of true edges",
+                                        directory / "grn_edges_vs_truth.png", diagonal=False)]
+
+
+def temporal_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    return [kinetics_figure(data, values["hours"], directory)] if "hours" in values else []
+
+
+def stochastic_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    return [variance_figure(data, values, directory)] if "extrinsic_fraction" in values else []
+
+
+def resource_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    if "allocation" not in values:
+        return []
+    spec = data.model.spec
+    matrix, types = by_cell_type(data, values["allocation"])
+    top = np.argsort(-matrix.mean(0))[:ALLOCATION_PATHWAYS]
+    parts = {spec.pathway_names[p]: matrix[:, p] for p in top}
+    parts["other pathways"] = matrix.sum(1) - matrix[:, top].sum(1)
+    return [plots_model.stacked_bars(types, parts, "Transcriptional capacity allocated to pathways "
+                                     "(the rest: genes outside any pathway)", "share of expected counts",
+                                     directory / "resource_allocation.png")]
+
+
+def multiscale_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    if "scale_weight" not in values:
+        return []
+    matrix, types = by_cell_type(data, values["scale_weight"])
+    names = ["gene", "pathway", "cell"][: matrix.shape[1]]
+    return [plots_model.stacked_bars(types, {n: matrix[:, i] for i, n in enumerate(names)},
+                                     "Scale contributions (gate weights)", "mean weight",
+                                     directory / "scale_contributions.png")]
 
 
 def kinetics_figure(data: HeldOut, hours: np.ndarray, directory: Path) -> Path:

@@ -132,7 +132,7 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         },
     }
     section["baselines"]["gene_mean"]["per_gene_pearson"] = float("nan")  # a constant per gene: undefined
-    if "counts" in data.test and hasattr(data.model.head, "likelihood"):
+    if "counts" in data.test and data.model.head.likelihood is not None:
         section["log_likelihood"] = count_log_likelihood(data)
     return section
 

@@ -20,6 +20,7 @@ from vcell.evaluate.science import HELD_OUT_HOURS, ScienceRow, ScienceSetup, bas
 from vcell.models.blocks import gene_set_means
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
 from vcell.models.inputs import CellInputs, Conditions
+from vcell.models.registry import RegistryView, enhancements, resolve
 
 ATTRIBUTION_CELLS = 128
 TRUTH_CELLS = 8192  # simulated cells per condition behind a true mean log expression
@@ -307,11 +308,8 @@ def memory_differences(setup, models: dict, hours_since_pulse: float, true_mean=
     return differences
 
 
-CHECKS = {
-    "regulatory": check_regulatory,
-    "temporal": check_temporal,
-    "hierarchical": check_hierarchical,
-    "stochastic": check_stochastic,
-    "resource": check_resource,
-    "memory": check_memory,
-}
+# enhancement -> its learning check, from the registry (each `Enhancement.science_check`)
+CHECKS = RegistryView(lambda: {
+    name: resolve(enhancement.science_check)
+    for name, enhancement in enhancements().items() if enhancement.science_check is not None
+})

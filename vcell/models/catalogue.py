@@ -1,11 +1,15 @@
-"""The enhancements, the rules for combining them, and the twelve named models (no torch here).
+"""The catalogue of named models, and the rules for combining enhancements (no torch here).
 
-One place says which combinations are valid and in which order enhancements are installed;
-the config validates against it and the model builder calls it again, so an invalid set can
-never reach a training worker.
+Derived from the registry (`vcell.models.registry`): the install order is the registration
+order, the requirements are each enhancement's own. One place says which combinations are
+valid; the config validates against it and the model builder calls it again, so an invalid set
+can never reach a training worker.
 
     check_enhancements(["memory", "temporal"])   # -> ("temporal", "memory")
     CATALOGUE["stochastic+resource"]             # -> ("stochastic", "resource")
+
+The catalogue: `base`, one model per enhancement that stands alone, the named combinations
+below, and `full` (every registered enhancement).
 """
 
 from __future__ import annotations
@@ -13,92 +17,67 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vcell.errors import VCellError
+from vcell.models.registry import RegistryView, enhancements
 
-# Install order: encoders before the encoder wrapper that fuses them (multiscale), dynamics
-# before the memory that conditions them, heads (stochastic likelihood, resource mean) any time.
-ORDER = ("hierarchical", "temporal", "regulatory", "stochastic", "resource", "multiscale", "memory")
+BASE_TITLE = "Base (masked-expression autoencoder)"
+FULL_TITLE = "Full virtual cell (all enhancements)"
 
-SUMMARIES = {
-    "hierarchical": "gene -> pathway -> compartment layers from annotations; pathway/compartment activity per cell",
-    "temporal": "latent ODE of the response to a stimulus; predicts unseen times, per-gene half-times",
-    "regulatory": "perturbation effects travel along a GRN prior over k steps; learned edge weights",
-    "stochastic": "variational latent + negative-binomial counts; dispersion, intrinsic/extrinsic variance",
-    "resource": "expression = capacity x allocation (genes compete for a finite pool); capacity per cell",
-    "multiscale": "gene-, pathway- and cell-level views fused by gates, a loss at each scale",
-    "memory": "recurrent memory of earlier stimuli conditions the dynamics (hysteresis)",
+# name -> (enhancements, title): the combinations the product brief names
+COMBINATIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "hierarchical+temporal": (("hierarchical", "temporal"), "Hierarchical + Temporal"),
+    "temporal+memory": (("temporal", "memory"), "Temporal + Memory"),
+    "stochastic+resource": (("stochastic", "resource"), "Stochastic + Resource"),
+    "hierarchical+regulatory": (("hierarchical", "regulatory"), "Hierarchical + Regulatory"),
 }
 
-# enhancement -> (enhancements it cannot work without, why)
-REQUIRES = {"memory": (("temporal",), "the memory state conditions the temporal dynamics; without them it acts on nothing")}
 
-CATALOGUE: dict[str, tuple[str, ...]] = {
-    "base": (),
-    "hierarchical": ("hierarchical",),
-    "temporal": ("temporal",),
-    "regulatory": ("regulatory",),
-    "stochastic": ("stochastic",),
-    "resource": ("resource",),
-    "multiscale": ("multiscale",),
-    "hierarchical+temporal": ("hierarchical", "temporal"),
-    "temporal+memory": ("temporal", "memory"),
-    "stochastic+resource": ("stochastic", "resource"),
-    "hierarchical+regulatory": ("hierarchical", "regulatory"),
-    "full": ORDER,
-}
+def enhancement_order() -> tuple[str, ...]:
+    """Install order: encoders before the encoder wrapper that fuses them (multiscale), dynamics
+    before the memory that conditions them, heads any time (the order they were registered in)."""
+    return tuple(enhancements())
 
-TITLES = {
-    "base": "Base (masked-expression autoencoder)",
-    "hierarchical": "Hierarchical",
-    "temporal": "Temporal dynamics",
-    "regulatory": "Regulatory-constrained",
-    "stochastic": "Stochastic",
-    "resource": "Resource-constrained",
-    "multiscale": "Multi-scale",
-    "hierarchical+temporal": "Hierarchical + Temporal",
-    "temporal+memory": "Temporal + Memory",
-    "stochastic+resource": "Stochastic + Resource",
-    "hierarchical+regulatory": "Hierarchical + Regulatory",
-    "full": "Full virtual cell (all enhancements)",
-}
+
+def catalogue() -> dict[str, tuple[str, ...]]:
+    """Catalogue name -> its enhancements in install order."""
+    registered = enhancements()
+    singles = {name: (name,) for name, enhancement in registered.items() if enhancement.standalone}
+    combinations = {name: members for name, (members, _) in COMBINATIONS.items()}
+    return {"base": (), **singles, **combinations, "full": tuple(registered)}
+
+
+def titles() -> dict[str, str]:
+    """Catalogue name -> title for people."""
+    singles = {name: enhancement.title for name, enhancement in enhancements().items() if enhancement.standalone}
+    combinations = {name: title for name, (_, title) in COMBINATIONS.items()}
+    return {"base": BASE_TITLE, **singles, **combinations, "full": FULL_TITLE}
+
+
+CATALOGUE = RegistryView(catalogue)
+# What each enhancement needs from the data, checked against the atlas before training starts:
+# counts (raw counts in the batch), obs columns by role (model.columns), annotation files.
+NEEDS = RegistryView(lambda: {name: enhancement.needs for name, enhancement in enhancements().items()})
 
 
 def check_enhancements(names: Iterable[str]) -> tuple[str, ...]:
     """The enhancements in install order, or a VCellError saying what is wrong and how to fix it."""
     names = list(names)
-    unknown = [name for name in names if name not in ORDER]
+    registered = enhancements()
+    unknown = [name for name in names if name not in registered]
     if unknown:
         raise VCellError(
             f"model.enhancements: unknown enhancement(s) {unknown}",
-            hint=f"choose from {', '.join(ORDER)} (or name a catalogue model: {', '.join(CATALOGUE)})",
+            hint=f"choose from {', '.join(registered)} (or name a catalogue model: {', '.join(catalogue())})",
         )
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise VCellError(f"model.enhancements: {repeated} listed more than once", hint="list each enhancement once")
     for name in names:
-        needed, why = REQUIRES.get(name, ((), ""))
-        missing = [other for other in needed if other not in names]
+        enhancement = registered[name]
+        missing = [other for other in enhancement.requires if other not in names]
         if missing:
+            example = next((model for model, members in catalogue().items() if set(members) == {*missing, name}), None)
             raise VCellError(
-                f"model.enhancements: '{name}' needs {missing}: {why}",
-                hint=f"add {missing} (e.g. the catalogue model 'temporal+memory') or drop '{name}'",
+                f"model.enhancements: '{name}' needs {missing}: {enhancement.requires_why}",
+                hint=f"add {missing}{f' (e.g. the catalogue model {example!r})' if example else ''} or drop '{name}'",
             )
-    return tuple(name for name in ORDER if name in names)
-
-
-def catalogue_enhancements(name: str) -> tuple[str, ...]:
-    if name not in CATALOGUE:
-        raise VCellError(f"model.name: '{name}' is not a catalogue model", hint=f"choose from {', '.join(CATALOGUE)}")
-    return CATALOGUE[name]
-
-
-# What each enhancement needs from the data, checked against the atlas before training starts:
-# counts (raw counts in the batch), obs columns by role (model.columns), annotation files.
-NEEDS: dict[str, frozenset[str]] = {
-    "hierarchical": frozenset({"gene_sets"}),
-    "temporal": frozenset({"time"}),
-    "regulatory": frozenset({"grn"}),
-    "stochastic": frozenset({"counts"}),
-    "resource": frozenset({"counts"}),
-    "multiscale": frozenset({"gene_sets"}),
-    "memory": frozenset({"time", "history"}),
-}
+    return tuple(name for name in registered if name in names)

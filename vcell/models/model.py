@@ -81,7 +81,7 @@ class VirtualCell(nn.Module):
         x_in = hide_genes(cells.x, self.config.mask_fraction, self.training)
         z, prediction, losses, stats = self.cell_pass(x_in, cells)
         response_losses, response_stats = self.response(z, x_in is cells.x, cells)
-        if self.training and hasattr(self.latent, "tick"):
+        if self.training:
             self.latent.tick()
         losses.update(response_losses)
         stats.update(response_stats)
@@ -155,7 +155,7 @@ class VirtualCell(nn.Module):
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
         """(B, G) counts drawn from the model for the batch's cells (under `conditions`)."""
-        if not hasattr(self.head, "likelihood"):
+        if self.head.likelihood is None:
             raise ValueError("sampling counts needs a count model (the stochastic or resource enhancement)")
         prediction = self.predict(batch, conditions or Conditions())
         return self.head.likelihood.sample(prediction)
@@ -187,10 +187,11 @@ class VirtualCell(nn.Module):
 
     def stat_shapes(self) -> dict[str, tuple[str, ...]]:
         """Every statistic this model emits -> its symbolic shape (B cells, G genes, P pathways,
-        C compartments, D latent, E prior edges, S scales, M memory, R cells moved by the dynamics)."""
+        C compartments, D latent, E prior edges, S scales, M memory, R cells moved by the dynamics):
+        the `STATS` of every slot module and of the parts they hold (layers inside them have none)."""
         shapes: dict[str, tuple[str, ...]] = {}
         for module in self.modules():
-            shapes.update(getattr(module, "STATS", {}))
+            shapes.update(getattr(module, "STATS", {}))  # nn.Linear & co. declare nothing
         return shapes
 
 

@@ -8,8 +8,9 @@
     head      scores -> Prediction, losses, stats              GaussianHead or CountHead
     auxiliary [(z, cells) -> losses]                           (enhancements add losses)
 
-An enhancement replaces or wraps a slot's module, or appends to a list slot; every module
-declares the statistics it emits in `STATS` (name -> symbolic shape) for `stat_shapes`.
+An enhancement replaces or wraps a slot's module, or appends to a list slot. What a module in
+each slot must provide, its shapes and optional capabilities (`tick`, `likelihood`, a memory
+hook) and the `STATS` declaration are the protocols of `vcell.models.contracts`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import torch
 from torch import nn
 
 from vcell.models.blocks import MLP, poisson_log_prob
+from vcell.models.contracts import (
+    Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel,
+)
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 
 TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's default normalisation
@@ -28,13 +32,15 @@ TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's defa
 
 @dataclass
 class Slots:
-    encoder: nn.Module
-    latent: nn.Module
-    dynamics: nn.Module
-    decoder: nn.Module
-    head: nn.Module
-    gene_terms: list[nn.Module] = field(default_factory=list)
-    auxiliary: list[nn.Module] = field(default_factory=list)
+    """The model being built: each field holds an nn.Module meeting that slot's protocol."""
+
+    encoder: Encoder
+    latent: Latent
+    dynamics: Dynamics
+    decoder: Decoder
+    head: Head
+    gene_terms: list[GeneTerm] = field(default_factory=list)
+    auxiliary: list[Auxiliary] = field(default_factory=list)
 
 
 class MLPEncoder(nn.Module):
@@ -60,6 +66,9 @@ class DeterministicLatent(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
         return self.project(h), {}, {}
+
+    def tick(self) -> None:
+        """Nothing to schedule (see `contracts.Latent.tick`)."""
 
 
 class ConditionShift(nn.Module):
@@ -109,6 +118,7 @@ class GaussianHead(nn.Module):
     """Base likelihood: squared error on normalised log expression (scores are expression)."""
 
     STATS: dict[str, tuple[str, ...]] = {}
+    likelihood: CountLikelihood | None = None  # no count model: it cannot sample counts
 
     def predict(self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor) -> Prediction:
         return Prediction(expression=scores)
@@ -155,13 +165,11 @@ class CountHead(nn.Module):
     resource puts capacity x allocation in `mean_model`.
     """
 
-    def __init__(self, mean_model: nn.Module, likelihood: nn.Module) -> None:
+    STATS: dict[str, tuple[str, ...]] = {}  # its two parts declare theirs
+
+    def __init__(self, mean_model: MeanModel, likelihood: CountLikelihood) -> None:
         super().__init__()
         self.mean_model, self.likelihood = mean_model, likelihood
-
-    @property
-    def STATS(self) -> dict[str, tuple[str, ...]]:  # noqa: N802 - same protocol as the class attributes
-        return {**self.mean_model.STATS, **self.likelihood.STATS}
 
     def predict(self, scores, z, capacity_state, library) -> Prediction:
         mean, extra = self.mean_model(scores, capacity_state, library)

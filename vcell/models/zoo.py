@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from vcell.config.model import ModelConfig
-from vcell.models.catalogue import CATALOGUE, SUMMARIES, TITLES
+from vcell.models.catalogue import catalogue, titles
 from vcell.models.model import VirtualCell
+from vcell.models.registry import enhancements as registered_enhancements
 from vcell.models.spec import ModelSpec, reference_spec
 
 
@@ -27,17 +28,20 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def describe_catalogue(n_genes: int = 2000, size: str = "small") -> list[dict]:
-    """One row per catalogue model: name, title, enhancements, parameters (reference annotations)."""
+    """One row per catalogue model: name, title, enhancements, parameters (reference annotations);
+    registered enhancements of your own are in it too (see `catalogue.catalogue`)."""
     spec = reference_spec(n_genes)
+    summaries = {name: enhancement.summary for name, enhancement in registered_enhancements().items()}
+    names = titles()
     rows = []
-    for name, enhancements in CATALOGUE.items():
+    for name, enhancements in catalogue().items():
         config = ModelConfig(name=name, size=size)
         model = build_model(config, spec, device="meta")
         rows.append({
             "name": name,
-            "title": TITLES[name],
+            "title": names[name],
             "enhancements": list(enhancements),
             "parameters": count_parameters(model),
-            "summary": "; ".join(SUMMARIES[e].split(";")[0] for e in enhancements) or "masked-expression autoencoder",
+            "summary": "; ".join(summaries[e].split(";")[0] for e in enhancements) or "masked-expression autoencoder",
         })
     return rows

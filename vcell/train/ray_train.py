@@ -22,6 +22,7 @@ from pathlib import Path
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import ScalingSection, VCellConfig
 from vcell.errors import VCellError
+from vcell.models.registry import enhancements
 from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
 from vcell.train.preflight import preflight
@@ -119,8 +120,8 @@ def absolute_paths(config: VCellConfig) -> VCellConfig:
     """`config` with every input path absolute: Ray workers run in their own working folders."""
     tree = config.model_dump(mode="json")
     model, genes = tree["model"], tree["loader"]["genes"]
-    for section, key in ((tree["data"], "atlas"), (model["hierarchical"], "gene_sets"),
-                         (model["hierarchical"], "compartments"), (model["regulatory"], "edges"), (genes, "file")):
+    inputs = [(model[name], key) for name, enhancement in enhancements().items() for key in enhancement.input_files]
+    for section, key in ((tree["data"], "atlas"), *inputs, (genes, "file")):
         if section.get(key):
             section[key] = str(Path(section[key]).resolve())
     tree["scaling"]["storage_path"] = str(Path(tree["scaling"]["storage_path"]).resolve())

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from vcell.config.loader import section_model
+from vcell.config.loader import allowed_keys, section_model
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 
@@ -90,21 +90,20 @@ def leaf_field(key: str):
     """The pydantic field at a dotted key, or a VCellError naming the closest real key."""
     parts = key.split(".")
     section = section_model(VCellConfig, parts[:-1])
-    if section is None or parts[-1] not in section.model_fields:
+    if section is None or parts[-1] not in allowed_keys(section):
         where = section or VCellConfig
         for depth in range(len(parts) - 1):  # the deepest section that exists, for the suggestion
             model = section_model(VCellConfig, parts[: depth + 1])
             if model is None:
                 break
             where = model
-        close = difflib.get_close_matches(parts[-1], list(where.model_fields), n=1)
+        close = difflib.get_close_matches(parts[-1], list(allowed_keys(where)), n=1)
         hint = f"did you mean '{'.'.join(parts[:-1] + [close[0]])}'?" if close else "see `vcell train --print-config`"
         raise VCellError(f"tune.space: '{key}' is not a key of the config tree", hint=hint)
-    field = section.model_fields[parts[-1]]
-    annotation = field.annotation
+    annotation = allowed_keys(section)[parts[-1]]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         raise VCellError(f"tune.space: '{key}' is a section, not a value", hint="search one of its keys")
-    return field
+    return section.model_fields[parts[-1]]
 
 
 def apply_values(tree: dict, values: dict[str, Any]) -> dict:

@@ -13,15 +13,34 @@ per compartment.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import EdgeLinear, gene_set_means
 from vcell.models.inputs import CellInputs, Conditions
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
 from vcell.models.spec import ModelSpec
+
+
+class HierarchicalConfig(Section):
+    """gene -> pathway -> compartment from annotation files aligned to the atlas vocabulary."""
+
+    gene_sets: str | None = Field(None, description="GMT file of pathways; null = <atlas>/annotations/pathways.gmt")
+    compartments: str | None = Field(
+        None, description="TSV pathway -> compartment; null = <atlas>/annotations/pathway_compartments.tsv"
+    )
+    missing: Literal["error", "learned"] = Field(
+        "error", description="no annotation files: 'error', or 'learned' groups trained from scratch"
+    )
+    learned_pathways: int = Field(64, ge=1, description="groups used by missing=learned (and compartments: /8)")
+    min_genes: int = Field(3, ge=1, description="pathways with fewer genes in the vocabulary are dropped")
 
 
 def pathway_layer(spec: ModelSpec, config: ModelConfig) -> nn.Module:
@@ -116,3 +135,17 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     term = PathwayDecoderTerm(latent, spec, config)
     slots.gene_terms.append(term)
     slots.auxiliary.append(PathwayActivity(term, spec, n_pathways(spec, config)))
+
+
+ENHANCEMENT = Enhancement(
+    name="hierarchical",
+    title="Hierarchical",
+    summary="gene -> pathway -> compartment layers from annotations; pathway/compartment activity per cell",
+    config=HierarchicalConfig,
+    install=install,
+    needs=frozenset({"gene_sets"}),
+    input_files=("gene_sets", "compartments"),
+    evaluation="vcell.evaluate.enhancements:hierarchical",
+    figure="vcell.evaluate.figures:hierarchical_figure",
+    science_check="vcell.evaluate.science_checks:check_hierarchical",
+)

@@ -15,12 +15,23 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
+from vcell.errors import VCellError
+from vcell.models.enhancements.temporal import TemporalDynamics
 from vcell.models.inputs import Conditions
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
 from vcell.models.spec import ModelSpec
+
+
+class MemoryConfig(Section):
+    """A recurrent memory of earlier stimuli (GRU over the cell's stimulus history)."""
+
+    memory_dim: int | None = Field(None, ge=1, description="memory state size; null = the latent dimension")
 
 REST_HOURS_SCALE = math.log1p(48.0)  # hours since the pulse enter as log1p(h) / this
 
@@ -75,4 +86,20 @@ class StimulusMemory(nn.Module):
 
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     _, _, latent = config.dimensions()
-    slots.dynamics.memory = StimulusMemory(latent, config.memory.memory_dim or latent)
+    if not isinstance(slots.dynamics, TemporalDynamics):  # the registry's `requires` installs temporal first
+        raise VCellError("memory needs the temporal dynamics in the dynamics slot", hint="add 'temporal'")
+    slots.dynamics.attach_memory(StimulusMemory(latent, config.memory.memory_dim or latent))
+
+
+ENHANCEMENT = Enhancement(
+    name="memory",
+    title="Memory",
+    summary="recurrent memory of earlier stimuli conditions the dynamics (hysteresis)",
+    config=MemoryConfig,
+    install=install,
+    needs=frozenset({"time", "history"}),
+    requires=("temporal",),
+    requires_why="the memory state conditions the temporal dynamics; without them it acts on nothing",
+    evaluation="vcell.evaluate.enhancements:memory",
+    science_check="vcell.evaluate.science_checks:check_memory",
+)

@@ -15,13 +15,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import MLP, gene_set_means
 from vcell.models.inputs import CellInputs
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
 from vcell.models.spec import ModelSpec
+
+
+class MultiscaleConfig(Section):
+    """Gene-, pathway- and cell-level views of a cell fused by learned gates."""
+
+    scale_loss_weight: float = Field(0.1, ge=0, description="weight of the pathway- and cell-level losses")
 
 N_CELL_FEATURES = 4
 
@@ -96,3 +105,15 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     gene_sets = GeneSets(spec, config.hierarchical.learned_pathways)
     slots.encoder = MultiscaleEncoder(slots.encoder, gene_sets, hidden)
     slots.auxiliary.append(ScaleLosses(latent, gene_sets, config.multiscale.scale_loss_weight))
+
+
+ENHANCEMENT = Enhancement(
+    name="multiscale",
+    title="Multi-scale",
+    summary="gene-, pathway- and cell-level views fused by gates, a loss at each scale",
+    config=MultiscaleConfig,
+    install=install,
+    needs=frozenset({"gene_sets"}),
+    evaluation="vcell.evaluate.enhancements:multiscale",
+    figure="vcell.evaluate.figures:multiscale_figure",
+)

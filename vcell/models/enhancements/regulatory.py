@@ -20,16 +20,32 @@ Statistics: edge_weight (E,) the learned signed weight of each prior edge (spec.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import MLP, EdgeLinear
 from vcell.models.inputs import CellInputs, Conditions
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, condition_shift
 from vcell.models.spec import ModelSpec
+
+
+class RegulatoryConfig(Section):
+    """A gene regulatory network prior constrains how perturbation effects spread."""
+
+    edges: str | None = Field(None, description="TSV source, target[, sign, weight]; null = <atlas>/annotations/grn_edges.tsv")
+    steps: int = Field(3, ge=1, le=10, description="propagation steps (regulatory layers an effect crosses)")
+    outside_prior: Literal["exclude", "penalize"] = Field(
+        "exclude", description="'exclude': only prior edges exist; 'penalize': every regulator->gene pair, L1 off the prior"
+    )
+    penalty: float = Field(1e-3, ge=0, description="L1 weight on edges outside the prior (outside_prior=penalize)")
 
 
 class FreeGeneDecoder(nn.Module):
@@ -150,3 +166,17 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     slots.auxiliary.append(RegulatoryPrior(propagation, config.regulatory.penalty))
     # perturbations of vocabulary genes travel along the GRN instead of the latent shift
     condition_shift(slots.dynamics).route_elsewhere(spec.perturbation_gene >= 0)
+
+
+ENHANCEMENT = Enhancement(
+    name="regulatory",
+    title="Regulatory-constrained",
+    summary="perturbation effects travel along a GRN prior over k steps; learned edge weights",
+    config=RegulatoryConfig,
+    install=install,
+    needs=frozenset({"grn"}),
+    input_files=("edges",),
+    evaluation="vcell.evaluate.enhancements:regulatory",
+    figure="vcell.evaluate.figures:regulatory_figure",
+    science_check="vcell.evaluate.science_checks:check_regulatory",
+)

@@ -20,13 +20,22 @@ from __future__ import annotations
 import math
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import MLP
 from vcell.models.inputs import Prediction
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, count_head
 from vcell.models.spec import ModelSpec
+
+
+class ResourceConfig(Section):
+    """Expression = capacity x allocation: genes share a finite, cell-state-dependent pool."""
+
+    free_pool: bool = Field(True, description="part of the capacity may stay unused (a freed share is not all re-used)")
 
 
 class CapacityAllocation(nn.Module):
@@ -63,3 +72,16 @@ class CapacityAllocation(nn.Module):
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, latent = config.dimensions()
     count_head(slots).mean_model = CapacityAllocation(latent, hidden, spec, config.resource.free_pool)
+
+
+ENHANCEMENT = Enhancement(
+    name="resource",
+    title="Resource-constrained",
+    summary="expression = capacity x allocation (genes compete for a finite pool); capacity per cell",
+    config=ResourceConfig,
+    install=install,
+    needs=frozenset({"counts"}),
+    evaluation="vcell.evaluate.enhancements:resource",
+    figure="vcell.evaluate.figures:resource_figure",
+    science_check="vcell.evaluate.science_checks:check_resource",
+)

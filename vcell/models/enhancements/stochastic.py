@@ -12,14 +12,27 @@ count variance across the batch's cells, the share from differences in expected 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from vcell.config.model import ModelConfig, StochasticConfig
+from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
 from vcell.models.inputs import Prediction
+from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, count_head
 from vcell.models.spec import ModelSpec
+
+
+class StochasticConfig(Section):
+    """Variational latent and a count likelihood with per-gene dispersion."""
+
+    likelihood: Literal["nb", "zinb"] = Field("nb", description="negative binomial, or zero-inflated NB")
+    kl_weight: float = Field(1.0, ge=0, description="weight of the KL term after warm-up")
+    kl_warmup_steps: int = Field(1000, ge=0, description="training steps over which the KL weight ramps from 0")
 
 
 class VariationalLatent(nn.Module):
@@ -97,3 +110,16 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, latent = config.dimensions()
     slots.latent = VariationalLatent(hidden, latent, spec.n_genes, config.stochastic)
     count_head(slots).likelihood = NegativeBinomialLikelihood(spec.n_genes, latent, config.stochastic.likelihood == "zinb")
+
+
+ENHANCEMENT = Enhancement(
+    name="stochastic",
+    title="Stochastic",
+    summary="variational latent + negative-binomial counts; dispersion, intrinsic/extrinsic variance",
+    config=StochasticConfig,
+    install=install,
+    needs=frozenset({"counts"}),
+    evaluation="vcell.evaluate.enhancements:stochastic",
+    figure="vcell.evaluate.figures:stochastic_figure",
+    science_check="vcell.evaluate.science_checks:check_stochastic",
+)

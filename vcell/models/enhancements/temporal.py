@@ -18,13 +18,24 @@ import math
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.config.section import Section
 from vcell.models.blocks import MLP, integrate
+from vcell.models.contracts import MemoryHook
 from vcell.models.inputs import Conditions
+from vcell.models.registry import Enhancement
 from vcell.models.slots import ConditionShift, Slots
 from vcell.models.spec import ModelSpec
+
+
+class TemporalConfig(Section):
+    """Latent response kinetics: dz/dt = rate * (z0 + drive(z, stimulus) - z), fixed-step RK4."""
+
+    n_steps: int = Field(8, ge=1, le=256, description="RK4 steps from t=0 to each cell's time")
+    time_scale: float = Field(8.0, gt=0, description="hours per unit of model time (keeps rates near 1)")
 
 
 class TemporalDynamics(nn.Module):
@@ -40,7 +51,12 @@ class TemporalDynamics(nn.Module):
         nn.init.zeros_(self.drive[-1].bias)
         # rates spread log-uniformly over 0.1-4 per unit of model time: fast and slow responders
         self.log_rate = nn.Parameter(torch.log(torch.expm1(torch.logspace(-1, math.log10(4.0), latent))))
-        self.memory: nn.Module | None = None  # set by the memory enhancement
+        self.memory: MemoryHook | None = None  # see attach_memory
+
+    def attach_memory(self, memory: MemoryHook) -> None:
+        """The hook through which a memory of earlier stimuli conditions these dynamics
+        (`contracts.AcceptsMemory`): it shifts the start and joins the stimulus drive."""
+        self.memory = memory
 
     def forward(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, dict]:
         start = self.shift.shift(z, conditions)
@@ -87,3 +103,16 @@ def response_half_times(trajectory: np.ndarray, hours: np.ndarray) -> np.ndarray
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, latent = config.dimensions()
     slots.dynamics = TemporalDynamics(slots.dynamics, latent, hidden, config)
+
+
+ENHANCEMENT = Enhancement(
+    name="temporal",
+    title="Temporal dynamics",
+    summary="latent ODE of the response to a stimulus; predicts unseen times, per-gene half-times",
+    config=TemporalConfig,
+    install=install,
+    needs=frozenset({"time"}),
+    evaluation="vcell.evaluate.enhancements:temporal",
+    figure="vcell.evaluate.figures:temporal_figure",
+    science_check="vcell.evaluate.science_checks:check_temporal",
+)

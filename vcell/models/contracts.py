@@ -1,0 +1,143 @@
+"""What a module in each slot of the VirtualCell must provide: one `typing.Protocol` per slot.
+
+Shapes: B cells, G genes, H hidden width, D latent dimension, R cells moved by the dynamics.
+Every slot module also declares `STATS`: the statistics it emits (name -> symbolic shape, e.g.
+`{"pathway_activity": ("B", "P")}`), collected by `VirtualCell.stat_shapes` and checked against
+the emitted tensors by the tests. A module that wraps or holds others declares only its own.
+
+Optional capabilities are part of a contract, with a neutral default, instead of attributes the
+model probes for: every latent has `tick()` (a KL warm-up counts steps; others do nothing), every
+head has `likelihood` (None unless it scores raw counts), and dynamics that take a memory of
+earlier stimuli say so with `attach_memory` (`MemoryHook`).
+
+The protocols are structural: an enhancement's module satisfies one by having the methods, it
+need not inherit from it. They are documentation a type checker can read, the annotations of
+`Slots`, and (runtime-checkable) what tests/models/test_contracts.py checks every slot against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from vcell.models.inputs import CellInputs, Conditions, Prediction
+
+Stats = dict[str, torch.Tensor]
+Losses = dict[str, torch.Tensor]
+
+
+@runtime_checkable
+class DeclaresStats(Protocol):
+    STATS: Mapping[str, tuple[str, ...]]  # statistic name -> symbolic shape; {} when none
+
+
+@runtime_checkable
+class Encoder(DeclaresStats, Protocol):
+    """Expression -> hidden features: (x (B, G), cells) -> (h (B, H), stats); `n_out` is H."""
+
+    n_out: int
+
+    def __call__(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Stats]: ...
+
+
+@runtime_checkable
+class Latent(DeclaresStats, Protocol):
+    """Hidden features -> cell state: h (B, H) -> (z (B, D), losses, stats)."""
+
+    def __call__(self, h: torch.Tensor) -> tuple[torch.Tensor, Losses, Stats]: ...
+
+    def tick(self) -> None:
+        """One training step done (the model calls it once per training forward): a schedule
+        such as the KL warm-up advances here; a latent without one does nothing."""
+
+
+@runtime_checkable
+class Dynamics(DeclaresStats, Protocol):
+    """A state moved to conditions: (z (B, D), conditions) -> (z' (B, D), stats). Called on the R
+    cells of the response pairs in training, on any cells in `predict`."""
+
+    def __call__(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, Stats]: ...
+
+
+@runtime_checkable
+class MemoryHook(DeclaresStats, Protocol):
+    """A memory of earlier stimuli inside dynamics that accept one (`AcceptsMemory`):
+    (start (R, D), stimulus drive (R, D), conditions) -> (start', stimulus', stats)."""
+
+    def __call__(
+        self, start: torch.Tensor, stimulus: torch.Tensor, conditions: Conditions
+    ) -> tuple[torch.Tensor, torch.Tensor, Stats]: ...
+
+
+@runtime_checkable
+class AcceptsMemory(Dynamics, Protocol):
+    """Dynamics that a memory can condition (the temporal ODE): the memory enhancement attaches
+    itself through this hook, never by setting an attribute of another module."""
+
+    def attach_memory(self, memory: MemoryHook) -> None: ...
+
+
+@runtime_checkable
+class Decoder(Protocol):
+    """Cell state -> gene scores: z (B, D) -> scores (B, G) (what the head turns into expression)."""
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class GeneTerm(DeclaresStats, Protocol):
+    """A term added to the decoder's scores, in order: (scores (B, G), z (B, D), conditions or None
+    for a cell's own state) -> scores (B, G)."""
+
+    def __call__(self, scores: torch.Tensor, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class CountLikelihood(DeclaresStats, Protocol):
+    """A distribution of raw counts around the head's expected counts `prediction.mean` (B, G)."""
+
+    def extras(self, z: torch.Tensor) -> dict[str, torch.Tensor]: ...  # further (B, G) parameters from z
+
+    def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor: ...  # (B, G)
+
+    def sample(self, prediction: Prediction) -> torch.Tensor: ...  # (B, G) counts
+
+    def statistics(self, prediction: Prediction) -> Stats: ...
+
+
+@runtime_checkable
+class MeanModel(DeclaresStats, Protocol):
+    """Expected counts of a count head: (scores (B, G), capacity_state (B, D), library (B,)) ->
+    (mean (B, G), extra per-cell tensors for `Prediction.extra`)."""
+
+    def __call__(
+        self, scores: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def statistics(self, prediction: Prediction) -> Stats: ...
+
+
+@runtime_checkable
+class Head(DeclaresStats, Protocol):
+    """Scores -> prediction, its loss and its statistics. `capacity_state` (B, D) is the state
+    before any condition (what resource reads the capacity from); `library` (B,) total counts.
+    `likelihood` is the count model when the head scores raw counts, else None."""
+
+    likelihood: CountLikelihood | None
+
+    def predict(
+        self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor
+    ) -> Prediction: ...
+
+    def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor: ...  # scalar
+
+    def statistics(self, prediction: Prediction) -> Stats: ...
+
+
+@runtime_checkable
+class Auxiliary(DeclaresStats, Protocol):
+    """Extra losses and statistics of each cell's own state: (z (B, D), cells) -> (losses, stats)."""
+
+    def __call__(self, z: torch.Tensor, cells: CellInputs) -> tuple[Losses, Stats]: ...
