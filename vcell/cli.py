@@ -185,7 +185,8 @@ def run_models(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vcell.train.ray_train import train
+    from vcell.evaluate.report import evaluate_finished
+    from vcell.train.ray_train import RunHooks, train
 
     if args.restart and args.resume_with_changes:
         raise VCellError("--restart and --resume-with-changes exclude each other", hint="pick one")
@@ -193,7 +194,7 @@ def run_train(args: argparse.Namespace) -> None:
         args, flag("name", args.name) + flag("scaling.address", args.address) + flag("train.progress_bar", False if args.quiet else None)
     )
     train(config, restart=args.restart, resume_with_changes=args.resume_with_changes, dry_run=args.dry_run,
-          progress=not args.quiet)
+          progress=not args.quiet, hooks=RunHooks(evaluate=evaluate_finished))
 
 
 def add_train_parser(commands) -> None:

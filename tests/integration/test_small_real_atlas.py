@@ -12,7 +12,8 @@ import scipy.sparse as sp
 
 from vcell.cli import main
 from vcell.config import load_config
-from vcell.train.ray_train import train
+from vcell.evaluate.report import evaluate_finished
+from vcell.train.ray_train import RunHooks, train
 from vcell.train.run import run_directory
 
 N_CELLS, N_GENES, N_TYPES = 700, 300, 10
@@ -45,7 +46,7 @@ def test_a_small_10x_file_builds_trains_evaluates_and_embeds(ray_cluster, tmp_pa
         "evaluate.at_end=true", "evaluate.tsne_cells=100",
     ])
     assert config.loader.batch_size == 256 and config.loader.block_cells == 2048  # the defaults that crashed
-    metrics = train(config)
+    metrics = train(config, hooks=RunHooks(evaluate=evaluate_finished))
     directory = run_directory(config)
     assert np.isfinite(metrics["final_train"]["train/loss"])
     assert all(np.isfinite(value) for value in metrics["final_validation"].values())  # a 35-cell split validates

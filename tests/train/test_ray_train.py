@@ -18,7 +18,8 @@ from vcell.models.zoo import build_model
 from vcell.train.callbacks import read_audit
 from vcell.train.checkpoint import CheckpointStore, load_exported, model_state, write_manifest
 from vcell.train.plan import model_spec, with_model_inputs
-from vcell.train.ray_train import train
+from vcell.evaluate.report import evaluate_finished
+from vcell.train.ray_train import RunHooks, train
 from vcell.train.run import prepare_run, run_directory
 from vcell.train.tracking import read_history
 
@@ -43,7 +44,7 @@ def storage(tmp_path_factory):
 def reference(ray_cluster, train_atlas, storage):
     """An uninterrupted 2-worker DDP run (W&B offline): what the other runs are compared with."""
     config = run_config(train_atlas, storage, "reference", "wandb.mode=offline", "evaluate.at_end=true")
-    return config, train(config)
+    return config, train(config, hooks=RunHooks(evaluate=evaluate_finished))
 
 
 def test_a_run_writes_its_whole_directory(reference, capsys):
@@ -69,7 +70,7 @@ def test_a_run_writes_its_whole_directory(reference, capsys):
     assert "plots/training_curves.png" in evaluation["plots"] and (directory / "plots" / "embedding_tsne.png").is_file()
     assert (directory / "embeddings.h5ad").is_file()
     capsys.readouterr()
-    assert train(config)["steps"] == 12  # the same command again: nothing left to do
+    assert train(config, hooks=RunHooks(evaluate=evaluate_finished))["steps"] == 12  # the same command again: nothing left to do
     assert "already complete" in capsys.readouterr().out
 
 

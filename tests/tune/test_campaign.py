@@ -11,7 +11,8 @@ import yaml
 
 from tests.tune.conftest import campaign_config
 from vcell.config import load_config
-from vcell.train.ray_train import train
+from vcell.evaluate.report import evaluate_finished
+from vcell.train.ray_train import RunHooks, train
 from vcell.tune.campaign import tune_campaign
 
 pytestmark = pytest.mark.slow
@@ -64,7 +65,7 @@ def test_best_yaml_is_a_training_config_that_trains(asha_campaign):
     best_config = load_config(directory / "best.yaml")
     assert best_config.name == "asha-best" and best_config.train.learning_rate == pytest.approx(float(best["train.learning_rate"]))
     assert best_config.scaling.workers == 1
-    metrics = train(best_config, progress=False)
+    metrics = train(best_config, progress=False, hooks=RunHooks(evaluate=evaluate_finished))
     assert metrics["steps"] == 12 and metrics["final_validation"]["val/loss"] > 0
 
 

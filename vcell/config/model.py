@@ -40,6 +40,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "large": (4096, 2, 256),
     "xlarge": (8192, 2, 512),
 }
+SizeName = Literal[tuple(SIZES)]  # the names above, once
 
 
 class ColumnsConfig(Section):
@@ -64,7 +65,7 @@ class ModelConfig(Section):
     enhancements: list[str] | None = Field(
         None, description="null = the catalogue's set for `name`; any valid set otherwise"
     )
-    size: Literal["tiny", "small", "medium", "large", "xlarge"] = Field("small", description="width/depth preset")
+    size: SizeName = Field("small", description="width/depth preset")
     hidden_dim: int | None = Field(None, ge=1, description="override the preset's hidden width")
     n_layers: int | None = Field(None, ge=1, description="override the preset's hidden layers per MLP")
     latent_dim: int | None = Field(None, ge=1, description="override the preset's latent dimension")

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vcell.cluster import ray_cluster
+from vcell.config.train import ScalingSection
+
 SPANS_PER_WORKER = 4  # finer spans balance uneven workers; each costs a model load (~0.1 s)
 MAX_SPAN_CELLS = 100_000  # ~bounds a span's result: 100k cells x (latent + statistics) floats
 
@@ -49,9 +52,6 @@ def parallel_batches(model_directory: Path, source, n_cells: int, batch_size: in
                      gene_key: str | None, address: str | None) -> Iterator[tuple[slice, np.ndarray, dict, dict]]:
     """(rows, latent, per-cell statistics, statistics) per span, in input order."""
     import ray
-
-    from vcell.config.train import ScalingSection
-    from vcell.train.ray_train import ray_cluster
 
     with ray_cluster(ScalingSection(workers=workers, cpus_per_worker=1, address=address)):
         task = ray.remote(num_cpus=1)(embed_span)
