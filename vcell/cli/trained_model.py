@@ -1,4 +1,4 @@
-"""The `vcell` commands on a finished run: export, embed, evaluate, predict (argument parsing only).
+"""The commands on a trained model (a run or an export folder): export, embed, evaluate, predict.
 
     vcell export RUN --out DIR [--overwrite]
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--workers N] [--layer L] [--gene-key K]
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from vcell.cli.arguments import non_negative_hours, non_negative_int, positive_int, whole_number
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -48,9 +50,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out} (X: predicted expression; layers['control']; var['mean_delta'])")
 
 
-def add_run_commands(commands) -> None:
-    from vcell.cli import non_negative_hours, non_negative_int, positive_int, whole_number
-
+def add_trained_model_parsers(commands) -> None:
     export = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card")
     export.add_argument("run", help="run folder (runs/<name>) or an export folder")
     export.add_argument("--out", required=True, help="output folder (written whole or not at all)")
