@@ -27,7 +27,7 @@ from vcell.atlas.store import open_atlas
 from vcell.config.schema import BuildConfig, LoaderConfig
 from vcell.data.datamodule import AtlasDataModule
 from vcell.data.loader import AtlasLoader
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.data.reader import AtlasReader, read_window
 from vcell.errors import VCellError
 

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from vcell.atlas.store import open_atlas
 from vcell.cli import main
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.data.reader import AtlasReader, read_window
 from vcell.evaluate.cells import atlas_obs
 from vcell.evaluate.embed import embed_run

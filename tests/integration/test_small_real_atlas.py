@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from vcell.cli import main
 from vcell.config import load_config
-from vcell.evaluate.report import evaluate_finished
+from vcell.evaluate.evaluation import evaluate_finished
 from vcell.train.ray_train import RunHooks, train
 from vcell.train.run import run_directory
 

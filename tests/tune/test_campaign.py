@@ -11,7 +11,7 @@ import yaml
 
 from tests.tune.conftest import campaign_config
 from vcell.config import load_config
-from vcell.evaluate.report import evaluate_finished
+from vcell.evaluate.evaluation import evaluate_finished
 from vcell.train.ray_train import RunHooks, train
 from vcell.tune.campaign import tune_campaign
 

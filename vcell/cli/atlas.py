@@ -46,7 +46,7 @@ def run_build(args: argparse.Namespace) -> None:
 
 
 def print_info(path, as_json: bool = False) -> None:
-    from vcell.atlas.report import format_info
+    from vcell.atlas.summary import format_info
     from vcell.atlas.store import atlas_info
 
     info = atlas_info(path)

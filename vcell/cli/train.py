@@ -12,7 +12,7 @@ from vcell.errors import VCellError
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from vcell.evaluate.report import evaluate_finished
+    from vcell.evaluate.evaluation import evaluate_finished
     from vcell.train.ray_train import RunHooks, train
 
     if args.restart and args.resume_with_changes:

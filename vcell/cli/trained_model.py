@@ -31,7 +31,7 @@ def run_embed(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from vcell.evaluate.report import evaluate_run, summary_lines
+    from vcell.evaluate.evaluation import evaluate_run, summary_lines
 
     overrides = {key: value for key, value in (("max_cells", args.max_cells), ("embeddings", args.embeddings))
                  if value is not None}

@@ -143,6 +143,3 @@ class ModelConfig(Section):
         """(hidden width, layers per MLP, latent dimension) after preset and overrides."""
         hidden, layers, latent = SIZES[self.size]
         return self.hidden_dim or hidden, self.n_layers or layers, self.latent_dim or latent
-
-    def uses(self, enhancement: str) -> bool:
-        return enhancement in (self.enhancements or ())

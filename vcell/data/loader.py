@@ -11,7 +11,7 @@ A batch holds: `x` (batch, genes) float32, normalised (or `x` as a sparse CSR te
 last batch; `counts` (batch, genes) with `loader.keep_counts`; and one tensor per requested
 label column (categories as int64 codes of the atlas's global categories, -1 = missing).
 
-The plan (`vcell.data.plan`) says which rows form each batch; this module reads each
+The plan (`vcell.data.epoch_plan`) says which rows form each batch; this module reads each
 shuffle-buffer window once, and assembles batches in background threads (numpy and the
 decoders release the GIL), or in DataLoader worker processes with `loader.workers`.
 The stream is the same whatever the number of threads or workers.
@@ -31,7 +31,7 @@ import torch
 
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import LoaderConfig
-from vcell.data.plan import Blocks, EpochPlan, Layout, MemberLookup
+from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup
 from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits, split_summary

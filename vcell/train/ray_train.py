@@ -4,7 +4,7 @@
     train(config, restart=True)                           # forget the earlier run of this name
 
 `evaluate.at_end` evaluates the run when it has trained; the evaluation layer sits above this one,
-so the caller hands its evaluator in (`vcell.evaluate.report.evaluate_finished`, via `RunHooks`).
+so the caller hands its evaluator in (`vcell.evaluate.evaluation.evaluate_finished`, via `RunHooks`).
 
 Everything that can be checked before a worker starts is checked here (config against the run
 folder, atlas against the model, resources against the cluster, storage from every node), so a
@@ -27,7 +27,7 @@ from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 from vcell.models.registry import enhancements
 from vcell.train.checkpoint import CheckpointStore, resume_point
-from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
+from vcell.train.preflight import check_resources, describe_workers, format_plan, training_plan, with_model_inputs
 from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 
@@ -149,7 +149,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     started = time.perf_counter()
     if config.evaluate.at_end and hooks.evaluate is None and not dry_run:
         raise VCellError("evaluate.at_end=true, but train() was given no evaluator",
-                         hint="pass hooks=RunHooks(evaluate=vcell.evaluate.report.evaluate_finished), "
+                         hint="pass hooks=RunHooks(evaluate=vcell.evaluate.evaluation.evaluate_finished), "
                          "or set evaluate.at_end=false")
     atlas = prepare_atlas(config, progress, dry_run=dry_run)
     config = with_model_inputs(config, atlas)
@@ -170,7 +170,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
             log.info("resuming run '%s' from step %d (%s)", config.name, latest.step, latest.path)
         if hooks.probe_storage:
             probe_storage(run.directory)
-        log.info("training '%s': %s", config.name, format_plan(plan, config).splitlines()[2].split(None, 1)[1])
+        log.info("training '%s': %s", config.name, describe_workers(plan, config))
         run_workers(config, run, resume_with_changes, hooks)
     if config.evaluate.at_end:  # after Ray has given the cores back
         hooks.evaluate(run.directory, progress)

@@ -30,7 +30,7 @@ from ray.tune import Callback
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 from vcell.files import atomic_write
-from vcell.evaluate.report import evaluate_finished
+from vcell.evaluate.evaluation import evaluate_finished
 from vcell.train.checkpoint import CheckpointStore
 from vcell.train.ray_train import RunHooks, train
 from vcell.train.tracking import wandb_run_id

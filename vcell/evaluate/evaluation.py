@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from vcell.evaluate.embed import write_embeddings
-from vcell.evaluate.enhancements import enhancement_metrics
+from vcell.evaluate.enhancement_metrics import enhancement_metrics
 from vcell.evaluate.export import open_trained
 from vcell.evaluate.heldout import held_out_cells
 from vcell.evaluate.perturbation import perturbation_metrics
