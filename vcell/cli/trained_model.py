@@ -1,7 +1,7 @@
 """The commands on a trained model (a run or an export folder): export, embed, evaluate, predict.
 
     vcell export RUN --out DIR [--overwrite]
-    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--workers N] [--layer L] [--gene-key K]
+    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--tasks N] [--layer L] [--gene-key K]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
@@ -25,7 +25,7 @@ def run_embed(args: argparse.Namespace) -> None:
     from vcell.evaluate.embed import embed_run
 
     out = embed_run(args.run, args.input, args.out, batch_size=args.batch_size, layer=args.layer,
-                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
+                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, tasks=args.tasks,
                     address=args.address)
     print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics; see uns['vcell'])")
 
@@ -64,8 +64,9 @@ def add_trained_model_parsers(commands) -> None:
     embed.add_argument("--batch-size", type=positive_int, default=1024, help="cells per batch (memory; results do not change)")
     embed.add_argument("--layer", help=".h5ad input: use layers/LAYER (raw counts) instead of X")
     embed.add_argument("--gene-key", help=".h5ad input: var column with gene IDs or symbols (default: the index)")
-    embed.add_argument("--workers", type=non_negative_int, default=0, help="Ray tasks embedding spans of cells in parallel (large inputs)")
-    embed.add_argument("--address", help="Ray cluster for --workers ('auto' or host:port; default: a local one)")
+    embed.add_argument("--tasks", "--workers", dest="tasks", type=non_negative_int, default=0,
+                       help="Ray tasks embedding spans of cells in parallel (large inputs); --workers: its old name")
+    embed.add_argument("--address", help="Ray cluster for --tasks ('auto' or host:port; default: a local one)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)
