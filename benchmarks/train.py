@@ -38,7 +38,7 @@ from vcell.config import load_config  # noqa: E402
 from vcell.data.loader import AtlasLoader  # noqa: E402
 from vcell.models.zoo import build_model  # noqa: E402
 from vcell.train.module import valid_rows  # noqa: E402
-from vcell.train.plan import model_spec, steady_state, with_model_inputs  # noqa: E402
+from vcell.train.training_plan import model_spec, steady_state, with_model_inputs  # noqa: E402
 from vcell.train.ray_train import prepare_atlas  # noqa: E402
 from vcell.train.schedule import warmup_cosine  # noqa: E402
 

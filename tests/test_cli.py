@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vcell.cli import build_parser, human_count, main
+from vcell.cli import build_parser, main
+from vcell.cli.models import human_count
 from vcell.config import load_config
 from vcell.models.catalogue import CATALOGUE
 

@@ -31,7 +31,7 @@ def required_words(parser: argparse.ArgumentParser) -> list[str]:
     return words
 
 
-NUMERIC = [(path, action.option_strings[-1], action.type, required_words(parser))
+NUMERIC = [(path, action.option_strings[0], action.type, required_words(parser))
            for path, parser in commands(build_parser()) for action in parser._actions
            if action.type is not None and hasattr(action.type, "minimum") or action.type in (int, float)]
 IDS = [" ".join([*path, option]) for path, option, _, _ in NUMERIC]
@@ -39,7 +39,7 @@ IDS = [" ".join([*path, option]) for path, option, _, _ in NUMERIC]
 
 def test_the_walk_finds_the_numeric_options_and_none_is_unchecked():
     found = set(IDS)
-    assert {"atlas synth --cells", "atlas synth --seed", "embed --batch-size", "embed --workers", "evaluate --max-cells",
+    assert {"atlas synth --cells", "atlas synth --seed", "embed --batch-size", "embed --tasks", "evaluate --max-cells",
             "predict --cells", "predict --time", "predict --hours-since-pulse", "models --genes", "tune --trials"} <= found
     unchecked = [name for name, (_, _, kind, _) in zip(IDS, NUMERIC) if kind in (int, float)]
     assert not unchecked, f"plain int/float options accept 0, negatives or nan: {unchecked}"
@@ -58,3 +58,9 @@ def test_bad_numbers_are_argparse_errors(path, option, kind, required, value, ca
     error = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in error
     assert f"argument {option}" in error
+
+
+def test_embed_workers_is_the_old_name_of_tasks():
+    parser = build_parser()
+    for option in ("--tasks", "--workers"):
+        assert parser.parse_args(["embed", "runs/x", "--out", "x.h5ad", option, "3"]).tasks == 3

@@ -95,3 +95,9 @@ def test_an_unknown_key_typed_on_the_command_line_is_blamed_on_it():
 def test_negative_seeds_are_config_errors_not_numpy_tracebacks(key):
     with pytest.raises(VCellError, match=rf"'{key}' in the command line: .*greater than or equal to 0"):
         load_config(None, [f"{key}=-5"])
+
+
+def test_the_old_loader_workers_key_names_its_new_name():
+    with pytest.raises(VCellError, match="loader.workers is now loader.processes"):
+        load_config(None, ["loader.workers=2"])
+    assert load_config(None, ["loader.processes=2"]).loader.processes == 2

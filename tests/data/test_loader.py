@@ -22,9 +22,9 @@ def stream(loader, limit=None):
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
-@pytest.mark.parametrize("workers", [0, 1, 2])
-def test_every_cell_exactly_once_per_epoch(atlas_path, world, workers):
-    config = loader_config(workers=workers)
+@pytest.mark.parametrize("processes", [0, 1, 2])
+def test_every_cell_exactly_once_per_epoch(atlas_path, world, processes):
+    config = loader_config(processes=processes)
     seen, batch_counts = [], set()
     for rank in range(world):
         batches = stream(AtlasLoader(atlas_path, config, rank=rank, world_size=world))
@@ -52,7 +52,7 @@ def test_drop_remainder_never_repeats_and_keeps_ranks_equal(atlas_path, world):
 
 def test_same_stream_whatever_the_threads_or_workers(atlas_path):
     reference = stream(AtlasLoader(atlas_path, loader_config(threads=0), rank=1, world_size=2))
-    for overrides in ({"threads": 1}, {"threads": 3, "prefetch_batches": 1}, {"workers": 2}):
+    for overrides in ({"threads": 1}, {"threads": 3, "prefetch_batches": 1}, {"processes": 2}):
         other = stream(AtlasLoader(atlas_path, loader_config(**overrides), rank=1, world_size=2))
         assert all(np.array_equal(a[0], b[0]) for a, b in zip(reference, other)), overrides
         assert len(other) == len(reference)

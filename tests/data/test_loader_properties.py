@@ -27,7 +27,7 @@ from vcell.atlas.store import open_atlas
 from vcell.config.schema import BuildConfig, LoaderConfig
 from vcell.data.datamodule import AtlasDataModule
 from vcell.data.loader import AtlasLoader
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.data.reader import AtlasReader, read_window
 from vcell.errors import VCellError
 
@@ -65,12 +65,12 @@ def loader_setups(draw):
     name = draw(st.sampled_from(sorted(ATLASES)))
     n_cells = ATLASES[name][0]
     split_cells = draw(st.one_of(st.integers(1, 40), st.integers(1, n_cells)))
-    threads, workers = draw(st.sampled_from([(0, 0), (0, 0), (1, 0), (2, 0), (0, 2)]))
+    threads, processes = draw(st.sampled_from([(0, 0), (0, 0), (1, 0), (2, 0), (0, 2)]))
     batch_size = draw(st.one_of(st.integers(1, 20), st.integers(20, 700)))
     config = LoaderConfig(
         batch_size=batch_size, block_cells=draw(st.one_of(st.integers(1, 40), st.integers(40, 2000))),
         buffer_cells=batch_size * draw(st.integers(1, 6)), remainder=draw(st.sampled_from(["pad", "drop"])),
-        threads=threads, workers=workers, labels=["cell_type"], prefetch_batches=draw(st.integers(1, 3)),
+        threads=threads, processes=processes, labels=["cell_type"], prefetch_batches=draw(st.integers(1, 3)),
     )
     return dict(
         name=name, config=config, world=draw(st.integers(1, 4)), seed=draw(st.integers(0, 1000)),

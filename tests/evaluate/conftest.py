@@ -15,7 +15,7 @@ from vcell.config.schema import BuildConfig, SynthConfig
 from vcell.data.memory import load_cells
 from vcell.evaluate.export import save_trained
 from vcell.train.plain import fit
-from vcell.train.plan import model_spec, with_model_inputs
+from vcell.train.training_plan import model_spec, with_model_inputs
 from vcell.models.zoo import build_model
 
 HELD_OUT_PERTURBATION_INDEX = 2  # of the atlas's perturbation categories

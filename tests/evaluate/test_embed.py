@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from vcell.atlas.store import open_atlas
 from vcell.cli import main
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.data.reader import AtlasReader, read_window
 from vcell.evaluate.cells import atlas_obs
 from vcell.evaluate.embed import embed_run
@@ -124,12 +124,12 @@ def test_embed_command_writes_the_file(trained_folder, evaluation_atlas, tmp_pat
     assert ad.read_h5ad(tmp_path / "e.h5ad").n_obs == open_atlas(evaluation_atlas).n_cells
 
 
-def test_ray_workers_embed_spans_with_the_same_result(ray_cluster, embedded, trained_folder, evaluation_atlas, tmp_path,
+def test_ray_tasks_embed_spans_with_the_same_result(ray_cluster, embedded, trained_folder, evaluation_atlas, tmp_path,
                                                       monkeypatch):
     from vcell.evaluate import embed_parallel
 
     monkeypatch.setattr(embed_parallel, "MAX_SPAN_CELLS", 400)  # several spans per worker, the last one short
-    out = embed_run(trained_folder, evaluation_atlas, tmp_path / "parallel.h5ad", batch_size=128, workers=2,
+    out = embed_run(trained_folder, evaluation_atlas, tmp_path / "parallel.h5ad", batch_size=128, tasks=2,
                     progress=False)
     parallel = ad.read_h5ad(out)
     assert list(parallel.obs_names) == list(embedded.obs_names)
@@ -137,6 +137,6 @@ def test_ray_workers_embed_spans_with_the_same_result(ray_cluster, embedded, tra
     np.testing.assert_allclose(parallel.obs["vcell_capacity"], embedded.obs["vcell_capacity"], rtol=1e-5)
     table = atlas_as_anndata(evaluation_atlas)[::-1].copy()  # an .h5ad input, in reverse order
     table.write_h5ad(tmp_path / "reversed.h5ad")
-    reversed_out = ad.read_h5ad(embed_run(trained_folder, tmp_path / "reversed.h5ad", tmp_path / "r.h5ad", workers=2,
+    reversed_out = ad.read_h5ad(embed_run(trained_folder, tmp_path / "reversed.h5ad", tmp_path / "r.h5ad", tasks=2,
                                           progress=False))
     np.testing.assert_allclose(reversed_out.obsm["X_vcell"], embedded[reversed_out.obs_names].obsm["X_vcell"], atol=1e-5)

@@ -136,10 +136,10 @@ def test_toy_trains_is_evaluated_and_plotted(toy, tmp_path):
     from vcell.config.schema import BuildConfig, SynthConfig
     from vcell.data.memory import load_cells
     from vcell.evaluate.export import save_trained
-    from vcell.evaluate.report import evaluate_run
+    from vcell.evaluate.evaluation import evaluate_run
     from vcell.models.zoo import build_model
     from vcell.train.plain import fit
-    from vcell.train.plan import model_spec, with_model_inputs
+    from vcell.train.training_plan import model_spec, with_model_inputs
 
     synth = SynthConfig(cells=400, genes=60, transcription_factors=8, pathways=4, compartments=2, perturbations=3,
                         chunk_cells=400, truth_draws=8)

@@ -21,7 +21,7 @@ from vcell.errors import VCellError
 from vcell.models.zoo import build_model
 from vcell.train.callbacks import read_audit
 from vcell.train.checkpoint import CheckpointStore, load_exported, model_state, write_manifest
-from vcell.train.plan import model_spec, with_model_inputs
+from vcell.train.training_plan import model_spec, with_model_inputs
 from vcell.train.ray_train import train
 from vcell.train.run import prepare_run, run_directory
 from vcell.train.tracking import read_history

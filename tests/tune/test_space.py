@@ -10,7 +10,7 @@ from vcell.config import dump_config, load_config
 from vcell.errors import VCellError
 from vcell.train.run import config_hash
 from vcell.tune.campaign import trial_count
-from vcell.tune.plan import campaign_plan
+from vcell.tune.campaign_plan import campaign_plan
 
 GOOD = "{train.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}, model.latent_dim: {choice: [8, 16]}, " \
        "model.n_layers: {int: [1, 3]}, model.dropout: {uniform: [0.0, 0.3]}}"

@@ -18,6 +18,7 @@ from vcell.config.schema import VCellConfig
 from vcell.config.tune import TuneSection
 from vcell.errors import VCellError
 from vcell.files import atomic_write
+from vcell.trees import merge_trees
 
 COMMAND_LINE = "the command line"
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -44,17 +45,6 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     return content
 
 
-def merge_into(target: dict, source: dict, origin: str, provenance: dict[str, str], prefix: str = "") -> None:
-    """Deep-merge `source` into `target`, recording `origin` for every key it sets."""
-    for key, value in source.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            merge_into(target[key], value, origin, provenance, f"{dotted}.")
-        else:
-            target[key] = value
-        provenance[dotted] = origin
-
-
 def load_file_tree(path: Path, provenance: dict[str, str], chain: tuple[Path, ...] = ()) -> dict:
     """Resolve `base:` (a path or list of paths, relative to the file) recursively."""
     path = path.resolve()
@@ -70,9 +60,8 @@ def load_file_tree(path: Path, provenance: dict[str, str], chain: tuple[Path, ..
     merged: dict = {}
     for base in bases:
         # The base records its own keys' origins; only the child's keys are re-attributed below.
-        merge_into(merged, load_file_tree(path.parent / base, provenance, (*chain, path)), "", {})
-    merge_into(merged, content, str(path), provenance)
-    return merged
+        merged = merge_trees(merged, load_file_tree(path.parent / base, provenance, (*chain, path)))
+    return merge_trees(merged, content, lambda dotted: provenance.__setitem__(dotted, str(path)))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

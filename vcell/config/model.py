@@ -40,6 +40,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
     "large": (4096, 2, 256),
     "xlarge": (8192, 2, 512),
 }
+SizeName = Literal[tuple(SIZES)]  # the names above, once
 
 
 class ColumnsConfig(Section):
@@ -64,7 +65,7 @@ class ModelConfig(Section):
     enhancements: list[str] | None = Field(
         None, description="null = the catalogue's set for `name`; any valid set otherwise"
     )
-    size: Literal["tiny", "small", "medium", "large", "xlarge"] = Field("small", description="width/depth preset")
+    size: SizeName = Field("small", description="width/depth preset")
     hidden_dim: int | None = Field(None, ge=1, description="override the preset's hidden width")
     n_layers: int | None = Field(None, ge=1, description="override the preset's hidden layers per MLP")
     latent_dim: int | None = Field(None, ge=1, description="override the preset's latent dimension")
@@ -142,6 +143,3 @@ class ModelConfig(Section):
         """(hidden width, layers per MLP, latent dimension) after preset and overrides."""
         hidden, layers, latent = SIZES[self.size]
         return self.hidden_dim or hidden, self.n_layers or layers, self.latent_dim or latent
-
-    def uses(self, enhancement: str) -> bool:
-        return enhancement in (self.enhancements or ())

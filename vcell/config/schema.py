@@ -8,7 +8,7 @@ Later components (loader, model, training, tuning) add their own sections to `VC
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -279,7 +279,7 @@ class LoaderConfig(Section):
         "0 does everything in the consuming thread. 'auto': 1 when this process has at least 2 cores to "
         "itself (cores / LOCAL_WORLD_SIZE), else 0 (the work is memory-bound: extra threads only contend)",
     )
-    workers: int = Field(
+    processes: int = Field(
         0, ge=0,
         description="DataLoader worker processes (each decodes every window; threads are cheaper)",
     )
@@ -287,6 +287,16 @@ class LoaderConfig(Section):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     genes: GenesConfig = Field(default_factory=GenesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        # `workers` meant three things (DataLoader processes, Ray Train workers, embed tasks): the
+        # loader's is now `processes`; an old config fails naming the new key rather than silently.
+        if isinstance(data, dict) and "workers" in data:
+            raise ValueError("loader.workers is now loader.processes (DataLoader worker processes; "
+                             "scaling.workers stays the number of Ray Train workers): rename the key")
+        return data
 
     @model_validator(mode="after")
     def _check_buffer(self) -> LoaderConfig:

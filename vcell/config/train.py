@@ -21,12 +21,14 @@ OPERATIONAL = (
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
 )
+ZERO_STAGES = (1, 2, 3)  # configs/deepspeed/zero<stage>.json; also checked by train.deepspeed_cpu for direct callers
+ZeroStage = Literal[ZERO_STAGES]
 
 
 class DeepSpeedConfig(Section):
     """DeepSpeed ZeRO: configs/deepspeed/zero<stage>.json, offload and overrides on top."""
 
-    stage: Literal[1, 2, 3] = Field(2, description="ZeRO stage: 1 shards optimiser states, 2 also gradients, 3 also parameters")
+    stage: ZeroStage = Field(2, description="ZeRO stage: 1 shards optimiser states, 2 also gradients, 3 also parameters")
     offload: bool = Field(False, description="keep optimiser states (and, at stage 3, parameters) in CPU memory")
     overrides: dict = Field(default_factory=dict, description="keys merged into the JSON config (e.g. {zero_optimization: {reduce_bucket_size: 1e7}})")
 

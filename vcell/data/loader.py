@@ -11,9 +11,9 @@ A batch holds: `x` (batch, genes) float32, normalised (or `x` as a sparse CSR te
 last batch; `counts` (batch, genes) with `loader.keep_counts`; and one tensor per requested
 label column (categories as int64 codes of the atlas's global categories, -1 = missing).
 
-The plan (`vcell.data.plan`) says which rows form each batch; this module reads each
+The plan (`vcell.data.epoch_plan`) says which rows form each batch; this module reads each
 shuffle-buffer window once, and assembles batches in background threads (numpy and the
-decoders release the GIL), or in DataLoader worker processes with `loader.workers`.
+decoders release the GIL), or in DataLoader worker processes with `loader.processes`.
 The stream is the same whatever the number of threads or workers.
 """
 
@@ -31,7 +31,7 @@ import torch
 
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import LoaderConfig
-from vcell.data.plan import Blocks, EpochPlan, Layout, MemberLookup
+from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup
 from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits, split_summary
@@ -215,7 +215,7 @@ class AtlasLoader:
         if self.next_batch >= plan.n_batches:  # the previous epoch finished: move on
             self.set_epoch(self.epoch + 1)
             plan = self.plan()
-        source = self.worker_batches(plan) if self.config.workers else self.thread_batches(plan, self.next_batch)
+        source = self.worker_batches(plan) if self.config.processes else self.thread_batches(plan, self.next_batch)
         self.yielded.clear()  # batches fetched ahead by an abandoned pass were never used
         for batch in source:
             self.yielded.append((self.epoch, self.next_batch))
@@ -290,7 +290,7 @@ class AtlasLoader:
         """DataLoader worker processes; worker w assembles batches w, w+n, ... (round-robin order)."""
         dataset = _WorkerStream(self, plan.epoch, self.next_batch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=self.config.workers, prefetch_factor=self.config.prefetch_batches,
+            dataset, batch_size=None, num_workers=self.config.processes, prefetch_factor=self.config.prefetch_batches,
         )
         yield from loader
 

@@ -17,7 +17,7 @@ import zarr
 
 from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, RecordedFiles, UnsupportedLayout, check_chunk_files
 from vcell.atlas.store import Atlas
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.errors import VCellError
 
 SMALL_ARRAY_CACHE_BYTES = 64 << 20  # decoded indptr / label chunks kept for re-use

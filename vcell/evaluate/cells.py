@@ -29,7 +29,7 @@ from anndata.io import read_elem
 from vcell.atlas.durations import is_textual, to_hours
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.data.loader import to_tensors
-from vcell.data.plan import Blocks
+from vcell.data.epoch_plan import Blocks
 from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var
 from vcell.data.transform import BatchAssembler
@@ -83,16 +83,6 @@ def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = 
     if rows is not None:
         raise VCellError("choosing rows is only supported for atlas inputs")
     return anndata_cells(path, trained, layer, gene_key, span)
-
-
-def count_cells(path: str | Path) -> int:
-    """Cells in an atlas or AnnData input, without reading its matrix."""
-    path = Path(path)
-    if is_atlas(path):
-        return open_atlas(path).n_cells
-    from vcell.atlas.anndata_source import AnnDataSource
-
-    return AnnDataSource(path).n_cells
 
 
 # -- vocabulary and categories ---------------------------------------------------------------

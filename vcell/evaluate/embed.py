@@ -46,9 +46,9 @@ ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
 def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *, batch_size: int = 1024,
               layer: str | None = None, gene_key: str | None = None, overwrite: bool = False,
-              progress: bool = True, workers: int = 0, address: str | None = None) -> Path:
+              progress: bool = True, tasks: int = 0, address: str | None = None) -> Path:
     """Embed every cell of `input_path` (default: the run's training atlas) into `out`; with
-    `workers` > 1, Ray tasks (a local cluster, or `address`) embed consecutive spans of cells."""
+    `tasks` > 1, that many Ray tasks (a local cluster, or `address`) embed consecutive spans of cells."""
     if batch_size < 1:  # the command line checks this in argparse; library callers get it here
         raise VCellError(f"batch_size={batch_size}: embed needs at least one cell per batch")
     given = Path(out)
@@ -60,10 +60,10 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
     for warning in stream.warnings:
         print(f"warning: {warning}")
     produced = None
-    if workers > 1:
+    if tasks > 1:
         from vcell.evaluate.embed_parallel import parallel_batches
 
-        produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, workers, layer, gene_key,
+        produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, tasks, layer, gene_key,
                                     address)
     with output_errors(given):
         write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced)

@@ -1,7 +1,7 @@
-"""`vcell embed --workers N`: Ray tasks embed consecutive spans of an input; the driver writes them.
+"""`vcell embed --tasks N`: Ray tasks embed consecutive spans of an input; the driver writes them.
 
 Each task opens the model folder and the input itself (nothing large travels to it) and
-returns its span's embeddings; the driver keeps at most two spans per worker in flight and
+returns its span's embeddings; the driver keeps at most two spans per task in flight and
 writes them in input order, so memory stays bounded by those spans whatever the input size.
 The result is identical to embedding in one process (cells never depend on their neighbours).
 """
@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-SPANS_PER_WORKER = 4  # finer spans balance uneven workers; each costs a model load (~0.1 s)
+from vcell.cluster import ray_cluster
+from vcell.config.train import ScalingSection
+
+SPANS_PER_TASK = 4  # finer spans balance uneven tasks; each costs a model load (~0.1 s)
 MAX_SPAN_CELLS = 100_000  # ~bounds a span's result: 100k cells x (latent + statistics) floats
 
 
@@ -40,22 +43,19 @@ def embed_span(model_directory: str, source: str, first: int, last: int, batch_s
     return np.concatenate(latents), {name: np.concatenate(parts) for name, parts in per_cell.items()}, stats
 
 
-def spans(n_cells: int, workers: int, batch_size: int) -> list[tuple[int, int]]:
-    size = min(MAX_SPAN_CELLS, max(batch_size, math.ceil(n_cells / (workers * SPANS_PER_WORKER))))
+def spans(n_cells: int, tasks: int, batch_size: int) -> list[tuple[int, int]]:
+    size = min(MAX_SPAN_CELLS, max(batch_size, math.ceil(n_cells / (tasks * SPANS_PER_TASK))))
     return [(first, min(first + size, n_cells)) for first in range(0, n_cells, size)]
 
 
-def parallel_batches(model_directory: Path, source, n_cells: int, batch_size: int, workers: int, layer: str | None,
+def parallel_batches(model_directory: Path, source, n_cells: int, batch_size: int, tasks: int, layer: str | None,
                      gene_key: str | None, address: str | None) -> Iterator[tuple[slice, np.ndarray, dict, dict]]:
     """(rows, latent, per-cell statistics, statistics) per span, in input order."""
     import ray
 
-    from vcell.config.train import ScalingSection
-    from vcell.train.ray_train import ray_cluster
-
-    with ray_cluster(ScalingSection(workers=workers, cpus_per_worker=1, address=address)):
+    with ray_cluster(ScalingSection(address=address)):  # reads only where the cluster is
         task = ray.remote(num_cpus=1)(embed_span)
-        todo = deque(spans(n_cells, workers, batch_size))
+        todo = deque(spans(n_cells, tasks, batch_size))
         pending: deque = deque()
 
         def submit() -> None:
@@ -64,7 +64,7 @@ def parallel_batches(model_directory: Path, source, n_cells: int, batch_size: in
                                     batch_size, layer, gene_key)
             pending.append(((first, last), reference))
 
-        while todo and len(pending) < 2 * workers:
+        while todo and len(pending) < 2 * tasks:
             submit()
         while pending:
             (first, last), reference = pending.popleft()

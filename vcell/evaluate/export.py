@@ -144,7 +144,7 @@ def evaluation_table(evaluation: dict | None) -> list[str]:
     """Markdown rows of `vcell evaluate`'s metrics with their baselines (none if not evaluated)."""
     if not evaluation:
         return []
-    from vcell.evaluate.report import baseline_rows
+    from vcell.evaluate.evaluation import baseline_rows
 
     def shown(value) -> str:
         return "n/a" if value is None else f"{value:.3f}"

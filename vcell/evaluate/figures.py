@@ -20,7 +20,7 @@ import torch
 from vcell.config.evaluate import EvaluateConfig
 from vcell.evaluate import plots, plots_model
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.report import baseline_rows
+from vcell.evaluate.evaluation import baseline_rows
 from vcell.evaluate.representation import PCA
 from vcell.evaluate.truth import true_expression
 from vcell.models.inputs import Conditions

@@ -30,7 +30,6 @@ why the configs set "zero_force_ds_cpu_optimizer": false.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -40,7 +39,11 @@ from pytorch_lightning.strategies import DeepSpeedStrategy, Strategy
 from pytorch_lightning.strategies.ddp import DDPStrategy
 from pytorch_lightning.strategies.deepspeed import remove_module_hooks
 
-CONFIG_DIRECTORY = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+from vcell.config.loader import PACKAGE_CONFIGS
+from vcell.config.train import ZERO_STAGES
+from vcell.trees import merge_trees
+
+CONFIG_DIRECTORY = PACKAGE_CONFIGS / "deepspeed"
 GPU_ACCELERATORS = ("gpu", "cuda")
 # Lightning before 2.1 wrapped the module, and old checkpoints still carry the wrapper's prefix.
 WRAPPER_PREFIX = "_forward_module."
@@ -106,7 +109,7 @@ def load_deepspeed_config(stage: int, offload: bool, overrides: dict) -> dict:
 
     Offload moves the optimizer state to CPU memory (any stage) and, in stage 3, the parameters too.
     """
-    if stage not in (1, 2, 3):
+    if stage not in ZERO_STAGES:
         raise ValueError(f"DeepSpeed ZeRO stage must be 1, 2 or 3, not {stage!r}")
     path = CONFIG_DIRECTORY / f"zero{stage}.json"
     if not path.is_file():
@@ -118,18 +121,7 @@ def load_deepspeed_config(stage: int, offload: bool, overrides: dict) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         if stage == 3:
             zero["offload_param"] = {"device": "cpu", "pin_memory": False}
-    return deep_merge(config, overrides)
-
-
-def deep_merge(base: dict, overrides: dict) -> dict:
-    """A copy of `base` with `overrides` applied; nested dicts merge, anything else replaces."""
-    merged = copy.deepcopy(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+    return merge_trees(config, overrides)
 
 
 def consolidate_zero_checkpoint(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:

@@ -1,7 +1,10 @@
 """The training driver: checks, Ray cluster, TorchTrainer, summary. `vcell train` calls `train`.
 
-    summary = train(load_config(None))                    # the main job: quickstart on 2 CPU workers
+    summary = train(load_config(None))  # the main job (`vcell train`)
     train(config, restart=True)                           # forget the earlier run of this name
+
+`evaluate.at_end` evaluates the run when it has trained; the evaluation layer sits above this one,
+so its evaluator is named by text and imported when needed (`RunHooks.evaluate` may replace it).
 
 Everything that can be checked before a worker starts is checked here (config against the run
 folder, atlas against the model, resources against the cluster, storage from every node), so a
@@ -10,22 +13,22 @@ mistake costs seconds, not a failed cluster job. Workers run `worker.train_worke
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vcell.atlas.store import Atlas, open_atlas
-from vcell.config.schema import ScalingSection, VCellConfig
+from vcell.cluster import local_resources, ray_cluster
+from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
-from vcell.models.registry import enhancements
+from vcell.models.registry import enhancements, resolve
 from vcell.train.checkpoint import CheckpointStore, resume_point
-from vcell.train.plan import check_resources, format_plan, training_plan, with_model_inputs
 from vcell.train.preflight import preflight
+from vcell.train.training_plan import check_resources, describe_workers, format_plan, training_plan, with_model_inputs
 from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 
@@ -38,51 +41,6 @@ def prepare_atlas(config: VCellConfig, progress: bool = True, *, dry_run: bool =
     from vcell.atlas.ensure import job_atlas
 
     return open_atlas(job_atlas(config.data, config.build, dry_run=dry_run, progress=progress))
-
-
-def local_resources() -> dict[str, float]:
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return {"CPU": float(cores), "GPU": float(torch.cuda.device_count())}
-
-
-@contextlib.contextmanager
-def ray_cluster(scaling: ScalingSection) -> Iterator[dict[str, float]]:
-    """The cluster's resources: an already connected Ray, `scaling.address`, or a new local one
-    bound to 127.0.0.1 with the dashboard off (shut down on exit)."""
-    if scaling.address is None:
-        # read by Ray at import: the local node takes the loopback address and listens only there
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # Ray Train's controller polls its workers every 2 s by default: a run's end (and a dead
-        # worker) is seen sooner at 0.5 s, which costs nothing on one machine
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-        # the preemption watcher polls cloud nodes for spot-instance notices: one more process per run
-        # (seconds of start-up on a small machine) for an event a local machine never sees
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    import ray
-
-    if ray.is_initialized():
-        yield ray.cluster_resources()
-        return
-    if scaling.address is not None:
-        ray.init(address=scaling.address, log_to_driver=True)
-    else:
-        # Without the dashboard Ray's state API is absent, and Ray Train's placement-group cleaner
-        # warns about it every few seconds: worker processes log errors only.
-        try:
-            ray.init(num_cpus=int(local_resources()["CPU"]), include_dashboard=scaling.include_dashboard,
-                     _node_ip_address="127.0.0.1", configure_logging=False,
-                     logging_config=None if scaling.include_dashboard else ray.LoggingConfig(log_level="ERROR"))
-        except Exception as error:
-            if scaling.include_dashboard and "dashboard" in str(error):
-                raise VCellError(f"scaling.include_dashboard=true: {error}",
-                                 hint="pip install 'ray[default]' for the dashboard, or leave it off") from None
-            raise
-    try:
-        yield ray.cluster_resources()
-    finally:
-        ray.shutdown()
 
 
 def probe_storage(directory: Path) -> None:
@@ -145,6 +103,9 @@ def worker_entry(payload: dict) -> None:
         raise_user_error(error, ray.train.get_context().get_world_rank())
 
 
+DEFAULT_EVALUATOR = "vcell.evaluate.evaluation:evaluate_finished"
+
+
 @dataclass(frozen=True)
 class RunHooks:
     """What a job running `train` inside a larger one (a campaign's trial) adds to the run."""
@@ -153,9 +114,15 @@ class RunHooks:
     wandb_id: str | None = None  # None: derived from the run name
     report_validation: bool = False  # workers report every validation with ray.train.report
     probe_storage: bool = True  # False when the caller has checked the storage from every node
+    # (run folder, progress) -> None, run when evaluate.at_end. Named by text by default: the
+    # evaluation layer sits above training, so it is bound late (like an enhancement's hooks).
+    evaluate: Callable[[Path, bool], None] | str = DEFAULT_EVALUATOR
 
     def wandb_run_id(self, config: VCellConfig) -> str:
         return self.wandb_id or wandb_run_id(config.name)
+
+    def evaluate_run(self, directory: Path, progress: bool) -> None:
+        resolve(self.evaluate)(directory, progress)
 
 
 def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHooks = RunHooks()) -> None:
@@ -220,28 +187,14 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
             log.info("resuming run '%s' from step %d (%s)", config.name, latest.step, latest.path)
         if hooks.probe_storage:
             probe_storage(run.directory)
-        log.info("training '%s': %s", config.name, format_plan(plan, config).splitlines()[2].split(None, 1)[1])
+        log.info("training '%s': %s", config.name, describe_workers(plan, config))
         run_workers(config, run, resume_with_changes, hooks)
     if config.evaluate.at_end:  # after Ray has given the cores back
-        evaluate_finished(run.directory, progress)
+        hooks.evaluate_run(run.directory, progress)
     metrics = json.loads((run.directory / "metrics.json").read_text())  # training's and evaluation's
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
     print(format_summary(metrics, run, config, hooks))
     return metrics
-
-
-def evaluate_finished(directory: Path, progress: bool) -> None:
-    """`vcell evaluate` on the run just trained; a failure keeps the trained model and says how to retry."""
-    from vcell.evaluate.report import evaluate_run, summary_lines
-
-    try:
-        results = evaluate_run(directory, progress=progress)
-    except Exception as error:
-        log.exception("evaluation failed")
-        raise VCellError(f"training finished and the model is saved in {directory}/model, but evaluation failed: {error}",
-                         hint=f"fix the cause, then run `vcell evaluate {directory}` (or the same `vcell train` again)") from error
-    if progress:
-        print("\n".join(summary_lines(results)))
 
 
 def finished_run(config: VCellConfig, hooks: RunHooks = RunHooks()) -> dict | None:
@@ -255,7 +208,7 @@ def finished_run(config: VCellConfig, hooks: RunHooks = RunHooks()) -> dict | No
         return None
     print(f"run '{config.name}' is already complete (step {latest.step}); --restart trains it again")
     if config.evaluate.at_end and "evaluation" not in json.loads(metrics_path.read_text()):  # stopped while evaluating
-        evaluate_finished(directory, True)
+        hooks.evaluate_run(directory, True)
     metrics = json.loads(metrics_path.read_text())
     print(format_summary({**metrics, "seconds_total": 0.0}, Run(directory, latest.manifest["config_hash"], True), config,
                          hooks))

@@ -25,20 +25,10 @@ from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
+from vcell.trees import flatten
 
 RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wandb", "ray", "split.json",
              "split_codes.npy", "config.yaml")
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def identity(config: VCellConfig | dict) -> dict[str, object]:

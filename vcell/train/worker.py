@@ -29,7 +29,7 @@ from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
 from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry, ValidationReport
 from vcell.train.module import VCellModule
-from vcell.train.plan import model_spec, resolved_precision, steady_state
+from vcell.train.training_plan import model_spec, resolved_precision, steady_state
 from vcell.train.run import probe_writable
 from vcell.train.strategy import make_strategy
 from vcell.train.tracking import History, open_tracker, read_history

@@ -21,15 +21,17 @@ from pathlib import Path
 
 import yaml
 
+from vcell.cluster import ray_cluster
 from vcell.config.loader import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
-from vcell.train.plan import check_resources, training_plan, with_model_inputs
-from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage, ray_cluster
-from vcell.train.run import config_diff, flatten
-from vcell.tune.plan import CampaignPlan, campaign_plan
+from vcell.train.training_plan import check_resources, training_plan, with_model_inputs
+from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage
+from vcell.train.run import config_diff
+from vcell.trees import flatten
+from vcell.tune.campaign_plan import CampaignPlan, campaign_plan
 from vcell.tune.trial import TRIAL_ACTOR_RESOURCES, ReleaseWorkers, TrialNamer, TrialSetup, remove_placement_group, run_trial
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from vcell.evaluate.plots import cycled_colours, new_figure, outside_legend, panel_grid, save_figure
-from vcell.tune.plan import CampaignPlan
+from vcell.tune.campaign_plan import CampaignPlan
 from vcell.tune.results import COMPLETED, ERRORED, STOPPED, best_row, reported
 
 STATUS_COLOURS = {COMPLETED: "#1f77b4", STOPPED: "#ff7f0e", ERRORED: "#d62728"}

@@ -22,7 +22,7 @@ import yaml
 from vcell.config.loader import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.files import atomic_write
-from vcell.tune.plan import STEP, CampaignPlan
+from vcell.tune.campaign_plan import STEP, CampaignPlan
 from vcell.tune.trial import EXPLOITS_FILE
 
 COMPLETED, STOPPED, ERRORED = "completed", "stopped early", "errored"

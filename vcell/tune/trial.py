@@ -30,10 +30,11 @@ from ray.tune import Callback
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 from vcell.files import atomic_write
+from vcell.evaluate.evaluation import evaluate_finished
 from vcell.train.checkpoint import CheckpointStore
 from vcell.train.ray_train import RunHooks, train
-from vcell.train.run import flatten
 from vcell.train.tracking import wandb_run_id
+from vcell.trees import flatten
 from vcell.tune.space import apply_values
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,8 @@ def run_trial(values: dict, setup: TrialSetup) -> None:
     queue = Queue(actor_options={"num_cpus": 0})
     hooks = RunHooks(callbacks=(ForwardReports(queue), TrialLink(queue, str(directory / PLACEMENT_GROUP_FILE))),
                      wandb_id=wandb_run_id(setup.campaign, name), report_validation=True,
-                     probe_storage=False)  # the campaign checked its folder from every node
+                     probe_storage=False,  # the campaign checked its folder from every node
+                     evaluate=evaluate_finished)
     outcome: dict = {}
 
     def fit() -> None:

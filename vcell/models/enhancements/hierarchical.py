@@ -145,7 +145,7 @@ ENHANCEMENT = Enhancement(
     install=install,
     needs=frozenset({"gene_sets"}),
     input_files=("gene_sets", "compartments"),
-    evaluation="vcell.evaluate.enhancements:hierarchical",
+    evaluation="vcell.evaluate.enhancement_metrics:hierarchical",
     figure="vcell.evaluate.figures:hierarchical_figure",
     science_check="vcell.evaluate.science_checks:check_hierarchical",
 )

@@ -100,6 +100,6 @@ ENHANCEMENT = Enhancement(
     needs=frozenset({"time", "history"}),
     requires=("temporal",),
     requires_why="the memory state conditions the temporal dynamics; without them it acts on nothing",
-    evaluation="vcell.evaluate.enhancements:memory",
+    evaluation="vcell.evaluate.enhancement_metrics:memory",
     science_check="vcell.evaluate.science_checks:check_memory",
 )

@@ -114,6 +114,6 @@ ENHANCEMENT = Enhancement(
     config=MultiscaleConfig,
     install=install,
     needs=frozenset({"gene_sets"}),
-    evaluation="vcell.evaluate.enhancements:multiscale",
+    evaluation="vcell.evaluate.enhancement_metrics:multiscale",
     figure="vcell.evaluate.figures:multiscale_figure",
 )

@@ -176,7 +176,7 @@ ENHANCEMENT = Enhancement(
     install=install,
     needs=frozenset({"grn"}),
     input_files=("edges",),
-    evaluation="vcell.evaluate.enhancements:regulatory",
+    evaluation="vcell.evaluate.enhancement_metrics:regulatory",
     figure="vcell.evaluate.figures:regulatory_figure",
     science_check="vcell.evaluate.science_checks:check_regulatory",
 )

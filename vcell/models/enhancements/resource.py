@@ -81,7 +81,7 @@ ENHANCEMENT = Enhancement(
     config=ResourceConfig,
     install=install,
     needs=frozenset({"counts"}),
-    evaluation="vcell.evaluate.enhancements:resource",
+    evaluation="vcell.evaluate.enhancement_metrics:resource",
     figure="vcell.evaluate.figures:resource_figure",
     science_check="vcell.evaluate.science_checks:check_resource",
 )

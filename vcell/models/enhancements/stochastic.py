@@ -119,7 +119,7 @@ ENHANCEMENT = Enhancement(
     config=StochasticConfig,
     install=install,
     needs=frozenset({"counts"}),
-    evaluation="vcell.evaluate.enhancements:stochastic",
+    evaluation="vcell.evaluate.enhancement_metrics:stochastic",
     figure="vcell.evaluate.figures:stochastic_figure",
     science_check="vcell.evaluate.science_checks:check_stochastic",
 )

@@ -112,7 +112,7 @@ ENHANCEMENT = Enhancement(
     config=TemporalConfig,
     install=install,
     needs=frozenset({"time"}),
-    evaluation="vcell.evaluate.enhancements:temporal",
+    evaluation="vcell.evaluate.enhancement_metrics:temporal",
     figure="vcell.evaluate.figures:temporal_figure",
     science_check="vcell.evaluate.science_checks:check_temporal",
 )

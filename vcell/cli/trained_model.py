@@ -1,7 +1,7 @@
-"""The `vcell` commands on a finished run: export, embed, evaluate, predict (argument parsing only).
+"""The commands on a trained model (a run or an export folder): export, embed, evaluate, predict.
 
     vcell export RUN --out DIR [--overwrite]
-    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--workers N] [--layer L] [--gene-key K]
+    vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--tasks N] [--layer L] [--gene-key K]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+
+from vcell.cli.arguments import non_negative_hours, non_negative_int, positive_int, whole_number
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -23,13 +25,13 @@ def run_embed(args: argparse.Namespace) -> None:
     from vcell.evaluate.embed import embed_run
 
     out = embed_run(args.run, args.input, args.out, batch_size=args.batch_size, layer=args.layer,
-                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, workers=args.workers,
+                    gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, tasks=args.tasks,
                     address=args.address)
     print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics; see uns['vcell'])")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from vcell.evaluate.report import evaluate_run, summary_lines
+    from vcell.evaluate.evaluation import evaluate_run, summary_lines
 
     overrides = {key: value for key, value in (("max_cells", args.max_cells), ("embeddings", args.embeddings))
                  if value is not None}
@@ -48,9 +50,7 @@ def run_predict(args: argparse.Namespace) -> None:
     print(f"wrote {out} (X: predicted expression; layers['control']; var['mean_delta'])")
 
 
-def add_run_commands(commands) -> None:
-    from vcell.cli import non_negative_hours, non_negative_int, positive_int, whole_number
-
+def add_trained_model_parsers(commands) -> None:
     export = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card")
     export.add_argument("run", help="run folder (runs/<name>) or an export folder")
     export.add_argument("--out", required=True, help="output folder (written whole or not at all)")
@@ -64,8 +64,9 @@ def add_run_commands(commands) -> None:
     embed.add_argument("--batch-size", type=positive_int, default=1024, help="cells per batch (memory; results do not change)")
     embed.add_argument("--layer", help=".h5ad input: use layers/LAYER (raw counts) instead of X")
     embed.add_argument("--gene-key", help=".h5ad input: var column with gene IDs or symbols (default: the index)")
-    embed.add_argument("--workers", type=non_negative_int, default=0, help="Ray tasks embedding spans of cells in parallel (large inputs)")
-    embed.add_argument("--address", help="Ray cluster for --workers ('auto' or host:port; default: a local one)")
+    embed.add_argument("--tasks", "--workers", dest="tasks", type=non_negative_int, default=0,
+                       help="Ray tasks embedding spans of cells in parallel (large inputs); --workers: its old name")
+    embed.add_argument("--address", help="Ray cluster for --tasks ('auto' or host:port; default: a local one)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)

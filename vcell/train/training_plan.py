@@ -108,15 +108,20 @@ def training_plan(config: VCellConfig, atlas: Atlas) -> TrainingPlan:
     )
 
 
-def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
+def describe_workers(plan: TrainingPlan, config: VCellConfig) -> str:
+    """'2 worker(s) x (1 CPU), ddp, precision 32-true, 400 steps of 256 cells per worker'."""
     device = f"{config.scaling.gpus_per_worker} GPU + " if config.scaling.gpus_per_worker else ""
+    return (f"{plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
+            f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker")
+
+
+def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
     parts = ", ".join(f"{k} {v:.3f}" for k, v in plan.parts.items())
     return "\n".join([
         f"run         {config.name}: model '{config.model.name}' ({', '.join(config.model.enhancements) or 'base'}), "
         f"size {config.model.size}",
         f"parameters  {plan.parameters:,} for {plan.genes:,} genes; atlas {config.data.atlas} ({plan.cells:,} cells)",
-        f"plan        {plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
-        f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker",
+        f"plan        {describe_workers(plan, config)}",
         f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
         f"outputs     {config.scaling.storage_path}/{config.name}/",
     ])

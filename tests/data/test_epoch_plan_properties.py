@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vcell.data.loader import fills_a_batch
-from vcell.data.plan import Blocks, EpochPlan, Layout, MemberLookup
+from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup
 from vcell.errors import VCellError
 
 

@@ -5,7 +5,8 @@
 Writes into the run folder (or an export folder): `metrics.json` gains an "evaluation" key
 (embedding, reconstruction, perturbation and per-enhancement sections, each with the
 model's value, baselines beside it and a definition; skipped metrics say why), `plots/*.png`,
-and `embeddings.h5ad` (see `vcell.evaluate.embed`). The training job calls this at its end.
+and `embeddings.h5ad` (see `vcell.evaluate.embed`). The training job calls this at its end
+(`evaluate_finished`, handed to `vcell.train.ray_train.train` by `vcell train` and campaign trials).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from vcell.evaluate.embed import write_embeddings
-from vcell.evaluate.enhancements import enhancement_metrics
+from vcell.evaluate.enhancement_metrics import enhancement_metrics
 from vcell.evaluate.export import open_trained
 from vcell.evaluate.heldout import held_out_cells
 from vcell.evaluate.perturbation import perturbation_metrics
@@ -147,3 +148,15 @@ def write_metrics(path: Path, evaluation: dict) -> None:
     metrics["evaluation"] = evaluation
     text = json.dumps(finite(metrics), indent=2, allow_nan=False).encode()  # JSON has no NaN: null
     atomic_write(path, lambda stream: stream.write(text))
+
+
+def evaluate_finished(directory: Path, progress: bool) -> None:
+    """`vcell evaluate` on the run just trained (`RunHooks.evaluate` of a training job); a failure keeps the trained model and says how to retry."""
+    try:
+        results = evaluate_run(directory, progress=progress)
+    except Exception as error:
+        log.exception("evaluation failed")
+        raise VCellError(f"training finished and the model is saved in {directory}/model, but evaluation failed: {error}",
+                         hint=f"fix the cause, then run `vcell evaluate {directory}` (or the same `vcell train` again)") from error
+    if progress:
+        print("\n".join(summary_lines(results)))

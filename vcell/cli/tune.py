@@ -1,4 +1,4 @@
-"""`vcell tune`: argument parsing only (the campaign is `vcell.tune.campaign.tune_campaign`).
+"""`vcell tune`: a search campaign (the campaign itself is `vcell.tune.campaign.tune_campaign`).
 
     vcell tune [--config configs/tune/quickstart.yaml] [--name N] [--address A] [--restart] [--retry-errored] [k=v ...]
 """
@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 
+from vcell.cli.arguments import add_config_arguments, flag, positive_int, resolve_config
 from vcell.config.loader import PACKAGE_CONFIGS
+from vcell.errors import VCellError
 
 DEFAULT_CAMPAIGN = PACKAGE_CONFIGS / "tune" / "quickstart.yaml"
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from vcell.cli import flag, resolve_config
-    from vcell.errors import VCellError
     from vcell.tune.campaign import tune_campaign
 
     if args.config is None:
@@ -27,8 +27,6 @@ def run_tune(args: argparse.Namespace) -> None:
 
 
 def add_tune_parser(commands) -> None:
-    from vcell.cli import add_config_arguments, positive_int
-
     parser = commands.add_parser(
         "tune", help="a hyperparameter campaign: Ray Tune over whole training runs (default: configs/tune/quickstart.yaml)",
         description="Search a space of config values with Ray Tune; every trial is a full vcell training run with its "

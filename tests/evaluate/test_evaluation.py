@@ -13,7 +13,7 @@ from vcell.atlas.store import open_atlas
 from vcell.cli import main
 from vcell.errors import VCellError
 from vcell.evaluate.predict import predict_run
-from vcell.evaluate.report import evaluate_run, summary_lines
+from vcell.evaluate.evaluation import evaluate_run, summary_lines
 from vcell.train.checkpoint import CheckpointStore
 
 from tests.train.test_checkpoint import fake_checkpoint
