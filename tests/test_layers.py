@@ -6,6 +6,7 @@ bodies (a deferred import is still a dependency). Files are grouped into layers:
 The allowed order, lowest first (a layer may import any layer before it, never one after it):
 
     errors, files, trees       no vcell imports beyond each other (trees: flatten, deep merge)
+    compat                     private APIs of Ray, torch and Lightning, each once (imports none of vcell)
     config                     the typed config tree, YAML loading
     cluster                    the Ray cluster helper (train, tune and `vcell embed --tasks` use it)
     atlas                      the Zarr store, build, simulator, annotations
@@ -37,7 +38,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vcell"
-ORDER = ["vcell", "errors", "files", "trees", "config", "cluster", "atlas", "data", "models", "train", "evaluate", "tune", "cli"]
+ORDER = ["vcell", "errors", "files", "trees", "compat", "config", "cluster", "atlas", "data", "models", "train", "evaluate", "tune", "cli"]
 # (importing layer, imported module) -> why this upward edge is accepted
 ALLOWED_UPWARD = {
     ("config", "vcell.models.registry"): "the model section is built from the registered enhancements' sections",

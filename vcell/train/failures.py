@@ -13,19 +13,17 @@ once when any worker failed with a vcell error and defers to Ray's policy otherw
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
 from ray.train.v2.api.exceptions import TrainingFailedError, WorkerGroupError
 
+from vcell.compat import (
+    RAY_TRAIN_WORKER_ERROR_LOGGER, ray_logs_directory, ray_train_failure_policy, ray_train_failure_policy_bases,
+)
 from vcell.errors import VCellError
 
-# Ray logs a worker's exception with its traceback under this logger before reporting it
-RAY_WORKER_ERROR_LOGGER = "ray.train.v2._internal.util"
+DefaultFailurePolicy, FailureDecision = ray_train_failure_policy_bases()
 
 
 def user_error(error: BaseException | None) -> VCellError | None:
@@ -50,21 +48,10 @@ class NoRetryOfUserErrors(DefaultFailurePolicy):
         return super().make_decision(training_failed_error)
 
 
-@contextlib.contextmanager
-def user_errors_not_retried() -> Iterator[None]:
-    """`TorchTrainer.fit` inside builds `NoRetryOfUserErrors` instead of Ray's default policy.
-
-    Ray Train (2.60) has no public setting for the policy: `fit` calls the module-level factory
-    `create_failure_policy(failure_config)`, which we stand in for while `fit` runs (the driver
-    runs one fit at a time). The policy then travels to Ray's controller with the other arguments."""
-    from ray.train.v2.api import data_parallel_trainer
-
-    original = data_parallel_trainer.create_failure_policy
-    data_parallel_trainer.create_failure_policy = NoRetryOfUserErrors
-    try:
-        yield
-    finally:
-        data_parallel_trainer.create_failure_policy = original
+def user_errors_not_retried():
+    """`TorchTrainer.fit` inside builds `NoRetryOfUserErrors` instead of Ray's default policy
+    (Ray 2.60 has no public setting for it: see `vcell.compat.ray_train_failure_policy`)."""
+    return ray_train_failure_policy(NoRetryOfUserErrors)
 
 
 class _WithoutTrainingFunctionTraceback(logging.Filter):
@@ -75,7 +62,7 @@ class _WithoutTrainingFunctionTraceback(logging.Filter):
 def raise_user_error(error: VCellError, rank: int) -> None:
     """Re-raise a worker's VCellError naming the rank and this worker's log, without Ray's
     traceback of it in the log (the message is the whole story; the driver shows it once)."""
-    logging.getLogger(RAY_WORKER_ERROR_LOGGER).addFilter(_WithoutTrainingFunctionTraceback())
+    logging.getLogger(RAY_TRAIN_WORKER_ERROR_LOGGER).addFilter(_WithoutTrainingFunctionTraceback())
     raise VCellError(f"worker {rank}: {error}\n  worker log: {worker_log()}") from None
 
 
@@ -84,6 +71,4 @@ def worker_log() -> str:
     try:
         return os.readlink("/proc/self/fd/2")
     except OSError:  # not Linux: the folder Ray writes worker logs to
-        import ray
-
-        return str(Path(ray._private.worker.global_worker.node.get_logs_dir_path()))
+        return ray_logs_directory()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from vcell.compat import set_scheduler_last_lr
 from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
 from vcell.models.spec import ModelSpec
@@ -104,7 +105,7 @@ class VCellModule(pl.LightningModule):
                 group.update(initial_lr=settings.learning_rate, weight_decay=settings.weight_decay,
                              lr=settings.learning_rate * multiplier(scheduler.last_epoch))
             scheduler.base_lrs = [settings.learning_rate] * len(groups)
-            scheduler._last_lr = [group["lr"] for group in groups]  # what get_last_lr() reports
+            set_scheduler_last_lr(scheduler, [group["lr"] for group in groups])  # what get_last_lr() reports
 
     def configure_optimizers(self):
         settings = self.train_config

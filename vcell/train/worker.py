@@ -21,6 +21,7 @@ import pytorch_lightning as pl
 import torch
 
 from vcell.atlas.store import open_atlas
+from vcell.compat import quiet_ray_train_report_log
 from vcell.config.schema import VCellConfig
 from vcell.config.loader import dump_config
 from vcell.data.datamodule import AtlasDataModule
@@ -64,7 +65,7 @@ def train_worker(payload: dict) -> None:
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended "
                             r"and your dataloader is not resumable")
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # device banners and tips, once per rank
-    quiet_report_log()
+    quiet_ray_train_report_log()
     config = VCellConfig.model_validate(payload["config"])
     run_directory = Path(payload["run_directory"])
     context = ray.train.get_context()
@@ -129,16 +130,6 @@ def train_worker(payload: dict) -> None:
         write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
     tracker.finish()
     ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
-
-
-def quiet_report_log() -> None:
-    """Ray Train logs each report whole, at INFO, on every rank (`Reporting training result ...
-    TrainingReport(...)`): a campaign reports every validation, and every run once at its end."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: its log stays as it is
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)  # Ray names this logger by file
 
 
 def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, start_step: int, elapsed: float,

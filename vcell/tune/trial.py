@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.tune import Callback
 
+from vcell.compat import placement_group_from_hex, ray_train_callback_bases, worker_group_placement_group
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 from vcell.files import atomic_write
@@ -38,6 +38,7 @@ from vcell.trees import flatten
 from vcell.tune.space import apply_values
 
 log = logging.getLogger(__name__)
+ControllerCallback, WorkerGroupCallback = ray_train_callback_bases()  # not public in Ray 2.60 (vcell.compat)
 PLACEMENT_GROUP_FILE = ".placement_group"
 SOURCE_FILE = "vcell_source.json"  # in a checkpoint given to Tune: whose run and which step it is
 EXPLOITS_FILE = "exploits.json"  # a PBT trial's lineage: the steps at which it continued another trial
@@ -104,9 +105,8 @@ class TrialLink(ControllerCallback, WorkerGroupCallback):
         self.queue.put({"controller": ray.get_runtime_context().current_actor})
 
     def after_worker_group_start(self, worker_group) -> None:
-        try:  # Ray Train keeps the group's placement group in its state (not a public API)
-            group = worker_group.get_worker_group_state().placement_group_handle.placement_group
-        except AttributeError:
+        group = worker_group_placement_group(worker_group)
+        if group is None:
             log.warning("cannot find the worker group's placement group: a stopped trial may hold its cores")
             return
         identifier = group.id.hex().encode()
@@ -116,8 +116,6 @@ class TrialLink(ControllerCallback, WorkerGroupCallback):
 def remove_placement_group(run_directory: Path) -> bool:
     """Remove the placement group a trial's workers held, if it still exists; whether one was removed."""
     import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup
 
     path = run_directory / PLACEMENT_GROUP_FILE
     if not path.is_file() or not ray.is_initialized():
@@ -126,7 +124,7 @@ def remove_placement_group(run_directory: Path) -> bool:
     state = ray.util.placement_group_table().get(identifier, {}).get("state")
     if state not in ("CREATED", "PENDING", "RESCHEDULING"):
         return False
-    ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(identifier))))
+    ray.util.remove_placement_group(placement_group_from_hex(identifier))
     return True
 
 
