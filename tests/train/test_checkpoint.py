@@ -105,6 +105,20 @@ def test_pruning_keeps_the_newest_complete_checkpoints(tmp_path):
     assert sorted(p.name for p in store.root.iterdir()) == ["step-00000010", "step-00000015", "step-00000020"]
 
 
+def test_folders_vcell_did_not_name_are_never_read_or_pruned(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    for step in (5, 10):
+        fake_checkpoint(store, step)
+    for name in ("step-abc", "step-1", "step-00000003-notes"):  # a user's folders beside ours
+        (store.root / name).mkdir()
+        (store.root / name / "keep.txt").write_text("mine")
+    (store.root / "step-00000001").write_text("a file, not a folder")
+    store.prune(keep=1)
+    assert sorted(p.name for p in store.root.iterdir()) == [
+        "step-00000001", "step-00000003-notes", "step-00000010", "step-1", "step-abc"]
+    assert store.latest().step == 10
+
+
 def test_rank_state_round_trips_the_random_generators(tmp_path):
     store = ckpt.CheckpointStore(tmp_path)
     random.seed(1), np.random.seed(2), torch.manual_seed(3)

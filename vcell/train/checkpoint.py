@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,6 +39,9 @@ FORMAT = 1
 
 def files_under(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+CHECKPOINT_NAME = re.compile(r"step-\d{8}")
 
 
 class IncompleteCheckpoint(VCellError):
@@ -79,8 +83,12 @@ class CheckpointStore:
         return self.root / f"step-{step:08d}"
 
     def directories(self) -> list[Path]:
-        """Every step-* folder, complete or not, oldest first (zero-padded names sort by step)."""
-        return sorted(self.root.glob("step-*")) if self.root.is_dir() else []
+        """Every folder named as vcell names checkpoints (step-<8 digits>), complete or not, oldest
+        first (zero-padded names sort by step). Anything else in checkpoints/ is not ours: it is
+        neither read nor ever pruned."""
+        if not self.root.is_dir():
+            return []
+        return sorted(path for path in self.root.glob("step-*") if CHECKPOINT_NAME.fullmatch(path.name) and path.is_dir())
 
     def complete(self, verify: bool = True) -> list[Checkpoint]:
         """Checkpoints whose manifest is present and matches their files, oldest first."""
