@@ -100,3 +100,19 @@ def test_the_tune_section_stays_out_of_run_identity_and_training_configs():
     assert config_hash(plain) == config_hash(searched)
     assert "tune:" not in dump_config(plain) and "tune:" in dump_config(searched)
     assert load_config(None, []).tune == plain.tune
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("loader.split.holdout=[{column: perturbation, test: [NOT_A_PERTURBATION]}]", "NOT_A_PERTURBATION"),
+    ("loader.labels=[cell_typo]", "cell_typo"),
+    ("loader.batch_size=5000", "larger than the training split per worker"),
+])
+def test_a_campaign_checks_the_data_once_before_any_trial(train_atlas, tmp_path, override, message):
+    """What would fail every trial the same way stops the campaign before Ray starts, writing nothing."""
+    from tests.tune.conftest import campaign_config
+    from vcell.tune.campaign import tune_campaign
+
+    config = campaign_config(train_atlas, tmp_path / "runs", "checked", GOOD, override, "loader.buffer_cells=8192")
+    with pytest.raises(VCellError, match=message):
+        tune_campaign(config, progress=False)
+    assert not (tmp_path / "runs").exists()

@@ -27,6 +27,7 @@ from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
+from vcell.train.preflight import preflight
 from vcell.train.training_plan import check_resources, training_plan, with_model_inputs
 from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage
 from vcell.train.run import config_diff
@@ -126,6 +127,7 @@ def tune_campaign(config: VCellConfig, *, restart: bool = False, retry_errored: 
     atlas = prepare_atlas(config, progress)  # once here: trials must not race to build it
     plan = dataclasses.replace(plan, config=with_model_inputs(config, atlas))
     training_plan(plan.config, atlas)  # the base model builds on this atlas
+    preflight(plan.config, atlas)  # labels, held-out groups, a batch per worker: once, not in every trial
     directory = campaign_directory(config)
     resuming = prepare_campaign(directory, config, restart)
     # Tune would reject a result without the objective; an evaluation objective exists only in a
