@@ -29,6 +29,8 @@ def damaged_copy(atlas, tmp_path):
     ("holdout", r"holdout: \['TF013', 'TF040', 'TF073', 'GENE0936', 'GENE1440'\] are not values of obs column 'perturbation'"),
     ("labels", r"loader.labels: donor_age not among the obs columns"),
     ("batch", r"loader.batch_size=1000 is larger than the training split per worker: 1,4\d\d training cells"),
+    ("genes", r"1 of 1 genes are not in the atlas.*NOPE1"),
+    ("normalize", r"loader.normalize.zscore: the atlas's gene statistics are of"),
     ("damaged", r"is damaged: 0 recorded file\(s\) missing, 1 changed \(var/zarr.json\)"),
     ("storage", r"cannot write the run folder .*: not a folder"),
 ])
@@ -40,7 +42,9 @@ def test_what_needs_no_training_fails_before_anything_is_written(train_atlas, tm
         (tmp_path / "a-file").write_text("not a folder")
         storage = tmp_path / "a-file" / "runs"
     extra = {"holdout": [QUICKSTART_HOLDOUT], "labels": ["loader.labels=[cell_type, donor_age]"],
-             "batch": ["loader.batch_size=1000", "loader.buffer_cells=2000"]}.get(case, [])
+             "batch": ["loader.batch_size=1000", "loader.buffer_cells=2000"],
+             "genes": ["loader.genes={select: list, names: [NOPE1]}"],
+             "normalize": ["loader.normalize.zscore=true", "loader.normalize.log1p=false"]}.get(case, [])
     config = run_config(atlas, storage, "preflight", *extra)
     with pytest.raises(VCellError, match=message):
         train(config, dry_run=dry_run)  # a real start fails the same way, before Ray starts

@@ -117,7 +117,18 @@ class AnnDataSource(Source):
         sample = sample_values(self._matrix, self.n_cells)
         if sample.kind in ("counts", "empty"):
             return
-        holding_counts = [name for name, (key, _) in elements.items() if name != "X" and self._holds_counts(key)]
+        kinds = {name: self._value_kind(key) for name, (key, _) in elements.items() if name != "X"}
+        holding_counts = [name for name, kind in kinds.items() if kind == "counts"]
+        normalised = [name for name, kind in kinds.items() if kind == "normalized"]
+        if not holding_counts and sample.kind == "scaled" and normalised:  # e.g. scanpy's pbmc68k_reduced
+            raise VCellError(
+                f"{self.path}: X is scaled (it holds negative values, e.g. {sample.value:g} in cell "
+                f"'{self._obs.index[sample.row]}') and no matrix in the file holds raw counts; "
+                f"{', '.join(normalised)} hold(s) non-negative normalised values: rerun with "
+                + " or ".join(option_for(name) for name in normalised),
+                hint="models with a count likelihood (stochastic, resource) need raw counts: build from the "
+                "original counts when you have them",
+            )
         if not holding_counts:
             return
         what = "is scaled (it holds negative values" if sample.kind == "scaled" else "holds normalised values (non-integers"
@@ -129,9 +140,10 @@ class AnnDataSource(Source):
             "or pass --matrix X to build from the normalised X as it is (models that need counts will refuse it)",
         )
 
-    def _holds_counts(self, key: str) -> bool:
+    def _value_kind(self, key: str) -> str | None:
+        """'counts', 'normalized', 'scaled' or 'empty' for a matrix element (None: not a matrix)."""
         element = self._root[key]
-        return is_matrix(element) and sample_values(open_matrix(element), self.n_cells).kind == "counts"
+        return sample_values(open_matrix(element), self.n_cells).kind if is_matrix(element) else None
 
     def _dense_obsm_keys(self, n_cells: int) -> list[str]:
         if "obsm" not in self._root or not isinstance(self._root["obsm"], (h5py.Group, zarr.Group)):

@@ -18,6 +18,7 @@ import numpy as np
 
 from vcell.atlas.store import Atlas
 from vcell.config.schema import VCellConfig
+from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits
 from vcell.errors import VCellError
 from vcell.files import sha256_file
@@ -27,6 +28,7 @@ from vcell.train.run import run_directory
 def preflight(config: VCellConfig, atlas: Atlas) -> None:
     check_atlas_metadata(atlas)
     check_labels(config, atlas)
+    check_loader_values(config, atlas)
     check_split(config, atlas)
     check_storage(run_directory(config))
 
@@ -53,6 +55,12 @@ def check_labels(config: VCellConfig, atlas: Atlas) -> None:
     if unknown:
         raise VCellError(f"loader.labels: {', '.join(unknown)} not among the obs columns of {atlas.path}",
                          hint=f"the atlas has: {', '.join(columns)}")
+
+
+def check_loader_values(config: VCellConfig, atlas: Atlas) -> None:
+    """The gene selection and normalisation the loader would refuse in every worker (genes not in
+    the atlas; library-size scaling of already normalised values; z-scores without statistics)."""
+    resolve_normalization(atlas, config.loader.normalize, select_genes(atlas, config.loader.genes))
 
 
 def check_split(config: VCellConfig, atlas: Atlas) -> None:
