@@ -18,6 +18,7 @@ import numpy as np
 
 from vcell.atlas.store import Atlas
 from vcell.config.schema import VCellConfig
+from vcell.data.loader import fills_a_batch
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits
 from vcell.errors import VCellError
@@ -69,7 +70,7 @@ def check_split(config: VCellConfig, atlas: Atlas) -> None:
     codes = assign_splits(atlas, config.loader.split)
     n_train = atlas.n_cells if codes is None else int(np.count_nonzero(codes == SPLITS.index("train")))
     workers, batch = config.scaling.workers, config.loader.batch_size
-    if n_train // workers < batch:
+    if not fills_a_batch(n_train, workers, batch):  # the loader's own rule, applied before any worker
         raise VCellError(
             f"loader.batch_size={batch} is larger than the training split per worker: {n_train:,} training "
             f"cells over scaling.workers={workers} is {n_train // workers:,} each",
