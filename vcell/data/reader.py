@@ -192,11 +192,7 @@ def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[
     `rows`, its row in the piece.
     """
     rows = np.asarray(rows, dtype=np.int64)
-    ordered = np.unique(rows)  # sorted: the rows of a block are consecutive entries
-    block_of = np.searchsorted(blocks.starts, ordered, side="right") - 1
-    first_of_block = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
-    last_of_block = np.append(first_of_block[1:], len(ordered)) - 1
-    spans = [(int(ordered[a]), int(ordered[b]) + 1) for a, b in zip(first_of_block.tolist(), last_of_block.tolist())]
+    spans, span_of_row = block_spans(blocks, rows)
     pointers = [reader.row_pointers(first, last) for first, last in spans]
     # Where each span's rows and values go in the window; values decode straight into place.
     row_offsets = np.cumsum([0] + [last - first for first, last in spans]).astype(np.int64)
@@ -211,7 +207,6 @@ def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[
         indptr[row_offsets[span] + 1: row_offsets[span + 1] + 1] = pointer[1:] - pointer[0] + low
         for name, values in reader.read_labels_of_rows(first, last).items():
             labels[name].append(values)
-    span_of_row = np.searchsorted(blocks.starts[block_of[first_of_block]], rows, side="right") - 1
     span_starts = np.array([first for first, _ in spans], dtype=np.int64)
     local = rows - span_starts[span_of_row] + row_offsets[:-1][span_of_row]
     small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
@@ -222,3 +217,25 @@ def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[
         labels={name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in labels.items()},
     )
     return window, local
+
+
+def block_spans(blocks: Blocks, rows: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """([first, last + 1) per block touched, span of each entry of `rows`).
+
+    The training stream visits each block as one increasing run of rows: its runs are its spans
+    (no sort). Anything else (padding that wraps into a visited block, sampled evaluation rows)
+    is sorted first, so a block is still read once.
+    """
+    block_of = np.searchsorted(blocks.starts, rows, side="right") - 1
+    run_starts = np.flatnonzero(np.diff(block_of, prepend=-1) != 0)
+    in_one_run = len(np.unique(block_of[run_starts])) == len(run_starts)
+    if in_one_run and bool((np.diff(rows)[np.diff(block_of) == 0] > 0).all()):
+        run_stops = np.append(run_starts[1:], len(rows))
+        spans = [(int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(run_starts.tolist(), run_stops.tolist())]
+        return spans, np.cumsum(np.diff(block_of, prepend=-1) != 0) - 1
+    ordered = np.unique(rows)  # sorted: the rows of a block are consecutive entries
+    ordered_blocks = np.searchsorted(blocks.starts, ordered, side="right") - 1
+    firsts = np.flatnonzero(np.diff(ordered_blocks, prepend=-1) != 0)
+    lasts = np.append(firsts[1:], len(ordered)) - 1
+    spans = [(int(ordered[a]), int(ordered[b]) + 1) for a, b in zip(firsts.tolist(), lasts.tolist())]
+    return spans, np.searchsorted(ordered[firsts], rows, side="right") - 1
