@@ -40,6 +40,19 @@ from vcell.evaluate.science import prepare_science  # noqa: E402
 from vcell.evaluate.science_checks import CHECKS  # noqa: E402
 
 
+def table(rows) -> str:
+    """One line per metric: the catalogue model, base and the best simple baseline, and who wins."""
+    lines = [f"{'model':<16} {'model':>9} {'base':>9} {'baseline':>9}  {'winner':<30} metric (baseline)"]
+    for row in rows:
+        lines.append(
+            f"{row.enhancement:<16} {row.enhanced:>9.3f} {row.base:>9.3f} {row.baseline:>9.3f}  {row.winner:<30} "
+            f"{row.metric} ({'higher' if row.higher_is_better else 'lower'} is better; baseline: {row.baseline_name})"
+        )
+        lines += [f"{'':<16} {key}: {value:.3f}" if isinstance(value, float) else f"{'':<16} {key}: {value}"
+                  for key, value in row.reference.items()]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=30000)
@@ -66,12 +79,7 @@ def main() -> None:
     print(f"\n{args.cells:,} simulated cells x {setup.train['x'].shape[1]} genes, {args.steps} steps of "
           f"{args.batch_size} cells per model, size={args.size} (hidden {args.hidden_dim} x {args.layers}), "
           f"{time.perf_counter() - start:.0f} s\n")
-    print(f"{'enhancement':<13} {'base':>9} {'enhanced':>9} {'random':>9}  {'wins':<5} metric")
-    for row in rows:
-        print(f"{row.enhancement:<13} {row.base:>9.3f} {row.enhanced:>9.3f} {row.random:>9.3f}  "
-              f"{'yes' if row.wins else 'NO':<5} {row.metric} ({'higher' if row.higher_is_better else 'lower'} is better)")
-        for key, value in row.reference.items():
-            print(f"{'':<13} {key}: {value:.3f}" if isinstance(value, float) else f"{'':<13} {key}: {value}")
+    print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps([row.as_dict() for row in rows], indent=2))
 

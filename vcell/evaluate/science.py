@@ -43,20 +43,38 @@ SCIENCE_SYNTH = {  # seed 0 perturbs a gene holding ~7% of a cell's transcripts 
 
 @dataclass
 class ScienceRow:
-    enhancement: str
+    """One metric of one catalogue model: the model, `base` and the strongest simple baseline
+    (no learning: gene-set means, interpolation, co-expression, per-gene NB, no shift ...)."""
+
+    enhancement: str  # the catalogue model scored (e.g. "regulatory", "temporal+memory")
     metric: str
     higher_is_better: bool
-    enhanced: float
-    base: float
-    random: float
+    enhanced: float  # the catalogue model
+    base: float  # the base model, scored the same way
+    baseline: float  # the strongest simple baseline reported for this metric
+    baseline_name: str
     reference: dict = field(default_factory=dict)  # further baselines or context, by name
+
+    def better(self, a: float, b: float) -> bool:
+        return bool(a > b) if self.higher_is_better else bool(a < b)
+
+    @property
+    def winner(self) -> str:
+        """'model', 'base' or the baseline's name: whichever scores best (NaN never wins)."""
+        scores = {"model": self.enhanced, "base": self.base, self.baseline_name: self.baseline}
+        finite = {name: value for name, value in scores.items() if np.isfinite(value)}
+        if not finite:
+            return "none"
+        pick = max if self.higher_is_better else min
+        return pick(finite, key=finite.get)
 
     @property
     def wins(self) -> bool:
-        return self.enhanced > self.base if self.higher_is_better else self.enhanced < self.base
+        """The model beats both base and the baseline."""
+        return self.better(self.enhanced, self.base) and self.better(self.enhanced, self.baseline)
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "wins": self.wins}
+        return {**asdict(self), "wins": self.wins, "winner": self.winner}
 
 
 @dataclass
