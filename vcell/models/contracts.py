@@ -109,11 +109,19 @@ class CountLikelihood(DeclaresStats, Protocol):
 
 @runtime_checkable
 class MeanModel(DeclaresStats, Protocol):
-    """Expected counts of a count head: (scores (B, G), capacity_state (B, D), library (B,)) ->
-    (mean (B, G), extra per-cell tensors for `Prediction.extra`)."""
+    """Expected counts of a count head: (scores (B, G), basal_scores (B, G), library (B,)) ->
+    (mean (B, G), extra per-cell tensors for `Prediction.extra`).
+
+    `basal_scores` are the gene scores of the cell before any condition (the same tensor as
+    `scores` when decoding a cell as it is); `library` the observed total of the cell as it is.
+    `predicts_total`: whether a condition may move the expected total away from `library`; such a
+    model also returns extra["log_total_ratio"] (B,), log(expected total / library), which the
+    response loss scores against the observed shift (`model.at_observed_total`)."""
+
+    predicts_total: bool
 
     def __call__(
-        self, scores: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor
+        self, scores: torch.Tensor, basal_scores: torch.Tensor, library: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
     def statistics(self, prediction: Prediction) -> Stats: ...
@@ -121,14 +129,16 @@ class MeanModel(DeclaresStats, Protocol):
 
 @runtime_checkable
 class Head(DeclaresStats, Protocol):
-    """Scores -> prediction, its loss and its statistics. `capacity_state` (B, D) is the state
-    before any condition (what resource reads the capacity from); `library` (B,) total counts.
-    `likelihood` is the count model when the head scores raw counts, else None."""
+    """Scores -> prediction, its loss and its statistics. `basal_scores` (B, G) are the scores of
+    the state before any condition (resource compares the two); `library` (B,) total counts.
+    `likelihood` is the count model when the head scores raw counts, else None; `predicts_total`
+    as for `MeanModel` (False for heads without one)."""
 
     likelihood: CountLikelihood | None
+    predicts_total: bool
 
     def predict(
-        self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor
+        self, scores: torch.Tensor, z: torch.Tensor, basal_scores: torch.Tensor, library: torch.Tensor
     ) -> Prediction: ...
 
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor: ...  # scalar

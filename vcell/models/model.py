@@ -15,6 +15,7 @@ cell. `predict` does the same for any conditions, seen or not.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import torch
@@ -62,13 +63,22 @@ class VirtualCell(nn.Module):
         return z, losses, {**stats, **latent_stats}
 
     def decode(
-        self, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None
+        self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None
     ) -> Prediction:
-        """Expression of states z; capacity_state is the state before any condition (resource)."""
+        """Expression of states z (B, D) under `conditions`; `basal` (B, D) is the state before any
+        condition (z itself when decoding a cell as it is): heads that predict how the total
+        counts move (resource) compare the two cells' gene scores."""
+        scores = self.gene_scores(z, conditions)
+        needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
+        basal_scores = self.gene_scores(basal, None) if needs_basal else scores
+        return self.head.predict(scores, z, basal_scores, library)
+
+    def gene_scores(self, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
+        """(B, G) the decoder's scores of states z plus every gene term's."""
         scores = self.decoder(z)
         for term in self.gene_terms:
             scores = term(scores, z, conditions)
-        return self.head.predict(scores, z, capacity_state, library)
+        return scores
 
     # -- training forward -----------------------------------------------------------------------
     def inputs(self, batch: dict[str, torch.Tensor]) -> CellInputs:
@@ -112,15 +122,15 @@ class VirtualCell(nn.Module):
         if pairs is None or self.config.response_weight == 0:
             return {}, {}
         basal_rows, target_rows = pairs
-        targets = cells.take(target_rows)
-        if unmasked:
-            start = z[basal_rows]
-        else:
-            basal_cells = cells.take(basal_rows)
-            start, _, _ = self.encode(basal_cells.x, basal_cells)
+        targets, basal_cells = cells.take(target_rows), cells.take(basal_rows)
+        start = z[basal_rows] if unmasked else self.encode(basal_cells.x, basal_cells)[0]
         state, stats = self.dynamics(start, targets.conditions)
         prediction = self.decode(state, start, targets.library, targets.conditions)
-        return {"response": self.config.response_weight * self.head.loss(prediction, targets)}, stats
+        losses = {}
+        if self.head.predicts_total:
+            prediction, losses["response_total"] = at_observed_total(prediction, targets.library, basal_cells.library)
+        losses["response"] = self.head.loss(prediction, targets)
+        return {name: self.config.response_weight * loss for name, loss in losses.items()}, stats
 
     # -- inference ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -194,6 +204,22 @@ class VirtualCell(nn.Module):
             shapes.update(getattr(module, "STATS", {}))  # nn.Linear & co. declare nothing
         return shapes
 
+
+
+def at_observed_total(
+    prediction: Prediction, target_library: torch.Tensor, basal_library: torch.Tensor
+) -> tuple[Prediction, torch.Tensor]:
+    """(the prediction at the target's own observed total, the loss of the predicted total shift).
+
+    Pairs are random cells, whose depths differ far more than a condition moves the total:
+    scoring the target's counts at the basal cell's total would make the count model absorb that
+    depth noise (and widen every gene's dispersion). So the counts are scored as a composition at
+    the target's total, and the shift of the total, log(target / basal library), in log space,
+    where the depth noise averages out over pairs."""
+    log_ratio = prediction.extra["log_total_ratio"]  # (R,) log(predicted total / basal total)
+    observed = torch.log(target_library.clamp(min=1.0)) - torch.log(basal_library.clamp(min=1.0))
+    mean = prediction.mean * torch.exp(-log_ratio).unsqueeze(-1)
+    return dataclasses.replace(prediction, mean=mean), (log_ratio - observed).pow(2).mean()
 
 
 def check_conditions(conditions: Conditions, spec: ModelSpec) -> None:

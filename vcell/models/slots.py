@@ -119,8 +119,9 @@ class GaussianHead(nn.Module):
 
     STATS: dict[str, tuple[str, ...]] = {}
     likelihood: CountLikelihood | None = None  # no count model: it cannot sample counts
+    predicts_total = False
 
-    def predict(self, scores: torch.Tensor, z: torch.Tensor, capacity_state: torch.Tensor, library: torch.Tensor) -> Prediction:
+    def predict(self, scores: torch.Tensor, z: torch.Tensor, basal_scores: torch.Tensor, library: torch.Tensor) -> Prediction:
         return Prediction(expression=scores)
 
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
@@ -134,8 +135,9 @@ class LibraryMean(nn.Module):
     """Expected counts = observed library size x composition (the scVI parametrisation)."""
 
     STATS: dict[str, tuple[str, ...]] = {}
+    predicts_total = False  # the cell's observed total is given; only the composition is modelled
 
-    def forward(self, scores, capacity_state, library) -> tuple[torch.Tensor, dict]:
+    def forward(self, scores, basal_scores, library) -> tuple[torch.Tensor, dict]:
         return library.unsqueeze(-1) * torch.softmax(scores, dim=-1), {}
 
     def statistics(self, prediction: Prediction) -> dict:
@@ -171,8 +173,12 @@ class CountHead(nn.Module):
         super().__init__()
         self.mean_model, self.likelihood = mean_model, likelihood
 
-    def predict(self, scores, z, capacity_state, library) -> Prediction:
-        mean, extra = self.mean_model(scores, capacity_state, library)
+    @property
+    def predicts_total(self) -> bool:
+        return self.mean_model.predicts_total
+
+    def predict(self, scores, z, basal_scores, library) -> Prediction:
+        mean, extra = self.mean_model(scores, basal_scores, library)
         composition = mean / mean.sum(-1, keepdim=True).clamp(min=1e-12)
         expression = torch.log1p(TARGET_SUM * composition)
         return Prediction(expression=expression, mean=mean, extra={**extra, **self.likelihood.extras(z)})
