@@ -300,7 +300,7 @@ def test_temporal_prediction_moves_with_time_from_the_basal_state():
     model = tiny("temporal")
     response = stimulus_response_of(model)
     with torch.no_grad():  # the response starts near zero; give it one, as training would
-        torch.nn.init.normal_(response.effect[-1].weight, std=0.5)
+        torch.nn.init.normal_(response.network[-1].weight, std=0.5)
     batch = random_batch()
     basal = model.predict(batch, Conditions()).expression
 
@@ -410,7 +410,7 @@ def test_trajectory_and_half_times_follow_the_response():
     model = tiny("temporal")
     response = stimulus_response_of(model)
     with torch.no_grad():
-        torch.nn.init.normal_(response.effect[-1].weight, std=0.5)
+        torch.nn.init.normal_(response.network[-1].weight, std=0.5)
         response.scaled_log_half_time.copy_(torch.linspace(np.log(0.5), np.log(8.0), SPEC.n_genes) / response.scale)
     batch = random_batch()
     hours = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0]

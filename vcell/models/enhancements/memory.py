@@ -12,8 +12,8 @@ Why not the earlier GRU over the history: its memory state entered the latent dr
 primed - naive difference spread over every gene the decoder mixes (Pearson ~0.1 with the
 truth); a per-gene retained share learns that only some genes remember, and reads out directly.
 
-Statistics: memory_retained_fraction (G,) m_g, the share of a gene's stimulated effect a pulse
-leaves at once (0 = no memory); memory_half_time (G,) tau_mem_g, hours for it to halve.
+Statistics: memory_retained_fraction (G,) m_g in (0, 1), the share of a gene's stimulated effect
+a pulse leaves at once (~0 = no memory); memory_half_time (G,) tau_mem_g, hours for it to halve.
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ class MemoryConfig(Section):
     """A per-gene memory of an earlier pulse: a retained share of the effect that fades with time."""
 
     initial_half_time: float = Field(72.0, gt=0, description="hours; how fast every gene's memory fades before training")
+    initial_retained_fraction: float = Field(
+        0.01, gt=0, lt=1, description="every gene's retained share before training (~no memory until the data shows one)"
+    )
     step_scale: float = Field(
-        10.0, gt=0, description="retained shares and log half-times are stored divided by this, so each optimiser "
-        "step moves them this many times further",
+        30.0, gt=0, description="the logits of retained shares and log half-times are stored divided by this, so each "
+        "optimiser step moves them this many times further",
     )
 
 
@@ -52,11 +55,14 @@ class PulseMemory(nn.Module):
     def __init__(self, n_genes: int, settings: MemoryConfig) -> None:
         super().__init__()
         self.scale = settings.step_scale
-        self.scaled_retained = nn.Parameter(torch.full((n_genes,), 1e-3))  # ~no memory (0.01) until the data shows one
+        # a logit well below 0: the optimiser's noise on genes without memory stays in the flat, ~0 part of
+        # the sigmoid, while a consistent signal climbs out of it (a signed share random-walked instead)
+        initial = math.log(settings.initial_retained_fraction / (1 - settings.initial_retained_fraction))
+        self.scaled_retained_logit = nn.Parameter(torch.full((n_genes,), initial / self.scale))
         self.scaled_log_half_time = nn.Parameter(torch.full((n_genes,), math.log(settings.initial_half_time) / self.scale))
 
     def retained_fraction(self) -> torch.Tensor:
-        return self.scaled_retained * self.scale  # (G,); signed: a pulse may leave the opposite behind
+        return torch.sigmoid(self.scaled_retained_logit * self.scale)  # (G,) in (0, 1)
 
     def half_time(self) -> torch.Tensor:
         return torch.exp(self.scaled_log_half_time * self.scale)  # (G,) hours

@@ -45,8 +45,12 @@ class TemporalConfig(Section):
 
     initial_half_time: float = Field(2.0, gt=0, description="hours; every gene's half-time before training")
     half_time_step_scale: float = Field(
-        10.0, gt=0, description="log half-times are stored divided by this, so each optimiser step moves them this "
+        30.0, gt=0, description="log half-times are stored divided by this, so each optimiser step moves them this "
         "many times further (a 50x range of half-times is reachable in a few hundred steps)",
+    )
+    effect_step_scale: float = Field(
+        0.1, gt=0, description="the effect network's output is multiplied by this: below 1 each optimiser step moves "
+        "the effect less, so genes the stimulus does not move stay near 0 instead of following the pairs' noise",
     )
     effect_hidden: int | None = Field(
         None, ge=1, description="hidden width of the stimulated-effect network; null = the model's hidden width"
@@ -60,10 +64,10 @@ class StimulusResponse(nn.Module):
 
     def __init__(self, latent: int, hidden: int, n_genes: int, settings: TemporalConfig) -> None:
         super().__init__()
-        self.scale = settings.half_time_step_scale
-        self.effect = MLP(latent, [hidden], n_genes)
-        nn.init.normal_(self.effect[-1].weight, std=1e-3)  # start with (almost) no response
-        nn.init.zeros_(self.effect[-1].bias)
+        self.scale, self.effect_scale = settings.half_time_step_scale, settings.effect_step_scale
+        self.network = MLP(latent, [hidden], n_genes)
+        nn.init.normal_(self.network[-1].weight, std=1e-3 / self.effect_scale)  # start with (almost) no response
+        nn.init.zeros_(self.network[-1].bias)
         self.scaled_log_half_time = nn.Parameter(torch.full((n_genes,), math.log(settings.initial_half_time) / self.scale))
         self.memory: MemoryHook | None = None  # see attach_memory
 
@@ -71,6 +75,10 @@ class StimulusResponse(nn.Module):
         """The hook through which a memory of an earlier pulse adds to the share of the
         stimulated effect a cell shows (`contracts.AcceptsMemory`)."""
         self.memory = memory
+
+    def effect(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, G) full stimulated effect on each gene's score in state z (B, D)."""
+        return self.network(z) * self.effect_scale
 
     def half_time(self) -> torch.Tensor:
         """(G,) hours until each gene has made half of its move to the stimulated level."""
