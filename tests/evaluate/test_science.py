@@ -2,7 +2,8 @@
 
 The full table, with longer training, is `python benchmarks/science.py`; here a 6,000-cell
 atlas and a few hundred steps must already show the checks that are clear at that scale (the
-count likelihood); the others need the benchmark's scale to say anything (see its table).
+count likelihood, response half-times, memory); the others need the benchmark's scale to say
+anything (see its table).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from vcell.atlas.synth import sample_condition
 from vcell.evaluate.science import codes, prepare_science
-from vcell.evaluate.science_checks import check_stochastic
+from vcell.evaluate.science_checks import check_memory, check_stochastic, check_temporal
 
 pytestmark = pytest.mark.science
 
@@ -52,3 +53,24 @@ def test_simulated_conditions_match_the_atlas(setup):
 def test_stochastic_beats_a_gaussian_on_held_out_counts(setup):
     row = check_stochastic(setup)
     assert row.wins and row.enhanced > row.base + 50  # nats per cell
+
+
+# Seed-to-seed noise on this setup (seeds 0, 1, 2: training seed and truth draws; 300 steps):
+#   temporal  relative error of the 4 h change  0.966 0.945 0.977 (base 1.000; interpolation 1.84)
+#             Pearson of the 4 h change          0.400 0.415 0.407 (interpolation 0.49: still loses here)
+#             half-time Spearman vs truth        0.369 0.407 0.328 (observed time course 0.04, base NaN)
+#   memory    Pearson of primed - naive          0.491 0.446 0.415 (observed primed - naive 0.11, base 0)
+# Asserted: the margins well above those spreads (<= 0.08); the relative error's margin over
+# base (0.02-0.06) is not, so it is not asserted here (the benchmark shows it at 30,000 cells).
+def test_temporal_reads_half_times_and_beats_interpolation_on_the_held_out_change(setup):
+    row = check_temporal(setup)
+    reference = row.reference
+    assert row.enhanced < row.baseline - 0.5  # relative error vs interpolating the observed neighbours
+    assert reference["half_time_spearman_temporal"] > reference["half_time_spearman_observed_time_course"] + 0.2
+    assert reference["half_time_spearman_temporal"] > 0.2
+
+
+def test_memory_recovers_the_primed_minus_naive_difference(setup):
+    row = check_memory(setup)
+    assert row.wins and row.enhanced > row.baseline + 0.15  # observed primed - naive mean
+    assert row.enhanced > row.base + 0.2 and row.enhanced > row.reference["temporal_without_memory"] + 0.2

@@ -10,8 +10,8 @@ import pytest
 import vcell
 from vcell.models import contracts
 from vcell.models.catalogue import CATALOGUE
-from vcell.models.enhancements.memory import StimulusMemory
-from vcell.models.enhancements.temporal import TemporalDynamics
+from vcell.models.enhancements.memory import PulseMemory
+from vcell.models.enhancements.temporal import StimulusResponse
 
 from tests.models.test_zoo import random_batch, tiny
 
@@ -34,10 +34,14 @@ def test_every_slot_meets_its_protocol(name):
 
 
 def test_memory_attaches_through_the_temporal_hook():
+    def response(model):
+        (term,) = [term for term in model.gene_terms if isinstance(term, StimulusResponse)]
+        return term
+
     model = tiny("temporal+memory")
-    assert isinstance(model.dynamics, TemporalDynamics) and isinstance(model.dynamics, contracts.AcceptsMemory)
-    assert isinstance(model.dynamics.memory, StimulusMemory) and isinstance(model.dynamics.memory, contracts.MemoryHook)
-    assert tiny("temporal").dynamics.memory is None
+    assert isinstance(response(model), contracts.AcceptsMemory)
+    assert isinstance(response(model).memory, PulseMemory) and isinstance(response(model).memory, contracts.MemoryHook)
+    assert response(tiny("temporal")).memory is None
 
 
 def test_tick_advances_only_a_scheduled_latent():

@@ -69,7 +69,7 @@ def symbol_sizes(model: VirtualCell, n_cells: int) -> dict[str, int]:
     latent = model.config.dimensions()[2]
     return {
         "B": n_cells, "G": SPEC.n_genes, "P": len(SPEC.pathway_names), "C": len(SPEC.compartment_names),
-        "D": latent, "E": len(SPEC.grn), "S": 3, "M": model.config.memory.memory_dim or latent,
+        "D": latent, "E": len(SPEC.grn), "S": 3,
     }
 
 
@@ -289,10 +289,18 @@ def test_kl_weight_warms_up_in_training_only():
 
 
 # -- temporal: any time can be asked for -----------------------------------------------------------
+def stimulus_response_of(model: VirtualCell):
+    from vcell.models.enhancements.temporal import StimulusResponse
+
+    (response,) = [term for term in model.gene_terms if isinstance(term, StimulusResponse)]
+    return response
+
+
 def test_temporal_prediction_moves_with_time_from_the_basal_state():
     model = tiny("temporal")
+    response = stimulus_response_of(model)
     with torch.no_grad():  # the response starts near zero; give it one, as training would
-        torch.nn.init.normal_(model.dynamics.drive[-1].weight, std=0.5)
+        torch.nn.init.normal_(response.network[-1].weight, std=0.5)
     batch = random_batch()
     basal = model.predict(batch, Conditions()).expression
 
@@ -400,8 +408,10 @@ def test_trajectory_and_half_times_follow_the_response():
     from vcell.models.enhancements.temporal import response_half_times
 
     model = tiny("temporal")
+    response = stimulus_response_of(model)
     with torch.no_grad():
-        torch.nn.init.normal_(model.dynamics.drive[-1].weight, std=0.5)
+        torch.nn.init.normal_(response.network[-1].weight, std=0.5)
+        response.scaled_log_half_time.copy_(torch.linspace(np.log(0.5), np.log(8.0), SPEC.n_genes) / response.scale)
     batch = random_batch()
     hours = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0]
     path = model.trajectory(batch, hours)
@@ -410,6 +420,9 @@ def test_trajectory_and_half_times_follow_the_response():
     half = response_half_times(path.mean(1).numpy(), np.array(hours))
     moved = ~np.isnan(half)
     assert moved.any() and ((half[moved] >= 0) & (half[moved] <= 64)).all()
+    # each gene's own half-time, read back off the trajectory (linear interpolation on the grid)
+    true = response.half_time().detach().numpy()
+    assert np.corrcoef(half[moved], true[moved])[0, 1] > 0.95
     # a known curve: 1 - 2^(-t/3) has its half-time at 3 h
     curve = 1 - np.exp2(-np.array(hours) / 3.0)
     assert response_half_times(curve[:, None], np.array(hours))[0] == pytest.approx(3.0, rel=0.1)

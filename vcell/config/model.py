@@ -4,7 +4,7 @@
       name: temporal+memory          # a catalogue entry fills `enhancements` ...
       enhancements: [temporal, memory]  # ... or list them yourself (any valid set)
       size: small                    # tiny | small | medium | large | xlarge
-      temporal: {n_steps: 8}
+      temporal: {initial_half_time: 2.0}
 
 Each enhancement's section is always present and typed (unknown keys are errors); it is used
 only when the enhancement is in `enhancements`.

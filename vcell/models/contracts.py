@@ -7,8 +7,8 @@ the emitted tensors by the tests. A module that wraps or holds others declares o
 
 Optional capabilities are part of a contract, with a neutral default, instead of attributes the
 model probes for: every latent has `tick()` (a KL warm-up counts steps; others do nothing), every
-head has `likelihood` (None unless it scores raw counts), and dynamics that take a memory of
-earlier stimuli say so with `attach_memory` (`MemoryHook`).
+head has `likelihood` (None unless it scores raw counts), and a stimulus response that takes a
+memory of earlier stimuli says so with `attach_memory` (`MemoryHook`).
 
 The protocols are structural: an enhancement's module satisfies one by having the methods, it
 need not inherit from it. They are documentation a type checker can read, the annotations of
@@ -63,18 +63,17 @@ class Dynamics(DeclaresStats, Protocol):
 
 @runtime_checkable
 class MemoryHook(DeclaresStats, Protocol):
-    """A memory of earlier stimuli inside dynamics that accept one (`AcceptsMemory`):
-    (start (R, D), stimulus drive (R, D), conditions) -> (start', stimulus', stats)."""
+    """A memory of earlier stimuli inside a stimulus response that accepts one (`AcceptsMemory`):
+    (share (B, G) of each gene's stimulated effect a cell shows now, conditions) -> the share
+    plus what an earlier pulse left behind (B, G)."""
 
-    def __call__(
-        self, start: torch.Tensor, stimulus: torch.Tensor, conditions: Conditions
-    ) -> tuple[torch.Tensor, torch.Tensor, Stats]: ...
+    def __call__(self, share: torch.Tensor, conditions: Conditions) -> torch.Tensor: ...
 
 
 @runtime_checkable
-class AcceptsMemory(Dynamics, Protocol):
-    """Dynamics that a memory can condition (the temporal ODE): the memory enhancement attaches
-    itself through this hook, never by setting an attribute of another module."""
+class AcceptsMemory(DeclaresStats, Protocol):
+    """A stimulus response that a memory can condition (temporal's gene term): the memory
+    enhancement attaches itself through this hook, never by setting an attribute of another module."""
 
     def attach_memory(self, memory: MemoryHook) -> None: ...
 

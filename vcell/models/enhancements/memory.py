@@ -1,13 +1,19 @@
-"""Memory: a recurrent state that remembers earlier stimuli, so history changes the response.
+"""Memory: what an earlier pulse of the stimulus leaves behind, gene by gene.
 
-A cell's history is an ordered series of events; a GRU cell reads it: the earlier pulse
-(stimulus on), then the rest since (its length in hours). Naive cells read nothing and keep a
-zero memory. The memory shifts the resting state (what a pulse leaves behind) and joins the
-stimulus in driving the temporal dynamics (a primed cell responds differently).
+A primed cell (hours_since_pulse = h, NaN = naive) keeps a share of each gene's stimulated
+effect that fades with the hours since the pulse,
 
-Statistics: memory_gate (R, M): for the R cells moved by the dynamics (the response pairs'
-targets), how much of the memory each event wrote (1 - update gate), averaged over the
-events; 0 for naive cells.
+    retained_g(h) = m_g * 2^(-h / tau_mem_g),
+
+added to the share the temporal response shows now (`temporal.StimulusResponse`, through its
+`attach_memory` hook): scores_g += (1 - 2^(-t / tau_g) + retained_g(h)) * effect_g(z). So a
+primed cell sits partly stimulated at rest, and a primed cell stimulated again overshoots.
+Why not the earlier GRU over the history: its memory state entered the latent drive, so the
+primed - naive difference spread over every gene the decoder mixes (Pearson ~0.1 with the
+truth); a per-gene retained share learns that only some genes remember, and reads out directly.
+
+Statistics: memory_retained_fraction (G,) m_g in (0, 1), the share of a gene's stimulated effect
+a pulse leaves at once (~0 = no memory); memory_half_time (G,) tau_mem_g, hours for it to halve.
 """
 
 from __future__ import annotations
@@ -21,85 +27,85 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.errors import VCellError
-from vcell.models.enhancements.temporal import TemporalDynamics
-from vcell.models.inputs import Conditions
+from vcell.models.enhancements.temporal import stimulus_response
+from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
 from vcell.models.spec import ModelSpec
 
 
 class MemoryConfig(Section):
-    """A recurrent memory of earlier stimuli (GRU over the cell's stimulus history)."""
+    """A per-gene memory of an earlier pulse: a retained share of the effect that fades with time."""
 
-    memory_dim: int | None = Field(None, ge=1, description="memory state size; null = the latent dimension")
+    initial_half_time: float = Field(72.0, gt=0, description="hours; how fast every gene's memory fades before training")
+    initial_retained_fraction: float = Field(
+        0.01, gt=0, lt=1, description="every gene's retained share before training (~no memory until the data shows one)"
+    )
+    step_scale: float = Field(
+        30.0, gt=0, description="the logits of retained shares and log half-times are stored divided by this, so each "
+        "optimiser step moves them this many times further",
+    )
 
-REST_HOURS_SCALE = math.log1p(48.0)  # hours since the pulse enter as log1p(h) / this
 
+class PulseMemory(nn.Module):
+    """(share (B, G), conditions) -> share + retained_g(hours since the pulse); naive cells: + 0."""
 
-class GatedRecurrentCell(nn.Module):
-    """A GRU cell that also returns its update gate (torch's GRUCell hides it)."""
+    STATS: dict[str, tuple[str, ...]] = {}  # its read-out (`MemoryReadout`) declares them
 
-    def __init__(self, n_in: int, n_state: int) -> None:
+    def __init__(self, n_genes: int, settings: MemoryConfig) -> None:
         super().__init__()
-        self.gates = nn.Linear(n_in + n_state, 2 * n_state)
-        self.candidate_input, self.candidate_state = nn.Linear(n_in, n_state), nn.Linear(n_state, n_state)
+        self.scale = settings.step_scale
+        # a logit well below 0: the optimiser's noise on genes without memory stays in the flat, ~0 part of
+        # the sigmoid, while a consistent signal climbs out of it (a signed share random-walked instead)
+        initial = math.log(settings.initial_retained_fraction / (1 - settings.initial_retained_fraction))
+        self.scaled_retained_logit = nn.Parameter(torch.full((n_genes,), initial / self.scale))
+        self.scaled_log_half_time = nn.Parameter(torch.full((n_genes,), math.log(settings.initial_half_time) / self.scale))
 
-    def forward(self, inputs: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        reset, keep = torch.sigmoid(self.gates(torch.cat([inputs, state], dim=-1))).chunk(2, dim=-1)
-        candidate = torch.tanh(self.candidate_input(inputs) + reset * self.candidate_state(state))
-        return keep * state + (1 - keep) * candidate, 1 - keep
+    def retained_fraction(self) -> torch.Tensor:
+        return torch.sigmoid(self.scaled_retained_logit * self.scale)  # (G,) in (0, 1)
+
+    def half_time(self) -> torch.Tensor:
+        return torch.exp(self.scaled_log_half_time * self.scale)  # (G,) hours
+
+    def forward(self, share: torch.Tensor, conditions: Conditions) -> torch.Tensor:
+        hours = conditions.hours_since_pulse  # (B,)
+        primed = ~torch.isnan(hours)
+        fading = torch.exp2(-torch.nan_to_num(hours, nan=0.0).clamp(min=0).unsqueeze(-1) / self.half_time())  # (B, G)
+        return share + primed.unsqueeze(-1) * self.retained_fraction() * fading
 
 
-class StimulusMemory(nn.Module):
-    STATS = {"memory_gate": ("R", "M")}
+class MemoryReadout(nn.Module):
+    """The memory's per-gene parameters as statistics of every pass (`vcell embed` writes them to var)."""
 
-    def __init__(self, latent: int, memory_dim: int) -> None:
+    STATS = {"memory_retained_fraction": ("G",), "memory_half_time": ("G",)}
+
+    def __init__(self, memory: PulseMemory) -> None:
         super().__init__()
-        self.memory_dim = memory_dim
-        self.cell = GatedRecurrentCell(2, memory_dim)
-        self.rest_offset = nn.Linear(memory_dim, latent, bias=False)  # zero memory -> zero offset
-        self.to_drive = nn.Linear(memory_dim, latent, bias=False)
+        self.view = [memory]  # registered once, inside the temporal response
 
-    def events(self, hours_since_pulse: torch.Tensor) -> list[torch.Tensor]:
-        """Per event (B, 2) inputs [stimulus on, log rest hours]: the pulse, then the rest."""
-        primed = ~torch.isnan(hours_since_pulse)
-        rest = torch.log1p(torch.nan_to_num(hours_since_pulse, nan=0.0).clamp(min=0)) / REST_HOURS_SCALE
-        pulse = torch.stack([primed.float(), torch.zeros_like(rest)], dim=-1)
-        return [pulse, torch.stack([torch.zeros_like(rest), rest], dim=-1)]
-
-    def forward(
-        self, start: torch.Tensor, stimulus: torch.Tensor, conditions: Conditions
-    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        n = len(start)
-        memory = start.new_zeros(n, self.memory_dim)
-        if conditions.hours_since_pulse is None:
-            return start, stimulus, {"memory_gate": memory}
-        primed = (~torch.isnan(conditions.hours_since_pulse)).float().unsqueeze(-1)
-        gates = []
-        for event in self.events(conditions.hours_since_pulse):
-            updated, gate = self.cell(event, memory)
-            memory = primed * updated + (1 - primed) * memory  # naive cells have no events
-            gates.append(gate * primed)
-        stats = {"memory_gate": torch.stack(gates).mean(0)}
-        return start + self.rest_offset(memory), stimulus + self.to_drive(memory), stats
+    def forward(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
+        memory = self.view[0]
+        return {}, {"memory_retained_fraction": memory.retained_fraction(), "memory_half_time": memory.half_time()}
 
 
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
-    _, _, latent = config.dimensions()
-    if not isinstance(slots.dynamics, TemporalDynamics):  # the registry's `requires` installs temporal first
-        raise VCellError("memory needs the temporal dynamics in the dynamics slot", hint="add 'temporal'")
-    slots.dynamics.attach_memory(StimulusMemory(latent, config.memory.memory_dim or latent))
+    response = stimulus_response(slots)
+    if response is None:  # the registry's `requires` installs temporal first
+        raise VCellError("memory needs the temporal response among the gene terms", hint="add 'temporal'")
+    memory = PulseMemory(spec.n_genes, config.memory)
+    response.attach_memory(memory)
+    slots.auxiliary.append(MemoryReadout(memory))
 
 
 ENHANCEMENT = Enhancement(
     name="memory",
     title="Memory",
-    summary="recurrent memory of earlier stimuli conditions the dynamics (hysteresis)",
+    summary="per-gene retained share of an earlier pulse's effect, fading with hours since it (hysteresis)",
     config=MemoryConfig,
     install=install,
     needs=frozenset({"time", "history"}),
     requires=("temporal",),
-    requires_why="the memory state conditions the temporal dynamics; without them it acts on nothing",
+    requires_why="the memory is a retained share of the temporal response's stimulated effect; without it, it acts on nothing",
     evaluation="vcell.evaluate.enhancement_metrics:memory",
     science_check="vcell.evaluate.science_checks:check_memory",
 )
