@@ -41,7 +41,8 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     assert metrics["run"] == "tiny" and metrics["evaluation"]["data"]["held_out_split"] == "test"
     evaluation = metrics["evaluation"]
     embedding = evaluation["embedding"]
-    assert set(embedding["model"]) == set(embedding["baselines"]["pca"]) == {"knn_accuracy", "ari", "nmi", "silhouette"}
+    assert set(embedding["model"]) == set(embedding["baselines"]["pca"]) == {
+        "knn_accuracy", "ari", "nmi", "silhouette", "ilisi", "batch_knn_accuracy"}  # the simulator has batches
     assert all(0 <= v <= 1 for v in embedding["baselines"]["pca"].values())
     reconstruction = evaluation["reconstruction"]
     assert {"gene_mean", "pca"} <= set(reconstruction["baselines"]) and reconstruction["hidden_entries"] > 0
