@@ -157,3 +157,14 @@ def test_the_readme_table_documents_every_file():
     for key in ("vcell_pathway_activity", "vcell_compartment_activity", "vcell_capacity", "vcell_free_share",
                 "vcell_pathway_allocation"):
         assert key in table, key
+
+
+def test_a_users_biology_folder_is_kept_and_the_metrics_still_written(run_copy):
+    import json
+
+    (run_copy / "biology").mkdir()
+    (run_copy / "biology" / "notes.txt").write_text("mine")
+    results = evaluate_run(run_copy, progress=False, overrides={"plots": False, "embeddings": "none"})
+    assert "no README.md written by vcell" in results["biology"]["error"] and results["biology"]["files"] == []
+    assert [p.name for p in (run_copy / "biology").iterdir()] == ["notes.txt"]
+    assert "embedding" in json.loads((run_copy / "metrics.json").read_text())["evaluation"]

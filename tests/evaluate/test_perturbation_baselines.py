@@ -74,3 +74,13 @@ def test_additive_sums_the_trained_singles_of_a_combination():
     deltas = {(0, 1): np.array([1.0, 0.0]), (0, 2): np.array([0.5, -2.0]), (1, 1): np.array([3.0, 3.0])}
     assert np.array_equal(additive_delta([1, 2], 0, deltas), [1.5, -2.0])
     assert additive_delta([1, 2], 1, deltas) is None  # B never trained in cell type 1
+
+
+def test_a_combination_section_is_listed_in_the_summary_rows():
+    from vcell.evaluate.evaluation import baseline_rows
+
+    scores = {"pearson_delta": 0.5}
+    section = {"vs_observed": {"model": scores, "baselines": {"additive": {"pearson_delta": 0.7}}}}
+    rows = dict(baseline_rows({"perturbation": {"additive": section}}))
+    assert rows["combination perturbations: pearson_delta"] == {"model": 0.5, "additive": 0.7}
+    assert baseline_rows({"perturbation": {"additive": "skipped: none"}}) == []

@@ -91,7 +91,11 @@ def write_run_biology(trained, data, folder: Path, progress: bool) -> dict:
 
     tick = time.perf_counter()
     tables, skipped = biology_tables(trained, data)
-    paths = write_biology(folder / "biology", tables, skipped)
+    try:
+        paths = write_biology(folder / "biology", tables, skipped)
+    except VCellError as error:  # a user's files in biology/: keep them, and still write the metrics
+        say(progress, f"evaluate: biology/ not written: {error}")
+        return {"files": [], "skipped": skipped, "error": str(error)}
     if paths or skipped:
         say(progress, f"evaluate: {len(paths)} biology files in biology/ in {time.perf_counter() - tick:.1f} s")
     return {"files": [str(path.relative_to(folder)) for path in paths], "skipped": skipped}
@@ -122,6 +126,9 @@ def baseline_rows(results: dict) -> list[tuple[str, dict[str, float]]]:
     add("reconstruction", results.get("reconstruction", {}))
     for group in ("unseen_perturbations", "seen_perturbations"):
         add(f"{group.split('_')[0]} perturbations", results.get("perturbation", {}).get(group, {}).get("vs_observed", {}))
+    additive = results.get("perturbation", {}).get("additive")
+    if isinstance(additive, dict):  # combinations "A+B": the model vs the sum of the singles
+        add("combination perturbations", additive.get("vs_observed", {}))
     for name, section in results.get("enhancements", {}).items():
         add(name, section)
     return rows
