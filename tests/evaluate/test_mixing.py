@@ -152,3 +152,14 @@ def test_atlas_without_the_batch_column_is_scored_without_mixing(held_out):
     assert section["batch_mixing"].startswith("skipped: the atlas has no batch column")
     assert set(section["model"]) == {"knn_accuracy", "ari", "nmi", "silhouette"}
     assert section["model"]["knn_accuracy"] == with_batch["model"]["knn_accuracy"]
+
+
+def test_the_batch_role_is_not_part_of_a_runs_identity():
+    from vcell.config import load_config
+    from vcell.train.run import config_diff, config_hash
+
+    config = load_config(None, ["model.size=tiny"])
+    saved = config.model_dump(mode="json")
+    del saved["model"]["columns"]["batch"]  # a run trained before the key existed
+    assert config_diff(saved, config) == []
+    assert config_hash(config) == config_hash(load_config(None, ["model.size=tiny", "model.columns.batch=donor"]))
