@@ -41,7 +41,8 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     assert metrics["run"] == "tiny" and metrics["evaluation"]["data"]["held_out_split"] == "test"
     evaluation = metrics["evaluation"]
     embedding = evaluation["embedding"]
-    assert set(embedding["model"]) == set(embedding["baselines"]["pca"]) == {"knn_accuracy", "ari", "nmi", "silhouette"}
+    assert set(embedding["model"]) == set(embedding["baselines"]["pca"]) == {
+        "knn_accuracy", "ari", "nmi", "silhouette", "ilisi", "batch_knn_accuracy"}  # the simulator has batches
     assert all(0 <= v <= 1 for v in embedding["baselines"]["pca"].values())
     reconstruction = evaluation["reconstruction"]
     assert {"gene_mean", "pca"} <= set(reconstruction["baselines"]) and reconstruction["hidden_entries"] > 0
@@ -52,9 +53,11 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     for comparison in ("vs_observed", "vs_truth"):
         assert set(unseen[comparison]["model"]) == {"pearson_delta", "pearson_delta_top20", "mae", "discrimination_l1",
                                                     "de_overlap"}
-        assert {"control", "mean_perturbation"} <= set(unseen[comparison]["baselines"])
+        assert {"control", "mean_perturbation", "linear"} <= set(unseen[comparison]["baselines"])
+        assert set(unseen[comparison]["baselines"]["linear"]) == set(unseen[comparison]["model"])
     assert perturbation["seen_perturbations"]["vs_observed"]["baselines"]["control"]["pearson_delta"] == 0
-    assert "additive" in perturbation  # skipped with a reason, not faked
+    assert "linear" in perturbation["seen_perturbations"]["vs_truth"]["baselines"]
+    assert perturbation["additive"].startswith("skipped")  # no combinations in the data: said so, not faked
     enhancements = evaluation["enhancements"]
     assert set(enhancements) == {"hierarchical", "temporal", "regulatory", "stochastic", "resource", "multiscale", "memory"}
     assert "skipped" in enhancements["multiscale"]  # no truth for it: said so

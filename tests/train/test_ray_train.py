@@ -79,6 +79,7 @@ def test_a_run_writes_its_whole_directory(reference, capsys):
     assert "pca" in evaluation["embedding"]["baselines"] and evaluation["data"]["held_out_split"] == "val"
     assert "plots/training_curves.png" in evaluation["plots"] and (directory / "plots" / "embedding_tsne.png").is_file()
     assert (directory / "embeddings.h5ad").is_file()
+    assert {"biology/grn_edges.tsv", "biology/response_half_times.tsv"} <= set(evaluation["biology"]["files"])
     capsys.readouterr()
     assert train(config)["steps"] == 12  # the same command again: nothing left to do
     assert "already complete" in capsys.readouterr().out
@@ -111,7 +112,8 @@ def test_a_finished_run_exports_a_self_contained_model_with_a_card(reference, tm
     out = tmp_path / "export"
     assert main(["export", str(run_directory(config)), "--out", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.yaml", "spec.json", "categories.json",
-                                              "normalization.json", "genes.txt", "MODEL_CARD.md"}
+                                              "normalization.json", "genes.txt", "MODEL_CARD.md", "biology"}
+    assert (out / "biology" / "grn_edges.tsv").is_file()  # the full model's network, as a TSV
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Evaluation" in card and "embedding: knn_accuracy" in card  # the run was evaluated at its end
     assert "`full` model" in card and f"{metrics['final_validation']['val/loss']:.4f}" in card

@@ -18,7 +18,9 @@ def run_export(args: argparse.Namespace) -> None:
     from vcell.evaluate.export import MODEL_FILES, export_run
 
     out = export_run(args.run, args.out, overwrite=args.overwrite)
-    print(f"exported {args.run} to {out}/ ({', '.join(MODEL_FILES)}, MODEL_CARD.md)")
+    biology = sorted(path.name for path in (out / "biology").glob("*.tsv"))
+    print(f"exported {args.run} to {out}/ ({', '.join(MODEL_FILES)}, MODEL_CARD.md"
+          + (f", biology/: {', '.join(biology)}" if biology else "") + ")")
 
 
 def run_embed(args: argparse.Namespace) -> None:
@@ -51,7 +53,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def add_trained_model_parsers(commands) -> None:
-    export = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card")
+    export = commands.add_parser("export", help="a finished run's model as a folder: safetensors, config, spec, model card, biology/ TSVs")
     export.add_argument("run", help="run folder (runs/<name>) or an export folder")
     export.add_argument("--out", required=True, help="output folder (written whole or not at all)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")

@@ -53,6 +53,10 @@ class ColumnsConfig(Section):
     control: str = Field("control", description="the perturbation category meaning 'not perturbed'")
     time: str | None = Field("time", description="hours since the stimulus; 0 = unstimulated")
     history: str | None = Field("hours_since_pulse", description="hours since an earlier pulse; NaN = naive")
+    batch: str | None = Field(
+        "batch", description="categorical: technical batch (donor, lane, source); the model does not read it, "
+        "evaluation scores batch mixing of embeddings on it (iLISI, batch kNN accuracy); absent = not scored"
+    )
 
 
 class ModelConfig(Section):

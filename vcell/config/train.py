@@ -20,6 +20,7 @@ from vcell.config.section import Section
 OPERATIONAL = (
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
+    "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
 )
 ZERO_STAGES = (1, 2, 3)  # configs/deepspeed/zero<stage>.json; also checked by train.deepspeed_cpu for direct callers
 ZeroStage = Literal[ZERO_STAGES]

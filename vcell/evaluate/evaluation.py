@@ -5,7 +5,8 @@
 Writes into the run folder (or an export folder): `metrics.json` gains an "evaluation" key
 (embedding, reconstruction, perturbation and per-enhancement sections, each with the
 model's value, baselines beside it and a definition; skipped metrics say why), `plots/*.png`,
-and `embeddings.h5ad` (see `vcell.evaluate.embed`). The training job calls this at its end
+`embeddings.h5ad` (see `vcell.evaluate.embed`) and, with the enhancements evaluated, the
+inferred biology as TSV files in `biology/` (see `vcell.evaluate.biology`). The training job calls this at its end
 (`evaluate_finished`, handed to `vcell.train.ray_train.train` by `vcell train` and campaign trials).
 """
 
@@ -59,6 +60,8 @@ def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: 
         tick = time.perf_counter()
         results[name], arrays[name] = stage(data)
         say(progress, f"evaluate: {name} scored in {time.perf_counter() - tick:.1f} s")
+    if settings.enhancements:
+        results["biology"] = write_run_biology(trained, data, folder, progress)
     if settings.plots:
         results["plots"] = write_figures_logged(data, results, arrays, folder, settings, progress)
     if settings.embeddings != "none":
@@ -81,6 +84,21 @@ def write_figures_logged(data, results, arrays, folder: Path, settings, progress
     paths = write_figures(data, results, arrays, folder / "plots", settings)
     say(progress, f"evaluate: {len(paths)} plots in {time.perf_counter() - tick:.1f} s")
     return paths
+
+
+def write_run_biology(trained, data, folder: Path, progress: bool) -> dict:
+    from vcell.evaluate.biology import biology_tables, write_biology
+
+    tick = time.perf_counter()
+    tables, skipped = biology_tables(trained, data)
+    try:
+        paths = write_biology(folder / "biology", tables, skipped)
+    except VCellError as error:  # a user's files in biology/: keep them, and still write the metrics
+        say(progress, f"evaluate: biology/ not written: {error}")
+        return {"files": [], "skipped": skipped, "error": str(error)}
+    if paths or skipped:
+        say(progress, f"evaluate: {len(paths)} biology files in biology/ in {time.perf_counter() - tick:.1f} s")
+    return {"files": [str(path.relative_to(folder)) for path in paths], "skipped": skipped}
 
 
 def write_run_embeddings(trained, data, folder: Path, which: str, progress: bool) -> str:
@@ -108,6 +126,9 @@ def baseline_rows(results: dict) -> list[tuple[str, dict[str, float]]]:
     add("reconstruction", results.get("reconstruction", {}))
     for group in ("unseen_perturbations", "seen_perturbations"):
         add(f"{group.split('_')[0]} perturbations", results.get("perturbation", {}).get(group, {}).get("vs_observed", {}))
+    additive = results.get("perturbation", {}).get("additive")
+    if isinstance(additive, dict):  # combinations "A+B": the model vs the sum of the singles
+        add("combination perturbations", additive.get("vs_observed", {}))
     for name, section in results.get("enhancements", {}).items():
         add(name, section)
     return rows

@@ -1,11 +1,13 @@
 """A trained model outside its run: load it anywhere, hand it over as a folder with a model card.
 
     config, model = load_trained("runs/quickstart")          # a run folder or an export folder
-    export_run("runs/quickstart", "exports/quickstart")      # weights, config, spec, MODEL_CARD.md
+    export_run("runs/quickstart", "exports/quickstart")      # weights, config, spec, MODEL_CARD.md, biology/
 
 A run's `model/` folder (written by the training job) holds everything needed to rebuild the
 model without the training atlas: weights (safetensors, fp32), the resolved config, the spec
 (vocabulary and annotations) and the category codes of the obs columns the model reads.
+An export adds MODEL_CARD.md and `biology/`: what the model inferred, as TSV files
+(`vcell.evaluate.biology`; kinetics and memory only while the training atlas is readable).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from vcell.models.zoo import build_model, count_parameters
 from vcell.train.checkpoint import CheckpointStore, load_exported, verify_model_source
 from vcell.train.tracking import read_history
 
+EXPORT_CELLS = 2000  # held-out cells read for the read-outs that predict from basal cells
 MODEL_FILES = ("model.safetensors", "config.yaml", "spec.json", "categories.json", "normalization.json", "genes.txt")
+BIOLOGY_FOLDER = "biology"
 CARD_FRONT_MATTER = "---\nlibrary_name: vcell\nvcell_export: 1\n---\n"  # model-card metadata; marks our exports
 
 
@@ -41,7 +45,7 @@ def not_an_export_of_ours(path: Path) -> str | None:
         card = ""
     if card != CARD_FRONT_MATTER:
         return "it is not a vcell export (no MODEL_CARD.md written by `vcell export`)"
-    return foreign_entries(path, {*MODEL_FILES, "MODEL_CARD.md"})
+    return foreign_entries(path, {*MODEL_FILES, "MODEL_CARD.md", BIOLOGY_FOLDER})
 
 
 EXPORT_OUTPUT = OutputKind("an export folder", is_folder=True, not_ours=not_an_export_of_ours)
@@ -124,20 +128,51 @@ def export_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> 
         # (sha256). A model saved from the user's own loop (save_trained) has no checkpoints; its
         # safetensors weights are checked by load_trained (no pickle is read either way).
         verify_model_source(run_folder)
-    config, model = load_trained(source)  # refuses anything vcell did not write
+    from vcell.evaluate.biology import write_biology  # it reads cells, whose module reads this one
+
+    trained = open_trained(source)  # refuses anything vcell did not write
+    config, model = trained.config, trained.model
+    tables, skipped = export_biology(trained)
     with output_errors(given):
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
         try:
             for name in MODEL_FILES:
                 shutil.copy2(source / name, staging / name)
-            (staging / "MODEL_CARD.md").write_text(model_card(config, model, run_folder))
+            (staging / "MODEL_CARD.md").write_text(model_card(config, model, run_folder) + biology_card(tables, skipped))
+            write_biology(staging / BIOLOGY_FOLDER, tables, skipped)
             staging.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; an export is shared like any folder
             swap_into_place(staging, out)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
     return given
+
+
+def export_biology(trained: Trained) -> tuple[dict, dict[str, str]]:
+    """The biology tables of an export; kinetics and memory predict from held-out cells of the
+    training atlas, and are skipped (saying why) when it cannot be read."""
+    from vcell.evaluate.biology import biology_tables
+    from vcell.evaluate.heldout import held_out_cells
+
+    if not {"temporal", "memory"} & set(trained.config.model.enhancements):
+        return biology_tables(trained, None)
+    try:
+        data = held_out_cells(trained, max_cells=EXPORT_CELLS, seed=trained.config.seed)
+    except (VCellError, OSError) as error:  # the atlas moved or is gone: the network still goes out
+        return biology_tables(trained, None, no_cells=f"the training atlas {trained.config.data.atlas} "
+                              f"could not be read ({error}); run `vcell evaluate` where it is")
+    return biology_tables(trained, data)
+
+
+def biology_card(tables: dict, skipped: dict[str, str]) -> str:
+    if not tables and not skipped:
+        return ""
+    lines = ["", "## Inferred biology (biology/)", "",
+             *[f"- `{name}`: {len(table):,} rows" for name, table in tables.items()],
+             *[f"- `{name}`: not written: {reason}" for name, reason in skipped.items()],
+             "", "Columns and units: biology/README.md."]
+    return "\n".join(lines) + "\n"
 
 
 def evaluation_table(evaluation: dict | None) -> list[str]:

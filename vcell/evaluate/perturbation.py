@@ -7,8 +7,11 @@ naive), the observed delta is the mean of those cells minus the mean of control 
 same cell types, weighted as the perturbed cells are. The model predicts the same delta from
 reference control cells of those types: predict(perturbation) - predict(control). Baselines:
 `control` (no change: delta 0), `mean_perturbation` (the mean delta of the training
-perturbations, per cell type), and on the simulator `truth` (the true expected delta, the
-ceiling set by sampling noise). Perturbations never seen in training (held out whole) are
+perturbations, per cell type), `linear` (Ahlmann-Eltze et al. 2025: gene embeddings from PCA of
+training pseudobulks, a perturbation embedded by its gene's row, ridge-fitted bilinear map; see
+`perturbation_baselines`), for combinations "A+B" of trained perturbations `additive` (the sum
+of the singles' deltas, scored in its own section), and on the simulator `truth` (the true
+expected delta, the ceiling set by sampling noise). Perturbations never seen in training (held out whole) are
 scored apart from seen perturbations' held-out cells. Metrics follow Arc's cell-eval (the
 Virtual Cell Challenge): Pearson of deltas on all genes and the top-20 DE genes, MAE,
 discrimination score (L1), DE-gene overlap; each also against the simulator's true delta.
@@ -22,6 +25,7 @@ import torch
 from vcell.data.memory import select
 from vcell.evaluate.heldout import HeldOut
 from vcell.evaluate.metrics import pearson
+from vcell.evaluate.perturbation_baselines import additive_delta, combination_parts, fit_linear
 from vcell.evaluate.scores import de_overlap, differential_genes, discrimination_score
 from vcell.evaluate.truth import true_expression, truth_cell_type
 from vcell.models.inputs import Conditions
@@ -59,20 +63,26 @@ class DeltaBuilder:
         self.train_pure, self.test_pure = pure_rows(data, train), pure_rows(data, test)
         control_rows = torch.nonzero(self.train_pure & (train[column] == self.control))[:, 0]
         self.control_by_type = by_type(data, train, control_rows)
-        self.mean_delta_by_type = self.training_mean_deltas()
+        self.training, profiles = self.training_deltas()
+        self.mean_delta_by_type = {t: np.mean([d for (tt, _), d in self.training.items() if tt == t], axis=0)
+                                   for t in {t for t, _ in self.training}}
+        self.linear = fit_linear(profiles, self.training, self.mean_delta_by_type, self.model.spec.perturbation_gene)
         self.predicted_control: dict[int, np.ndarray] = {}
 
-    def training_mean_deltas(self) -> dict[int, np.ndarray]:
-        """Cell type -> mean over training perturbations of (perturbed - control) means."""
+    def training_deltas(self) -> tuple[dict[tuple[int, int], np.ndarray], np.ndarray]:
+        """((cell type, perturbation code) -> perturbed - control mean of training cells, and the
+        (G, n) mean expression of every training condition and cell type with enough cells)."""
         train, column = self.data.train, self.column
-        deltas: dict[int, list[np.ndarray]] = {}
+        deltas: dict[tuple[int, int], np.ndarray] = {}
+        profiles = [self.control_mean(t) for t in self.control_by_type if len(self.control_by_type[t]) >= MIN_CELLS]
         perturbed = self.train_pure & (train[column] != self.control) & (train[column] >= 0)
         for code in torch.unique(train[column][perturbed]).tolist():
             rows = torch.nonzero(perturbed & (train[column] == code))[:, 0]
             for cell_type, mine in by_type(self.data, train, rows).items():
                 if len(mine) >= MIN_CELLS and cell_type in self.control_by_type:
-                    deltas.setdefault(cell_type, []).append(self.mean_x(train, mine) - self.control_mean(cell_type))
-        return {cell_type: np.mean(values, axis=0) for cell_type, values in deltas.items()}
+                    profiles.append(self.mean_x(train, mine))
+                    deltas[(cell_type, code)] = profiles[-1] - self.control_mean(cell_type)
+        return deltas, np.stack(profiles, axis=1) if profiles else np.zeros((train["x"].shape[1], 0))
 
     def mean_x(self, cells: dict, rows: torch.Tensor) -> np.ndarray:
         return cells["x"][rows].double().mean(0).numpy()
@@ -110,12 +120,28 @@ class DeltaBuilder:
             "mean_perturbation": sum(w * self.mean_delta_by_type.get(t, zeros) for t, w in weights.items()),
             "cells": np.array(total),
         }
+        if self.linear is not None:
+            result["linear"] = sum(w * self.linear.delta(t, code) for t, w in weights.items())
+        additive = self.additive(code, weights)
+        if additive is not None:
+            result["additive"] = additive
         de = differential_genes(test["x"][torch.cat(list(groups.values()))].numpy(),
                                 self.data.train["x"][torch.cat([self.control_by_type[t] for t in groups])].numpy(), top=TOP_DE)
         result["de_genes"] = de
         if self.data.truth is not None:
             result["truth"] = self.true_delta(code, weights)
         return result
+
+    def additive(self, code: int, weights: dict[int, float]) -> np.ndarray | None:
+        """The sum of the trained single deltas of a combination "A+B" (None: not one, or a part untrained)."""
+        names = self.data.categories[self.column]
+        parts = combination_parts(names[code], {name: c for c, name in enumerate(names)})
+        if parts is None:
+            return None
+        per_type = {t: additive_delta(parts, t, self.training) for t in weights}
+        if any(delta is None for delta in per_type.values()):
+            return None
+        return sum(w * per_type[t] for t, w in weights.items())
 
     def true_delta(self, code: int, weights: dict[int, float]) -> np.ndarray:
         truth = self.data.truth
@@ -143,10 +169,13 @@ def score(predictions: dict[str, np.ndarray], target: np.ndarray, de_genes: list
     return out
 
 
-def group_section(rows: list[dict], names: list[str], has_truth: bool) -> dict:
-    stacked = {key: np.stack([row[key] for row in rows]) for key in ("observed", "model", "control", "mean_perturbation")}
+def group_section(rows: list[dict], names: list[str], has_truth: bool,
+                  baselines: tuple[str, ...] = ("control", "mean_perturbation", "linear")) -> dict:
+    """Scores of the model and of each baseline every row has (`linear` needs two trained gene perturbations)."""
+    stacked = {key: np.stack([row[key] for row in rows]) for key in ("observed", "model")}
     de_genes = [row["de_genes"] for row in rows]
-    methods = {k: stacked[k] for k in ("model", "control", "mean_perturbation")}
+    methods = {"model": stacked["model"]}
+    methods.update({k: np.stack([row[k] for row in rows]) for k in baselines if all(k in row for row in rows)})
     if has_truth:
         methods["truth"] = np.stack([row["truth"] for row in rows])
     observed_scores = score(methods, stacked["observed"], de_genes)
@@ -179,9 +208,16 @@ def perturbation_metrics(data: HeldOut) -> tuple[dict, dict[str, np.ndarray]]:
         "definitions": "pseudobulk delta = mean of perturbed-only held-out cells - mean of control cells of the same "
                        "cell types (same weights); Pearson on all genes and on the top-20 DE genes (Welch t-test, "
                        "BH FDR 5%; vs truth: top-20 by |true delta|), MAE, discrimination (1 - normalised L1 rank; "
-                       "0.5 = random), DE overlap at N (cell-eval)",
-        "additive": "skipped: the data has no combinatorial perturbations (one perturbation per cell)",
+                       "0.5 = random), DE overlap at N (cell-eval); linear: Ahlmann-Eltze et al. 2025 (Nature Methods), "
+                       "Y = G W P^T + b with G the top-10 PCs of training pseudobulks, P the perturbed genes' rows of G, "
+                       "ridge 0.1, b = mean_perturbation",
     }
+    combinations = [(row, name) for rows, names in groups.values() for row, name in zip(rows, names) if "additive" in row]
+    section["additive"] = (group_section([r for r, _ in combinations], [n for _, n in combinations], data.truth is not None,
+                                         ("mean_perturbation", "additive")) if combinations else
+                           "skipped: no held-out combination 'A+B' whose single perturbations were all trained")
+    if builder.linear is None:
+        section["linear"] = "skipped: fewer than two training perturbations target measured genes"
     arrays: dict[str, np.ndarray] = {}
     for group, (rows, names) in groups.items():
         if not rows:

@@ -1,6 +1,6 @@
 """How well a model represents held-out cells: its embedding and its reconstruction.
 
-    section, arrays = embedding_metrics(data)        # kNN / ARI / NMI / silhouette, model vs PCA
+    section, arrays = embedding_metrics(data)        # kNN / ARI / NMI / silhouette (+ batch mixing), model vs PCA
     section = reconstruction_metrics(data)           # masked-gene Pearson, log-likelihood, vs baselines
 
 Embedding baseline: PCA of the same normalised input with as many components as the model's
@@ -8,16 +8,24 @@ latent, fitted on the reference (training) cells: what a standard pipeline gets 
 Reconstruction hides a seeded 25% of each held-out cell's measured genes and scores the
 prediction at the hidden entries (per cell and per gene), against the reference's gene
 means and a PCA reconstruction from the same masked input.
+
+Batch mixing (when the atlas has the `model.columns.batch` column with at least two batches):
+scib's graph iLISI of the held-out embedding (`vcell.evaluate.mixing`; 1 = mixed, 0 = separated)
+and the kNN accuracy of predicting a held-out cell's batch from the reference cells (lower =
+better mixed; `batch_knn_accuracy_if_mixed` is its value with the reference batches shuffled).
+Read mixing beside the cell-type scores: an embedding that mixes everything mixes batches too.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 
 from vcell.data.memory import batches_of
 from vcell.evaluate.heldout import HeldOut
 from vcell.evaluate.metrics import moment_dispersion
+from vcell.evaluate.mixing import ILISI_NEIGHBOURS, ILISI_PERPLEXITY, ilisi
 from vcell.evaluate.scores import adjusted_rand_index, kmeans, knn_accuracy, normalized_mutual_info, silhouette_labels
 
 MASK_FRACTION = 0.25
@@ -81,7 +89,45 @@ def embedding_metrics(data: HeldOut, label: str | None = None) -> tuple[dict, di
         "model": embedding_scores(model_train, labels_train, model_test, labels_test, data.seed),
         "baselines": {"pca": embedding_scores(pca_train, labels_train, pca_test, labels_test, data.seed)},
     }
+    batches = batch_codes(data)
+    if isinstance(batches, str):
+        section["batch_mixing"] = batches
+        return section, arrays
+    reference_batches, query_batches = batches
+    for scores, (reference, query) in ((section["model"], (model_train, model_test)),
+                                       (section["baselines"]["pca"], (pca_train, pca_test))):
+        scores.update(mixing_scores(reference, reference_batches, query, query_batches))
+    shuffled = np.random.default_rng([data.seed, MASK_STREAM]).permutation(reference_batches)
+    section["batch_mixing"] = {
+        "column": data.column("batch"), "batches": int(len(np.unique(query_batches[query_batches >= 0]))),
+        "definitions": f"ilisi: scib graph iLISI (k={ILISI_NEIGHBOURS}, perplexity {ILISI_PERPLEXITY:g}) of the held-out "
+                       "cells, (median - 1) / (batches - 1), 1 = mixed, 0 = separated; batch_knn_accuracy: kNN (k=15) "
+                       "prediction of a held-out cell's batch from the reference cells, lower = better mixed",
+        "batch_knn_accuracy_if_mixed": knn_accuracy(model_train, shuffled, model_test, query_batches, k=KNN_NEIGHBOURS),
+    }
     return section, arrays
+
+
+def mixing_scores(reference: np.ndarray, reference_batches: np.ndarray, query: np.ndarray,
+                  query_batches: np.ndarray) -> dict[str, float]:
+    return {"ilisi": ilisi(query, query_batches),
+            "batch_knn_accuracy": knn_accuracy(reference, reference_batches, query, query_batches, k=KNN_NEIGHBOURS)}
+
+
+def batch_codes(data: HeldOut) -> tuple[np.ndarray, np.ndarray] | str:
+    """(reference, held-out) batch codes (-1 = missing) from the atlas's obs, or why batch mixing is not scored."""
+    from vcell.atlas.store import open_atlas
+    from vcell.evaluate.cells import atlas_has_column, atlas_obs
+
+    column = data.column("batch")
+    atlas = open_atlas(data.atlas)
+    if not column or not atlas_has_column(atlas, column):
+        return f"skipped: the atlas has no batch column (model.columns.batch = {column!r})"
+    values = pd.Categorical(atlas_obs(atlas)[column].to_numpy())
+    codes = np.asarray(values.codes, dtype=np.int64)  # NaN -> -1
+    if len(values.categories) < 2:
+        return f"skipped: the batch column '{column}' has a single batch"
+    return codes[data.train["cell_index"].numpy()], codes[data.test["cell_index"].numpy()]
 
 
 def hidden_mask(x: torch.Tensor, seed: int) -> torch.Tensor:
