@@ -12,9 +12,11 @@ What the written `.h5ad` holds (n input cells, in input order; G = the model's g
   (resource), `vcell_scale_weight` (n, S) (multiscale); their column names are in
   `uns["vcell"]["columns"]`;
 - `var`: the model's genes (index) with `vcell_<stat>` per-gene statistics
-  (stochastic: `vcell_dispersion`, `vcell_extrinsic_variance_fraction`); no expression matrix;
-- `uns["vcell"]`: run, model, step, gene coverage of the input, the learned GRN edges
-  (`edges`: source, target, weight; regulatory) and latent response rates (temporal);
+  (stochastic: `vcell_dispersion`, `vcell_extrinsic_variance_fraction`; temporal:
+  `vcell_response_half_time` in hours; memory: `vcell_memory_retained_fraction`,
+  `vcell_memory_half_time`); no expression matrix;
+- `uns["vcell"]`: run, model, step, gene coverage of the input and the learned GRN edges
+  (`edges`: source, target, weight; regulatory);
   `uns["vcell_writer"]`: "vcell embed" (so `--overwrite` knows the file is ours to replace).
 
 Cells are streamed in batches: memory holds one batch of expression, and the outputs go
@@ -161,6 +163,4 @@ def provenance(trained: Trained, stream: CellStream, stats: dict) -> dict:
         genes = np.array(spec.gene_ids)
         info["edges"] = {"source": genes[spec.grn.source].tolist(), "target": genes[spec.grn.target].tolist(),
                          "weight": np.asarray(stats["edge_weight"], dtype=np.float64).tolist()}
-    if "response_rate" in stats:
-        info["response_rate"] = np.asarray(stats["response_rate"], dtype=np.float64)
     return info
