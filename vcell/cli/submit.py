@@ -33,8 +33,11 @@ def cluster_job(words: list[str]):
     """`train|tune [--config F] [--name N] [--restart ...] [k=v ...]` -> a ClusterJob (config resolved)."""
     from vcell.cli.tune import DEFAULT_CAMPAIGN
     from vcell.config import load_config
-    from vcell.submit.job import ClusterJob
+    from vcell.submit.job import COMMANDS, ClusterJob
 
+    if words[0] not in COMMANDS:
+        raise VCellError(f"cannot submit '{words[0]}': a cluster job is one of {', '.join(COMMANDS)}",
+                         hint="write the job after '--', e.g. vcell submit --target ray -- train k=v")
     plain, overrides = split_overrides(words)
     try:
         parsed, unknown = job_parser().parse_known_args(plain)
@@ -152,6 +155,8 @@ def add_submit_parser(commands) -> None:
     parser.add_argument("--time", default="04:00:00", help="slurm: time limit (HH:MM:SS)")
     parser.add_argument("--exclusive", action="store_true", help="slurm: whole nodes")
     parser.add_argument("--python", default="python", help="slurm: the Python with vcell installed on the nodes")
+    parser.add_argument("--port-range", default="20000-59999", metavar="LOW-HIGH",
+                        help="slurm: ports each job takes a block of 200 from (by its Slurm job id)")
     parser.add_argument("--namespace", default="default", help="kuberay: Kubernetes namespace")
     parser.add_argument("--image", help="kuberay: container image (default: vcell:<version>)")
     parser.add_argument("--out", help="slurm/kuberay: write the rendered script/manifest to this file")

@@ -65,9 +65,10 @@ class ClusterJob:
         return dump_config(self.config.model_copy(update={"scaling": self.config.scaling.model_copy(
             update={"address": None})}))
 
-    def entrypoint(self, python: str = "python", config_path: str = CONFIG_FILE) -> str:
-        words = [python, "-m", "vcell.cli", self.command, "--config", config_path, "--address", "auto", "--quiet",
-                 *self.flags]
+    def entrypoint(self, python: str = "python", config_path: str | None = CONFIG_FILE, address: str | None = "auto") -> str:
+        """The shell command the cluster runs; `None` leaves `--config` / `--address` for the caller to append."""
+        words = [python, "-m", "vcell.cli", self.command, *(["--config", config_path] if config_path else []),
+                 *(["--address", address] if address else []), "--quiet", *self.flags]
         return shlex.join(words)
 
 
