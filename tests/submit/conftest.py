@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.submit.slurm import slurm  # noqa: F401  (a session fixture: a real one-node Slurm)
+
 BIN = Path(sys.executable).parent
 PORTS = {"--port": 26310, "--dashboard-port": 26300, "--ray-client-server-port": 26301,
          "--dashboard-agent-listen-port": 26302, "--dashboard-agent-grpc-port": 26303, "--metrics-export-port": 26304,
