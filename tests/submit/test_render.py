@@ -6,6 +6,8 @@ own ray-schema.json, and the sbatch script with `bash -n`; plus the errors that 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +144,15 @@ def test_command_line_errors_submit_nothing(tmp_path):
                     "data.atlas=/mnt/vcell/a.zarr", "scaling.storage_path=/mnt/vcell/runs", cwd=tmp_path)
     assert written.returncode == 0 and "kubectl apply -f job.yaml" in written.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["job.yaml"]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
+def test_kubectl_without_a_cluster_keeps_the_manifest(tmp_path):
+    environment = {**os.environ, "KUBECONFIG": str(tmp_path / "no-kubeconfig")}  # no context: nothing to reach
+    result = subprocess.run([sys.executable, "-m", "vcell.cli", "submit", "--target", "kuberay", "--", "train",
+                             "data.atlas=/mnt/vcell/a.zarr", "scaling.storage_path=/mnt/vcell/runs"],
+                            capture_output=True, text=True, cwd=tmp_path, env=environment, timeout=120)
+    assert result.returncode == 2 and "kubectl apply failed" in result.stderr
+    assert "kubectl apply -f quickstart.rayjob.yaml" in result.stderr
+    documents = list(yaml.safe_load_all((tmp_path / "quickstart.rayjob.yaml").read_text()))
+    jsonschema.validate(documents[1], schema("rayjobs"))

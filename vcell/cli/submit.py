@@ -61,9 +61,9 @@ def run_submit(args: argparse.Namespace) -> None:
                          "or vcell submit status|logs|stop RUN")
     if words[0] in ACTIONS:
         return run_action(args, words)
+    job = cluster_job(words)
     if args.target is None:
         raise VCellError("no --target given", hint=f"pick one of {', '.join(TARGETS)}")
-    job = cluster_job(words)
     if args.target == "ray":
         return submit_ray(args, job)
     from vcell.submit.render import submit_rendered

@@ -138,9 +138,15 @@ def submit_job(client, job: ClusterJob, *, resubmit: bool = False, ship_code: bo
         client.delete_job(job.name)
     with tempfile.TemporaryDirectory(prefix="vcell-job-") as folder:
         working = stage_working_folder(job, Path(folder), ship_code)
-        client.submit_job(entrypoint=job.entrypoint(), submission_id=job.name,
-                          runtime_env={"working_dir": str(working), "env_vars": {"PYTHONUNBUFFERED": "1"}},
-                          metadata={"vcell_command": job.command})
+        try:
+            client.submit_job(entrypoint=job.entrypoint(), submission_id=job.name,
+                              runtime_env={"working_dir": str(working), "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                              metadata={"vcell_command": job.command})
+        except RuntimeError as error:  # someone submitted the same run a moment ago
+            if "already exists" not in str(error):
+                raise
+            raise VCellError(f"job '{job.name}' was just submitted by someone else: nothing submitted",
+                             hint=f"follow it with `vcell submit logs {job.name} --follow`") from None
     print(f"submitted job '{job.name}': {job.entrypoint()}")
     return True
 
