@@ -26,7 +26,7 @@ def dockerfile_arguments() -> dict[str, str]:
     return dict(re.findall(r"^ARG (\w+)=\"?([^\"\n]+)\"?$", DOCKERFILE, flags=re.M))
 
 
-def tested_versions() -> dict[str, str]:
+def versions_tested() -> dict[str, str]:
     """Distribution -> the version pyproject.toml says it was tested with (the `>=` bound)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     versions = {}
@@ -46,7 +46,7 @@ def test_hadolint_finds_nothing():
 
 
 def test_pins_match_pyproject_and_makefile():
-    arguments, tested = dockerfile_arguments(), tested_versions()
+    arguments, tested = dockerfile_arguments(), versions_tested()
     for argument, distribution in PINNED.items():
         assert Version(arguments[argument]) == Version(tested[distribution]), f"ARG {argument} vs pyproject {distribution}"
     makefile_torch = re.search(r"^TORCH_SPEC \?= torch==(\S+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
