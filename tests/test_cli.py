@@ -16,7 +16,7 @@ from vcell.config import load_config
 from vcell.models.catalogue import CATALOGUE
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"], ["embed"], ["evaluate"], ["predict"], ["tune"]]
+COMMANDS = [[], ["atlas"], ["atlas", "synth"], ["atlas", "build"], ["atlas", "info"], ["atlas", "validate"], ["models"], ["train"], ["export"], ["embed"], ["evaluate"], ["predict"], ["tune"], ["submit"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "vcell")
@@ -32,7 +32,7 @@ def test_command_surface_is_frozen():
     parser = build_parser()
     top = parser._subparsers._group_actions[0].choices
     atlas = top["atlas"]._subparsers._group_actions[0].choices
-    assert sorted(top) == ["atlas", "embed", "evaluate", "export", "models", "predict", "train", "tune"]
+    assert sorted(top) == ["atlas", "embed", "evaluate", "export", "models", "predict", "submit", "train", "tune"]
     assert sorted(atlas) == ["build", "info", "synth", "validate"]
 
 

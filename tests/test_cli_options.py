@@ -40,7 +40,8 @@ IDS = [" ".join([*path, option]) for path, option, _, _ in NUMERIC]
 def test_the_walk_finds_the_numeric_options_and_none_is_unchecked():
     found = set(IDS)
     assert {"atlas synth --cells", "atlas synth --seed", "embed --batch-size", "embed --tasks", "evaluate --max-cells",
-            "predict --cells", "predict --time", "predict --hours-since-pulse", "models --genes", "tune --trials"} <= found
+            "predict --cells", "predict --time", "predict --hours-since-pulse", "models --genes", "tune --trials", "submit --nodes",
+            "submit --gpus-per-node"} <= found
     unchecked = [name for name, (_, _, kind, _) in zip(IDS, NUMERIC) if kind in (int, float)]
     assert not unchecked, f"plain int/float options accept 0, negatives or nan: {unchecked}"
 

@@ -15,6 +15,7 @@ The allowed order, lowest first (a layer may import any layer before it, never o
     train                      Lightning module, strategies, Ray Train driver and workers
     evaluate                   metrics, plots, embed/export/predict of a finished run
     tune                       Ray Tune campaigns of training runs (evaluated)
+    submit                     cluster jobs: the Ray Jobs API, Slurm scripts, KubeRay manifests
     cli                        argument parsing for every command; calls the library
 
 config <-> models, the one accepted exception: an enhancement's config section lives with the
@@ -38,7 +39,7 @@ from collections import defaultdict
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vcell"
-ORDER = ["vcell", "errors", "files", "trees", "compat", "config", "cluster", "atlas", "data", "models", "train", "evaluate", "tune", "cli"]
+ORDER = ["vcell", "errors", "files", "trees", "compat", "config", "cluster", "atlas", "data", "models", "train", "evaluate", "tune", "submit", "cli"]
 # (importing layer, imported module) -> why this upward edge is accepted
 ALLOWED_UPWARD = {
     ("config", "vcell.models.registry"): "the model section is built from the registered enhancements' sections",

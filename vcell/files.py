@@ -21,8 +21,17 @@ from typing import BinaryIO
 
 from vcell.errors import VCellError
 
+SHIPPED_FOLDERS = {"configs": "configs", "cluster": "cluster_templates"}  # source tree -> installed name
 H5AD_WRITER_KEY = "vcell_writer"  # uns key naming the vcell command that wrote an .h5ad
 FILE_SYSTEM_ERRORS = (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError)
+
+
+def shipped_folder(name: str) -> Path:
+    """`configs` or `cluster`: the installed copy inside the package (a wheel, the Docker image), else
+    the folder at the top of the source tree (a checkout or an editable install; see setup.py)."""
+    package = Path(__file__).resolve().parent
+    installed = package / SHIPPED_FOLDERS[name]
+    return installed if installed.is_dir() else package.parent / name
 
 
 def current_umask() -> int:

@@ -11,8 +11,10 @@
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad
     vcell evaluate RUN [--atlas PATH]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] --out FILE.h5ad
+    vcell submit --target ray|slurm|kuberay [...] -- train|tune [--config F] [k=v ...]
+    vcell submit status|logs|stop RUN [--address A]
 
-One module per command group (`atlas`, `models`, `train`, `tune`, `trained_model`), each with
+One module per command group (`atlas`, `models`, `train`, `tune`, `trained_model`, `submit`), each with
 `add_<group>_parser(s)(commands)` and a `run_<command>(args)` per command; this module only wires
 them. Only this package parses arguments; nothing in it imports back from the library's callers.
 
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from vcell.cli.arguments import split_overrides
 from vcell.cli.atlas import add_atlas_parser
 from vcell.cli.models import add_models_parser
+from vcell.cli.submit import add_submit_parser
 from vcell.cli.train import add_train_parser
 from vcell.cli.trained_model import add_trained_model_parsers
 from vcell.cli.tune import add_tune_parser
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_trained_model_parsers(commands)
     add_tune_parser(commands)
+    add_submit_parser(commands)
     return parser
 
 

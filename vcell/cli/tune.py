@@ -1,6 +1,6 @@
 """`vcell tune`: a search campaign (the campaign itself is `vcell.tune.campaign.tune_campaign`).
 
-    vcell tune [--config configs/tune/quickstart.yaml] [--name N] [--address A] [--restart] [--retry-errored] [k=v ...]
+    vcell tune [--config configs/tune/quickstart.yaml] [--name N] [--address A] [--restart] [--retry-errored] [--dry-run] [k=v ...]
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def run_tune(args: argparse.Namespace) -> None:
         args.config = str(DEFAULT_CAMPAIGN)
     config = resolve_config(args, flag("name", args.name) + flag("scaling.address", args.address)
                             + flag("tune.trials", args.trials))
-    tune_campaign(config, restart=args.restart, retry_errored=args.retry_errored, progress=not args.quiet)
+    tune_campaign(config, restart=args.restart, retry_errored=args.retry_errored, progress=not args.quiet,
+                  dry_run=args.dry_run)
 
 
 def add_tune_parser(commands) -> None:
@@ -39,6 +40,8 @@ def add_tune_parser(commands) -> None:
     parser.add_argument("--restart", action="store_true", help="delete the earlier campaign of this name and start over")
     parser.add_argument("--retry-errored", action="store_true",
                         help="when continuing a campaign, start its errored trials again (from their last checkpoint)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the space, config, atlas and resources; print the base model's plan; exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.trials=4")
     add_config_arguments(parser)
     parser.set_defaults(handler=run_tune)

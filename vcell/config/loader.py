@@ -17,11 +17,11 @@ from pydantic import BaseModel, ValidationError
 from vcell.config.schema import VCellConfig
 from vcell.config.tune import TuneSection
 from vcell.errors import VCellError
-from vcell.files import atomic_write
+from vcell.files import atomic_write, shipped_folder
 from vcell.trees import merge_trees
 
 COMMAND_LINE = "the command line"
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PACKAGE_CONFIGS = shipped_folder("configs")
 DEFAULT_CONFIG = PACKAGE_CONFIGS / "experiments" / "quickstart.yaml"
 
 

@@ -124,7 +124,21 @@ def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
         f"plan        {describe_workers(plan, config)}",
         f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
         f"outputs     {config.scaling.storage_path}/{config.name}/",
+        *describe_strategy(config),
     ])
+
+
+def describe_strategy(config: VCellConfig) -> list[str]:
+    """DeepSpeed: the ZeRO JSON file the run reads (resolved now, so a dry run finds a missing one)."""
+    if config.train.strategy != "deepspeed":
+        return []
+    from vcell.train.deepspeed_cpu import CONFIG_DIRECTORY, load_deepspeed_config
+
+    settings = config.train.deepspeed
+    resolved = load_deepspeed_config(settings.stage, settings.offload, settings.overrides)
+    offload = resolved["zero_optimization"].get("offload_optimizer", {}).get("device", "none")
+    return [f"deepspeed   ZeRO-{settings.stage} from {CONFIG_DIRECTORY / f'zero{settings.stage}.json'} "
+            f"(optimizer offload: {offload})"]
 
 
 def steady_state(values: list[float]) -> float:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from vcell.cluster import ray_cluster
+from vcell.cluster import local_resources, ray_cluster
 from vcell.config.loader import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
 from vcell.train.preflight import preflight
-from vcell.train.training_plan import check_resources, training_plan, with_model_inputs
+from vcell.train.training_plan import check_resources, format_plan, training_plan, with_model_inputs
 from vcell.train.ray_train import absolute_paths, prepare_atlas, probe_storage
 from vcell.train.run import config_diff
 from vcell.trees import flatten
@@ -118,16 +118,23 @@ def make_tuner(plan: CampaignPlan, directory: Path, concurrent: int, resuming: b
 
 
 def tune_campaign(config: VCellConfig, *, restart: bool = False, retry_errored: bool = False,
-                  progress: bool = True) -> dict:
-    """Run (or continue) the campaign `config.tune` describes; the summary written to results.csv."""
+                  progress: bool = True, dry_run: bool = False) -> dict:
+    """Run (or continue) the campaign `config.tune` describes; the summary written to results.csv.
+    `dry_run`: check the space, atlas, base model and resources, print the plan, write nothing."""
     from vcell.tune.results import campaign_results
 
     plan = campaign_plan(config)
     samples = trial_count(plan)
-    atlas = prepare_atlas(config, progress)  # once here: trials must not race to build it
+    atlas = prepare_atlas(config, progress, dry_run=dry_run)  # once here: trials must not race to build it
     plan = dataclasses.replace(plan, config=with_model_inputs(config, atlas))
-    training_plan(plan.config, atlas)  # the base model builds on this atlas
+    base = training_plan(plan.config, atlas)  # the base model builds on this atlas
     preflight(plan.config, atlas)  # labels, held-out groups, a batch per worker: once, not in every trial
+    if dry_run:
+        check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
+        print(format_plan(base, plan.config))
+        print(f"campaign    {config.tune.trials} trial(s), search {config.tune.search}, "
+              f"objective {config.tune.metric} ({config.tune.mode}); keys searched: {', '.join(config.tune.space)}")
+        return {"trials": config.tune.trials, "parameters": base.parameters}
     directory = campaign_directory(config)
     resuming = prepare_campaign(directory, config, restart)
     # Tune would reject a result without the objective; an evaluation objective exists only in a
