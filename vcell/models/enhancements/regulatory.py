@@ -62,7 +62,7 @@ class RegulatoryConfig(Section):
     )
     penalty: float = Field(1e-3, ge=0, description="L1 weight on edges outside the prior (outside_prior=penalize)")
     regression_weight: float = Field(
-        0.1, ge=0, description="weight of the observational term: regulated genes' observed levels regressed on their "
+        1.0, ge=0, description="weight of the observational term: regulated genes' observed levels regressed on their "
                                "prior regulators' observed levels through W (0 = interventional evidence only)"
     )
     shrinkage: float = Field(1e-3, ge=0, description="L1 (sparsity) prior on every edge weight: mean |W| x this")
