@@ -20,7 +20,7 @@ The cells go through the normal AnnData path: an .h5ad of UMI counts with `cell_
 `perturbation` columns, built into an atlas by `build_atlas` (`vcell atlas build`). The prior
 given to `regulatory` is every ordered regulator -> gene pair (regulators: the genes that
 regulate something in the true network, as a TF list would say; no self-pairs), so the model
-must find the ~1 in 15 pairs that are real edges.
+must find the ~1 in 10 pairs that are real edges.
 """
 
 from __future__ import annotations
@@ -187,12 +187,30 @@ def run_sergio_benchmark(
     """Simulate with SERGIO (once per seed and size: kept in `directory`), build an atlas from the
     .h5ad, train `regulatory` (with `regulatory` overrides of its section) and `base`, score both
     and the co-expression / partial-correlation baselines on the true network."""
-    from vcell.evaluate.science_checks import edge_baselines, gradient_attribution
+    atlas, network, prior = sergio_atlas(Path(directory), seed, cells_per_condition)
+    loader = LoaderConfig(
+        batch_size=128, block_cells=128, buffer_cells=512, labels=["cell_type", "perturbation"], keep_counts=True,
+        threads=0, split={"val_fraction": 0.0, "test_fraction": 0.1, "seed": seed},
+    )
+    opened = open_atlas(atlas)
+    train, test = load_cells(opened, loader, "train"), load_cells(opened, loader, "test")
+    models = {}
+    for name in ("regulatory", "base"):
+        section = {"edges": str(prior), **(regulatory or {})}
+        config = ModelConfig(name=name, size="small", hidden_dim=hidden_dim, n_layers=1, regulatory=section)
+        torch.manual_seed(seed)
+        models[name] = build_model(config, spec_from_atlas(opened, config, counts=True))
+        fit(models[name], train, steps=steps, batch_size=batch_size, seed=seed)
+    vocabulary = np.array(atlas_var(opened).index)
+    scores, labels = score_network(models, train, test, network, vocabulary)
+    return IndependentResult(scores, len(labels), int(labels.sum()), len(train["x"]) + len(test["x"]), len(vocabulary), steps)
 
-    directory = Path(directory)
+
+def sergio_atlas(directory: Path, seed: int, cells_per_condition: int) -> tuple[Path, SergioNetwork, Path]:
+    """(atlas, true network, prior TSV): simulated and built on the first call, reused after."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = directory / f"sergio-{seed}-{cells_per_condition}"
-    atlas, truth = stem.with_suffix(".zarr"), Path(f"{stem}-network.tsv")
+    atlas, truth, prior = stem.with_suffix(".zarr"), Path(f"{stem}-network.tsv"), Path(f"{stem}-prior.tsv")
     if not (atlas.exists() and truth.exists()):
         counts, obs, network = simulate_sergio(cells_per_condition=cells_per_condition, seed=seed)
         h5ad = write_h5ad(stem.with_suffix(".h5ad"), counts, obs, network.genes)
@@ -200,34 +218,28 @@ def run_sergio_benchmark(
         write_network(truth, network)
     network = read_network(truth)
     source, target = full_prior(network)
-    prior = Path(f"{stem}-prior.tsv")
     names = np.array(network.genes)
     write_grn_edges(prior, names[source], names[target], np.ones(len(source), dtype=int), np.ones(len(source)))
-    loader = LoaderConfig(batch_size=128, block_cells=128, buffer_cells=512, labels=["cell_type", "perturbation"], keep_counts=True, threads=0,
-                          split={"val_fraction": 0.0, "test_fraction": 0.1, "seed": seed})
-    opened = open_atlas(atlas)
-    train, test = load_cells(opened, loader, "train"), load_cells(opened, loader, "test")
-    models = {}
-    for name in ("regulatory", "base"):
-        section = {"edges": str(prior), **(regulatory or {})}
-        config = ModelConfig(name=name, size="small", hidden_dim=hidden_dim, n_layers=1, regulatory=section)
-        spec = spec_from_atlas(opened, config, counts=True)
-        torch.manual_seed(seed)
-        models[name] = build_model(config, spec)
-        fit(models[name], train, steps=steps, batch_size=batch_size, seed=seed)
+    return atlas, network, prior
+
+
+def score_network(models: dict, train: dict, test: dict, network: SergioNetwork, vocabulary: np.ndarray):
+    """({method: EdgeScores}, labels) over the model's prior edges, matched to the truth by gene name."""
+    from vcell.evaluate.science_checks import edge_baselines, gradient_attribution
+
     spec = models["regulatory"].spec
-    # the model's prior edges in its own gene order, matched to the true network by name
-    vocabulary = list(atlas_var(opened).index)
+    names = np.array(network.genes)
     true_sign = dict(zip(zip(names[network.source], names[network.target]), network.sign))
-    pairs = list(zip(np.array(vocabulary)[spec.grn.source], np.array(vocabulary)[spec.grn.target]))
+    pairs = list(zip(vocabulary[spec.grn.source], vocabulary[spec.grn.target]))
     labels = np.array([pair in true_sign for pair in pairs])
     signs = np.array([true_sign.get(pair, 0) for pair in pairs])
     propagation = next(term for term in models["regulatory"].gene_terms if isinstance(term, RegulatoryPropagation))
+    learned = propagation.edge_weight().detach().numpy()
     attribution = gradient_attribution(models["base"], test)[spec.grn.target, spec.grn.source]
     baselines = edge_baselines(train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
     scores = {
-        "regulatory": score_edges(propagation.edge_score().detach().numpy(), propagation.edge_weight().detach().numpy(), labels, signs),
+        "regulatory": score_edges(propagation.edge_score().detach().numpy(), learned, labels, signs),
         "base (attribution)": score_edges(attribution, None, labels, signs),
         **{name: score_edges(np.abs(value), value, labels, signs) for name, value in baselines.items()},
     }
-    return IndependentResult(scores, len(labels), int(labels.sum()), len(train["x"]) + len(test["x"]), len(vocabulary), steps)
+    return scores, labels
