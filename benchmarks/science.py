@@ -8,9 +8,11 @@ Every model is trained with the plain single-process loop on the same cells (the
 point held out for all); each row compares the enhancement's catalogue model with `base`
 (and, for memory, with `temporal` alone) and a random or naive reference, on held-out cells:
 
-  regulatory    AUPRC of learned |edge weights| over a noisy GRN prior (all true edges plus
-                twice as many decoys); base: mean |d reconstruction / d input| (gradient
-                attribution); random: the share of true edges.
+  regulatory    AUPRC of the learned edge scores (|standardised weight|) over a noisy GRN prior
+                (all true edges plus twice as many decoys); base: mean |d reconstruction / d input|
+                (gradient attribution); baseline: the better of |co-expression| and |partial
+                correlation|; AUROC and sign agreement of each beside it; random: the share of
+                true edges. An independent simulator (SERGIO): benchmarks/independent.py.
   temporal      relative error of the predicted change at the held-out 4 h vs observed
                 held-out cells; base predicts no change (1.0); reference: interpolating the
                 observed 2 h and 8 h means.

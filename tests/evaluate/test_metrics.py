@@ -8,6 +8,7 @@ import torch
 
 from vcell.evaluate.metrics import (
     average_precision, column_correlations, discretized_normal_log_prob, moment_dispersion, pearson, relative_error,
+    roc_auc,
 )
 
 
@@ -20,6 +21,19 @@ def test_average_precision_of_known_rankings():
     rng = np.random.default_rng(0)
     many = rng.random(20000) < 0.25
     assert average_precision(rng.random(20000), many) == pytest.approx(0.25, abs=0.01)  # random ranking
+
+
+def test_roc_auc_and_edge_scores_of_known_rankings():
+    from vcell.evaluate.edges import score_edges
+
+    labels = np.array([1, 0, 1, 0, 0], dtype=bool)
+    assert roc_auc(np.array([5, 4, 3, 2, 1]), labels) == pytest.approx(5 / 6)  # one of six pairs misordered
+    assert roc_auc(np.zeros(5), labels) == 0.5  # ties count half
+    assert np.isnan(roc_auc(np.arange(3.0), np.zeros(3, dtype=bool)))
+    signed = np.array([2.0, -1.0, -3.0, 0.5, 0.1])
+    scores = score_edges(np.abs(signed), signed, labels, np.array([1, 0, 1, 0, 0]))
+    assert scores.sign_agreement == 0.5 and scores.auroc == pytest.approx(1.0)
+    assert np.isnan(score_edges(np.abs(signed), None, labels, np.ones(5)).sign_agreement)
 
 
 def test_pearson_and_relative_error():

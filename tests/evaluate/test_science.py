@@ -2,8 +2,8 @@
 
 The full table, with longer training, is `python benchmarks/science.py`; here a 6,000-cell
 atlas and a few hundred steps must already show the checks that are clear at that scale (the
-count likelihood, response half-times, memory); the others need the benchmark's scale to say
-anything (see its table).
+count likelihood, response half-times, memory; the GRN's edges against base and partial
+correlation); the others need the benchmark's scale to say anything (see its table).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from vcell.atlas.synth import sample_condition
 from vcell.evaluate.science import codes, prepare_science
-from vcell.evaluate.science_checks import check_memory, check_stochastic, check_temporal
+from vcell.evaluate.science_checks import check_memory, check_regulatory, check_stochastic, check_temporal
 
 pytestmark = pytest.mark.science
 
@@ -74,3 +74,17 @@ def test_memory_recovers_the_primed_minus_naive_difference(setup):
     row = check_memory(setup)
     assert row.wins and row.enhanced > row.baseline + 0.15  # observed primed - naive mean
     assert row.enhanced > row.base + 0.2 and row.enhanced > row.reference["temporal_without_memory"] + 0.2
+
+
+def test_regulatory_edges_beat_base_and_partial_correlation(setup):
+    """Measured over seeds 0, 1, 2 of this setup (prior decoys, initialisation and batches; ~20 s
+    a seed): AUPRC model 0.431 / 0.438 / 0.439 vs base 0.372 / 0.359 / 0.369 (model - base
+    0.059-0.079; seed-to-seed range of either <= 0.013); AUROC model - partial correlation
+    0.058-0.064 (range of the model's AUROC 0.010); sign agreement model 0.771-0.787 vs partial
+    correlation 0.612. Co-expression ties the model at this scale (AUPRC -0.003 to -0.001, AUROC
+    +0.000 to +0.006), so it is not asserted here; the benchmark's 30,000 cells separate them."""
+    row = check_regulatory(setup)
+    reference = row.reference
+    assert row.enhanced > row.base + 0.03
+    assert reference["auroc_regulatory"] > reference["auroc_partial correlation"] + 0.03
+    assert reference["sign_agreement_regulatory"] > reference["sign_agreement_partial correlation"] + 0.1

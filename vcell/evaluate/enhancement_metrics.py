@@ -5,9 +5,9 @@
 One function per built-in enhancement, named after it; its `Enhancement.evaluation` points here.
 
 Each section has the model's value, baselines, and a definition; without truth (a real atlas)
-a section says so instead of inventing a number. Baselines: co-expression for GRN edges,
-gene-set means of the observed input for pathway activity, the nearest observed time point and
-interpolation in log time for kinetics, a library-size-only negative binomial for count
+a section says so instead of inventing a number. Baselines: co-expression and partial
+correlation for GRN edges, gene-set means of the observed input for pathway activity, the
+nearest observed time point and interpolation in log time for kinetics, a library-size-only negative binomial for count
 calibration, "no shift" for capacity coupling, "no history" and the observed primed - naive
 mean for memory.
 """
@@ -19,6 +19,7 @@ import torch
 from scipy.stats import spearmanr
 
 from vcell.data.memory import batches_of, select
+from vcell.evaluate.edges import score_edges
 from vcell.evaluate.heldout import HeldOut
 from vcell.evaluate.metrics import average_precision, column_correlations, pearson, relative_error
 from vcell.evaluate.scores import interval_coverage
@@ -37,8 +38,12 @@ def statistics_of(data: HeldOut, cells: dict, name: str) -> np.ndarray:
 
 
 def regulatory(data: HeldOut) -> tuple[dict, dict]:
+    from vcell.evaluate.science_checks import edge_baselines
+
     spec, truth = data.model.spec, data.truth
-    learned = statistics_of(data, select(data.test, torch.arange(2)), "edge_weight")[: len(spec.grn)]
+    cells = select(data.test, torch.arange(2))
+    learned = statistics_of(data, cells, "edge_weight")[: len(spec.grn)]
+    ranking = statistics_of(data, cells, "edge_score")[: len(spec.grn)]
     if truth is None:
         return {"skipped": NO_TRUTH, "edges": int(len(spec.grn))}, {}
     source, target = data.truth_order[spec.grn.source], data.truth_order[spec.grn.target]
@@ -46,23 +51,28 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
     is_tf = source < truth.n_tfs
     true_weight[is_tf] = truth.weight_matrix[source[is_tf], target[is_tf]]
     real = true_weight != 0
-    x = data.train["x"].numpy()
-    centred = (x - x.mean(0)) / np.maximum(x.std(0), 1e-8)
-    coexpression = (centred[:, spec.grn.source] * centred[:, spec.grn.target]).mean(0)
+    baselines = edge_baselines(data.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
 
-    def edge_scores(weights: np.ndarray) -> dict:
-        scores = {"sign_agreement": float((np.sign(weights[real]) == np.sign(true_weight[real])).mean()),
-                  "spearman_abs_weight": float(spearmanr(np.abs(weights[real]), np.abs(true_weight[real]))[0])}
+    def edge_scores(scores: np.ndarray, weights: np.ndarray) -> dict:
+        values = {"sign_agreement": float((np.sign(weights[real]) == np.sign(true_weight[real])).mean()),
+                  "spearman_abs_weight": float(spearmanr(scores[real], np.abs(true_weight[real]))[0])}
         if (~real).any():
-            scores["auprc_true_vs_decoy"] = average_precision(np.abs(weights), real)
-        return scores
+            ranked = score_edges(scores, weights, real, np.sign(true_weight))
+            values.update(auprc_true_vs_decoy=ranked.auprc, auroc_true_vs_decoy=ranked.auroc)
+        return values
 
     section = {
-        "definition": "learned edge weights on the prior's edges vs the simulator's signed weights: share of true "
-                      "edges with the right sign, Spearman of |weight|; AUPRC of true vs decoy edges when the prior has decoys",
+        "definition": "learned edges on the prior's edges vs the simulator's signed weights: share of true edges with "
+                      "the right sign, Spearman of the edge score with |true weight|; AUPRC and AUROC of true vs decoy "
+                      "edges when the prior has decoys. Model: standardised |weight| ranks, the signed weight gives the "
+                      "sign; baselines: Pearson r (co-expression) and partial correlation of the training cells",
         "edges": int(len(real)), "true_edges": int(real.sum()),
-        "model": edge_scores(learned),
-        "baselines": {"coexpression": edge_scores(coexpression), "random": {"sign_agreement": 0.5}},
+        "model": edge_scores(ranking, learned),
+        "baselines": {
+            "coexpression": edge_scores(np.abs(baselines["co-expression"]), baselines["co-expression"]),
+            "partial_correlation": edge_scores(np.abs(baselines["partial correlation"]), baselines["partial correlation"]),
+            "random": {"sign_agreement": 0.5, "auprc_true_vs_decoy": float(real.mean()), "auroc_true_vs_decoy": 0.5},
+        },
     }
     return section, {"learned": learned[real], "true": true_weight[real]}
 

@@ -51,3 +51,14 @@ def moment_dispersion(counts: np.ndarray, library: np.ndarray) -> tuple[np.ndarr
     excess = ((counts - mean) ** 2 - mean).mean(0)
     theta = np.where(excess > 1e-9, (mean**2).mean(0) / np.maximum(excess, 1e-9), 1e6)
     return fraction, np.clip(theta, 1e-3, 1e6)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve: P(a true edge scores above a decoy), ties count half."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    n_true, n_false = int(labels.sum()), int((~labels).sum())
+    if n_true == 0 or n_false == 0:
+        return float("nan")
+    return float((ranks[labels].sum() - n_true * (n_true + 1) / 2) / (n_true * n_false))

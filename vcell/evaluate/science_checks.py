@@ -13,8 +13,9 @@ from vcell.atlas.store import open_atlas
 from vcell.atlas.synth import sample_condition
 from vcell.atlas.synth_model import capacity_share, cell_rates, condition_states, expected_profiles
 from vcell.data.memory import batches_of, select
+from vcell.evaluate.edges import score_edges
 from vcell.evaluate.metrics import (
-    average_precision, column_correlations, discretized_normal_log_prob, moment_dispersion, pearson, relative_error,
+    average_precision, column_correlations, roc_auc, discretized_normal_log_prob, moment_dispersion, pearson, relative_error,
 )
 from vcell.evaluate.science import HELD_OUT_HOURS, ScienceRow, ScienceSetup, basal_rows, codes, predict_mean, trained
 from vcell.models.blocks import gene_set_means
@@ -27,24 +28,41 @@ TRUTH_CELLS = 8192  # simulated cells per condition behind a true mean log expre
 
 
 def check_regulatory(setup: ScienceSetup) -> ScienceRow:
-    """AUPRC of learned |edge weight| over the noisy prior's edges (true vs decoy)."""
+    """AUPRC of the learned edge scores over the noisy prior's edges (true vs decoy); AUROC and
+    the sign agreement of the learned weights with the true ones beside it."""
     model, base = trained(setup, "regulatory"), trained(setup, "base")
     spec = model.spec
     ids = np.array(spec.gene_ids)
     labels = np.array([(s, t) in setup.true_edges for s, t in zip(ids[spec.grn.source], ids[spec.grn.target])])
     propagation = next(term for term in model.gene_terms if isinstance(term, RegulatoryPropagation))
-    learned = propagation.edge_weight().detach().abs().numpy()
+    learned = propagation.edge_score().detach().numpy()
     attribution = gradient_attribution(base, setup.test)[spec.grn.target, spec.grn.source]
     perturbed = np.isin(spec.grn.source, spec.perturbation_gene[spec.perturbation_gene >= 0])
+    true_sign = true_edge_signs(setup, spec)
+    baselines = edge_baselines(setup.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
+    signed = {"regulatory": propagation.edge_weight().detach().numpy(), **baselines}
     return ScienceRow(
         "regulatory", "AUPRC of prior edges (true vs decoy)", True,
         average_precision(learned, labels), average_precision(attribution, labels), *best_edge_baseline(setup, spec, labels),
         {"edges": int(len(labels)), "true_edges": int(labels.sum()), "random": float(labels.mean()),
+         "auroc_regulatory": roc_auc(learned, labels), "auroc_base": roc_auc(attribution, labels),
+         **{f"auroc_{name}": roc_auc(np.abs(value), labels) for name, value in baselines.items()},
+         **{f"sign_agreement_{name}": score_edges(np.abs(value), value, labels, true_sign).sign_agreement
+            for name, value in signed.items()},
          "edges_from_perturbed_regulators": int(perturbed.sum()),
          "auprc_perturbed_regulators_regulatory": average_precision(learned[perturbed], labels[perturbed]),
          "auprc_perturbed_regulators_base": average_precision(attribution[perturbed], labels[perturbed]),
          "random_perturbed_regulators": float(labels[perturbed].mean())},
     )
+
+
+def true_edge_signs(setup: ScienceSetup, spec) -> np.ndarray:
+    """(E,) the simulator's sign of each prior edge (0 for decoys)."""
+    source, target = setup.truth_order[spec.grn.source], setup.truth_order[spec.grn.target]
+    sign = np.zeros(len(source))
+    is_tf = source < setup.truth.n_tfs
+    sign[is_tf] = np.sign(setup.truth.weight_matrix[source[is_tf], target[is_tf]])
+    return sign
 
 
 def best_edge_baseline(setup: ScienceSetup, spec, labels: np.ndarray) -> tuple[float, str]:
@@ -56,9 +74,12 @@ def best_edge_baseline(setup: ScienceSetup, spec, labels: np.ndarray) -> tuple[f
     return precisions[best], best
 
 
-def edge_baselines(x: np.ndarray, source: np.ndarray, target: np.ndarray, shrinkage: float = 0.1) -> dict[str, np.ndarray]:
+def edge_baselines(
+    x: np.ndarray, source: np.ndarray, target: np.ndarray, shrinkage: float = 0.1, signed: bool = False
+) -> dict[str, np.ndarray]:
     """|Pearson r| ("co-expression") and |partial correlation| (inverse of the shrunk correlation
-    matrix: r_st given all other genes) of the genes of each (source, target) pair; x (n, G)."""
+    matrix: r_st given all other genes) of the genes of each (source, target) pair; x (n, G).
+    `signed`: the values with their signs (for sign agreement)."""
     x = x - x.mean(0)
     sd = x.std(0)
     live = sd > 0
@@ -70,7 +91,8 @@ def edge_baselines(x: np.ndarray, source: np.ndarray, target: np.ndarray, shrink
     partial = np.zeros_like(correlation)
     diagonal = np.sqrt(np.diag(precision))
     partial[np.ix_(live, live)] = -precision / np.outer(diagonal, diagonal)
-    return {"co-expression": np.abs(correlation[source, target]), "partial correlation": np.abs(partial[source, target])}
+    scores = {"co-expression": correlation[source, target], "partial correlation": partial[source, target]}
+    return scores if signed else {name: np.abs(value) for name, value in scores.items()}
 
 
 def gradient_attribution(model, cells: dict[str, torch.Tensor]) -> np.ndarray:

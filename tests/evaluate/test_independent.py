@@ -1,0 +1,34 @@
+"""GRN recovery on data vcell's simulator did not make (SERGIO): slow, and only with the optional
+`science` extra installed (`pip install -e ".[science]"`); skipped otherwise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("SERGIO", reason="SERGIO is not installed: pip install -e '.[science]' (sergio-scsim)")
+
+from vcell.evaluate.independent import full_prior, run_sergio_benchmark  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_regulatory_beats_base_and_network_baselines_on_sergio(tmp_path):
+    # ~2,100 cells x 100 genes; about a minute on 2 cores (SERGIO ~15 s, two 300-step trainings)
+    result = run_sergio_benchmark(tmp_path, steps=300, cells_per_condition=100)
+    assert result.cells == 2100 and result.genes == 100
+    assert result.edges > 10 * result.true_edges  # every regulator -> gene pair: mostly non-edges
+    model = result.scores["regulatory"]
+    for name in ("base (attribution)", "co-expression", "partial correlation"):
+        assert model.auprc > result.scores[name].auprc, name
+    assert model.auroc > result.scores["partial correlation"].auroc
+    assert (tmp_path / "sergio-0-100.h5ad").exists() and (tmp_path / "sergio-0-100-network.tsv").exists()
+
+
+def test_full_prior_pairs_every_regulator_with_every_other_gene():
+    from vcell.evaluate.independent import SergioNetwork
+
+    network = SergioNetwork([f"g{i}" for i in range(5)], np.array([0, 0, 1]), np.array([1, 2, 3]), np.ones(3), np.array([0]))
+    source, target = full_prior(network)
+    assert len(source) == 2 * 4 and not (source == target).any()
+    assert set(zip(network.source, network.target)) <= set(zip(source, target))
