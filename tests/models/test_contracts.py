@@ -46,7 +46,7 @@ def test_memory_attaches_through_the_temporal_hook():
 
 def test_tick_advances_only_a_scheduled_latent():
     batch = random_batch()
-    stochastic, base = tiny("stochastic").train(), tiny("base").train()
+    stochastic, base = tiny("stochastic", stochastic={"variational": True}).train(), tiny("base").train()
     stochastic(batch), base(batch)
     assert int(stochastic.latent.steps) == 1
     stochastic.eval()(batch)

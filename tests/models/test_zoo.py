@@ -23,7 +23,7 @@ from vcell.config.model import ModelConfig
 from vcell.errors import VCellError
 from vcell.models.catalogue import CATALOGUE, enhancement_order
 from vcell.models.enhancements.resource import CapacityAllocation
-from vcell.models.enhancements.stochastic import NegativeBinomialLikelihood, VariationalLatent
+from vcell.models.enhancements.stochastic import DISPERSION_STEP_SCALE, NegativeBinomialLikelihood, VariationalLatent
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.model import VirtualCell
 from vcell.models.spec import reference_spec
@@ -69,7 +69,7 @@ def symbol_sizes(model: VirtualCell, n_cells: int) -> dict[str, int]:
     latent = model.config.dimensions()[2]
     return {
         "B": n_cells, "G": SPEC.n_genes, "P": len(SPEC.pathway_names), "C": len(SPEC.compartment_names),
-        "D": latent, "E": len(SPEC.grn), "S": 3,
+        "D": latent, "E": len(SPEC.grn), "S": 2,
     }
 
 
@@ -263,7 +263,7 @@ def test_negative_binomial_samples_have_the_modelled_mean_and_variance():
     torch.manual_seed(0)
     likelihood = NegativeBinomialLikelihood(n_genes=3, latent=4, zero_inflated=False)
     with torch.no_grad():
-        likelihood.log_dispersion.copy_(torch.log(torch.tensor([0.5, 2.0, 20.0])))
+        likelihood.log_dispersion.copy_(torch.log(torch.tensor([0.5, 2.0, 20.0])) / DISPERSION_STEP_SCALE)
     theta = likelihood().detach()
     mean = torch.tensor([3.0, 10.0, 40.0]).expand(40000, 3)
     counts = likelihood.sample(Prediction(expression=torch.log1p(mean), mean=mean))
@@ -272,7 +272,7 @@ def test_negative_binomial_samples_have_the_modelled_mean_and_variance():
 
 
 def test_kl_weight_warms_up_in_training_only():
-    model = tiny("stochastic", stochastic={"kl_warmup_steps": 2})
+    model = tiny("stochastic", stochastic={"variational": True, "kl_warmup_steps": 2})
     latent = model.latent
     assert isinstance(latent, VariationalLatent) and int(latent.steps) == 0
     batch = random_batch()

@@ -1,20 +1,20 @@
-"""Multi-scale: gene-, pathway- and cell-level views of a cell, fused by learned gates.
+"""Multi-scale: gene- and pathway-level views of a cell, fused by learned gates.
 
 The gene view is the encoder before it (the base MLP, or the hierarchical encoder); the
-pathway view reads each gene set's level, log1p(mean normalised expression of its genes); the
-cell view reads whole-cell summaries of the normalised expression (its mean and spread). A
-softmax gate per cell weighs the three. The pathway scale also has a loss: the latent must
+pathway view reads each gene set's level, log1p(mean normalised expression of its genes). A
+softmax gate per cell weighs the two. The pathway scale also has a loss: the latent must
 predict the cell's gene-set levels, besides the genes.
 
-Why these read-outs and no cell-scale loss: in sparse counts, means of log expression and
-whole-cell summaries measure sequencing depth (how many genes were caught) more than biology.
-Asking the latent to predict them made depth its largest axis of variation, and cell types
-mixed in it (k-means ARI 0.10 in `full`). A set's mean normalised expression (before the log)
-is unbiased whatever the depth, so the pathway target keeps the biology and not the depth.
-Without gene-set annotations (hierarchical.missing=learned) the pathway view uses a fixed
-random partition of the genes into `learned_pathways` modules.
+Why no cell-level view or loss (there was one): in sparse counts every whole-cell summary we
+tried (library size, detected fraction, mean and spread of the log expression or of the gene-set
+levels) measures sequencing depth more than biology, and a view of two or four numbers could
+dominate the gated sum: the latent became a depth ruler (84% of its variance, r = 0.67 with log
+library size; k-means ARI 0.02 in `full`, kNN accuracy 0.30). A set's mean normalised expression
+before the log is unbiased whatever the depth, so the pathway scale keeps the biology. Without
+gene-set annotations (hierarchical.missing=learned) the pathway view uses a fixed random
+partition of the genes into `learned_pathways` modules.
 
-Statistics: scale_weight (B, S=3) gate of the gene, pathway and cell views.
+Statistics: scale_weight (B, S=2) gate of the gene and pathway views.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ class MultiscaleConfig(Section):
 
     scale_loss_weight: float = Field(0.1, ge=0, description="weight of the pathway-level loss")
 
-N_CELL_FEATURES = 2
 
 
 class GeneSets(nn.Module):
@@ -61,11 +60,6 @@ class GeneSets(nn.Module):
         return torch.log1p(gene_set_means(torch.expm1(x), self.gene, self.group, self.size))
 
 
-def cell_features(x: torch.Tensor) -> torch.Tensor:
-    """(B, 2): mean and standard deviation of the cell's normalised expression."""
-    return torch.stack([x.mean(-1), x.std(-1)], dim=-1)
-
-
 class MultiscaleEncoder(nn.Module):
     STATS = {"scale_weight": ("B", "S")}
 
@@ -73,15 +67,13 @@ class MultiscaleEncoder(nn.Module):
         super().__init__()
         self.inner, self.n_out, self.gene_sets = inner, inner.n_out, gene_sets
         self.pathway_view = MLP(len(gene_sets.size), [hidden], inner.n_out)
-        self.cell_view = MLP(N_CELL_FEATURES, [hidden], inner.n_out)
-        self.gate = nn.Linear(3 * inner.n_out, 3)
+        self.gate = nn.Linear(2 * inner.n_out, 2)
 
     def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
         gene, stats = self.inner(x, cells)
         pathway = self.pathway_view(self.gene_sets(x))
-        cell = self.cell_view(cell_features(x))
-        views = torch.stack([gene, pathway, cell], dim=1)  # (B, 3, H)
-        weight = torch.softmax(self.gate(views.flatten(1)), dim=-1)  # (B, 3)
+        views = torch.stack([gene, pathway], dim=1)  # (B, 2, H)
+        weight = torch.softmax(self.gate(views.flatten(1)), dim=-1)  # (B, 2)
         return (weight.unsqueeze(-1) * views).sum(1), {**stats, "scale_weight": weight}
 
 
@@ -111,7 +103,7 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
 ENHANCEMENT = Enhancement(
     name="multiscale",
     title="Multi-scale",
-    summary="gene-, pathway- and cell-level views fused by gates; the latent also predicts gene-set levels",
+    summary="gene- and pathway-level views fused by gates; the latent also predicts gene-set levels",
     config=MultiscaleConfig,
     install=install,
     needs=frozenset({"gene_sets"}),
