@@ -1,0 +1,93 @@
+"""Representation on real cells vcell did not make: scanpy's pbmc68k_reduced (tests/fixtures).
+
+    python benchmarks/real_data.py                    # base, 300 steps, 3 seeds (~1 min on 2 cores)
+    python benchmarks/real_data.py --steps 600 --seeds 0
+
+700 10x PBMCs, 765 genes, log-normalised values in raw.X (no counts, so the count models
+cannot run: `base` is the catalogue entry that applies). The atlas is built through the normal
+path (`vcell atlas build --matrix raw.X`); 20% of cells are held out; the embedding of held-out
+cells is scored against the file's `bulk_labels` (10 cell types) exactly as `vcell evaluate`
+scores it: kNN accuracy (reference -> held-out), k-means ARI / NMI, label silhouette, beside
+PCA of the same input with as many components as the latent. Prints one row per seed and the
+mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vcell.atlas.store import open_atlas  # noqa: E402
+from vcell.cli import main as vcell_main  # noqa: E402
+from vcell.config.model import ModelConfig  # noqa: E402
+from vcell.config.schema import LoaderConfig  # noqa: E402
+from vcell.data.memory import load_cells  # noqa: E402
+from vcell.evaluate.representation import PCA, embedding_scores, latent_of  # noqa: E402
+from vcell.models.spec import spec_from_atlas  # noqa: E402
+from vcell.models.zoo import build_model  # noqa: E402
+from vcell.train.plain import fit  # noqa: E402
+
+PBMC = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "pbmc68k_reduced.h5ad"
+LABEL = "bulk_labels"
+
+
+def build(workdir: Path) -> Path:
+    atlas = workdir / "pbmc68k_reduced.zarr"
+    if not atlas.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        if vcell_main(["atlas", "build", str(PBMC), "--out", str(atlas), "--matrix", "raw.X"]) != 0:
+            raise SystemExit("building the pbmc68k_reduced atlas failed (see above)")
+    return atlas
+
+
+def cells(atlas: Path, seed: int) -> tuple[dict, dict]:
+    config = LoaderConfig(batch_size=128, threads=0, labels=[LABEL], normalize={"target_sum": None, "log1p": False},
+                          split={"val_fraction": 0.0, "test_fraction": 0.2, "seed": seed})
+    opened = open_atlas(atlas)
+    return load_cells(opened, config, "train"), load_cells(opened, config, "test")
+
+
+def score(atlas: Path, model_name: str, steps: int, seed: int) -> dict[str, dict[str, float]]:
+    train, test = cells(atlas, seed)
+    config = ModelConfig(name=model_name, size="small")
+    torch.manual_seed(seed)
+    model = build_model(config, spec_from_atlas(open_atlas(atlas), config, counts=False))
+    fit(model, train, steps=steps, batch_size=128, seed=seed)
+    labels_train, labels_test = train[LABEL].numpy(), test[LABEL].numpy()
+    latent_train, latent_test = latent_of(model, train), latent_of(model, test)
+    pca = PCA(train["x"].numpy(), latent_test.shape[1], seed=seed)
+    return {
+        "model": embedding_scores(latent_train, labels_train, latent_test, labels_test, seed),
+        "pca": embedding_scores(pca.transform(train["x"].numpy()), labels_train, pca.transform(test["x"].numpy()),
+                                labels_test, seed),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="base", help="catalogue model (one that needs no counts)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (split, initialisation, batches)")
+    parser.add_argument("--workdir", default="benchmarks/.real_data")
+    args = parser.parse_args()
+    atlas = build(Path(args.workdir))
+    metrics = ["knn_accuracy", "ari", "nmi", "silhouette"]
+    print(f"pbmc68k_reduced (700 cells x 765 genes, {LABEL}), {args.model}, {args.steps} steps; model / PCA")
+    print(f"{'seed':<6}" + "".join(f"{name:>22}" for name in metrics))
+    rows = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        result = score(atlas, args.model, args.steps, seed)
+        rows.append(result)
+        print(f"{seed:<6}" + "".join(f"{result['model'][m]:>12.3f} / {result['pca'][m]:<7.3f}" for m in metrics))
+    mean = {side: {m: float(np.mean([row[side][m] for row in rows])) for m in metrics} for side in ("model", "pca")}
+    print(f"{'mean':<6}" + "".join(f"{mean['model'][m]:>12.3f} / {mean['pca'][m]:<7.3f}" for m in metrics))
+
+
+if __name__ == "__main__":
+    main()
