@@ -50,8 +50,8 @@ class BiologyFile:
 BIOLOGY_FILES = (
     BiologyFile("grn_edges.tsv", "regulatory",
                 "one prior edge a row, strongest first: source, target (gene IDs), signed_weight (learned effect of "
-                "the source's level on the target's, expression per expression), score (|signed_weight| / the largest, "
-                "1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank. `pd.read_csv(f, sep='\\t')`; "
+                "the source's level on the target's, expression per expression), score (|signed_weight| standardised by "
+                "the source's and target's spread across cells, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank. `pd.read_csv(f, sep='\\t')`; "
                 "as a prior for a new run: model.regulatory.edges=<file> (score is read as the edge weight)"),
     BiologyFile("response_half_times.tsv", "temporal",
                 "one gene a row per cell type: gene_id, cell_type, half_time_hours (hours after a stimulus until the "
@@ -90,9 +90,11 @@ def grn_edges(model) -> pd.DataFrame:
     from vcell.models.enhancements.regulatory import RegulatoryPropagation, edge_table
 
     propagation = next(module for module in model.modules() if isinstance(module, RegulatoryPropagation))
+    # edge_table ranks by the standardised |weight| (sd(source) / sd(target) x |w|): raw weights of
+    # regulators with different spreads are not comparable; the score is that, scaled to [0, 1]
     table = edge_table(propagation, model.spec).rename(columns={"weight": "signed_weight"})
-    strongest = float(table["signed_weight"].abs().max()) if len(table) else 0.0
-    table["score"] = table["signed_weight"].abs() / strongest if strongest > 0 else 0.0
+    strongest = float(table["score"].max()) if len(table) else 0.0
+    table["score"] = table["score"] / strongest if strongest > 0 else 0.0
     table["sign"] = np.sign(table["signed_weight"]).astype(int)
     table["rank"] = np.arange(1, len(table) + 1)
     return table[["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank"]]
