@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vcell.atlas.synth import sample_condition
-from vcell.evaluate.science import codes, prepare_science
+from vcell.evaluate.representation import PCA, embedding_scores, latent_of
+from vcell.evaluate.science import codes, prepare_science, trained
 from vcell.evaluate.science_checks import check_memory, check_regulatory, check_stochastic, check_temporal
 
 pytestmark = pytest.mark.science
@@ -88,3 +89,19 @@ def test_regulatory_edges_beat_base_and_partial_correlation(setup):
     assert row.enhanced > row.base + 0.03
     assert reference["auroc_regulatory"] > reference["auroc_partial correlation"] + 0.03
     assert reference["sign_agreement_regulatory"] > reference["sign_agreement_partial correlation"] + 0.1
+
+
+# Measured on this setup over seeds 0, 1, 2 (300 steps, hidden 64): base kNN accuracy 0.922 /
+# 0.912 / 0.932 vs PCA 0.943 / 0.940 / 0.943; ARI 0.710 / 0.649 / 0.657 vs PCA 0.528 / 0.441 /
+# 0.693; NMI 0.743 / 0.688 / 0.693 vs 0.588 / 0.603 / 0.718. (`full` at this size still loses to
+# PCA, kNN 0.81-0.88 and ARI 0.31-0.43: see the closing note of issue 17; on the demo atlas at
+# the small preset it matches PCA.) Asserted: base keeps up with PCA, within those spreads.
+def test_base_embedding_keeps_up_with_pca(setup):
+    model, train, test = trained(setup, "base"), setup.train, setup.test
+    labels_train, labels_test = train["cell_type"].numpy(), test["cell_type"].numpy()
+    ours = embedding_scores(latent_of(model, train), labels_train, latent_of(model, test), labels_test, setup.seed)
+    pca = PCA(train["x"].numpy(), model.config.dimensions()[2], seed=setup.seed)
+    theirs = embedding_scores(pca.transform(train["x"].numpy()), labels_train, pca.transform(test["x"].numpy()),
+                              labels_test, setup.seed)
+    assert ours["knn_accuracy"] >= theirs["knn_accuracy"] - 0.05
+    assert ours["ari"] >= 0.9 * theirs["ari"] and ours["nmi"] >= 0.9 * theirs["nmi"]
