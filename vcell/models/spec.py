@@ -55,7 +55,7 @@ class ModelSpec:
     grn: Edges | None = None  # regulator gene -> target gene (the prior)
     perturbation_gene: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (K,) -1 = none
     control_code: int = -1  # the perturbation category meaning 'not perturbed' (-1: none)
-    mean_library: float = 1000.0  # mean total counts per cell (kept in exports; no module reads it since resource uses the observed library)
+    mean_library: float = 1000.0  # mean total counts per cell (kept so exports load; unread since resource uses each cell's library)
     coverage: dict = field(default_factory=dict)  # annotation coverage, for logs and run records
 
     @property
