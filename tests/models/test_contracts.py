@@ -28,6 +28,8 @@ def test_every_slot_meets_its_protocol(name):
         assert isinstance(term, contracts.GeneTerm), f"{name}: {type(term).__name__}"
     for auxiliary in model.auxiliary:
         assert isinstance(auxiliary, contracts.Auxiliary), f"{name}: {type(auxiliary).__name__}"
+    for readout in model.readouts:
+        assert isinstance(readout, contracts.Readout), f"{name}: {type(readout).__name__}"
     if model.head.likelihood is not None:
         assert isinstance(model.head.likelihood, contracts.CountLikelihood)
         assert isinstance(model.head.mean_model, contracts.MeanModel)

@@ -136,3 +136,31 @@ def gene_set_means(x: torch.Tensor, gene: torch.Tensor, group: torch.Tensor, siz
     """(B, n_groups) mean of x over each group's genes; membership as (gene, group) pairs."""
     sums = x.new_zeros(x.shape[0], len(size)).index_add_(1, group, x[:, gene])
     return sums / size.clamp(min=1)
+
+
+# Ridge of the gene-set projection, in genes: keeps nested or duplicated gene sets (common in GO
+# and MSigDB files) solvable, splitting a shared signal between them evenly. On the science atlas
+# the activity Pearson is 0.6133 at 0.001, 0.6127 at 1 and 0.6008 at 30: the choice hardly matters.
+PROJECTION_RIDGE = 1.0
+
+
+def gene_set_projector(gene, group, n_groups: int, ridge: float = PROJECTION_RIDGE) -> torch.Tensor:
+    """(n_groups, n_groups) inverse of (overlap + ridge I), overlap[p, q] = genes in both p and q:
+    with it, `project_on_gene_sets` solves the joint least squares x ~ a M over all sets at once.
+    Computed in NumPy (membership as (gene, group) index arrays), so it also works while a model
+    is built on the 'meta' device."""
+    gene, group = np.asarray(gene, dtype=np.int64), np.asarray(group, dtype=np.int64)
+    membership = np.zeros((n_groups, int(gene.max()) + 1 if len(gene) else 0))
+    membership[group, gene] = 1.0
+    overlap = membership @ membership.T
+    return torch.as_tensor(np.linalg.inv(overlap + ridge * np.eye(n_groups)), dtype=torch.float32)
+
+
+def project_on_gene_sets(x: torch.Tensor, gene: torch.Tensor, group: torch.Tensor, projector: torch.Tensor) -> torch.Tensor:
+    """(B, n_groups) activities a minimising |x - a M|^2 + ridge |a|^2, M the 0/1 membership (n_groups, G).
+
+    Unlike gene-set means, a gene in two sets is not counted in full for both: its value is
+    shared out between them, so overlapping sets stop echoing each other. Per-gene constants of
+    x add only a constant to each activity (correlations over cells do not see them)."""
+    sums = x.new_zeros(x.shape[0], len(projector)).index_add_(1, group, x[:, gene])  # (B, P) = x M^T
+    return sums @ projector.T

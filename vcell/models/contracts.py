@@ -150,3 +150,11 @@ class Auxiliary(DeclaresStats, Protocol):
     """Extra losses and statistics of each cell's own state: (z (B, D), cells) -> (losses, stats)."""
 
     def __call__(self, z: torch.Tensor, cells: CellInputs) -> tuple[Losses, Stats]: ...
+
+
+@runtime_checkable
+class Readout(DeclaresStats, Protocol):
+    """Statistics read off each cell's own reconstruction (no losses, no parameters a loss trains):
+    (prediction, cells) -> stats. Pathway activity as a projection of the decoded expression is one."""
+
+    def __call__(self, prediction: Prediction, cells: CellInputs) -> Stats: ...

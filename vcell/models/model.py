@@ -54,6 +54,7 @@ class VirtualCell(nn.Module):
         self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
+        self.readouts = nn.ModuleList(slots.readouts)
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
@@ -107,6 +108,8 @@ class VirtualCell(nn.Module):
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)
             losses.update(auxiliary_losses)
             stats.update(auxiliary_stats)
+        for readout in self.readouts:
+            stats.update(readout(prediction, cells))
         return z, prediction, losses, stats
 
     def response(self, z: torch.Tensor, unmasked: bool, cells: CellInputs) -> tuple[dict, dict]:

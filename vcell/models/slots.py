@@ -7,6 +7,7 @@
     gene_terms  [(scores, z, conditions) -> scores]            (enhancements add terms)
     head      scores -> Prediction, losses, stats              GaussianHead or CountHead
     auxiliary [(z, cells) -> losses]                           (enhancements add losses)
+    readouts  [(prediction, cells) -> stats]                   (enhancements add read-outs)
 
 An enhancement replaces or wraps a slot's module, or appends to a list slot. What a module in
 each slot must provide, its shapes and optional capabilities (`tick`, `likelihood`, a memory
@@ -23,7 +24,7 @@ from torch import nn
 
 from vcell.models.blocks import MLP, poisson_log_prob
 from vcell.models.contracts import (
-    Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel,
+    Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout,
 )
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 
@@ -41,6 +42,7 @@ class Slots:
     head: Head
     gene_terms: list[GeneTerm] = field(default_factory=list)
     auxiliary: list[Auxiliary] = field(default_factory=list)
+    readouts: list[Readout] = field(default_factory=list)
 
 
 class MLPEncoder(nn.Module):
