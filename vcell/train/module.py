@@ -99,11 +99,11 @@ class VCellModule(pl.LightningModule):
         for scheduler_config in self.trainer.lr_scheduler_configs:
             scheduler = scheduler_config.scheduler
             groups = scheduler.optimizer.param_groups
-            if all(g.get("initial_lr") == settings.learning_rate and g["weight_decay"] == settings.weight_decay
-                   for g in groups):
+            decay = [settings.weight_decay if g.get("decay", True) else 0.0 for g in groups]  # partly frozen: none
+            if all(g.get("initial_lr") == settings.learning_rate and g["weight_decay"] == d for g, d in zip(groups, decay)):
                 continue
-            for group, multiplier in zip(groups, scheduler.lr_lambdas):
-                group.update(initial_lr=settings.learning_rate, weight_decay=settings.weight_decay,
+            for group, multiplier, weight_decay in zip(groups, scheduler.lr_lambdas, decay):
+                group.update(initial_lr=settings.learning_rate, weight_decay=weight_decay,
                              lr=settings.learning_rate * multiplier(scheduler.last_epoch))
             scheduler.base_lrs = [settings.learning_rate] * len(groups)
             set_scheduler_last_lr(scheduler, [group["lr"] for group in groups])  # what get_last_lr() reports

@@ -22,8 +22,10 @@ def warmup_cosine(steps: int, warmup_fraction: float = 0.05, final_fraction: flo
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, no_weight_decay: set[str]) -> list[dict]:
-    """The trainable parameters (frozen ones left out), those in `no_weight_decay` without decay."""
+    """The trainable parameters (frozen ones left out), those in `no_weight_decay` without decay
+    (partly frozen parameters: decoupled decay would move their fixed entries). `decay` marks
+    the group whose weight decay follows the config."""
     trainable = [(name, parameter) for name, parameter in model.named_parameters() if parameter.requires_grad]
-    groups = [{"params": [p for n, p in trainable if n not in no_weight_decay], "weight_decay": weight_decay},
-              {"params": [p for n, p in trainable if n in no_weight_decay], "weight_decay": 0.0}]
+    groups = [{"params": [p for n, p in trainable if n not in no_weight_decay], "weight_decay": weight_decay, "decay": True},
+              {"params": [p for n, p in trainable if n in no_weight_decay], "weight_decay": 0.0, "decay": False}]
     return [group for group in groups if group["params"]]
