@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import finetune_config
 from vcell.atlas.store import open_atlas
+from vcell.cli import main
 from vcell.config import load_config
 from vcell.data.memory import load_cells
 from vcell.errors import VCellError
@@ -86,6 +87,9 @@ def test_vcell_train_starts_from_an_export_freezes_the_encoder_and_records_the_c
     assert torch.equal(after["encoder.network.3.weight"], before["encoder.network.3.weight"])
     decoder = "decoder.6.weight"  # not frozen: moved away from the pretrained rows
     assert not torch.equal(after[decoder][shared], before[decoder][shared + 30])
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
+    card = (tmp_path / "export" / "MODEL_CARD.md").read_text()
+    assert "started from pretrained weights: init_from " in card and "genes 70/100 matched (70%)" in card
 
 
 @pytest.mark.parametrize("override, message", [

@@ -209,6 +209,10 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
         f"- AdamW lr {config.train.learning_rate}, weight decay {config.train.weight_decay}, warm-up "
         f"{config.train.warmup_fraction:.0%} then cosine to {config.train.final_lr_fraction:.0%}, clip {config.train.gradient_clip}",
     ]
+    if metrics.get("init_from"):
+        from vcell.train.init_from import coverage_line
+
+        lines.append(f"- started from pretrained weights: {coverage_line(metrics['init_from'])}")
     if metrics:
         train, validation = metrics.get("final_train", {}), metrics.get("final_validation", {})
         lines += [

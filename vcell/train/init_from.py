@@ -7,7 +7,7 @@ The pretrained model folder brings its weights (safetensors), config, spec and c
 also has, and the rest keep their fresh initialisation. What matched is printed, written to
 `<run>/init_from.json` and copied into `metrics.json`:
 
-    init_from runs/atlas-pretrain: genes 140/200 matched (70%), perturbation 5/8, pathway 8/8, ...
+    init_from runs/atlas-pretrain/model: genes 70/100 matched (70%), perturbations 7/9 matched; 252,454 of 267,908 weights copied
 
 The model must be the same one (enhancements and sizes): gene- and category-indexed rows move
 between vocabularies, hidden widths do not. Everything here runs before any worker starts too
@@ -120,7 +120,7 @@ def coverage_line(record: dict) -> str:
     for kind, counts in record["coverage"].items():
         if counts["total"] or counts["pretrained"]:
             share = f" ({counts['matched'] / counts['total']:.0%})" if kind == "gene" and counts["total"] else ""
-            parts.append(f"{kind} {counts['matched']}/{counts['total']} matched{share}")
+            parts.append(f"{kind}s {counts['matched']}/{counts['total']} matched{share}")
     copied = f"{record['entries_copied']:,} of {record['entries']:,} weights copied"
     frozen = f"; frozen: {', '.join(record['freeze'])}" if record["freeze"] else ""
     return f"init_from {record['source']}: {', '.join(parts)}; {copied}{frozen}"
