@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vcell.config.model import ModelConfig
+from vcell.config.model import ColumnsConfig, ModelConfig
 from vcell.config.train import FREEZABLE
 from vcell.errors import VCellError
 from vcell.models.model import VirtualCell
@@ -20,6 +20,7 @@ from vcell.models.zoo import build_model
 
 POOL = [f"ENSG{i:04d}" for i in range(40)]  # genes both vocabularies draw from
 PERTURBATIONS = [f"P{i}" for i in range(10)]
+COLUMNS = ColumnsConfig()
 
 
 def make_spec(genes: list[str], perturbations: list[str], seed: int) -> tuple[ModelSpec, dict]:
@@ -62,8 +63,8 @@ def test_matched_rows_are_copied_exactly_and_the_others_untouched(case, enhancem
     new_spec, new_categories = make_spec(new_genes, new_perturbations, seed=2)
     old, new = built(old_spec, enhancements, 0), built(new_spec, enhancements, 1)
     fresh = {name: value.clone() for name, value in new.state_dict().items()}
-    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, "perturbation"),
-                              vocabulary_of(new_spec, new_categories, "perturbation"))
+    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, COLUMNS),
+                              vocabulary_of(new_spec, new_categories, COLUMNS))
 
     # the fresh mask tells the truth about every entry of every parameter
     for name, parameter in new.named_parameters():
@@ -110,8 +111,8 @@ def test_perturbation_rows_move_by_name_and_new_categories_get_fresh_rows():
     new_spec, new_categories = make_spec(POOL[:10], ["P3", "P9", "P1"], seed=1)
     old, new = built(old_spec, [], 0), built(new_spec, [], 1)
     fresh = new.dynamics.embedding.weight.detach().clone()
-    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, "perturbation"),
-                              vocabulary_of(new_spec, new_categories, "perturbation"))
+    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, COLUMNS),
+                              vocabulary_of(new_spec, new_categories, COLUMNS))
     old_rows, new_rows = old.dynamics.embedding.weight, new.dynamics.embedding.weight  # control has no row
     assert torch.equal(new_rows[0], old_rows[2]) and torch.equal(new_rows[2], old_rows[0])  # P3, P1
     assert torch.equal(new_rows[1], fresh[1])  # P9 is new
@@ -122,7 +123,7 @@ def test_a_different_hidden_width_is_refused_naming_the_parameter():
     spec, categories = make_spec(POOL[:10], ["P1"], seed=1)
     small = build_model(ModelConfig(size="tiny", hidden_dim=16), spec)
     wide = build_model(ModelConfig(size="tiny", hidden_dim=24), spec)
-    vocabulary = vocabulary_of(spec, categories, "perturbation")
+    vocabulary = vocabulary_of(spec, categories, COLUMNS)
     with pytest.raises(VCellError, match=r"'encoder.network.0.weight' has shape \(16, 10\), this model's \(24, 10\)"):
         transfer_weights(wide, small.state_dict(), vocabulary, vocabulary)
 
@@ -131,8 +132,8 @@ def test_freezing_keeps_pretrained_entries_fixed_and_trains_new_rows():
     old_spec, old_categories = make_spec(POOL[:10], [], seed=1)
     new_spec, new_categories = make_spec(POOL[5:15], [], seed=1)
     old, new = built(old_spec, [], 0), built(new_spec, [], 1)
-    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, None),
-                              vocabulary_of(new_spec, new_categories, None))
+    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, old_categories, COLUMNS),
+                              vocabulary_of(new_spec, new_categories, COLUMNS))
     frozen = freeze(new, ["encoder", "latent"], report.fresh)
     first = "encoder.network.0.weight"
     assert first in frozen.partly and frozen.partly[first] == 5 * new.encoder.network[0].weight.shape[0]

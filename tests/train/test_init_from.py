@@ -95,6 +95,8 @@ def test_vcell_train_starts_from_an_export_freezes_the_encoder_and_records_the_c
 @pytest.mark.parametrize("override, message", [
     ("model.size=tiny", r"pretrained with model.hidden_dim=256 \(this run 32\)"),
     ("train.init_min_gene_overlap=0.8", r"only 70 of this atlas's 100 model genes \(70%\)"),
+    ("loader.normalize.zscore=true", r"loader.normalize.zscore=False \(this run True\)"),
+    ("train.init_from=no-such-run", r"train.init_from: no-such-run: neither a run"),
 ])
 def test_a_source_that_does_not_fit_fails_before_any_worker_starts(finetune_atlases, pretrained_folder, tmp_path,
                                                                    override, message):

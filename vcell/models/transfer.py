@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vcell.config.model import ColumnsConfig
 from vcell.errors import VCellError
 from vcell.models.axes import Axis, AxisEntry, Stacked, declared_axes
 from vcell.models.spec import ModelSpec
@@ -34,13 +35,17 @@ Label = Hashable
 Vocabulary = dict[str, list[str]]  # axis kind -> the names of its items, in code order
 
 
-def vocabulary_of(spec: ModelSpec, categories: dict[str, list[str]], perturbation_column: str | None) -> Vocabulary:
-    """The names behind every axis kind of a model built on `spec` (categories: its category codes)."""
-    perturbations = list(categories.get(perturbation_column, [])) if perturbation_column else []
-    if len(perturbations) != spec.n_perturbations:
+def vocabulary_of(spec: ModelSpec, categories: dict[str, list[str]], columns: ColumnsConfig) -> Vocabulary:
+    """The names behind every axis kind of a model built on `spec`: its genes and annotations, and
+    the category names behind the codes of the obs columns it reads (`categories`, by column).
+    "context" (cell types) has no parameters of its own yet: it is there for coverage reports and
+    for modules that will declare per-context rows."""
+    perturbations = list(categories.get(columns.perturbation, [])) if columns.perturbation else []
+    if len(perturbations) != spec.n_perturbations:  # codes without names (a folder from before categories.json)
         perturbations = [f"perturbation code {code}" for code in range(spec.n_perturbations)]
+    contexts = list(categories.get(columns.context, [])) if columns.context else []
     return {"gene": list(spec.gene_ids), "pathway": list(spec.pathway_names),
-            "compartment": list(spec.compartment_names), "perturbation": perturbations}
+            "compartment": list(spec.compartment_names), "perturbation": perturbations, "context": contexts}
 
 
 @dataclass

@@ -34,6 +34,8 @@ from vcell.train.checkpoint import load_exported, model_directory
 
 log = logging.getLogger(__name__)
 RECORD = "init_from.json"
+PLURAL = {"gene": "genes", "pathway": "pathways", "compartment": "compartments", "perturbation": "perturbations",
+          "context": "cell types (model.columns.context)"}
 
 
 @dataclass
@@ -48,8 +50,11 @@ class Pretrained:
 
 def open_pretrained(path: str | Path) -> Pretrained:
     """The model folder of a finished run or an export (only weights vcell wrote are read)."""
-    directory = model_directory(path)
-    state = load_exported(directory)
+    try:
+        directory = model_directory(path)
+        state = load_exported(directory)
+    except VCellError as error:
+        raise VCellError(f"train.init_from: {error.message}", hint=error.hint) from None
     try:
         config = VCellConfig.model_validate(yaml.safe_load((directory / "config.yaml").read_text()))
         spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
@@ -57,7 +62,7 @@ def open_pretrained(path: str | Path) -> Pretrained:
     except (OSError, ValueError, KeyError) as error:
         raise VCellError(f"train.init_from: {directory} is not a complete vcell model folder ({error})",
                          hint="give a finished run folder or a `vcell export` folder") from None
-    return Pretrained(directory, config, vocabulary_of(spec, categories, config.model.columns.perturbation), state)
+    return Pretrained(directory, config, vocabulary_of(spec, categories, config.model.columns), state)
 
 
 def check_same_model(pretrained: Pretrained, config: VCellConfig) -> None:
@@ -70,12 +75,17 @@ def check_same_model(pretrained: Pretrained, config: VCellConfig) -> None:
     for name, before, after in zip(names, old.dimensions(), new.dimensions()):
         if before != after:
             differences.append(f"model.{name}={before} (this run {after})")
+    # the weights read expression on the scale they were trained on
+    for name in ("target_sum", "log1p", "zscore"):
+        before, after = getattr(pretrained.config.loader.normalize, name), getattr(config.loader.normalize, name)
+        if before != after:
+            differences.append(f"loader.normalize.{name}={before} (this run {after})")
     if differences:
         raise VCellError(
             f"train.init_from: the model in {pretrained.directory} differs from this run's: pretrained with "
             + ", ".join(differences),
-            hint=f"fine-tune the same model: model.name={old.name} model.size={old.size} (or the same hidden_dim, "
-            "n_layers, latent_dim and enhancements)",
+            hint=f"fine-tune the same model on the same scale: model.name={old.name} model.size={old.size} (or the "
+            "same hidden_dim, n_layers, latent_dim and enhancements) and the pretrained run's loader.normalize",
         )
 
 
@@ -98,7 +108,7 @@ def prepare(config: VCellConfig, spec: ModelSpec, categories: dict[str, list[str
     shares enough genes (`preflight` runs this before any worker starts)."""
     pretrained = open_pretrained(config.train.init_from)
     check_same_model(pretrained, config)
-    vocabulary = vocabulary_of(spec, categories, config.model.columns.perturbation)
+    vocabulary = vocabulary_of(spec, categories, config.model.columns)
     check_gene_overlap(coverage(pretrained.vocabulary, vocabulary), config, pretrained.directory)
     return pretrained, vocabulary
 
@@ -120,7 +130,7 @@ def coverage_line(record: dict) -> str:
     for kind, counts in record["coverage"].items():
         if counts["total"] or counts["pretrained"]:
             share = f" ({counts['matched'] / counts['total']:.0%})" if kind == "gene" and counts["total"] else ""
-            parts.append(f"{kind}s {counts['matched']}/{counts['total']} matched{share}")
+            parts.append(f"{PLURAL.get(kind, kind)} {counts['matched']}/{counts['total']} matched{share}")
     copied = f"{record['entries_copied']:,} of {record['entries']:,} weights copied"
     frozen = f"; frozen: {', '.join(record['freeze'])}" if record["freeze"] else ""
     return f"init_from {record['source']}: {', '.join(parts)}; {copied}{frozen}"
