@@ -23,7 +23,7 @@ OPERATIONAL = (
     "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
 )
 # the model's slots (`vcell.models.slots`) a fine-tune may freeze; tests check the model has these
-FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary")
+FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "readouts")
 ZERO_STAGES = (1, 2, 3)  # configs/deepspeed/zero<stage>.json; also checked by train.deepspeed_cpu for direct callers
 ZeroStage = Literal[ZERO_STAGES]
 
