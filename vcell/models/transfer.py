@@ -182,7 +182,7 @@ def copy_rows(parameter: torch.Tensor, old: torch.Tensor, matches: list[tuple[to
         return
     new_index = grid([new for new, _ in matches])
     old_index = grid([old_ for _, old_ in matches])
-    parameter[new_index] = old.to(parameter.dtype)[old_index]
+    parameter[new_index] = old[old_index].to(device=parameter.device, dtype=parameter.dtype)
 
 
 def fresh_mask(parameter: torch.Tensor, matches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -190,9 +190,6 @@ def fresh_mask(parameter: torch.Tensor, matches: list[tuple[torch.Tensor, torch.
     if all(len(new) for new, _ in matches):
         copied[grid([new for new, _ in matches])] = True
     return ~copied
-
-
-SLOTS = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary")
 
 
 @dataclass
@@ -207,7 +204,8 @@ class Frozen:
 
 
 def freeze(model: nn.Module, slots: Sequence[str], fresh: dict[str, torch.Tensor]) -> Frozen:
-    """Stop training the pretrained entries of the parameters in `slots` (see `SLOTS`).
+    """Stop training the pretrained entries of the parameters in `slots` (top-level modules of the
+    model: `vcell.config.train.FREEZABLE`).
 
     Entries that kept their fresh initialisation (new genes, new categories) keep training: a
     frozen encoder would otherwise read new genes through random weights forever. Their
