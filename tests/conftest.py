@@ -82,3 +82,69 @@ def train_atlas(tmp_path_factory):
     )
     out = tmp_path_factory.mktemp("train") / "atlas.zarr"
     return synthesize_atlas(out, synth, BuildConfig(shard_cells=400), progress=False)
+
+
+FINETUNE_GENES, FINETUNE_SHIFT, FINETUNE_WIDTH = 130, 30, 100  # atlas A: genes 0-99, B: 30-129 (70% shared)
+
+
+@pytest.fixture(scope="session")
+def finetune_atlases(tmp_path_factory):
+    """Two atlases of one simulation (the same biology): A the first half of 3,000 cells on genes
+    0-99, without two perturbations; B the other half on genes 30-129, so 70 of B's 100 genes are
+    A's, 30 are new, and two perturbation categories are new. Paths of both atlases and .h5ad files."""
+    import anndata as ad
+
+    from vcell.atlas.anndata_source import AnnDataSource
+    from vcell.atlas.build import build_atlas
+    from vcell.atlas.store import open_atlas
+
+    root = tmp_path_factory.mktemp("finetune")
+    synth = SynthConfig(cells=3000, genes=FINETUNE_GENES, transcription_factors=12, pathways=6, compartments=3,
+                        perturbations=8, chunk_cells=3000, truth_draws=8)
+    atlas = open_atlas(synthesize_atlas(root / "both.zarr", synth, BuildConfig(shard_cells=3000), progress=False))
+    cells = ad.concat([ad.read_zarr(atlas.path / "shards" / shard["name"]) for shard in atlas.shards])
+    half = cells.n_obs // 2
+    first = cells[:half, :FINETUNE_WIDTH]
+    perturbation = first.obs["perturbation"].astype(str)
+    first = first[~perturbation.isin(sorted(set(perturbation) - {"control"})[:2]).to_numpy()].copy()
+    first.obs["perturbation"] = first.obs["perturbation"].cat.remove_unused_categories()
+    second = cells[half:, FINETUNE_SHIFT:FINETUNE_SHIFT + FINETUNE_WIDTH].copy()
+    paths = {}
+    for name, table in (("a", first), ("b", second)):
+        table.write_h5ad(root / f"{name}.h5ad")
+        paths[f"{name}_h5ad"] = root / f"{name}.h5ad"
+        paths[name] = build_atlas([AnnDataSource(root / f"{name}.h5ad", "X", None)], root / f"{name}.zarr",
+                                  BuildConfig(shard_cells=2000), progress=False)
+    return paths
+
+
+def finetune_config(atlas, *overrides):
+    """The `base` model (small) on one of the fine-tuning atlases, 20% of its cells held out."""
+    from vcell.atlas.store import open_atlas
+    from vcell.config import load_config
+    from vcell.train.training_plan import with_model_inputs
+
+    config = load_config(None, [f"data.atlas={atlas}", "model.name=base", "model.size=small",
+                                "loader.split.test_fraction=0.2", "loader.split.val_fraction=0.0",
+                                "loader.split.holdout=[]", *overrides])
+    return with_model_inputs(config, open_atlas(atlas))
+
+
+@pytest.fixture(scope="session")
+def pretrained_folder(finetune_atlases, tmp_path_factory):
+    """The small `base` model after 150 plain-loop steps on atlas A, as a model folder (an export's files)."""
+    import torch
+
+    from vcell.atlas.store import open_atlas
+    from vcell.data.memory import load_cells
+    from vcell.evaluate.export import save_trained
+    from vcell.models.zoo import build_model
+    from vcell.train.plain import fit
+    from vcell.train.training_plan import model_spec
+
+    config = finetune_config(finetune_atlases["a"], "name=pretrain")
+    atlas = open_atlas(config.data.atlas)
+    torch.manual_seed(0)
+    model = build_model(config.model, model_spec(config, atlas))
+    fit(model, load_cells(atlas, config.loader, "train"), steps=150, batch_size=128, seed=0)
+    return save_trained(model.eval(), config, tmp_path_factory.mktemp("pretrained") / "model", step=150)

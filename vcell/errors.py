@@ -11,5 +11,5 @@ class VCellError(Exception):
     """
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        self.hint = hint
+        self.message, self.hint = message, hint
         super().__init__(message if hint is None else f"{message}\n  hint: {hint}")

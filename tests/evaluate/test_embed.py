@@ -140,3 +140,27 @@ def test_ray_tasks_embed_spans_with_the_same_result(ray_cluster, embedded, train
     reversed_out = ad.read_h5ad(embed_run(trained_folder, tmp_path / "reversed.h5ad", tmp_path / "r.h5ad", tasks=2,
                                           progress=False))
     np.testing.assert_allclose(reversed_out.obsm["X_vcell"], embedded[reversed_out.obs_names].obsm["X_vcell"], atol=1e-5)
+
+
+def test_a_pretrained_export_embeds_another_atlas_sharing_70_percent_of_its_genes(
+        pretrained_folder, finetune_atlases, tmp_path, capsys):
+    """Atlas B's cells (30 of the model's genes unmeasured, 30 genes it never saw) embed with the
+    model pretrained on atlas A; cell types stay apart in that embedding; too little overlap is refused."""
+    from vcell.evaluate.scores import knn_accuracy
+
+    out = tmp_path / "b.h5ad"
+    assert main(["embed", str(pretrained_folder), "--input", str(finetune_atlases["b_h5ad"]), "--out", str(out),
+                 "--quiet"]) == 0
+    assert ("genes: 70 of the model's 100 in the input (70%); 30 unmeasured, 30 input genes not in the model "
+            "(ignored)") not in capsys.readouterr().out  # --quiet: no progress lines
+    embed_run(pretrained_folder, finetune_atlases["b_h5ad"], tmp_path / "again.h5ad")
+    assert "genes: 70 of the model's 100 in the input (70%); 30 unmeasured, 30 input genes not in the model" \
+        in capsys.readouterr().out
+    embedded = ad.read_h5ad(out)
+    assert embedded.n_obs == 1500 and embedded.uns["vcell"]["coverage"]["matched"] == 70
+    latent, types = embedded.obsm["X_vcell"], embedded.obs["cell_type"].cat.codes.to_numpy()
+    assert knn_accuracy(latent[::2], types[::2], latent[1::2], types[1::2]) > 0.5  # 6 types: chance ~0.17
+    assert main(["embed", str(pretrained_folder), "--input", str(finetune_atlases["b_h5ad"]), "--out",
+                 str(tmp_path / "refused.h5ad"), "--min-gene-overlap", "0.8"]) == 2
+    assert "below the minimum overlap of 80%" in capsys.readouterr().err
+    assert not (tmp_path / "refused.h5ad").exists()

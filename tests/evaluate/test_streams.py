@@ -98,3 +98,26 @@ def test_durations_written_as_text_are_read_as_hours(trained, evaluation_atlas, 
     with pytest.raises(VCellError, match=f"'{column}' .* holds 'late', which is not a duration"):
         list(open_cells(tmp_path / "bad.h5ad", trained).batches(256))
 
+
+
+def test_genes_the_input_lacks_enter_as_unmeasured_even_with_z_scores(trained, h5ad_input, tmp_path):
+    """A missing gene reads as a gene hidden in training does (0 in the model's input space), not as
+    the z-score of a measured zero; a measured zero keeps its z-score."""
+    import dataclasses
+
+    n_genes = len(trained.model.spec.gene_ids)
+    norm = dataclasses.replace(trained.normalization, gene_mean=np.full(n_genes, 1.0, np.float32),
+                               gene_scale=np.full(n_genes, 2.0, np.float32), clip=None)
+    zscored = dataclasses.replace(trained, normalization=norm)
+    table = ad.read_h5ad(h5ad_input)
+    kept = np.arange(0, n_genes, 3)
+    table[:, kept].copy().write_h5ad(tmp_path / "third.h5ad")
+    stream = open_cells(tmp_path / "third.h5ad", zscored)
+    (_, batch), = list(stream.batches(table.n_obs))
+    missing = np.setdiff1d(np.arange(n_genes), kept)
+    assert list(stream.unmeasured) == list(missing)
+    assert bool((batch["x"][:, missing] == 0).all())
+    zeros = (table[:, kept].X.toarray() == 0)
+    assert bool((batch["x"][:, kept][torch.as_tensor(zeros)] == -2.0).all())  # (0 - 1) x 2 for measured zeros
+    with pytest.raises(VCellError, match=r"only 34 of the model's 100 genes are in the input \(34%\), below the minimum"):
+        open_cells(tmp_path / "third.h5ad", zscored, min_gene_overlap=0.5)

@@ -66,16 +66,18 @@ def whole_number(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def finite_number(minimum: float) -> Callable[[str], float]:
-    """An argparse type: a finite float >= `minimum` (no nan, no inf)."""
+def finite_number(minimum: float, maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite float >= `minimum` (and <= `maximum`; no nan, no inf)."""
+
+    wanted = f">= {minimum:g}" if maximum == math.inf else f"from {minimum:g} to {maximum:g}"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number >= {minimum:g}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a finite number >= {minimum:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be a number {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be a finite number {wanted}, got {text}")
         return value
 
     parse.minimum = minimum
@@ -85,3 +87,4 @@ def finite_number(minimum: float) -> Callable[[str], float]:
 positive_int = whole_number(1)
 non_negative_int = whole_number(0)
 non_negative_hours = finite_number(0.0)
+fraction = finite_number(0.0, 1.0)

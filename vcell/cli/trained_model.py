@@ -2,6 +2,7 @@
 
     vcell export RUN --out DIR [--overwrite]
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--tasks N] [--layer L] [--gene-key K]
+                [--min-gene-overlap F]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vcell.cli.arguments import non_negative_hours, non_negative_int, positive_int, whole_number
+from vcell.cli.arguments import fraction, non_negative_hours, non_negative_int, positive_int, whole_number
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -28,7 +29,8 @@ def run_embed(args: argparse.Namespace) -> None:
 
     out = embed_run(args.run, args.input, args.out, batch_size=args.batch_size, layer=args.layer,
                     gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, tasks=args.tasks,
-                    address=args.address)
+                    address=args.address,
+                    **({} if args.min_gene_overlap is None else {"min_gene_overlap": args.min_gene_overlap}))
     print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics; see uns['vcell'])")
 
 
@@ -69,6 +71,9 @@ def add_trained_model_parsers(commands) -> None:
     embed.add_argument("--tasks", "--workers", dest="tasks", type=non_negative_int, default=0,
                        help="Ray tasks embedding spans of cells in parallel (large inputs); --workers: its old name")
     embed.add_argument("--address", help="Ray cluster for --tasks ('auto' or host:port; default: a local one)")
+    embed.add_argument("--min-gene-overlap", type=fraction,
+                       help="refuse an input with fewer than this share of the model's genes (default 0.5); the "
+                       "model's genes it lacks are read as unmeasured, its other genes are ignored")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)

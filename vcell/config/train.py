@@ -22,6 +22,8 @@ OPERATIONAL = (
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
     "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
 )
+# the model's slots (`vcell.models.slots`) a fine-tune may freeze; tests check the model has these
+FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "readouts")
 ZERO_STAGES = (1, 2, 3)  # configs/deepspeed/zero<stage>.json; also checked by train.deepspeed_cpu for direct callers
 ZeroStage = Literal[ZERO_STAGES]
 
@@ -58,6 +60,27 @@ class TrainConfig(Section):
         False, description="record every trained cell (step, epoch, atlas row) per rank in audit/: proves exactly-once delivery"
     )
     progress_bar: bool = Field(True, description="a progress bar on rank 0 (other ranks are always quiet)")
+    init_from: str | None = Field(
+        None, description="start from the weights of a finished run or `vcell export` folder (another atlas is fine): "
+        "genes matched by ID, categories by name, unmatched rows fresh; null = random initialisation"
+    )
+    freeze: list[Literal[FREEZABLE]] = Field(
+        default_factory=list, description="slots whose pretrained weights stay fixed (needs init_from), e.g. "
+        "[encoder, latent]; rows of new genes and categories in them still train"
+    )
+    init_min_gene_overlap: float = Field(
+        0.5, ge=0, le=1, description="init_from is refused when fewer than this share of the model's genes "
+        "are in the pretrained model's vocabulary"
+    )
+
+    @model_validator(mode="after")
+    def _freeze_needs_weights(self) -> TrainConfig:
+        if self.freeze and not self.init_from:
+            raise ValueError("train.freeze keeps pretrained weights fixed, but train.init_from is not set "
+                             "(freezing random weights would train nothing there): set train.init_from or drop train.freeze")
+        if len(set(self.freeze)) != len(self.freeze):
+            raise ValueError(f"train.freeze lists a slot twice: {self.freeze}")
+        return self
 
 
 class ScalingSection(Section):

@@ -6,9 +6,11 @@
         ...
 
 Genes are matched to the model's vocabulary by ID, then by symbol; model genes the input
-lacks read as zero counts (as an atlas merged from sources without them stores them), and
-input genes the model does not know still count towards each cell's library size, exactly as
-the training loader does. Normalisation (z-score statistics included) is the training run's,
+lacks are unmeasured: they enter the model as a gene hidden in training does (0 in its input
+space; zero counts before normalisation, so with `normalize.zscore` they are not the z-score of
+a zero). Input genes the model does not know are otherwise ignored but still count towards each
+cell's library size, exactly as the training loader does. `min_gene_overlap` refuses an input
+sharing fewer than that share of the model's genes. Normalisation (z-score statistics included) is the training run's,
 from the model folder, not the new input's. Category columns are re-coded to the model's
 categories by name (-1 = a category the model never saw). Batches are assembled by the same
 `BatchAssembler` the training loader uses, so a training cell gets the same input here.
@@ -49,6 +51,7 @@ class CellStream:
     chunks: object  # callable(batch_size) -> iterator of (RowBlock with model-coded labels, rows)
     assembler: BatchAssembler
     warnings: list[str] = field(default_factory=list)
+    unmeasured: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # model genes the input lacks
 
     @property
     def n_cells(self) -> int:
@@ -61,6 +64,8 @@ class CellStream:
             window, library = self.assembler.shuffle(block, np.arange(len(block.indptr) - 1))
             size = len(library)
             batch = to_tensors(self.assembler(window, library, 0, size), self.assembler.n_out)
+            if len(self.unmeasured):
+                batch["x"][:, torch.as_tensor(self.unmeasured)] = 0.0  # what a hidden gene reads as in training
             yield slice(position, position + size), batch
             position += size
 
@@ -70,7 +75,7 @@ def is_atlas(path: Path) -> bool:
 
 
 def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = None, span: tuple[int, int] | None = None,
-               layer: str | None = None, gene_key: str | None = None) -> CellStream:
+               layer: str | None = None, gene_key: str | None = None, min_gene_overlap: float = 0.0) -> CellStream:
     """A stream over an atlas (a directory with zarr.json) or an .h5ad/AnnData zarr file.
 
     `rows` (atlas rows, any order, repeats allowed) restricts an atlas to a subset; `span`
@@ -79,10 +84,13 @@ def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = 
     if is_atlas(path):
         if span is not None:
             rows = np.arange(*span, dtype=np.int64)
-        return atlas_cells(open_atlas(path), trained, rows)
-    if rows is not None:
+        stream = atlas_cells(open_atlas(path), trained, rows)
+    elif rows is not None:
         raise VCellError("choosing rows is only supported for atlas inputs")
-    return anndata_cells(path, trained, layer, gene_key, span)
+    else:
+        stream = anndata_cells(path, trained, layer, gene_key, span)
+    check_overlap(stream.coverage, min_gene_overlap, path)
+    return stream
 
 
 # -- vocabulary and categories ---------------------------------------------------------------
@@ -109,6 +117,23 @@ def align_genes(model_genes: list[str], input_ids: pd.Index, input_symbols: pd.S
     return found, coverage
 
 
+def check_overlap(coverage: dict, minimum: float, source: Path) -> None:
+    if coverage["fraction"] < minimum:
+        raise VCellError(
+            f"{source}: only {coverage['matched']:,} of the model's {coverage['model_genes']:,} genes are in the input "
+            f"({coverage['fraction']:.0%}), below the minimum overlap of {minimum:.0%}",
+            hint="check the gene IDs (--gene-key names the var column with IDs or symbols), or lower --min-gene-overlap "
+            "if embeddings from this few genes are what you want",
+        )
+
+
+def coverage_line(coverage: dict) -> str:
+    """One line for people: how the input's genes met the model's."""
+    return (f"genes: {coverage['matched']:,} of the model's {coverage['model_genes']:,} in the input "
+            f"({coverage['fraction']:.0%}); {coverage['missing']:,} unmeasured, "
+            f"{coverage['input_genes_unused']:,} input genes not in the model (ignored)")
+
+
 def category_recoder(input_categories: list[str], model_categories: list[str]) -> np.ndarray:
     """Input code -> model code by name (-1 for categories the model never saw)."""
     lookup = {name: code for code, name in enumerate(model_categories)}
@@ -121,11 +146,16 @@ def make_assembler(trained: Trained, genes: np.ndarray, n_input_genes: int) -> B
                           keep_counts="counts" in trained.model.spec.inputs)
 
 
+def unmeasured_genes(genes: np.ndarray, n_input_genes: int) -> np.ndarray:
+    """Model gene positions the input lacks (`align_genes` points them past the input's genes)."""
+    return np.flatnonzero(genes >= n_input_genes)
+
+
 def coverage_warnings(coverage: dict) -> list[str]:
     if coverage["fraction"] >= LOW_COVERAGE:
         return []
     return [f"only {coverage['matched']:,} of the model's {coverage['model_genes']:,} genes are in the input "
-            f"({coverage['fraction']:.0%}); the others read as zero and embeddings will be less reliable"]
+            f"({coverage['fraction']:.0%}); the others are unmeasured and embeddings will be less reliable"]
 
 
 def check_counts(trained: Trained, holds_counts: bool, source: Path) -> None:
@@ -164,7 +194,7 @@ def atlas_cells(atlas: Atlas, trained: Trained, rows: np.ndarray | None) -> Cell
 
     obs = atlas_obs(atlas).iloc[rows]
     return CellStream(atlas.path, obs, coverage, chunks, make_assembler(trained, genes, atlas.n_genes),
-                      coverage_warnings(coverage))
+                      coverage_warnings(coverage), unmeasured_genes(genes, atlas.n_genes))
 
 
 def atlas_has_column(atlas: Atlas, column: str) -> bool:
@@ -232,6 +262,7 @@ def anndata_cells(path: Path, trained: Trained, layer: str | None, gene_key: str
             matrix = chunk.X.astype(np.float32)
             yield RowBlock(matrix.indptr, matrix.indices, matrix.data, encode(chunk.obs))
 
-    stream = CellStream(path, obs, coverage, chunks, make_assembler(trained, genes, len(var)), coverage_warnings(coverage))
+    stream = CellStream(path, obs, coverage, chunks, make_assembler(trained, genes, len(var)), coverage_warnings(coverage),
+                        unmeasured_genes(genes, len(var)))
     stream.warnings += [f"obs has no column '{c}' (the model reads it): treated as unknown" for c in missing]
     return stream

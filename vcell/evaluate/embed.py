@@ -38,19 +38,22 @@ import torch
 from anndata.io import write_elem
 from tqdm import tqdm
 
-from vcell.evaluate.cells import CellStream, open_cells
+from vcell.evaluate.cells import CellStream, coverage_line, open_cells
 from vcell.evaluate.export import Trained, open_trained
 from vcell.errors import VCellError
 from vcell.files import H5AD_WRITER_KEY, new_output_file, output_errors, staged_file
 
+MIN_GENE_OVERLAP = 0.5  # default share of the model's genes an input must have (`--min-gene-overlap`)
 ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
 
 
 def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *, batch_size: int = 1024,
               layer: str | None = None, gene_key: str | None = None, overwrite: bool = False,
-              progress: bool = True, tasks: int = 0, address: str | None = None) -> Path:
+              progress: bool = True, tasks: int = 0, address: str | None = None,
+              min_gene_overlap: float = MIN_GENE_OVERLAP) -> Path:
     """Embed every cell of `input_path` (default: the run's training atlas) into `out`; with
-    `tasks` > 1, that many Ray tasks (a local cluster, or `address`) embed consecutive spans of cells."""
+    `tasks` > 1, that many Ray tasks (a local cluster, or `address`) embed consecutive spans of cells.
+    An input sharing fewer than `min_gene_overlap` of the model's genes is refused."""
     if batch_size < 1:  # the command line checks this in argparse; library callers get it here
         raise VCellError(f"batch_size={batch_size}: embed needs at least one cell per batch")
     given = Path(out)
@@ -58,7 +61,9 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
     trained = open_trained(run)
     source = input_path or trained.config.data.atlas
     new_output_file(given, ".h5ad", overwrite, inputs=[source])  # the default input, now known
-    stream = open_cells(source, trained, layer=layer, gene_key=gene_key)
+    stream = open_cells(source, trained, layer=layer, gene_key=gene_key, min_gene_overlap=min_gene_overlap)
+    if progress:
+        print(coverage_line(stream.coverage))
     for warning in stream.warnings:
         print(f"warning: {warning}")
     produced = None

@@ -28,7 +28,7 @@ from vcell.files import OutputKind, claim_output, current_umask, foreign_entries
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_dict
 from vcell.models.zoo import build_model, count_parameters
-from vcell.train.checkpoint import CheckpointStore, load_exported, verify_model_source
+from vcell.train.checkpoint import load_exported, model_directory, verify_model_source
 from vcell.train.tracking import read_history
 
 EXPORT_CELLS = 2000  # held-out cells read for the read-outs that predict from basal cells
@@ -64,20 +64,6 @@ class Trained:
     @property
     def run_folder(self) -> Path | None:
         return self.directory.parent if self.directory.name == "model" else None
-
-
-def model_directory(path: str | Path) -> Path:
-    """`path` itself when it holds an exported model, else its `model/` (a run folder)."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return path
-    if (path / "model" / "model.safetensors").is_file():
-        return path / "model"
-    if CheckpointStore(path).latest() is not None:
-        raise VCellError(f"{path}: the run has checkpoints but no exported model (it did not finish)",
-                         hint="run the same `vcell train` command again: it resumes, finishes and exports")
-    raise VCellError(f"{path}: neither a run with a complete checkpoint nor an exported model",
-                     hint="give a folder under runs/ of a finished run, or a `vcell export` folder")
 
 
 def load_trained(path: str | Path) -> tuple[VCellConfig, VirtualCell]:
@@ -223,6 +209,10 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
         f"- AdamW lr {config.train.learning_rate}, weight decay {config.train.weight_decay}, warm-up "
         f"{config.train.warmup_fraction:.0%} then cosine to {config.train.final_lr_fraction:.0%}, clip {config.train.gradient_clip}",
     ]
+    if metrics.get("init_from"):
+        from vcell.train.init_from import coverage_line
+
+        lines.append(f"- started from pretrained weights: {coverage_line(metrics['init_from'])}")
     if metrics:
         train, validation = metrics.get("final_train", {}), metrics.get("final_validation", {})
         lines += [

@@ -16,11 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from vcell.models.axes import Axis
+
 
 class MLP(nn.Sequential):
-    """Linear -> LayerNorm -> GELU (-> Dropout) for each hidden width, then a plain Linear."""
+    """Linear -> LayerNorm -> GELU (-> Dropout) for each hidden width, then a plain Linear.
 
-    def __init__(self, n_in: int, hidden: list[int], n_out: int, dropout: float = 0.0) -> None:
+    `input_axis` / `output_axis` name the vocabulary its inputs / outputs run over ("gene",
+    "pathway"; see `vcell.models.transfer`), so a model on another atlas can take its rows."""
+
+    def __init__(self, n_in: int, hidden: list[int], n_out: int, dropout: float = 0.0, *,
+                 input_axis: str | None = None, output_axis: str | None = None) -> None:
         layers: list[nn.Module] = []
         for width in hidden:
             layers += [nn.Linear(n_in, width), nn.LayerNorm(width), nn.GELU()]
@@ -29,6 +35,13 @@ class MLP(nn.Sequential):
             n_in = width
         layers.append(nn.Linear(n_in, n_out))
         super().__init__(*layers)
+        self.AXES: dict = {}
+        if output_axis is not None:  # weight (out, in), bias (out,)
+            last = len(layers) - 1
+            self.AXES.update({f"{last}.weight": (Axis(output_axis), None), f"{last}.bias": (Axis(output_axis),)})
+        if input_axis is not None:  # set after: a single-layer MLP's weight runs over both
+            first = self.AXES.get("0.weight", (None, None))[0]
+            self.AXES["0.weight"] = (first, Axis(input_axis))
 
 
 class EdgeLinear(nn.Module):
@@ -36,12 +49,14 @@ class EdgeLinear(nn.Module):
     the pairs an annotation allows (gene -> pathway, pathway -> compartment, TF -> target).
 
     Stored as E weights and two index buffers, so the parameter count is the number of
-    annotated pairs, not n_in x n_out.
+    annotated pairs, not n_in x n_out. `axes` names the vocabularies of its inputs and outputs
+    (("gene", "pathway")), so a model on another atlas takes the weights of the edges it shares.
     """
 
     def __init__(
         self, source, target, n_in: int, n_out: int, *, bias: bool = True,
         init: Literal["random", "mean"] = "random", init_scale: float | None = None, positive: bool = False,
+        axes: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
         if len(source) != len(target):
@@ -62,6 +77,11 @@ class EdgeLinear(nn.Module):
             weight = torch.log(torch.expm1(weight.abs().clamp(min=1e-4)))
         self.raw_weight = nn.Parameter(weight)
         self.bias = nn.Parameter(torch.zeros(n_out)) if bias else None
+        self.AXES: dict = {}
+        if axes is not None:  # each weight is the edge (source item, target item); the bias runs over targets
+            self.AXES["raw_weight"] = (Axis(tuple(axes), index=("source", "target")),)
+            if bias:
+                self.AXES["bias"] = (Axis(axes[1]),)
 
     @property
     def weight(self) -> torch.Tensor:

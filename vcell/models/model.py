@@ -37,7 +37,7 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
         encoder=MLPEncoder(spec.n_genes, hidden, n_layers, config.dropout),
         latent=DeterministicLatent(hidden, latent),
         dynamics=ConditionShift(spec.n_perturbations, latent, control_code),
-        decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout),
+        decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout, output_axis="gene"),
         head=GaussianHead(),
     )
 

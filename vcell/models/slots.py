@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vcell.models.axes import Axis
 from vcell.models.blocks import MLP, poisson_log_prob
 from vcell.models.contracts import (
     Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout,
@@ -53,7 +54,7 @@ class MLPEncoder(nn.Module):
     def __init__(self, n_genes: int, hidden: int, n_layers: int, dropout: float) -> None:
         super().__init__()
         self.n_out = hidden
-        self.network = MLP(n_genes, [hidden] * n_layers, hidden, dropout)
+        self.network = MLP(n_genes, [hidden] * n_layers, hidden, dropout, input_axis="gene")
 
     def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
         return self.network(x), {}
@@ -82,6 +83,7 @@ class ConditionShift(nn.Module):
     """
 
     STATS: dict[str, tuple[str, ...]] = {}
+    AXES = {"embedding.weight": (Axis("perturbation", rows="row"), None)}  # a row per routed perturbation
 
     def __init__(self, n_perturbations: int, latent: int, control_code: int) -> None:
         super().__init__()

@@ -342,10 +342,15 @@ def model_inputs_description(config, atlas, spec) -> tuple[dict, dict, dict]:
     from vcell.data.resolve import normalization_to_dict, resolve_normalization, select_genes
     from vcell.models.spec import spec_to_dict
 
-    categories = {column: atlas.attrs["obs_categories"][column]
-                  for column in config.loader.labels if column in atlas.attrs.get("obs_categories", {})}
+    categories = model_categories(config, atlas)
     normalization = resolve_normalization(atlas, config.loader.normalize, select_genes(atlas, config.loader.genes))
     return spec_to_dict(spec), categories, normalization_to_dict(normalization)
+
+
+def model_categories(config, atlas) -> dict[str, list[str]]:
+    """obs column -> the category names behind the codes the model reads (the loader's labels)."""
+    return {column: atlas.attrs["obs_categories"][column]
+            for column in config.loader.labels if column in atlas.attrs.get("obs_categories", {})}
 
 
 def load_exported(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -365,3 +370,17 @@ def load_exported(directory: str | Path) -> dict[str, torch.Tensor]:
         raise VCellError(f"{path} was not written by vcell (format {metadata.get('format')!r}, expected {MODEL_FORMAT!r})",
                          hint="vcell loads only weights it exported itself, with their config and spec")
     return load_file(path)
+
+
+def model_directory(path: str | Path) -> Path:
+    """`path` itself when it holds an exported model, else its `model/` (a run folder)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if (path / "model" / "model.safetensors").is_file():
+        return path / "model"
+    if CheckpointStore(path).latest() is not None:
+        raise VCellError(f"{path}: the run has checkpoints but no exported model (it did not finish)",
+                         hint="run the same `vcell train` command again: it resumes, finishes and exports")
+    raise VCellError(f"{path}: neither a run with a complete checkpoint nor an exported model",
+                     hint="give a folder under runs/ of a finished run, or a `vcell export` folder")

@@ -19,7 +19,7 @@ from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
 from vcell.models.spec import ModelSpec
 from vcell.models.zoo import build_model
-from vcell.train.schedule import warmup_cosine
+from vcell.train.schedule import parameter_groups, warmup_cosine
 
 
 def valid_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -56,6 +56,7 @@ class VCellModule(pl.LightningModule):
         super().__init__()
         self.model_config, self.spec, self.train_config = model_config, spec, train_config
         self.model = build_model(model_config, spec)
+        self.no_weight_decay: set[str] = set()  # partly frozen parameters (`transfer.freeze`): no decay of fixed rows
         self.cells_in_step = 0  # valid cells of the last training batch (throughput)
 
     def forward(self, batch: dict[str, torch.Tensor]):
@@ -98,11 +99,11 @@ class VCellModule(pl.LightningModule):
         for scheduler_config in self.trainer.lr_scheduler_configs:
             scheduler = scheduler_config.scheduler
             groups = scheduler.optimizer.param_groups
-            if all(g.get("initial_lr") == settings.learning_rate and g["weight_decay"] == settings.weight_decay
-                   for g in groups):
+            decay = [settings.weight_decay if g.get("decay", True) else 0.0 for g in groups]  # partly frozen: none
+            if all(g.get("initial_lr") == settings.learning_rate and g["weight_decay"] == d for g, d in zip(groups, decay)):
                 continue
-            for group, multiplier in zip(groups, scheduler.lr_lambdas):
-                group.update(initial_lr=settings.learning_rate, weight_decay=settings.weight_decay,
+            for group, multiplier, weight_decay in zip(groups, scheduler.lr_lambdas, decay):
+                group.update(initial_lr=settings.learning_rate, weight_decay=weight_decay,
                              lr=settings.learning_rate * multiplier(scheduler.last_epoch))
             scheduler.base_lrs = [settings.learning_rate] * len(groups)
             set_scheduler_last_lr(scheduler, [group["lr"] for group in groups])  # what get_last_lr() reports
@@ -110,7 +111,8 @@ class VCellModule(pl.LightningModule):
     def configure_optimizers(self):
         settings = self.train_config
         # Torch AdamW everywhere: DeepSpeed wraps it (its CPUAdam/FusedAdam JIT-compile for 40+ s).
-        optimizer = torch.optim.AdamW(self.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = torch.optim.AdamW(parameter_groups(self.model, settings.weight_decay, self.no_weight_decay),
+                                      lr=settings.learning_rate, weight_decay=settings.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, warmup_cosine(settings.steps, settings.warmup_fraction, settings.final_lr_fraction)
         )

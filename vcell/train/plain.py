@@ -12,17 +12,18 @@ import torch
 from torch import nn
 
 from vcell.data.memory import select
-from vcell.train.schedule import warmup_cosine
+from vcell.train.schedule import parameter_groups, warmup_cosine
 
 
 def fit(
     model: nn.Module, cells: dict[str, torch.Tensor], *, steps: int, batch_size: int = 256,
-    learning_rate: float = 1e-3, seed: int = 0, clip: float = 5.0,
+    learning_rate: float = 1e-3, seed: int = 0, clip: float = 5.0, no_weight_decay: set[str] = frozenset(),
 ) -> list[dict[str, float]]:
-    """Train on random batches of `cells` (with replacement across steps); per-step loss terms."""
+    """Train on random batches of `cells` (with replacement across steps); per-step loss terms.
+    Frozen parameters (`requires_grad=False`) are left out; `no_weight_decay` names partly frozen ones."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 1e-4, set(no_weight_decay)), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps))
     n_cells = len(cells["x"])
     history = []

@@ -6,7 +6,8 @@ A mistake found here costs seconds and leaves no run folder behind; found in a w
 cluster start and a retry. The checks: the atlas's metadata against the checksums its build
 recorded (every recorded file present, the small ones hashed; `vcell atlas validate` hashes the
 rest), the loader's label columns, the split (held-out groups that exist; a training split with
-at least one batch per worker), and that the run folder can be created.
+at least one batch per worker), that the run folder can be created, and a `train.init_from`
+source (a model folder of the same model sharing enough genes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ def preflight(config: VCellConfig, atlas: Atlas) -> None:
     check_loader_values(config, atlas)
     check_split(config, atlas)
     check_storage(run_directory(config))
+    if config.train.init_from:
+        check_init_from(config, atlas)
+
+
+def check_init_from(config: VCellConfig, atlas: Atlas) -> None:
+    """train.init_from: a model folder of the same model sharing enough genes (`init_from.prepare`)."""
+    from vcell.train.checkpoint import model_categories
+    from vcell.train.init_from import prepare
+    from vcell.train.training_plan import model_spec
+
+    prepare(config, model_spec(config, atlas), model_categories(config, atlas))
 
 
 def check_atlas_metadata(atlas: Atlas) -> None:

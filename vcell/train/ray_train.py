@@ -79,7 +79,7 @@ def absolute_paths(config: VCellConfig) -> VCellConfig:
     tree = config.model_dump(mode="json")
     model, genes = tree["model"], tree["loader"]["genes"]
     inputs = [(model[name], key) for name, enhancement in enhancements().items() for key in enhancement.input_files]
-    for section, key in ((tree["data"], "atlas"), *inputs, (genes, "file")):
+    for section, key in ((tree["data"], "atlas"), *inputs, (genes, "file"), (tree["train"], "init_from")):
         if section.get(key):
             section[key] = str(Path(section[key]).resolve())
     tree["scaling"]["storage_path"] = str(Path(tree["scaling"]["storage_path"]).resolve())

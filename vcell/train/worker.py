@@ -29,6 +29,7 @@ from vcell.files import atomic_write
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
 from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry, ValidationReport
+from vcell.train.init_from import coverage_line, read_record, start_from_pretrained, write_record
 from vcell.train.module import VCellModule
 from vcell.train.training_plan import model_spec, resolved_precision, steady_state
 from vcell.train.run import probe_writable
@@ -91,6 +92,12 @@ def train_worker(payload: dict) -> None:
     spec = model_spec(config, atlas)
     pl.seed_everything(config.seed, workers=False, verbose=False)  # the same initial weights on every rank
     module = VCellModule(config.model, spec, config.train)
+    if config.train.init_from:  # also on a resume: the checkpoint then overwrites the weights, the freeze stays
+        record, frozen = start_from_pretrained(module.model, config, spec, ckpt.model_categories(config, atlas))
+        module.no_weight_decay = set(frozen.partly)
+        if rank == 0 and latest is None:
+            write_record(run_directory, record)
+            print(coverage_line(record), flush=True)
     pl.seed_everything(config.seed + 1000 * rank, workers=False, verbose=False)  # each rank its own masks
 
     history = History(run_directory / "history.csv", resume_step=start_step)
@@ -145,6 +152,8 @@ def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, st
         "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows if r.get("data_wait_fraction")]),
         "seconds_this_attempt": round(elapsed, 2), "workers": config.scaling.workers, "strategy": config.train.strategy,
     }
+    if config.train.init_from:
+        metrics["init_from"] = read_record(run_directory)
     text = json.dumps(metrics, indent=2).encode()
     atomic_write(run_directory / "metrics.json", lambda stream: stream.write(text))
     return metrics

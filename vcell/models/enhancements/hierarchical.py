@@ -22,6 +22,7 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.models.axes import Axis, Stacked
 from vcell.models.blocks import PROJECTION_RIDGE, EdgeLinear, gene_set_means, gene_set_projector, project_on_gene_sets
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 from vcell.models.registry import Enhancement
@@ -48,7 +49,8 @@ def pathway_layer(spec: ModelSpec, config: ModelConfig) -> nn.Module:
     if spec.gene_pathway is None:
         return nn.Linear(spec.n_genes, n_pathways(spec, config))
     edges = spec.gene_pathway
-    return EdgeLinear(edges.source, edges.target, spec.n_genes, len(spec.pathway_names), init="mean")
+    return EdgeLinear(edges.source, edges.target, spec.n_genes, len(spec.pathway_names), init="mean",
+                      axes=("gene", "pathway"))
 
 
 def n_pathways(spec: ModelSpec, config: ModelConfig) -> int:
@@ -67,12 +69,18 @@ class HierarchicalEncoder(nn.Module):
         n_pathway = n_pathways(spec, config)
         if spec.pathway_compartment is not None:
             edges = spec.pathway_compartment
-            self.compartments = EdgeLinear(edges.source, edges.target, n_pathway, len(spec.compartment_names), init="mean")
+            self.compartments = EdgeLinear(edges.source, edges.target, n_pathway, len(spec.compartment_names), init="mean",
+                                           axes=("pathway", "compartment"))
             n_compartment = len(spec.compartment_names)
         else:  # learned groups (spec.compartment_names names them)
             n_compartment = len(spec.compartment_names) or max(1, n_pathway // 8)
             self.compartments = nn.Linear(n_pathway, n_compartment)
         self.combine = nn.Linear(inner.n_out + n_pathway + n_compartment, inner.n_out)
+        # combine reads [the inner encoder's features, pathways, compartments] side by side
+        self.AXES = {"combine.weight": (None, Stacked((None, Axis("pathway"), Axis("compartment"))))}
+        for name, (rows, columns) in (("pathways", ("pathway", "gene")), ("compartments", ("compartment", "pathway"))):
+            if isinstance(getattr(self, name), nn.Linear):  # dense learned groups (an EdgeLinear declares its own)
+                self.AXES.update({f"{name}.weight": (Axis(rows), Axis(columns)), f"{name}.bias": (Axis(rows),)})
 
     def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
         h, stats = self.inner(x, cells)
@@ -92,12 +100,15 @@ class PathwayDecoderTerm(nn.Module):
         super().__init__()
         n_pathway = n_pathways(spec, config)
         self.activity = nn.Linear(latent, n_pathway)
+        self.AXES = {"activity.weight": (Axis("pathway"), None), "activity.bias": (Axis("pathway"),)}
         if spec.gene_pathway is None:
             self.to_genes: nn.Module = nn.Linear(n_pathway, spec.n_genes, bias=False)
+            self.AXES["to_genes.weight"] = (Axis("gene"), Axis("pathway"))
         else:
             edges = spec.gene_pathway
             self.to_genes = EdgeLinear(
-                edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.1, positive=True
+                edges.target, edges.source, n_pathway, spec.n_genes, bias=False, init_scale=0.1, positive=True,
+                axes=("pathway", "gene"),
             )
 
     def forward(self, scores: torch.Tensor, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.errors import VCellError
+from vcell.models.axes import Axis
 from vcell.models.enhancements.temporal import stimulus_response
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
@@ -51,6 +52,7 @@ class PulseMemory(nn.Module):
     """(share (B, G), conditions) -> share + retained_g(hours since the pulse); naive cells: + 0."""
 
     STATS: dict[str, tuple[str, ...]] = {}  # its read-out (`MemoryReadout`) declares them
+    AXES = {"scaled_retained_logit": (Axis("gene"),), "scaled_log_half_time": (Axis("gene"),)}
 
     def __init__(self, n_genes: int, settings: MemoryConfig) -> None:
         super().__init__()

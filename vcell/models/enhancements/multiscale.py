@@ -26,6 +26,7 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.models.axes import Axis
 from vcell.models.blocks import MLP, gene_set_means
 from vcell.models.inputs import CellInputs
 from vcell.models.registry import Enhancement
@@ -46,6 +47,7 @@ class GeneSets(nn.Module):
 
     def __init__(self, spec: ModelSpec, n_modules: int) -> None:
         super().__init__()
+        self.axis = "pathway" if spec.gene_pathway is not None else None  # random modules are positional
         if spec.gene_pathway is not None:
             gene, group = spec.gene_pathway.source, spec.gene_pathway.target
         else:
@@ -66,7 +68,7 @@ class MultiscaleEncoder(nn.Module):
     def __init__(self, inner: nn.Module, gene_sets: GeneSets, hidden: int) -> None:
         super().__init__()
         self.inner, self.n_out, self.gene_sets = inner, inner.n_out, gene_sets
-        self.pathway_view = MLP(len(gene_sets.size), [hidden], inner.n_out)
+        self.pathway_view = MLP(len(gene_sets.size), [hidden], inner.n_out, input_axis=gene_sets.axis)
         self.gate = nn.Linear(2 * inner.n_out, 2)
 
     def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
@@ -87,6 +89,8 @@ class ScaleLosses(nn.Module):
         self.view = [gene_sets]  # registered once, in the encoder
         self.weight = weight
         self.pathway_head = nn.Linear(latent, len(gene_sets.size))
+        if gene_sets.axis is not None:
+            self.AXES = {"pathway_head.weight": (Axis(gene_sets.axis), None), "pathway_head.bias": (Axis(gene_sets.axis),)}
 
     def forward(self, z: torch.Tensor, cells: CellInputs) -> tuple[dict, dict]:
         target = self.view[0](cells.x)

@@ -49,6 +49,7 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.models.axes import Axis
 from vcell.models.blocks import EdgeLinear
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
@@ -84,6 +85,7 @@ class RegulatoryPropagation(nn.Module):
 
     def __init__(self, spec: ModelSpec, config: ModelConfig) -> None:
         super().__init__()
+        self.AXES = {"knock": (Axis("perturbation"),)}
         settings, edges, n_genes = config.regulatory, spec.grn, spec.n_genes
         self.steps, self.mode, self.gain = settings.steps, settings.outside_prior, settings.weight_gain
         source, target = edges.source, edges.target  # numpy: works while building on the meta device
@@ -92,7 +94,7 @@ class RegulatoryPropagation(nn.Module):
         regulated = np.isin(np.arange(n_genes), target)
         self.register_buffer("regulated", torch.as_tensor(regulated))
         if self.mode == "exclude":
-            self.edges = EdgeLinear(source, target, n_genes, n_genes, bias=False, init_scale=1e-3)
+            self.edges = EdgeLinear(source, target, n_genes, n_genes, bias=False, init_scale=1e-3, axes=("gene", "gene"))
         else:
             regulators = np.unique(source)
             row = np.searchsorted(regulators, source)
@@ -102,6 +104,7 @@ class RegulatoryPropagation(nn.Module):
             for name, value in buffers.items():
                 self.register_buffer(name, torch.as_tensor(value))
             self.dense = nn.Parameter(torch.randn(len(regulators), n_genes) * 1e-3)
+            self.AXES["dense"] = (Axis("gene", index="regulators"), Axis("gene"))
         # running per-gene sd of observed levels (the regression's cells): puts edge scores on one scale
         self.register_buffer("level_sd", torch.ones(n_genes))
         self.register_buffer("perturbation_gene", torch.as_tensor(spec.perturbation_gene, dtype=torch.long))

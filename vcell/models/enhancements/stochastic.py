@@ -29,6 +29,7 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.models.axes import Axis
 from vcell.models.blocks import negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
 from vcell.models.inputs import Prediction
 from vcell.models.registry import Enhancement
@@ -96,6 +97,7 @@ class VariationalLatent(nn.Module):
 
 class NegativeBinomialLikelihood(nn.Module):
     STATS = {"dispersion": ("G",), "extrinsic_variance_fraction": ("G",)}
+    AXES = {"log_dispersion": (Axis("gene"),), "zero_logits.weight": (Axis("gene"), None), "zero_logits.bias": (Axis("gene"),)}
 
     def __init__(self, n_genes: int, latent: int, zero_inflated: bool) -> None:
         super().__init__()

@@ -32,6 +32,7 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
+from vcell.models.axes import Axis
 from vcell.models.blocks import MLP
 from vcell.models.contracts import MemoryHook
 from vcell.models.inputs import CellInputs, Conditions
@@ -61,11 +62,12 @@ class StimulusResponse(nn.Module):
     """scores += share (B, G) x effect(z) (B, G); share = 1 - 2^(-t / tau_g) (+ a memory's)."""
 
     STATS: dict[str, tuple[str, ...]] = {}  # its read-out (`KineticsReadout`) declares them
+    AXES = {"scaled_log_half_time": (Axis("gene"),)}  # the network's outputs: declared by its MLP
 
     def __init__(self, latent: int, hidden: int, n_genes: int, settings: TemporalConfig) -> None:
         super().__init__()
         self.scale, self.effect_scale = settings.half_time_step_scale, settings.effect_step_scale
-        self.network = MLP(latent, [hidden], n_genes)
+        self.network = MLP(latent, [hidden], n_genes, output_axis="gene")
         nn.init.normal_(self.network[-1].weight, std=1e-3 / self.effect_scale)  # start with (almost) no response
         nn.init.zeros_(self.network[-1].bias)
         self.scaled_log_half_time = nn.Parameter(torch.full((n_genes,), math.log(settings.initial_half_time) / self.scale))
