@@ -154,6 +154,48 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_with_every_cell_once(
         assert np.array_equal(cells, train_cells), f"epoch {epoch}: not every train cell exactly once"
 
 
+def not_replayed(audit: np.ndarray) -> np.ndarray:
+    """The audit rows of steps that count: each attempt's steps up to where the next one resumed."""
+    attempts = sorted(set(audit[:, 1].tolist()))
+    replayed = np.zeros(len(audit), dtype=bool)
+    for attempt, next_attempt in zip(attempts, attempts[1:]):
+        replayed |= (audit[:, 1] == attempt) & (audit[:, 2] > next_attempt)
+    return audit[~replayed]
+
+
+def test_an_epoch_resumed_on_1_then_3_workers_trains_every_cell_once(reference, train_atlas, storage, monkeypatch,
+                                                                     tmp_path):
+    """2 workers, killed after step 6 -> resumed from step 4 on 1 worker, killed after step 10 ->
+    resumed from step 8 on 3 workers: the rest of the epoch is re-planned twice."""
+    config = run_config(train_atlas, storage, "elastic", "scaling.max_failures=0")
+    for attempt, (workers, kill_step, kill_rank) in enumerate([(2, 6, 1), (1, 10, 0)]):
+        monkeypatch.setenv("VCELL_FAULT_STEP", str(kill_step))
+        monkeypatch.setenv("VCELL_FAULT_RANK", str(kill_rank))
+        monkeypatch.setenv("VCELL_FAULT_MARKER", str(tmp_path / f"killed-{attempt}"))
+        with pytest.raises(Exception, match="(?i)fail|died|exit"):
+            train(config.model_copy(update={"scaling": config.scaling.model_copy(update={"workers": workers})}))
+    monkeypatch.delenv("VCELL_FAULT_STEP")
+    metrics = train(config.model_copy(update={"scaling": config.scaling.model_copy(update={"workers": 3})}))
+    assert (metrics["resumed_from_step"], metrics["workers"], metrics["steps"]) == (8, 3, 12)
+
+    audit = not_replayed(read_audit(run_directory(config) / "audit"))  # rank, resumed_from, step, epoch, cell
+    ranks = {step: len(set(audit[audit[:, 2] == step, 0].tolist())) for step in range(1, 13)}
+    assert ranks == {**dict.fromkeys(range(1, 5), 2), **dict.fromkeys(range(5, 9), 1), **dict.fromkeys(range(9, 13), 3)}
+    codes = np.load(run_directory(config) / "split_codes.npy")
+    train_cells = np.flatnonzero(codes == SPLITS.index("train"))
+    assert set(audit[:, 3].tolist()) == {0}  # 2 workers x 12 steps x 64 cells: one epoch (1,440 cells)
+    assert np.array_equal(np.sort(audit[:, 4]), train_cells), "not every train cell of the epoch exactly once"
+
+    # the loss curve continues: the first 4 steps are the uninterrupted run's; after them (other cells
+    # in each step) it stays closer to the uninterrupted curve than that curve's own step-to-step noise
+    resumed, uninterrupted = losses(config), losses(reference[0])
+    assert [int(row["step"]) for row in read_history(run_directory(config) / "history.csv")] == list(range(1, 13))
+    assert np.array_equal(resumed[:4], uninterrupted[:4])
+    noise = np.abs(np.diff(uninterrupted)).max()  # ~20 on a loss of ~60 here: small batches
+    assert np.abs(resumed - uninterrupted).max() < noise
+    assert max(abs(resumed[4] - resumed[3]), abs(resumed[8] - resumed[7])) < noise  # no jump where it resumed
+
+
 def test_driver_restart_resumes_and_a_dropped_loader_state_is_caught(reference, train_atlas, storage, monkeypatch, tmp_path):
     monkeypatch.setenv("VCELL_FAULT_STEP", "6")
     monkeypatch.setenv("VCELL_FAULT_MARKER", str(tmp_path / "killed"))
