@@ -7,6 +7,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -194,6 +197,35 @@ def test_an_epoch_resumed_on_1_then_3_workers_trains_every_cell_once(reference, 
     noise = np.abs(np.diff(uninterrupted)).max()  # ~20 on a loss of ~60 here: small batches
     assert np.abs(resumed - uninterrupted).max() < noise
     assert max(abs(resumed[4] - resumed[3]), abs(resumed[8] - resumed[7])) < noise  # no jump where it resumed
+
+
+@pytest.mark.slow
+def test_an_elastic_run_that_loses_a_node_continues_on_fewer_workers(train_atlas, tmp_path):
+    """scaling.min_workers: Ray Train restarts the run on the workers left after a node is removed
+    (3 -> 1, see tests/train/elastic_cluster.py), and the epoch still trains every cell once."""
+    ray_directory = Path(tempfile.mkdtemp(prefix="ve", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    # Ray's resource view refreshes every 20 s, so right after the loss it first asks for 3 workers
+    # again and waits for them until this timeout (60 s by default) before starting on 1
+    environment = {**os.environ, "RAY_TMPDIR": str(ray_directory), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "25"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "tests.train.elastic_cluster", str(train_atlas), str(tmp_path)],
+                              capture_output=True, text=True, timeout=400, env=environment, cwd=Path(__file__).parents[2])
+    finally:
+        shutil.rmtree(ray_directory, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["node_removed"] and result["metrics"]["workers"] == 1 and result["metrics"]["steps"] == 16
+    resumed_from = result["metrics"]["resumed_from_step"]
+    assert resumed_from >= 4 and resumed_from % 4 == 0
+
+    directory = tmp_path / "elastic-nodes"
+    audit = not_replayed(read_audit(directory / "audit"))  # rank, resumed_from, step, epoch, cell
+    ranks = {step: len(set(audit[audit[:, 2] == step, 0].tolist())) for step in range(1, 17)}
+    assert ranks == {step: 3 if step <= resumed_from else 1 for step in range(1, 17)}
+    train_cells = np.flatnonzero(np.load(directory / "split_codes.npy") == SPLITS.index("train"))
+    assert np.array_equal(np.sort(audit[audit[:, 3] == 0, 4]), train_cells), "epoch 0: not every train cell once"
+    later = audit[audit[:, 3] == 1, 4]
+    assert len(later) and len(np.unique(later)) == len(later)  # the next epoch (1 worker's plain plan): no repeats
 
 
 def test_driver_restart_resumes_and_a_dropped_loader_state_is_caught(reference, train_atlas, storage, monkeypatch, tmp_path):
