@@ -6,7 +6,7 @@ epoch. Every cell of the epoch is delivered exactly once as valid ('pad'; at mos
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from tests.data.test_epoch_plan_properties import layouts, rank_stream, split_rows
@@ -25,13 +25,12 @@ def small(setup: dict) -> bool:
     return setup["n_cells"] <= 4000 and setup["n_cells"] // setup["batch_size"] <= 400
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(layouts(), st.lists(st.integers(1, 5), min_size=1, max_size=2), st.data())
 def test_a_resized_epoch_delivers_every_cell_once(setup, later_worlds, data):
     expected = split_rows(setup)
     batch = setup["batch_size"]
-    if not fills_a_batch(len(expected), setup["world_size"], batch) or not small(setup):
-        return
+    assume(fills_a_batch(len(expected), setup["world_size"], batch) and small(setup))
     worlds = [setup["world_size"], *later_worlds]
     resizes: tuple[Resize, ...] = ()
     delivered, dropped_at_most = [], 0
@@ -59,13 +58,12 @@ def test_a_resized_epoch_delivers_every_cell_once(setup, later_worlds, data):
         assert np.isin(cells, expected).all() and len(expected) - len(cells) < dropped_at_most
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(layouts(), st.integers(1, 5), st.data())
 def test_the_rest_is_a_function_of_the_positions(setup, new_world, data):
     """A resumed process recomputes the same re-planned batches from (seed, epoch, positions)."""
     expected = split_rows(setup)
-    if not fills_a_batch(len(expected), setup["world_size"], setup["batch_size"]) or not small(setup):
-        return
+    assume(fills_a_batch(len(expected), setup["world_size"], setup["batch_size"]) and small(setup))
     n_batches = plan_of(setup, 0, setup["world_size"], ()).n_batches
     resize = Resize(setup["world_size"], tuple(data.draw(st.integers(0, n_batches)) for _ in range(setup["world_size"])))
     rank = data.draw(st.integers(0, new_world - 1))

@@ -26,6 +26,7 @@ recompute any batch of any epoch: resuming is "recompute the plan, skip to batch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -100,10 +101,17 @@ class Segments:
     lengths: np.ndarray  # (n_runs,) int64, all > 0
 
     @classmethod
+    def run(cls, start: int, stop: int) -> Segments:
+        """Positions start .. stop-1 (none when stop <= start)."""
+        if stop <= start:
+            return cls(np.empty(0, np.int64), np.empty(0, np.int64))
+        return cls(np.array([start], np.int64), np.array([stop - start], np.int64))
+
+    @classmethod
     def of_positions(cls, positions: np.ndarray) -> Segments:
         """Runs of consecutive positions, in the given order."""
         if len(positions) == 0:
-            return cls(np.empty(0, np.int64), np.empty(0, np.int64))
+            return cls.run(0, 0)
         breaks = np.flatnonzero(np.diff(positions) != 1) + 1
         firsts = np.concatenate([[0], breaks])
         return cls(positions[firsts].astype(np.int64), np.diff(np.concatenate([firsts, [len(positions)]])).astype(np.int64))
@@ -113,7 +121,7 @@ class Segments:
         return cls(np.concatenate([p.starts for p in parts]).astype(np.int64),
                    np.concatenate([p.lengths for p in parts]).astype(np.int64))
 
-    @property
+    @cached_property  # read for every window: up to ranks x window cells runs after a resize
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
 
@@ -128,7 +136,7 @@ class Segments:
     def take(self, start: int, stop: int) -> Segments:
         """Indices [start, stop) of the rest, as runs of stream positions."""
         if stop <= start:
-            return Segments.of_positions(np.empty(0, np.int64))
+            return Segments.run(0, 0)
         offsets = self.offsets
         first, last = np.searchsorted(offsets, [start, stop - 1], side="right") - 1
         starts, lengths = self.starts[first:last + 1].copy(), self.lengths[first:last + 1].copy()
@@ -215,10 +223,10 @@ class EpochPlan:
         return indices if self.rest is None else self.rest.positions(indices)
 
     def stream_range(self, start: int, stop: int) -> Segments:
-        if self.rest is None:
-            return Segments(np.array([start], np.int64), np.array([stop - start], np.int64)) if stop > start \
-                else Segments.of_positions(np.empty(0, np.int64))
-        return self.rest.take(start, stop)
+        """Indices [start, stop) of this plan's stream, as runs of stream positions."""
+        if self.rest is not None:
+            return self.rest.take(start, stop)
+        return Segments.run(start, stop)
 
     def rest_after(self, resize: Resize, generation: int) -> Segments:
         """The cells of the current stream that the `resize.world_size` old ranks had not yet

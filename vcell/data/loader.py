@@ -4,6 +4,7 @@
     for batch in loader:            # dicts of tensors, see below
         ...
     state = loader.state_dict()     # at any batch; load_state_dict(state) resumes exactly there
+    loader.resume(states)           # every rank's state, in rank order: also on another number of ranks
 
 A batch holds: `x` (batch, genes) float32, normalised (or `x` as a sparse CSR tensor with
 `loader.sparse`); `library_size` (batch,) raw counts per cell over all genes; `cell_index`
