@@ -108,9 +108,16 @@ class AtlasDataModule(pl.LightningDataModule):
         """The training loader's state after the last batch a training step received."""
         return self.loader("train").state_dict(self.consumed)
 
-    def resume_from(self, loader_states: list[dict]) -> None:
-        """Continue the training stream from every rank's saved position (rank order; applied at
-        setup if not yet set up): this rank's own, or the epoch re-planned for another world size."""
+    def resume_from(self, loader_state: dict) -> None:
+        """Continue the training stream at this rank's `loader_state` (applied at setup if not yet set up)."""
+        if "train" in self.loaders:
+            self.loaders["train"].load_state_dict(loader_state)
+        else:
+            self.pending_state = loader_state
+
+    def replan_from(self, loader_states: list[dict]) -> None:
+        """Continue from every rank's saved position of a run with another number of ranks (rank
+        order; applied at setup if not yet set up): the rest of the epoch re-planned over this world."""
         if "train" in self.loaders:
             self.loaders["train"].resume(loader_states)
         else:

@@ -88,8 +88,10 @@ def train_worker(payload: dict) -> None:
     datamodule = AtlasDataModule(atlas.path, config.loader, seed=config.seed, rank=rank, world_size=world_size,
                                  lightning_state=False)
     datamodule.setup()
-    if latest is not None:
-        datamodule.resume_from(latest.loader_states())
+    if rank_state is not None:
+        datamodule.resume_from(rank_state["loader"])
+    elif resized:  # every old rank's position (read only now: W files on every rank)
+        datamodule.replan_from(latest.loader_states())
     if rank == 0:
         datamodule.save_split(run_directory)
     spec = model_spec(config, atlas)
