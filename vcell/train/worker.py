@@ -6,8 +6,9 @@ Start (or restart after a failure): find the newest complete checkpoint of the r
 from it (weights, optimiser, schedule and step through Lightning; this rank's RNG and loader
 position from its own file). A checkpoint written by another number of workers (an elastic
 run) continues too: the rest of the epoch is re-planned from every old rank's loader position,
-and each rank's random streams start afresh from (seed, rank, step). Then train to `train.steps`, checkpointing on the way, validate,
-and (rank 0) export the weights and write metrics.json.
+and each rank's random streams start afresh from (seed, rank, step). Then train to
+`train.steps`, checkpointing on the way, validate, and (rank 0) export the weights and write
+metrics.json.
 """
 
 from __future__ import annotations
