@@ -209,7 +209,7 @@ def test_an_elastic_run_that_loses_a_node_continues_on_fewer_workers(train_atlas
     environment = {**os.environ, "RAY_TMPDIR": str(ray_directory), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "25"}
     try:
         done = subprocess.run([sys.executable, "-m", "tests.train.elastic_cluster", str(train_atlas), str(tmp_path)],
-                              capture_output=True, text=True, timeout=600, env=environment, cwd=Path(__file__).parents[2])
+                              capture_output=True, text=True, timeout=900, env=environment, cwd=Path(__file__).parents[2])
     finally:
         shutil.rmtree(ray_directory, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
