@@ -11,7 +11,7 @@ from vcell.data.datamodule import AtlasDataModule
 
 
 class Recorder(pl.LightningModule):
-    """The smallest model: records which cells each training step received."""
+    """The smallest model: records which cells each training step received (valid ones: not top-up repeats)."""
 
     def __init__(self):
         super().__init__()
@@ -19,7 +19,7 @@ class Recorder(pl.LightningModule):
         self.seen: list[list[int]] = []
 
     def training_step(self, batch, batch_index):
-        self.seen.append(batch["cell_index"].tolist())
+        self.seen.append(batch["cell_index"][batch["valid"]].tolist())
         return self.layer(batch["x"]).pow(2).mean()
 
     def configure_optimizers(self):
@@ -53,3 +53,25 @@ def test_datamodule_records_its_split(atlas_path, tmp_path):
     datamodule.save_split(tmp_path)
     assert (tmp_path / "split.json").is_file() and (tmp_path / "split_codes.npy").is_file()
     assert set(datamodule.loaders) == {"train", "val", "test"}
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+def test_a_datamodule_takes_over_the_epoch_of_two_ranks_alone(atlas_path):
+    """Two ranks stopped before their batch 3; one process (replan_from before setup, as a resumed
+    worker may) trains the rest of the epoch under Lightning: every train cell of it exactly once."""
+    import numpy as np
+
+    from vcell.data.loader import AtlasLoader
+    from vcell.data.split import SPLITS
+
+    config = loader_config(split={"val_fraction": 0.1})
+    datamodule = AtlasDataModule(atlas_path, config, seed=5, rank=0, world_size=1, lightning_state=False)
+    old = [AtlasLoader(atlas_path, config, seed=5, rank=rank, world_size=2) for rank in range(2)]
+    consumed = [batch for loader in old for _, batch in zip(range(3), loader)]  # range first: no 4th fetch
+    datamodule.replan_from([loader.state_dict() for loader in old])
+    datamodule.setup()
+    rest = len(datamodule.loader("train"))
+    seen = fit(datamodule, max_steps=rest)
+    cells = np.concatenate([b["cell_index"][b["valid"]].numpy() for b in consumed] + [np.array(s) for s in seen])
+    train_cells = np.flatnonzero(datamodule.split_codes == SPLITS.index("train"))
+    assert np.array_equal(np.sort(cells), train_cells)

@@ -109,6 +109,32 @@ def test_resume_with_other_world_size_mid_epoch_is_refused(atlas_path):
     assert other.epoch == 1 and other.next_batch == 0 or other.next_batch == len(finished)
 
 
+def test_an_epoch_resumed_on_other_rank_counts_delivers_every_cell_once(atlas_path):
+    """2 ranks stop before batch 3, 3 ranks take the rest and stop before their batch 2, 1 rank
+    finishes: every cell exactly once; the next epoch is the plain plan of 1 rank."""
+    config, seen, states = loader_config(), [], []
+    for world, stop in ((2, 3), (3, 2), (1, None)):
+        loaders = [AtlasLoader(atlas_path, config, rank=rank, world_size=world) for rank in range(world)]
+        for loader in loaders:
+            if states:
+                loader.resume(states)
+        assert len({len(loader) for loader in loaders}) == 1  # the same number of batches on every rank
+        for loader in loaders:
+            seen += [rows[valid] for rows, valid in stream(loader, limit=stop)]
+        states = [loader.state_dict() for loader in loaders]
+        if world == 3:  # a restart on as many ranks as wrote the states (the resizes they carry) continues alike
+            again = AtlasLoader(atlas_path, config, rank=1, world_size=3)
+            again.resume(states)
+            assert np.array_equal(stream(again, limit=1)[0][0], stream(loaders[1], limit=1)[0][0])
+    assert sorted(np.concatenate(seen).tolist()) == list(range(1230))
+    assert states[0]["epoch"] == 1 and states[0]["resizes"] == []
+    plain = AtlasLoader(atlas_path, config, rank=0, world_size=1)
+    plain.set_epoch(1)
+    assert np.array_equal(stream(loaders[0], limit=1)[0][0], stream(plain, limit=1)[0][0])
+    with pytest.raises(VCellError, match="written by rank 1 of 2"):  # states out of rank order
+        AtlasLoader(atlas_path, config, rank=0, world_size=3).resume([states[0], {**states[0], "rank": 1, "world_size": 2}][::-1])
+
+
 def test_resume_with_other_settings_is_refused(atlas_path):
     loader = AtlasLoader(atlas_path, loader_config())
     stream(loader, limit=2)

@@ -132,6 +132,25 @@ def test_rank_state_round_trips_the_random_generators(tmp_path):
         ckpt.read_checkpoint(directory, verify=True).rank_state(2)
 
 
+def test_another_number_of_workers_resumes_a_ddp_checkpoint_but_not_a_zero_one(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    fake_checkpoint(store, 4)
+    latest = ckpt.resume_point(store, "hash", False, world_size=3)  # DDP: the state is whole on every rank
+    assert latest.step == 4 and latest.loader_states() == [{"next_batch": 4, "rank": 0}, {"next_batch": 4, "rank": 1}]
+    directory = store.path(8)  # ZeRO: the optimiser state is partitioned over the 2 ranks that wrote it
+    (directory / ckpt.LIGHTNING / "tag").mkdir(parents=True)
+    (directory / ckpt.LIGHTNING / "latest").write_text("tag")
+    for rank in range(2):
+        torch.save({}, directory / ckpt.LIGHTNING / "tag" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+        ckpt.write_rank_state(directory, rank, {"next_batch": 8, "rank": rank})
+    torch.save({}, directory / ckpt.LIGHTNING / "tag" / "mp_rank_00_model_states.pt")
+    ckpt.write_manifest(directory, 8, "hash", 2, "deepspeed")
+    assert ckpt.resume_point(store, "hash", False, world_size=2).step == 8
+    with pytest.raises(VCellError, match="partitioned over 2 worker") as refused:
+        ckpt.resume_point(store, "hash", False, world_size=1)
+    assert "scaling.workers=2" in refused.value.hint and "train.strategy=ddp" in refused.value.hint
+
+
 def test_weights_come_out_of_the_lightning_file_without_the_module_prefix(tmp_path):
     store = ckpt.CheckpointStore(tmp_path)
     fake_checkpoint(store, 7)

@@ -7,6 +7,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -152,6 +155,77 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_with_every_cell_once(
     for epoch in np.unique(kept[:, 3]):
         cells = np.sort(kept[kept[:, 3] == epoch, 4])
         assert np.array_equal(cells, train_cells), f"epoch {epoch}: not every train cell exactly once"
+
+
+def not_replayed(audit: np.ndarray) -> np.ndarray:
+    """The audit rows of steps that count: each attempt's steps up to where the next one resumed."""
+    attempts = sorted(set(audit[:, 1].tolist()))
+    replayed = np.zeros(len(audit), dtype=bool)
+    for attempt, next_attempt in zip(attempts, attempts[1:]):
+        replayed |= (audit[:, 1] == attempt) & (audit[:, 2] > next_attempt)
+    return audit[~replayed]
+
+
+def test_an_epoch_resumed_on_1_then_3_workers_trains_every_cell_once(reference, train_atlas, storage, monkeypatch,
+                                                                     tmp_path):
+    """2 workers, killed after step 6 -> resumed from step 4 on 1 worker, killed after step 10 ->
+    resumed from step 8 on 3 workers: the rest of the epoch is re-planned twice."""
+    config = run_config(train_atlas, storage, "elastic", "scaling.max_failures=0")
+    for attempt, (workers, kill_step, kill_rank) in enumerate([(2, 6, 1), (1, 10, 0)]):
+        monkeypatch.setenv("VCELL_FAULT_STEP", str(kill_step))
+        monkeypatch.setenv("VCELL_FAULT_RANK", str(kill_rank))
+        monkeypatch.setenv("VCELL_FAULT_MARKER", str(tmp_path / f"killed-{attempt}"))
+        with pytest.raises(Exception, match="(?i)fail|died|exit"):
+            train(config.model_copy(update={"scaling": config.scaling.model_copy(update={"workers": workers})}))
+    monkeypatch.delenv("VCELL_FAULT_STEP")
+    metrics = train(config.model_copy(update={"scaling": config.scaling.model_copy(update={"workers": 3})}))
+    assert (metrics["resumed_from_step"], metrics["workers"], metrics["steps"]) == (8, 3, 12)
+
+    audit = not_replayed(read_audit(run_directory(config) / "audit"))  # rank, resumed_from, step, epoch, cell
+    ranks = {step: len(set(audit[audit[:, 2] == step, 0].tolist())) for step in range(1, 13)}
+    assert ranks == {**dict.fromkeys(range(1, 5), 2), **dict.fromkeys(range(5, 9), 1), **dict.fromkeys(range(9, 13), 3)}
+    codes = np.load(run_directory(config) / "split_codes.npy")
+    train_cells = np.flatnonzero(codes == SPLITS.index("train"))
+    assert set(audit[:, 3].tolist()) == {0}  # 2 workers x 12 steps x 64 cells: one epoch (1,440 cells)
+    assert np.array_equal(np.sort(audit[:, 4]), train_cells), "not every train cell of the epoch exactly once"
+
+    # the loss curve continues: the first 4 steps are the uninterrupted run's; after them (other cells
+    # in each step) it stays closer to the uninterrupted curve than that curve's own step-to-step noise
+    resumed, uninterrupted = losses(config), losses(reference[0])
+    assert [int(row["step"]) for row in read_history(run_directory(config) / "history.csv")] == list(range(1, 13))
+    assert np.array_equal(resumed[:4], uninterrupted[:4])
+    noise = np.abs(np.diff(uninterrupted)).max()  # ~20 on a loss of ~60 here: small batches
+    assert np.abs(resumed - uninterrupted).max() < noise
+    assert max(abs(resumed[4] - resumed[3]), abs(resumed[8] - resumed[7])) < noise  # no jump where it resumed
+
+
+@pytest.mark.slow
+def test_an_elastic_run_that_loses_a_node_continues_on_fewer_workers(train_atlas, tmp_path):
+    """scaling.min_workers: Ray Train restarts the run on the workers left after a node is removed
+    (3 -> 1, see tests/train/elastic_cluster.py), and the epoch still trains every cell once."""
+    ray_directory = Path(tempfile.mkdtemp(prefix="ve", dir="/tmp"))  # short: Ray's socket paths have a length limit
+    # Ray's resource view refreshes every 20 s, so right after the loss it first asks for 3 workers
+    # again and waits for them until this timeout (60 s by default) before starting on 1
+    environment = {**os.environ, "RAY_TMPDIR": str(ray_directory), "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "25"}
+    try:
+        done = subprocess.run([sys.executable, "-m", "tests.train.elastic_cluster", str(train_atlas), str(tmp_path)],
+                              capture_output=True, text=True, timeout=900, env=environment, cwd=Path(__file__).parents[2])
+    finally:
+        shutil.rmtree(ray_directory, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["node_removed"] and result["metrics"]["workers"] == 1 and result["metrics"]["steps"] == 16
+    resumed_from = result["metrics"]["resumed_from_step"]
+    assert resumed_from >= 4 and resumed_from % 4 == 0
+
+    directory = tmp_path / "elastic-nodes"
+    audit = not_replayed(read_audit(directory / "audit"))  # rank, resumed_from, step, epoch, cell
+    ranks = {step: len(set(audit[audit[:, 2] == step, 0].tolist())) for step in range(1, 17)}
+    assert ranks == {step: 3 if step <= resumed_from else 1 for step in range(1, 17)}
+    train_cells = np.flatnonzero(np.load(directory / "split_codes.npy") == SPLITS.index("train"))
+    assert np.array_equal(np.sort(audit[audit[:, 3] == 0, 4]), train_cells), "epoch 0: not every train cell once"
+    later = audit[audit[:, 3] == 1, 4]
+    assert len(later) and len(np.unique(later)) == len(later)  # the next epoch (1 worker's plain plan): no repeats
 
 
 def test_driver_restart_resumes_and_a_dropped_loader_state_is_caught(reference, train_atlas, storage, monkeypatch, tmp_path):

@@ -18,6 +18,9 @@ from pydantic import Field, model_validator
 from vcell.config.section import Section
 
 OPERATIONAL = (
+    # how many workers a run has is not what it computes: an elastic run changes it as nodes come
+    # and go, and resuming on another number re-plans the rest of the epoch (data.epoch_plan)
+    "scaling.workers", "scaling.min_workers",
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
     "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
@@ -86,7 +89,12 @@ class TrainConfig(Section):
 class ScalingSection(Section):
     """Where and on how many workers a run trains (Ray Train's ScalingConfig and RunConfig)."""
 
-    workers: int = Field(2, ge=1, description="data-parallel workers (one process each)")
+    workers: int = Field(2, ge=1, description="data-parallel workers (one process each); with min_workers, the most")
+    min_workers: int | None = Field(
+        None, ge=1,
+        description="elastic run: Ray Train starts and restarts the run on min_workers..workers workers, as many as "
+        "the cluster has room for (each resize resumes from the last checkpoint; DDP only). null: exactly `workers`",
+    )
     cpus_per_worker: int = Field(1, ge=1, description="CPU cores per worker (also its torch threads)")
     gpus_per_worker: int = Field(0, ge=0, le=1, description="GPUs per worker: 0 trains on CPU, 1 on one GPU each")
     address: str | None = Field(
@@ -99,6 +107,18 @@ class ScalingSection(Section):
         "runs", description="folder holding runs/<name>/: local, or a filesystem every node mounts on clusters"
     )
     max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1: unlimited)")
+
+    @model_validator(mode="after")
+    def _check_range(self) -> ScalingSection:
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must be <= workers ({self.workers}), the most an "
+                             "elastic run uses")
+        return self
+
+    @property
+    def fewest_workers(self) -> int:
+        """The fewest workers a run starts with: what the cluster must have room for."""
+        return self.workers if self.min_workers is None else self.min_workers
 
 
 class WandbConfig(Section):

@@ -40,6 +40,7 @@ class AtlasDataModule(pl.LightningDataModule):
         self.split_codes = None
         self.consumed: tuple[int, int] | None = None
         self.pending_state: dict | None = None
+        self.pending_resume: list[dict] | None = None
 
     def distributed_position(self) -> tuple[int, int]:
         """Given explicitly, else from the attached Trainer, else as the loader finds it."""
@@ -69,6 +70,9 @@ class AtlasDataModule(pl.LightningDataModule):
         if self.pending_state is not None:
             self.loaders["train"].load_state_dict(self.pending_state)
             self.pending_state = None
+        if self.pending_resume is not None:
+            self.loaders["train"].resume(self.pending_resume)
+            self.pending_resume = None
 
     def loader(self, split: str) -> AtlasLoader:
         if not self.loaders:
@@ -105,16 +109,27 @@ class AtlasDataModule(pl.LightningDataModule):
         return self.loader("train").state_dict(self.consumed)
 
     def resume_from(self, loader_state: dict) -> None:
-        """Continue the training stream at `loader_state` (applied at setup if not yet set up)."""
-        self.load_state_dict({"train": loader_state}, force=True)
+        """Continue the training stream at this rank's `loader_state` (applied at setup if not yet set up)."""
+        if "train" in self.loaders:
+            self.loaders["train"].load_state_dict(loader_state)
+        else:
+            self.pending_state = loader_state
+
+    def replan_from(self, loader_states: list[dict]) -> None:
+        """Continue from every rank's saved position of a run with another number of ranks (rank
+        order; applied at setup if not yet set up): the rest of the epoch re-planned over this world."""
+        if "train" in self.loaders:
+            self.loaders["train"].resume(loader_states)
+        else:
+            self.pending_resume = loader_states
 
     def state_dict(self) -> dict:
         if "train" not in self.loaders or not self.lightning_state:
             return {}
         return {"train": self.train_position()}
 
-    def load_state_dict(self, state: dict, force: bool = False) -> None:
-        if "train" not in state or not (self.lightning_state or force):
+    def load_state_dict(self, state: dict) -> None:
+        if "train" not in state or not self.lightning_state:
             return
         if "train" in self.loaders:
             self.loaders["train"].load_state_dict(state["train"])

@@ -4,6 +4,7 @@
     for batch in loader:            # dicts of tensors, see below
         ...
     state = loader.state_dict()     # at any batch; load_state_dict(state) resumes exactly there
+    loader.resume(states)           # every rank's state, in rank order: also on another number of ranks
 
 A batch holds: `x` (batch, genes) float32, normalised (or `x` as a sparse CSR tensor with
 `loader.sparse`); `library_size` (batch,) raw counts per cell over all genes; `cell_index`
@@ -31,7 +32,7 @@ import torch
 
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import LoaderConfig
-from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup
+from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup, Resize
 from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits, split_summary
@@ -41,7 +42,7 @@ from vcell.errors import VCellError
 # torch flags sparse CSR as beta on every construction; our tensors are valid by construction.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 RESERVED_KEYS = {"x", "x_indptr", "x_indices", "x_values", "counts", "library_size", "cell_index", "valid"}
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2 added `resizes`; a version-1 state reads as one without resizes
 
 
 def distributed_rank() -> tuple[int, int]:
@@ -125,6 +126,9 @@ class AtlasLoader:
         self.check_size()
         self.threads = resolve_threads(config.threads)
         self.epoch, self.next_batch = 0, 0
+        # (epoch, resizes): how that epoch's plan was re-planned by `resume`. Kept past the epoch's
+        # end: a trainer that fetched ahead still checkpoints a position in it.
+        self.resized: tuple[int, tuple[Resize, ...]] = (-1, ())
         # (epoch, batch) of each batch yielded and not yet claimed by `claim()`: lets a trainer
         # that fetches ahead (Lightning does) checkpoint the position of the batch it consumed.
         self.yielded: deque[tuple[int, int]] = deque(maxlen=1024)  # bounded when nobody claims
@@ -150,7 +154,11 @@ class AtlasLoader:
         return split_summary(self.split_codes, self.atlas.n_cells, self.config.split)
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
-        return EpochPlan(self.layout, self.members, self.epoch if epoch is None else epoch)
+        epoch = self.epoch if epoch is None else epoch
+        return EpochPlan(self.layout, self.members, epoch, self.resizes(epoch))
+
+    def resizes(self, epoch: int) -> tuple[Resize, ...]:
+        return self.resized[1] if self.resized[0] == epoch else ()
 
     def __len__(self) -> int:
         """Batches in the current epoch (the same on every rank)."""
@@ -176,6 +184,7 @@ class AtlasLoader:
         return {
             "version": STATE_VERSION, "epoch": epoch, "next_batch": next_batch,
             "rank": self.rank, "world_size": self.world_size, "fingerprint": self.fingerprint(),
+            "resizes": [resize.as_dict() for resize in self.resizes(epoch)],
         }
 
     def claim(self) -> tuple[int, int] | None:
@@ -184,7 +193,50 @@ class AtlasLoader:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where `state` was taken; refuse anything that would repeat or skip cells."""
-        if state.get("version") != STATE_VERSION:
+        self.check_state(state)
+        epoch, next_batch = int(state["epoch"]), int(state["next_batch"])
+        if state["world_size"] != self.world_size and (0 < next_batch or state.get("resizes")):
+            raise VCellError(
+                f"the run stopped in the middle of epoch {epoch} with {state['world_size']} rank(s); "
+                f"resuming one rank's position with {self.world_size} would repeat or skip cells of that epoch",
+                hint="pass every rank's state to `resume` (it re-plans the rest of the epoch), "
+                "or resume from a checkpoint taken at an epoch boundary",
+            )
+        if state["world_size"] == self.world_size and state["rank"] != self.rank:
+            raise VCellError(f"loader state of rank {state['rank']} loaded on rank {self.rank}")
+        self.epoch, self.next_batch = epoch, next_batch
+        self.resized = (epoch, tuple(Resize.from_dict(r) for r in state.get("resizes", ())))
+        self.yielded.clear()
+
+    def resume(self, states: list[dict]) -> None:
+        """Continue from every rank's state of the interrupted run (rank order). The same world
+        size: this rank's own position. Another one mid-epoch: the cells the old ranks had not
+        yet delivered are re-divided over this world (`epoch_plan`, "resize"), exactly once."""
+        if not states:
+            raise VCellError("no saved loader state to resume from")
+        if states[0].get("world_size") == self.world_size:
+            return self.load_state_dict(states[self.rank])
+        for rank, state in enumerate(states):
+            self.check_state(state)
+            if (state["rank"], state["world_size"]) != (rank, len(states)):
+                raise VCellError(f"loader state {rank} of {len(states)} was written by rank {state['rank']} of "
+                                 f"{state['world_size']}", hint="pass every rank's state of one checkpoint, in rank order")
+        epochs = {int(s["epoch"]) for s in states}
+        chains = {repr(s.get("resizes", [])) for s in states}
+        if len(epochs) != 1 or len(chains) != 1:
+            raise VCellError(f"the saved loader states disagree on the epoch ({sorted(epochs)}) or its earlier resizes",
+                             hint="resume from a checkpoint all ranks wrote together")
+        positions = tuple(int(s["next_batch"]) for s in states)
+        self.set_epoch(epochs.pop())
+        earlier = tuple(Resize.from_dict(r) for r in states[0].get("resizes", ()))
+        self.resized = (self.epoch, (*earlier, Resize(len(states), positions)) if earlier or any(positions) else ())
+        if self.plan().n_batches == 0:  # nothing of the epoch was left: the next one starts plainly
+            self.set_epoch(self.epoch + 1)
+        self.yielded.clear()
+
+    def check_state(self, state: dict) -> None:
+        """A saved state's version and fingerprint fit this loader."""
+        if state.get("version") not in (1, STATE_VERSION):
             raise VCellError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
         differences = {
             key: (value, self.fingerprint().get(key)) for key, value in state["fingerprint"].items()
@@ -196,18 +248,6 @@ class AtlasLoader:
                 f"the saved loader position does not fit this loader ({shown})",
                 hint="resume with the same data, split and loader settings as the interrupted run",
             )
-        epoch, next_batch = int(state["epoch"]), int(state["next_batch"])
-        if state["world_size"] != self.world_size and 0 < next_batch:
-            raise VCellError(
-                f"the run stopped in the middle of epoch {epoch} with {state['world_size']} rank(s); "
-                f"resuming it with {self.world_size} would repeat or skip cells of that epoch",
-                hint=f"resume with {state['world_size']} workers (e.g. scaling.workers={state['world_size']}), "
-                "or from a checkpoint taken at an epoch boundary",
-            )
-        if state["world_size"] == self.world_size and state["rank"] != self.rank:
-            raise VCellError(f"loader state of rank {state['rank']} loaded on rank {self.rank}")
-        self.epoch, self.next_batch = epoch, next_batch
-        self.yielded.clear()
 
     # -- iteration -----------------------------------------------------------------------
     def __iter__(self):

@@ -72,6 +72,11 @@ class Checkpoint:
             )
         return torch.load(path, weights_only=True)
 
+    def loader_states(self) -> list[dict]:
+        """Every rank's loader position, in rank order: what a resume on another number of
+        workers re-plans the rest of the epoch from (`AtlasLoader.resume`)."""
+        return [self.rank_state(rank)["loader"] for rank in range(self.world_size)]
+
 
 class CheckpointStore:
     """The checkpoints of one run directory."""
@@ -120,7 +125,8 @@ class CheckpointStore:
 
 
 def resume_point(store: CheckpointStore, config_hash: str, allow_changes: bool, world_size: int) -> Checkpoint | None:
-    """The newest complete checkpoint to continue from, refused when it does not fit this run."""
+    """The newest complete checkpoint to continue from, refused when it does not fit this run.
+    Another number of workers is fine for DDP (the loader re-plans the rest of the epoch)."""
     latest = store.latest()
     if latest is None:
         return None
@@ -130,10 +136,13 @@ def resume_point(store: CheckpointStore, config_hash: str, allow_changes: bool, 
             f"{latest.manifest['config_hash']}, now {config_hash})",
             hint="resume with --resume-with-changes, or --restart",
         )
-    if latest.world_size != world_size:
+    if latest.world_size != world_size and latest.manifest["strategy"] == "deepspeed":
+        # A DDP checkpoint holds the whole (replicated) state; ZeRO's is partitioned over its ranks.
         raise VCellError(
-            f"{latest.path} was written by {latest.world_size} worker(s); this attempt has {world_size}",
-            hint=f"resume with scaling.workers={latest.world_size}, or start over with --restart",
+            f"{latest.path} holds DeepSpeed ZeRO state partitioned over {latest.world_size} worker(s); this attempt "
+            f"has {world_size}, and vcell re-partitions only DDP checkpoints",
+            hint=f"resume with scaling.workers={latest.world_size}, train elastic runs with train.strategy=ddp, "
+            "or start over with --restart",
         )
     return latest
 

@@ -143,8 +143,12 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
             "config_hash": run.config_hash, "allow_changes": allow_changes, "wandb_id": hooks.wandb_run_id(config),
             "report_validation": hooks.report_validation,
         },
-        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=bool(scaling.gpus_per_worker),
-                                     resources_per_worker=resources),
+        # a (fewest, most) range makes the run elastic: Ray Train restarts the worker group on as many
+        # workers as fit after a failure (and grows it when room appears); each start resumes from the
+        # newest checkpoint, whatever number of workers wrote it
+        scaling_config=ScalingConfig(
+            num_workers=scaling.workers if scaling.min_workers is None else (scaling.min_workers, scaling.workers),
+            use_gpu=bool(scaling.gpus_per_worker), resources_per_worker=resources),
         # the rendezvous store listens on the node's Ray address only (torch's own: every interface)
         torch_config=BoundTorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
         run_config=RunConfig(
@@ -184,7 +188,8 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
         run = prepare_run(config, restart=restart, resume_with_changes=resume_with_changes)
         latest = resume_point(CheckpointStore(run.directory), run.config_hash, resume_with_changes, config.scaling.workers)
         if latest is not None:
-            log.info("resuming run '%s' from step %d (%s)", config.name, latest.step, latest.path)
+            log.info("resuming run '%s' from step %d (%s, written by %d worker(s))", config.name, latest.step,
+                     latest.path, latest.world_size)
         if hooks.probe_storage:
             probe_storage(run.directory)
         log.info("training '%s': %s", config.name, describe_workers(plan, config))

@@ -46,19 +46,21 @@ def resolved_precision(config: VCellConfig) -> str:
 
 
 def check_resources(config: VCellConfig, cluster: dict[str, float]) -> None:
-    """Workers must fit the cluster's CPUs and GPUs (Ray's `cluster_resources()`)."""
+    """Workers must fit the cluster's CPUs and GPUs (Ray's `cluster_resources()`); an elastic run's
+    fewest (scaling.min_workers)."""
     scaling = config.scaling
     cpus, gpus = cluster.get("CPU", 0), cluster.get("GPU", 0)
-    if scaling.workers * scaling.cpus_per_worker > cpus:
+    workers, key = scaling.fewest_workers, "scaling.workers" if scaling.min_workers is None else "scaling.min_workers"
+    if workers * scaling.cpus_per_worker > cpus:
         raise VCellError(
-            f"scaling.workers={scaling.workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} needs "
-            f"{scaling.workers * scaling.cpus_per_worker} CPUs; the Ray cluster has {cpus:g}",
-            hint="lower scaling.workers or scaling.cpus_per_worker, or add nodes",
+            f"{key}={workers} x scaling.cpus_per_worker={scaling.cpus_per_worker} needs "
+            f"{workers * scaling.cpus_per_worker} CPUs; the Ray cluster has {cpus:g}",
+            hint=f"lower {key} or scaling.cpus_per_worker, or add nodes",
         )
-    if scaling.gpus_per_worker and scaling.workers * scaling.gpus_per_worker > gpus:
+    if scaling.gpus_per_worker and workers * scaling.gpus_per_worker > gpus:
         raise VCellError(
-            f"scaling.gpus_per_worker={scaling.gpus_per_worker} with {scaling.workers} workers needs "
-            f"{scaling.workers * scaling.gpus_per_worker} GPUs; the Ray cluster has {gpus:g}",
+            f"scaling.gpus_per_worker={scaling.gpus_per_worker} with {workers} workers needs "
+            f"{workers * scaling.gpus_per_worker} GPUs; the Ray cluster has {gpus:g}",
             hint="set scaling.gpus_per_worker=0 to train on CPU, or run on a cluster with GPUs",
         )
 
@@ -111,7 +113,8 @@ def training_plan(config: VCellConfig, atlas: Atlas) -> TrainingPlan:
 def describe_workers(plan: TrainingPlan, config: VCellConfig) -> str:
     """'2 worker(s) x (1 CPU), ddp, precision 32-true, 400 steps of 256 cells per worker'."""
     device = f"{config.scaling.gpus_per_worker} GPU + " if config.scaling.gpus_per_worker else ""
-    return (f"{plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
+    elastic = f"{config.scaling.min_workers}-" if config.scaling.min_workers is not None else ""
+    return (f"{elastic}{plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
             f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker")
 
 

@@ -4,8 +4,11 @@
 
 Start (or restart after a failure): find the newest complete checkpoint of the run and continue
 from it (weights, optimiser, schedule and step through Lightning; this rank's RNG and loader
-position from its own file). Then train to `train.steps`, checkpointing on the way, validate,
-and (rank 0) export the weights and write metrics.json.
+position from its own file). A checkpoint written by another number of workers (an elastic
+run) continues too: the rest of the epoch is re-planned from every old rank's loader position,
+and each rank's random streams start afresh from (seed, rank, step). Then train to
+`train.steps`, checkpointing on the way, validate, and (rank 0) export the weights and write
+metrics.json.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
@@ -79,7 +83,8 @@ def train_worker(payload: dict) -> None:
     store = ckpt.CheckpointStore(run_directory)
     latest = ckpt.resume_point(store, payload["config_hash"], payload["allow_changes"], world_size)
     start_step = latest.step if latest else 0
-    rank_state = latest.rank_state(rank) if latest else None
+    resized = latest is not None and latest.world_size != world_size
+    rank_state = latest.rank_state(rank) if latest and not resized else None
 
     atlas = open_atlas(config.data.atlas)
     datamodule = AtlasDataModule(atlas.path, config.loader, seed=config.seed, rank=rank, world_size=world_size,
@@ -87,6 +92,8 @@ def train_worker(payload: dict) -> None:
     datamodule.setup()
     if rank_state is not None:
         datamodule.resume_from(rank_state["loader"])
+    elif resized:  # every old rank's position (read only now: W files on every rank)
+        datamodule.replan_from(latest.loader_states())
     if rank == 0:
         datamodule.save_split(run_directory)
     spec = model_spec(config, atlas)
@@ -98,7 +105,7 @@ def train_worker(payload: dict) -> None:
         if rank == 0 and latest is None:
             write_record(run_directory, record)
             print(coverage_line(record), flush=True)
-    pl.seed_everything(config.seed + 1000 * rank, workers=False, verbose=False)  # each rank its own masks
+    pl.seed_everything(rank_seed(config.seed, rank, start_step if resized else 0), workers=False, verbose=False)
 
     history = History(run_directory / "history.csv", resume_step=start_step)
     tracker = open_tracker(config, run_directory, rank, payload.get("wandb_id"))
@@ -134,13 +141,21 @@ def train_worker(payload: dict) -> None:
         final = store.latest()
         spec_values, categories, normalization = ckpt.model_inputs_description(config, atlas, spec)
         ckpt.export_weights(final, run_directory / "model", dump_config(config), spec_values, categories, normalization)
-        write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module))
+        write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module), world_size)
     tracker.finish()
     ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
 
 
+def rank_seed(seed: int, rank: int, resized_at: int) -> int:
+    """Each rank its own masks: seed + 1000 * rank; after a resize at step s (whose ranks have no
+    saved random state of their own) a stream of (seed, rank, s), so no step's masks repeat."""
+    if not resized_at:
+        return seed + 1000 * rank
+    return int(np.random.SeedSequence([seed, rank, resized_at]).generate_state(1)[0])
+
+
 def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, start_step: int, elapsed: float,
-                  parameters: int) -> dict:
+                  parameters: int, workers: int) -> dict:
     rows = read_history(run_directory / "history.csv")
     first, last = (rows[0], rows[-1]) if rows else ({}, {})
     losses = {key: float(value) for key, value in last.items() if key.startswith("train/") and value != ""}
@@ -150,7 +165,7 @@ def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, st
         "final_train": losses, "final_validation": {k: float(v) for k, v in validation.items()},
         "cells_per_s": steady_state([float(r["cells_per_s"]) for r in rows if r.get("cells_per_s")]),
         "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows if r.get("data_wait_fraction")]),
-        "seconds_this_attempt": round(elapsed, 2), "workers": config.scaling.workers, "strategy": config.train.strategy,
+        "seconds_this_attempt": round(elapsed, 2), "workers": workers, "strategy": config.train.strategy,
     }
     if config.train.init_from:
         metrics["init_from"] = read_record(run_directory)
