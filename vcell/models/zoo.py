@@ -27,15 +27,17 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
-def describe_catalogue(n_genes: int = 2000, size: str = "small") -> list[dict]:
+def describe_catalogue(n_genes: int = 2000, size: str = "small", encoder: str = "mlp") -> list[dict]:
     """One row per catalogue model: name, title, enhancements, parameters (reference annotations);
-    registered enhancements of your own are in it too (see `catalogue.catalogue`)."""
+    registered enhancements of your own are in it too (see `catalogue.catalogue`). `size` is a
+    preset of `encoder`: model.size for the MLP, model.transformer.size for the transformer."""
     spec = reference_spec(n_genes)
     summaries = {name: enhancement.summary for name, enhancement in registered_enhancements().items()}
     names = titles()
     rows = []
     for name, enhancements in catalogue().items():
-        config = ModelConfig(name=name, size=size)
+        config = ModelConfig(name=name, size=size) if encoder == "mlp" else \
+            ModelConfig(name=name, encoder="transformer", transformer={"size": size})
         model = build_model(config, spec, device="meta")
         rows.append({
             "name": name,

@@ -74,11 +74,11 @@ class HierarchicalEncoder(nn.Module):
             self.compartments = nn.Linear(n_pathway, n_compartment)
         self.combine = nn.Linear(inner.n_out + n_pathway + n_compartment, inner.n_out)
 
-    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
-        h, stats = self.inner(x, cells)
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
+        h, losses, stats = self.inner(x, cells)
         pathway = self.pathways(x)  # (B, P)
         compartment = self.compartments(pathway)  # (B, C)
-        return self.combine(torch.cat([h, pathway, compartment], dim=-1)), stats
+        return self.combine(torch.cat([h, pathway, compartment], dim=-1)), losses, stats
 
 
 class PathwayDecoderTerm(nn.Module):
