@@ -6,7 +6,7 @@
 
 A preset names width, blocks, heads and the latent dimension; `width`, `layers`, `heads` override
 it. Parameter counts of the base model at 20,000 genes (`vcell models --size 100m --genes 20000`):
-tiny 1.3M, 10m 10.4M, 100m 102M, 1b 991M. Two parts grow with the genes, not with depth: the
+tiny 1.3M, 3m 2.8M, 10m 10.4M, 100m 102M, 1b 991M. Two parts grow with the genes, not with depth: the
 gene identity embedding (genes x width) and the decoder's last layer (width x genes), as in every
 model that reads and writes all genes: 74% of 10m, 30% of 100m, 8% of 1b. The rest is the blocks
 (12 x width^2 each at ffn_multiplier 4), the value MLP, latent and the decoder's hidden layer;
@@ -22,9 +22,11 @@ from pydantic import Field, model_validator
 from vcell.config.section import Section
 
 # preset -> (width, transformer blocks, attention heads, latent dimension); head width 64 or 128
-# except tiny (tests): flash kernels want a head width that is a multiple of 8 (<= 256)
+# except tiny (tests) and 3m (CPU pretraining demo): flash kernels want a head width that is a
+# multiple of 8 (<= 256)
 TRANSFORMER_SIZES: dict[str, tuple[int, int, int, int]] = {
     "tiny": (32, 2, 2, 8),
+    "3m": (64, 4, 4, 16),
     "10m": (192, 6, 3, 64),
     "100m": (768, 10, 12, 256),
     "1b": (2048, 18, 16, 512),

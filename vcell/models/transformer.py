@@ -6,8 +6,10 @@
 A cell is a set of gene tokens, no order and no positions: token = identity embedding of the gene
 + embedding of its value (log1p-normalised expression through a small MLP: continuous, so no bin
 edges to choose per atlas and nearby values embed nearby). A learned CLS token is prepended; its
-output after pre-norm blocks (`scaled_dot_product_attention` with a padding mask: flash kernels
-on GPU, the math path on CPU) is the cell state the latent/dynamics/decoder slots read.
+output after pre-norm blocks is the cell state the latent/dynamics/decoder slots read. Attention
+is `scaled_dot_product_attention` with a padding mask: on GPU the memory-efficient kernel (the
+flash kernel takes no mask; a batch without padding passes none and may take it), on CPU torch's
+fused flash-style kernel; none keeps T x T attention maps for backward.
 
 Which genes become tokens (`select_tokens`): the expressed ones (value != 0), at most
 `context_length` per cell, the top by value; zeros are never tokens (a cell with fewer expressed
@@ -71,8 +73,8 @@ class TransformerBlock(nn.Module):
             nn.Linear(width, ffn_multiplier * width), nn.GELU(), nn.Linear(ffn_multiplier * width, width), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor) -> torch.Tensor:
-        """x (B, T, W); attend (B, 1, 1, T) bool: which keys are real tokens."""
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
+        """x (B, T, W); attend (B, 1, 1, T) bool: which keys are real tokens (None: all)."""
         batch, length, width = x.shape
         # (B, T, 3W) -> 3 x (B, heads, T, W / heads)
         q, k, v = self.qkv(self.attention_norm(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
@@ -113,6 +115,8 @@ class TransformerEncoder(nn.Module):
         cls = self.cls.to(tokens.dtype).expand(len(tokens), 1, -1)
         states = torch.cat([cls, tokens], dim=1)  # (B, 1 + T, W)
         attend = torch.cat([is_token.new_ones(len(tokens), 1), is_token], dim=1)[:, None, None, :]  # (B, 1, 1, 1 + T)
+        if bool(is_token.all()):  # no padding: no mask, so GPUs may take the flash kernel (it takes none)
+            attend = None
         for block in self.blocks:
             if self.config.activation_checkpointing and self.training and torch.is_grad_enabled():
                 states = checkpoint(block, states, attend, use_reentrant=False)
