@@ -1,6 +1,6 @@
 """Pretraining throughput on CPU: cells/s per worker and scaling from 1 to 2 workers, DDP vs ZeRO-2 vs ZeRO-3.
 
-    python benchmarks/pretrain.py                       # 10m preset, demo atlas, 16 steps of 16 cells per worker
+    python benchmarks/pretrain.py                       # 10m preset, demo atlas, 12 steps of 8 cells per worker
     python benchmarks/pretrain.py --preset 3m --steps 40 --batch-size 64
 
 Every row is `vcell train --config configs/experiments/pretrain.yaml` with the transformer at
@@ -56,8 +56,8 @@ def run(args, name: str, strategy: str, extra: list[str], workers: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="10m", help="model.transformer.size (default: 10m)")
-    parser.add_argument("--steps", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16, help="cells per worker per step")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=8, help="cells per worker per step")
     parser.add_argument("--atlas", help="data.atlas (default: the pretraining config's, data/demo.zarr, made if missing)")
     parser.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "runs"))
     parser.add_argument("--verbose", action="store_true", help="show the runs' output")

@@ -55,7 +55,7 @@ def test_pretraining_config_dry_run_prints_parameters_memory_and_flops(train_atl
     assert config.model.encoder == "transformer" and config.model.response_weight == 0
     plan = train(config, dry_run=True)
     out = capsys.readouterr().out
-    assert "transformer encoder, size 3m" in out and f"parameters  {plan['parameters']:,}" in out
+    assert "transformer `3m`: width 64 x 4 blocks" in out and f"parameters  {plan['parameters']:,}" in out
     assert "strategies  GB per worker: ddp" in out and "zero3+offload" in out
     assert plan["flops_per_cell"] == pytest.approx(training_flops_per_cell(config.model, 120, plan["tokens_per_cell"]))
     assert 0 < plan["tokens_per_cell"] < 120 and "gene tokens per cell" in out

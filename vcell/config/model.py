@@ -160,3 +160,12 @@ class ModelConfig(Section):
             return width, self.n_layers or 1, self.latent_dim or self.transformer.latent_dim()
         hidden, layers, latent = SIZES[self.size]
         return self.hidden_dim or hidden, self.n_layers or layers, self.latent_dim or latent
+
+    def describe_size(self) -> str:
+        """For people: "size `small`: hidden 256 x 2 layer(s), latent 32" or the transformer's shape."""
+        hidden, layers, latent = self.dimensions()
+        if self.encoder == "transformer":
+            width, blocks, heads = self.transformer.shape()
+            return (f"transformer `{self.transformer.size}`: width {width} x {blocks} blocks, {heads} heads, context "
+                    f"{self.transformer.context_length:,} genes; decoder {layers} hidden layer(s), latent {latent}")
+        return f"size `{self.size}`: hidden {hidden} x {layers} layer(s), latent {latent}"

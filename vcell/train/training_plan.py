@@ -119,8 +119,7 @@ def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
     parts = ", ".join(f"{k} {v:.3f}" for k, v in plan.parts.items())
     return "\n".join([
         f"run         {config.name}: model '{config.model.name}' ({', '.join(config.model.enhancements) or 'base'}), "
-        + (f"transformer encoder, size {config.model.transformer.size}" if config.model.encoder == "transformer"
-           else f"size {config.model.size}"),
+        f"{config.model.describe_size()}",
         f"parameters  {plan.parameters:,} for {plan.genes:,} genes; atlas {config.data.atlas} ({plan.cells:,} cells)",
         f"plan        {describe_workers(plan, config)}",
         f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
