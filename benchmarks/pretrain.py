@@ -35,8 +35,27 @@ CONTENDERS = (("ddp", "ddp", []), ("zero2", "deepspeed", ["train.deepspeed.stage
 
 
 def run(args, name: str, strategy: str, extra: list[str], workers: int) -> dict:
-    """One training run; its steady-state rates from history.csv."""
+    """One training run (a second attempt if Ray fails to start on a loaded machine); its
+    steady-state rates from history.csv. With --keep, a finished run of an earlier invocation."""
     run_name = f"bench-pretrain-{name}-x{workers}"
+    history = Path(args.workdir) / run_name / "history.csv"
+    if not (args.keep and finished(history, args.steps)):
+        train(args, run_name, strategy, extra, workers)
+    with open(history) as stream:
+        rows = list(csv.DictReader(stream))
+    column = lambda key: steady_state([float(r[key]) for r in rows if r.get(key)])  # noqa: E731
+    return {"cells_per_s": column("cells_per_s"), "tokens_per_s": column("tokens_per_s"),
+            "gflops_per_s": 1e3 * column("tflops_per_s"), "data_wait": column("data_wait_fraction")}
+
+
+def finished(history: Path, steps: int) -> bool:
+    if not history.is_file():
+        return False
+    with open(history) as stream:
+        return sum(1 for _ in csv.DictReader(stream)) == steps
+
+
+def train(args, run_name: str, strategy: str, extra: list[str], workers: int) -> None:
     command = [
         sys.executable, "launch.py", "train", "--config", "configs/experiments/pretrain.yaml", "--name", run_name, "--restart",
         f"model.transformer.size={args.preset}", f"loader.batch_size={args.batch_size}", f"train.steps={args.steps}",
@@ -44,13 +63,13 @@ def run(args, name: str, strategy: str, extra: list[str], workers: int) -> dict:
         f"scaling.workers={workers}", "scaling.cpus_per_worker=1", f"scaling.storage_path={args.workdir}",
         "wandb.mode=disabled", *([f"data.atlas={args.atlas}"] if args.atlas else []),
     ]
-    subprocess.run(command, cwd=ROOT, check=True, stdout=None if args.verbose else subprocess.DEVNULL,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"})
-    with open(Path(args.workdir) / run_name / "history.csv") as stream:
-        rows = list(csv.DictReader(stream))
-    column = lambda key: steady_state([float(r[key]) for r in rows if r.get(key)])  # noqa: E731
-    return {"cells_per_s": column("cells_per_s"), "tokens_per_s": column("tokens_per_s"),
-            "gflops_per_s": 1e3 * column("tflops_per_s"), "data_wait": column("data_wait_fraction")}
+    for attempt in (1, 2):
+        done = subprocess.run(command, cwd=ROOT, stdout=None if args.verbose else subprocess.DEVNULL,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode == 0:
+            return
+        print(f"# {run_name}: attempt {attempt} failed (exit {done.returncode})", flush=True)
+    raise SystemExit(f"{run_name} failed twice; its log is under {args.workdir}/{run_name}/ray")
 
 
 def main() -> None:
@@ -61,6 +80,7 @@ def main() -> None:
     parser.add_argument("--atlas", help="data.atlas (default: the pretraining config's, data/demo.zarr, made if missing)")
     parser.add_argument("--workdir", default=str(ROOT / "benchmarks" / ".work" / "runs"))
     parser.add_argument("--verbose", action="store_true", help="show the runs' output")
+    parser.add_argument("--keep", action="store_true", help="reuse runs an earlier invocation finished (same settings)")
     args = parser.parse_args()
     rows = {}
     for name, strategy, extra in CONTENDERS:
