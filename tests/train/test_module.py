@@ -4,6 +4,9 @@ all padding (a rank whose share of the epoch ended a batch early) never turns in
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -11,7 +14,7 @@ from tests.models.test_zoo import SPEC, random_batch
 from vcell.config import load_config
 from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
-from vcell.train.module import VCellModule
+from vcell.train.module import VCellModule, valid_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -58,3 +61,42 @@ def test_padding_rows_are_left_out_of_a_partly_padded_batch():
     batch["valid"] = torch.arange(len(batch["x"])) < 20
     loss = module.training_step(batch, 0)
     assert torch.isfinite(loss) and module.cells_in_step == 20
+
+
+def transformer_config(**overrides):
+    """A tiny transformer's config; keys without a section are train.<key>."""
+    return load_config(None, ["model.encoder=transformer", "model.transformer.size=tiny", "model.transformer.context_length=32",
+                              *[f"{k if '.' in k else 'train.' + k}={v}" for k, v in overrides.items()]])
+
+
+def test_a_training_step_counts_cells_gene_tokens_and_flops():
+    config = transformer_config()
+    torch.manual_seed(0)
+    module = VCellModule(config.model, SPEC, config.train)
+    batch = random_batch()
+    batch["valid"] = torch.arange(len(batch["x"])) < 20
+    module.training_step(batch, 0)
+    assert module.cells_in_step == 20 and module.tokens_in_step == 20 * 32  # every cell fills the context
+    response_free = module.model.training_flops(module.model(valid_rows(batch)))  # the same formula, per cell
+    assert module.flops_in_step == pytest.approx(response_free) and module.flops_in_step > 0
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")),
+                    reason="torch.compile (Inductor) needs a C++ compiler on CPU")
+def test_compiled_blocks_train_a_step_like_eager():
+    """train.compile: Inductor builds the transformer block once (40-120 s on this shared CPU) and
+    the step computes what eager does (the same masks: only the blocks are compiled)."""
+    batch = random_batch()
+    results = []
+    for compile_ in (False, True):
+        config = transformer_config(compile=compile_, **{"model.transformer.layers": 1})
+        torch.manual_seed(0)
+        module = VCellModule(config.model, SPEC, config.train)
+        torch.manual_seed(1)
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad for name, p in module.named_parameters()}))
+    (loss, gradients), (compiled_loss, compiled_gradients) = results
+    torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
+    for name, gradient in gradients.items():
+        torch.testing.assert_close(compiled_gradients[name], gradient, rtol=1e-3, atol=1e-6, msg=name)

@@ -4,6 +4,7 @@
       name: temporal+memory          # a catalogue entry fills `enhancements` ...
       enhancements: [temporal, memory]  # ... or list them yourself (any valid set)
       size: small                    # tiny | small | medium | large | xlarge
+      encoder: mlp                   # or transformer: gene tokens (model.transformer, its own presets)
       temporal: {initial_half_time: 2.0}
 
 Each enhancement's section is always present and typed (unknown keys are errors); it is used
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import InitErrorDetails
 
 from vcell.config.section import Section
+from vcell.config.transformer import TransformerConfig
 from vcell.errors import VCellError
 from vcell.models.catalogue import CATALOGUE, check_enhancements
 from vcell.models.registry import enhancements as registered_enhancements
@@ -69,7 +71,11 @@ class ModelConfig(Section):
     enhancements: list[str] | None = Field(
         None, description="null = the catalogue's set for `name`; any valid set otherwise"
     )
-    size: SizeName = Field("small", description="width/depth preset")
+    size: SizeName = Field("small", description="width/depth preset (of the MLP encoder and the decoder)")
+    encoder: Literal["mlp", "transformer"] = Field(
+        "mlp", description="mlp: an MLP over all genes; transformer: the top expressed genes as tokens (model.transformer)"
+    )
+    transformer: TransformerConfig = Field(default_factory=TransformerConfig)
     hidden_dim: int | None = Field(None, ge=1, description="override the preset's hidden width")
     n_layers: int | None = Field(None, ge=1, description="override the preset's hidden layers per MLP")
     latent_dim: int | None = Field(None, ge=1, description="override the preset's latent dimension")
@@ -144,6 +150,22 @@ class ModelConfig(Section):
         return self
 
     def dimensions(self) -> tuple[int, int, int]:
-        """(hidden width, layers per MLP, latent dimension) after preset and overrides."""
+        """(hidden width, layers per MLP, latent dimension) after preset and overrides.
+
+        With the transformer encoder its preset rules: the hidden width is the token width (the
+        pooled cell state's), the decoder has one hidden layer (model.n_layers overrides) and the
+        latent dimension is the preset's; most of a transformer's parameters are in its blocks."""
+        if self.encoder == "transformer":
+            width, _, _ = self.transformer.shape()
+            return width, self.n_layers or 1, self.latent_dim or self.transformer.latent_dim()
         hidden, layers, latent = SIZES[self.size]
         return self.hidden_dim or hidden, self.n_layers or layers, self.latent_dim or latent
+
+    def describe_size(self) -> str:
+        """For people: "size `small`: hidden 256 x 2 layer(s), latent 32" or the transformer's shape."""
+        hidden, layers, latent = self.dimensions()
+        if self.encoder == "transformer":
+            width, blocks, heads = self.transformer.shape()
+            return (f"transformer `{self.transformer.size}`: width {width} x {blocks} blocks, {heads} heads, context "
+                    f"{self.transformer.context_length:,} genes; decoder {layers} hidden layer(s), latent {latent}")
+        return f"size `{self.size}`: hidden {hidden} x {layers} layer(s), latent {latent}"

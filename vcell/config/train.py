@@ -58,6 +58,9 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1, description="complete checkpoints kept (the oldest are deleted)")
     validate_every: int | None = Field(100, ge=1, description="validation loss every this many steps (null: only at the end)")
     validation_batches: int = Field(8, ge=1, description="batches per rank in each validation")
+    compile: bool = Field(
+        False, description="torch.compile the model (Inductor; needs a C++ compiler on CPU); the first steps compile"
+    )
     deterministic: bool = Field(False, description="deterministic algorithms (bitwise resume on CPU; slower on GPU)")
     audit_cells: bool = Field(
         False, description="record every trained cell (step, epoch, atlas row) per rank in audit/: proves exactly-once delivery"

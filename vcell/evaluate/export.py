@@ -183,15 +183,13 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
     metrics = json.loads((run_folder / "metrics.json").read_text()) if run_folder and (run_folder / "metrics.json").is_file() else {}
     history = read_history(run_folder / "history.csv") if run_folder else []
     spec = model.spec
-    hidden, layers, latent = config.model.dimensions()
     lines = [
         CARD_FRONT_MATTER.rstrip("\n"),
         f"# {config.name}: vcell `{config.model.name}` model",
         "",
         "## Model",
         f"- enhancements: {', '.join(config.model.enhancements) or 'none (base masked-expression autoencoder)'}",
-        f"- size `{config.model.size}`: hidden {hidden} x {layers} layer(s), latent {latent}; "
-        f"{count_parameters(model):,} parameters",
+        f"- {config.model.describe_size()}; {count_parameters(model):,} parameters",
         f"- {spec.n_genes:,} genes (genes.txt); {len(spec.pathway_names)} pathways, "
         f"{0 if spec.grn is None else len(spec.grn):,} prior GRN edges; {spec.n_perturbations} perturbation categories",
         f"- inputs read: {', '.join(sorted(spec.inputs))}",

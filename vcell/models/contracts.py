@@ -35,11 +35,15 @@ class DeclaresStats(Protocol):
 
 @runtime_checkable
 class Encoder(DeclaresStats, Protocol):
-    """Expression -> hidden features: (x (B, G), cells) -> (h (B, H), stats); `n_out` is H."""
+    """Expression -> hidden features: (x (B, G), cells) -> (h (B, H), losses, stats); `n_out` is H.
+
+    x is what the encoder may see (in training the hidden genes are 0; `cells.hidden` marks them,
+    `cells.x` holds their true values for a loss only). Losses: an encoder's own objective (the
+    transformer's masked-value loss); a wrapper passes its inner encoder's on."""
 
     n_out: int
 
-    def __call__(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Stats]: ...
+    def __call__(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Losses, Stats]: ...
 
 
 @runtime_checkable

@@ -50,13 +50,15 @@ class Conditions:
 @dataclass
 class CellInputs:
     """One batch as the model sees it: x (B, G) normalised expression, counts (B, G) raw or
-    None, library (B,) total counts, context (B,) pairing group code or None, conditions."""
+    None, library (B,) total counts, context (B,) pairing group code or None, conditions;
+    hidden (B, G) bool: the genes hidden from the encoder in this pass (None: none)."""
 
     x: torch.Tensor
     counts: torch.Tensor | None
     library: torch.Tensor
     context: torch.Tensor | None
     conditions: Conditions
+    hidden: torch.Tensor | None = None
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig) -> CellInputs:
@@ -87,6 +89,7 @@ class CellInputs:
             library=self.library[rows],
             context=None if self.context is None else self.context[rows],
             conditions=self.conditions.take(rows),
+            hidden=None if self.hidden is None else self.hidden[rows],
         )
 
 

@@ -23,18 +23,24 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.models.blocks import MLP
+from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.slots import (
     ConditionShift, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
 )
 from vcell.models.spec import ModelSpec
+from vcell.models.transformer import TransformerEncoder
 
 
 def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots:
     hidden, n_layers, latent = config.dimensions()
+    if config.encoder == "transformer":
+        encoder: nn.Module = TransformerEncoder(spec.n_genes, config.transformer)
+    else:
+        encoder = MLPEncoder(spec.n_genes, hidden, n_layers, config.dropout)
     return Slots(
-        encoder=MLPEncoder(spec.n_genes, hidden, n_layers, config.dropout),
+        encoder=encoder,
         latent=DeterministicLatent(hidden, latent),
         dynamics=ConditionShift(spec.n_perturbations, latent, control_code),
         decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout, output_axis="gene"),
@@ -59,9 +65,9 @@ class VirtualCell(nn.Module):
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
         """(z (B, D), losses, stats) of cells whose visible expression is x_in."""
-        h, stats = self.encoder(x_in, cells)
-        z, losses, latent_stats = self.latent(h)
-        return z, losses, {**stats, **latent_stats}
+        h, losses, stats = self.encoder(x_in, cells)
+        z, latent_losses, latent_stats = self.latent(h)
+        return z, {**losses, **latent_losses}, {**stats, **latent_stats}
 
     def decode(
         self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None
@@ -89,8 +95,8 @@ class VirtualCell(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         cells = self.inputs(batch)
-        x_in = hide_genes(cells.x, self.config.mask_fraction, self.training)
-        z, prediction, losses, stats = self.cell_pass(x_in, cells)
+        x_in, hidden = hide_genes(cells.x, self.config.mask_fraction, self.training)
+        z, prediction, losses, stats = self.cell_pass(x_in, dataclasses.replace(cells, hidden=hidden))
         response_losses, response_stats = self.response(z, x_in is cells.x, cells)
         if self.training:
             self.latent.tick()
@@ -188,6 +194,14 @@ class VirtualCell(nn.Module):
             cells = self.inputs(batch)
             z, prediction, losses, stats = self.cell_pass(cells.x, cells)
             return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
+
+    def training_flops(self, output: ModelOutput) -> float:
+        """FLOPs of the training step that gave `output` (forward + backward; `vcell.models.flops`),
+        from each cell's own gene tokens (transformer: attention grows with their square)."""
+        tokens = output.stats.get("gene_tokens")
+        if tokens is None:  # the MLP reads every gene: the same for every cell
+            return len(output.latent) * training_flops_per_cell(self.config, self.spec.n_genes)
+        return float(training_flops_per_cell(self.config, self.spec.n_genes, tokens.double()).sum())
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:

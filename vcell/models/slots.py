@@ -1,6 +1,6 @@
 """The slots of the VirtualCell and the base model's module in each.
 
-    encoder   (x_in (B, G), cells) -> (h (B, H), stats)       MLPEncoder
+    encoder   (x_in (B, G), cells) -> (h (B, H), losses, stats)   MLPEncoder or TransformerEncoder
     latent    h -> (z (B, D), losses, stats)                   DeterministicLatent
     dynamics  (z, conditions) -> (z', stats)                   ConditionShift
     decoder   z -> gene scores (B, G)                          MLP
@@ -56,8 +56,8 @@ class MLPEncoder(nn.Module):
         self.n_out = hidden
         self.network = MLP(n_genes, [hidden] * n_layers, hidden, dropout, input_axis="gene")
 
-    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
-        return self.network(x), {}
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
+        return self.network(x), {}, {}
 
 
 class DeterministicLatent(nn.Module):
@@ -197,15 +197,17 @@ class CountHead(nn.Module):
         return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}
 
 
-def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> torch.Tensor:
-    """x with, in training, each measured (non-zero) gene hidden (set to 0) with `fraction`.
+def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x with, in training, each measured (non-zero) gene hidden (set to 0) with `fraction`,
+    the (B, G) mask of hidden genes or None when nothing is hidden).
 
-    The loss then covers every gene, hidden ones included: a hidden gene reads as 0 to the
+    The loss then covers every gene, hidden ones included: a hidden gene reads as 0 to the MLP
     encoder, like a true zero, so a loss on hidden genes alone would teach it to fill in every
-    zero."""
+    zero. The transformer encoder reads the mask: a hidden gene is a token without its value."""
     if not training or fraction <= 0:
-        return x
-    return x.masked_fill((x > 0) & (torch.rand_like(x) < fraction), 0.0)
+        return x, None
+    hidden = (x > 0) & (torch.rand_like(x) < fraction)
+    return x.masked_fill(hidden, 0.0), hidden
 
 
 def pair_cells(

@@ -19,10 +19,9 @@ import torch
 
 from vcell.errors import VCellError
 from vcell.train import checkpoint as ckpt
+from vcell.train.throughput import peak_flops
 from vcell.train.tracking import History
 
-# Peak dense bf16 FLOP/s per GPU, for MFU (the first name that occurs in the device's name).
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12}
 
 
 class Checkpointing(pl.Callback):
@@ -76,17 +75,20 @@ class RestoreRng(pl.Callback):
 
 
 class Telemetry(pl.Callback):
-    """Per optimiser step: loss terms, lr, cells/s, step time, fraction of time waiting for data
-    (and on GPU: memory and MFU) into history.csv and the tracker, from rank 0."""
+    """Per optimiser step: loss terms, lr, cells/s, gene tokens/s (transformer), step time,
+    fraction of time waiting for data, model TFLOP/s (the model's own formula,
+    `vcell.models.flops`), and on GPU memory and MFU (against the device's bf16 dense peak, where
+    `throughput.PEAK_BF16` knows it) into history.csv and the tracker, from rank 0. Rates over all ranks are
+    rank 0's counts x world size (ranks take equal batches)."""
 
-    def __init__(self, history: History, tracker, flops_per_cell: float, flush_every: int) -> None:
-        self.history, self.tracker = history, tracker
-        self.flops_per_cell, self.flush_every = flops_per_cell, flush_every
+    def __init__(self, history: History, tracker, flush_every: int) -> None:
+        self.history, self.tracker, self.flush_every = history, tracker, flush_every
         self.last_end: float | None = None
         self.started = 0.0
         self.wait = 0.0
         # summed over the micro-batches of one optimiser step (train.accumulate)
         self.step_cells, self.step_wait, self.step_total, self.last_step = 0, 0.0, 0.0, None
+        self.step_tokens, self.step_flops = 0, 0.0
 
     def on_train_start(self, trainer, module) -> None:
         self.last_step = trainer.global_step  # 0, or the step a resumed run starts from
@@ -100,26 +102,35 @@ class Telemetry(pl.Callback):
         now = time.perf_counter()
         compute, self.last_end = now - self.started, now
         self.step_cells += module.cells_in_step * trainer.world_size
+        self.step_tokens += module.tokens_in_step * trainer.world_size
+        self.step_flops += module.flops_in_step * trainer.world_size
         self.step_wait += self.wait
         self.step_total += compute + self.wait
         if trainer.global_step == self.last_step:  # accumulating: no optimiser step yet
             return
         self.last_step = trainer.global_step
         cells, wait, total = self.step_cells, self.step_wait, max(self.step_total, 1e-9)
-        self.step_cells, self.step_wait, self.step_total = 0, 0.0, 0.0
+        tokens, flops = self.step_tokens, self.step_flops
+        self.step_cells, self.step_wait, self.step_total, self.step_tokens, self.step_flops = 0, 0.0, 0.0, 0, 0.0
         if trainer.is_global_zero:
-            self.record(trainer, module, cells, wait, total)
+            self.record(trainer, module, (cells, tokens, flops), wait, total)
 
-    def record(self, trainer, module, cells: int, wait: float, total: float) -> None:
+    def record(self, trainer, module, done: tuple[int, int, float], wait: float, total: float) -> None:
+        cells, tokens, flops = done
         row = {
             "step": trainer.global_step, "epoch": trainer.datamodule.train_position()["epoch"], "time": round(time.time(), 3),
             "lr": trainer.optimizers[0].param_groups[0]["lr"], "cells_per_s": round(cells / total, 1),
             "step_s": round(total, 5), "data_wait_fraction": round(wait / total, 4),
+            "tflops_per_s": round(flops / total / 1e12, 6),
         }
+        if tokens:
+            row["tokens_per_s"] = round(tokens / total, 1)
         row.update({key: round(float(value), 6) for key, value in trainer.callback_metrics.items() if key.startswith("train/")})
         if torch.cuda.is_available() and module.device.type == "cuda":
             row["gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
-            row["mfu"] = round(self.flops_per_cell * cells / trainer.world_size / total / peak_flops(), 4)
+            peak = peak_flops()
+            if peak is not None:
+                row["mfu"] = round(flops / trainer.world_size / total / peak, 4)
         self.history.append(row)
         self.tracker.log(row, step=trainer.global_step)
         if trainer.global_step % self.flush_every == 0:
@@ -183,11 +194,6 @@ class LineProgress(pl.Callback):
         # not print(): Ray Train patches it to log as well as print, so each line would show twice
         sys.stdout.write(line)
         sys.stdout.flush()
-
-
-def peak_flops() -> float:
-    name = torch.cuda.get_device_name()
-    return next((value for key, value in PEAK_BF16.items() if key in name), 989e12)
 
 
 class CellAudit(pl.Callback):

@@ -18,7 +18,7 @@ from vcell.compat import set_scheduler_last_lr
 from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
 from vcell.models.spec import ModelSpec
-from vcell.models.zoo import build_model
+from vcell.models.zoo import build_model, compile_regions
 from vcell.train.schedule import parameter_groups, warmup_cosine
 
 
@@ -57,7 +57,10 @@ class VCellModule(pl.LightningModule):
         self.model_config, self.spec, self.train_config = model_config, spec, train_config
         self.model = build_model(model_config, spec)
         self.no_weight_decay: set[str] = set()  # partly frozen parameters (`transfer.freeze`): no decay of fixed rows
-        self.cells_in_step = 0  # valid cells of the last training batch (throughput)
+        if train_config.compile:
+            compile_regions(self.model)
+        # the last training batch, for throughput: valid cells, their gene tokens (transformer), FLOPs
+        self.cells_in_step, self.tokens_in_step, self.flops_in_step = 0, 0, 0.0
 
     def forward(self, batch: dict[str, torch.Tensor]):
         return self.model(batch)
@@ -67,12 +70,15 @@ class VCellModule(pl.LightningModule):
             # All padding: this rank's share of the epoch ended a batch before the longest rank's.
             # Its step must still run backward (DDP reduces every rank's gradients), so it
             # contributes a zero loss with the graph intact; a mean over no rows would be NaN.
-            self.cells_in_step = 0
+            self.cells_in_step, self.tokens_in_step, self.flops_in_step = 0, 0, 0.0
             loss = self.model(batch).loss * 0.0
         else:
             batch = valid_rows(batch)
             self.cells_in_step = len(batch["x"])
             output = self.model(batch)
+            tokens = output.stats.get("gene_tokens")
+            self.tokens_in_step = 0 if tokens is None else int(tokens.sum())
+            self.flops_in_step = self.model.training_flops(output)
             for name, value in output.losses.items():
                 self.log(f"train/{name}", value.detach(), batch_size=self.cells_in_step)
             loss = output.loss

@@ -220,6 +220,13 @@ def finished_run(config: VCellConfig, hooks: RunHooks = RunHooks()) -> dict | No
     return metrics
 
 
+def throughput_line(metrics: dict) -> str:
+    """Steady-state cells/s, gene tokens/s, model TFLOP/s and MFU (those the run measured), data wait."""
+    formats = {"cells_per_s": "{:,.0f} cells/s (steady state)", "tokens_per_s": "{:,.0f} gene tokens/s",
+               "tflops_per_s": "{:.3g} model TFLOP/s", "mfu": "MFU {:.1%}", "data_wait_fraction": "waiting for data {:.1%}"}
+    return "throughput  " + ", ".join(text.format(metrics[key]) for key, text in formats.items() if key in metrics)
+
+
 def format_summary(metrics: dict, run: Run, config: VCellConfig, hooks: RunHooks = RunHooks()) -> str:
     validation = metrics["final_validation"].get("val/loss")
     lines = [
@@ -227,7 +234,7 @@ def format_summary(metrics: dict, run: Run, config: VCellConfig, hooks: RunHooks
         f"{metrics['seconds_total']:.0f} s",
         f"train loss  {metrics['first_train_loss']:.4f} -> {metrics['final_train'].get('train/loss', float('nan')):.4f}"
         + (f"; validation loss {validation:.4f}" if validation is not None else ""),
-        f"throughput  {metrics['cells_per_s']:,.0f} cells/s (steady state), waiting for data {metrics['data_wait_fraction']:.1%}",
+        throughput_line(metrics),
         f"outputs     {run.directory}/ (config.yaml, checkpoints/, model/, history.csv, metrics.json"
         + (", plots/, embeddings.h5ad)" if "evaluation" in metrics else ")"),
     ]

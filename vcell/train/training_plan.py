@@ -20,7 +20,9 @@ from vcell.data.resolve import select_genes
 from vcell.errors import VCellError
 from vcell.models.catalogue import NEEDS
 from vcell.models.spec import CONDITION_ROLES, ModelSpec, spec_from_atlas
+from vcell.models.flops import context_tokens, training_flops_per_cell
 from vcell.models.zoo import build_model, count_parameters
+from vcell.train.memory_estimate import memory_by_strategy, memory_parts
 
 
 def with_model_inputs(config: VCellConfig, atlas: Atlas) -> VCellConfig:
@@ -75,38 +77,36 @@ class TrainingPlan:
     workers: int
     memory_per_worker_gb: float
     parts: dict[str, float]  # memory estimate by part, GB
+    by_strategy: dict[str, float]  # GB per worker under each strategy (`memory_estimate.STRATEGIES`)
+    flops_per_cell: float  # training FLOPs per cell (`vcell.models.flops`) at `tokens_per_cell`
+    tokens_per_cell: float  # transformer: the atlas's mean expressed genes per cell, up to the context; else 0
+    flops_per_cell_full_context: float  # transformer: at a full context (the most a cell can cost)
 
     def as_dict(self) -> dict:
         return self.__dict__.copy()
 
 
 def training_plan(config: VCellConfig, atlas: Atlas) -> TrainingPlan:
-    """Builds the model on the meta device (allocates nothing) and estimates memory per worker."""
+    """Builds the model on the meta device (allocates nothing) and estimates memory per worker
+    under the configured strategy and every other (`vcell.train.memory_estimate`)."""
     spec = model_spec(config, atlas)
     parameters = count_parameters(build_model(config.model, spec, device="meta"))
-    workers, train = config.scaling.workers, config.train
+    train, precision = config.train, resolved_precision(config)
     stage = train.deepspeed.stage if train.strategy == "deepspeed" else 0
     offload = train.strategy == "deepspeed" and train.deepspeed.offload
-    bytes_per = 4.0
-    # fp32 weights, gradients and two AdamW moments: ZeRO-1 shards the moments across workers,
-    # ZeRO-2 also the gradients, ZeRO-3 also the weights
-    weights = parameters * bytes_per / (workers if stage >= 3 else 1)
-    gradients = parameters * bytes_per / (workers if stage >= 2 else 1)
-    optimiser = 2 * parameters * bytes_per / (workers if stage >= 1 else 1)
-    hidden = config.model.dimensions()[0]
-    batch, genes = config.loader.batch_size, spec.n_genes
-    # x, counts, masks, predictions and their gradients (~8 dense batch x genes), hidden layers
-    activations = batch * (8 * genes + 6 * hidden) * bytes_per
-    # two sparse shuffle buffers (value + index, <= 15% non-zeros) and a few dense batches in flight
-    loader = 2 * config.loader.buffer_cells * genes * 0.15 * 8 + (config.loader.prefetch_batches + 2) * batch * genes * 4
-    parts = {"weights": weights, "gradients": gradients, "optimiser": optimiser, "activations": activations, "loader": loader}
-    device_parts = {k: v for k, v in parts.items() if not (offload and k == "optimiser")}
+    parts = memory_parts(config, parameters, spec.n_genes, stage, offload, precision)
+    # the atlas's non-zeros per cell, scaled to the genes the loader keeps
+    expressed = atlas.attrs["nnz"] / max(atlas.n_cells, 1) * spec.n_genes / max(atlas.n_genes, 1)
+    tokens = round(min(expressed, context_tokens(config.model, spec.n_genes)), 1)
     return TrainingPlan(
-        parameters=parameters, genes=genes, cells=atlas.n_cells,
+        parameters=parameters, genes=spec.n_genes, cells=atlas.n_cells,
         strategy=f"deepspeed ZeRO-{stage}{' + CPU offload' if offload else ''}" if stage else "ddp",
-        precision=resolved_precision(config), workers=workers,
-        memory_per_worker_gb=round(sum(device_parts.values()) / 2**30, 3),
+        precision=precision, workers=config.scaling.workers,
+        memory_per_worker_gb=round(sum(parts.values()) / 2**30, 3),
         parts={k: round(v / 2**30, 4) for k, v in parts.items()},
+        by_strategy=memory_by_strategy(config, parameters, spec.n_genes, precision),
+        flops_per_cell=training_flops_per_cell(config.model, spec.n_genes, tokens),
+        tokens_per_cell=tokens, flops_per_cell_full_context=training_flops_per_cell(config.model, spec.n_genes),
     )
 
 
@@ -122,10 +122,15 @@ def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
     parts = ", ".join(f"{k} {v:.3f}" for k, v in plan.parts.items())
     return "\n".join([
         f"run         {config.name}: model '{config.model.name}' ({', '.join(config.model.enhancements) or 'base'}), "
-        f"size {config.model.size}",
+        f"{config.model.describe_size()}",
         f"parameters  {plan.parameters:,} for {plan.genes:,} genes; atlas {config.data.atlas} ({plan.cells:,} cells)",
         f"plan        {describe_workers(plan, config)}",
         f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
+        f"strategies  GB per worker: " + ", ".join(f"{name} {gb:.3f}" for name, gb in plan.by_strategy.items())
+        + " (weights, gradients, optimiser, activations; vcell/train/memory_estimate.py)",
+        f"flops       {plan.flops_per_cell:.3g} per cell per training step (forward + backward; vcell/models/flops.py)"
+        + (f" at the atlas's mean {plan.tokens_per_cell:,.0f} gene tokens per cell; {plan.flops_per_cell_full_context:.3g} "
+           f"at a full context of {context_tokens(config.model, plan.genes):,}" if plan.tokens_per_cell else ""),
         f"outputs     {config.scaling.storage_path}/{config.name}/",
         *describe_strategy(config),
     ])

@@ -111,7 +111,7 @@ def train_worker(payload: dict) -> None:
     tracker = open_tracker(config, run_directory, rank, payload.get("wandb_id"))
     callbacks: list[pl.Callback] = [
         RestoreRng(rank_state["rng"] if rank_state else None),
-        Telemetry(history, tracker, flops_per_cell=6.0 * count_parameters(module), flush_every=config.train.checkpoint_every),
+        Telemetry(history, tracker, flush_every=config.train.checkpoint_every),
     ]
     if config.train.progress_bar:
         callbacks.append(LineProgress(config.train.steps))
@@ -165,6 +165,8 @@ def write_metrics(run_directory: Path, config: VCellConfig, validation: dict, st
         "final_train": losses, "final_validation": {k: float(v) for k, v in validation.items()},
         "cells_per_s": steady_state([float(r["cells_per_s"]) for r in rows if r.get("cells_per_s")]),
         "data_wait_fraction": steady_state([float(r["data_wait_fraction"]) for r in rows if r.get("data_wait_fraction")]),
+        **{key: steady_state([float(r[key]) for r in rows if r.get(key)])  # present when the history has them
+           for key in ("tokens_per_s", "tflops_per_s", "mfu") if any(r.get(key) for r in rows)},
         "seconds_this_attempt": round(elapsed, 2), "workers": workers, "strategy": config.train.strategy,
     }
     if config.train.init_from:

@@ -82,11 +82,11 @@ class HierarchicalEncoder(nn.Module):
             if isinstance(getattr(self, name), nn.Linear):  # dense learned groups (an EdgeLinear declares its own)
                 self.AXES.update({f"{name}.weight": (Axis(rows), Axis(columns)), f"{name}.bias": (Axis(rows),)})
 
-    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
-        h, stats = self.inner(x, cells)
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
+        h, losses, stats = self.inner(x, cells)
         pathway = self.pathways(x)  # (B, P)
         compartment = self.compartments(pathway)  # (B, C)
-        return self.combine(torch.cat([h, pathway, compartment], dim=-1)), stats
+        return self.combine(torch.cat([h, pathway, compartment], dim=-1)), losses, stats
 
 
 class PathwayDecoderTerm(nn.Module):

@@ -71,12 +71,12 @@ class MultiscaleEncoder(nn.Module):
         self.pathway_view = MLP(len(gene_sets.size), [hidden], inner.n_out, input_axis=gene_sets.axis)
         self.gate = nn.Linear(2 * inner.n_out, 2)
 
-    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict]:
-        gene, stats = self.inner(x, cells)
+    def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
+        gene, losses, stats = self.inner(x, cells)
         pathway = self.pathway_view(self.gene_sets(x))
         views = torch.stack([gene, pathway], dim=1)  # (B, 2, H)
         weight = torch.softmax(self.gate(views.flatten(1)), dim=-1)  # (B, 2)
-        return (weight.unsqueeze(-1) * views).sum(1), {**stats, "scale_weight": weight}
+        return (weight.unsqueeze(-1) * views).sum(1), losses, {**stats, "scale_weight": weight}
 
 
 class ScaleLosses(nn.Module):
