@@ -95,6 +95,7 @@ class AnnDataSource(Source):
         if symbols is not None:
             self._var["gene_symbol"] = symbols.to_numpy()
         self._obsm_keys = self._dense_obsm_keys(n_cells)
+        self._obs = None  # read again by chunks(): a build over hundreds of files holds one file's obs at a time
 
     def _locate(self, name: str, elements: dict[str, tuple[str, str]]) -> tuple[str, str]:
         if name not in elements:
@@ -167,7 +168,7 @@ class AnnDataSource(Source):
 
     @property
     def obs(self) -> pd.DataFrame:
-        return self._obs
+        return read_dataframe(self._root, "obs") if self._obs is None else self._obs
 
     def nnz_per_cell(self) -> float:
         """Mean stored values per cell, from indptr alone when sparse (no data read)."""
@@ -180,6 +181,7 @@ class AnnDataSource(Source):
     def chunks(self, chunk_cells: int, first: int = 0, last: int | None = None) -> Iterator[SourceChunk]:
         """Cells [first, last) (default: all) in chunks of `chunk_cells`."""
         last = self.n_cells if last is None else min(last, self.n_cells)
+        obs = self.obs
         for start in range(first, last, chunk_cells):
             stop = min(start + chunk_cells, last)
             try:
@@ -192,7 +194,7 @@ class AnnDataSource(Source):
                     hint="the file looks truncated or corrupt; copy it again or re-export it",
                 ) from None
             matrix = sp.csr_matrix(block)
-            yield SourceChunk(obs=self._obs.iloc[start:stop], X=matrix, obsm=obsm)
+            yield SourceChunk(obs=obs.iloc[start:stop], X=matrix, obsm=obsm)
 
     def describe(self) -> dict:
         return {
