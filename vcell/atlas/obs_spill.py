@@ -55,20 +55,28 @@ class ObsSpill:
     def append(self, source: int, obs: pd.DataFrame, obsm: dict[str, np.ndarray], groups: list[tuple[int, np.ndarray]]) -> None:
         """Route a chunk's obs rows and obsm rows to their shards (`groups` as for the X spill)."""
         fields = self.sources[source]
-        columns = [(str(c), obs[c]) for c in obs.columns if str(c) != SOURCE_COLUMN]
-        for name, values in columns:
+        columns = {}  # (field, part) -> the chunk's values as stored, sliced per shard below
+        for column in obs.columns:
+            name, values = str(column), obs[column]
+            if name == SOURCE_COLUMN:
+                continue
             self.describe_column(fields, name, values)
-            self.count_distinct(name, source, values)
+            kind, stored = self.stored_values(fields, name, values)
+            if kind != "number":  # numbers are counted only if the column is text elsewhere (see plan)
+                self.count_distinct(name, source, values)
+            columns[("obs", name), kind] = stored
+        columns[INDEX, "text"] = obs.index.astype(str).to_numpy()
         for key, value in obsm.items():
-            fields.obsm.setdefault(key, (np.asarray(value).dtype, np.asarray(value).shape[1:]))
-        names = obs.index.astype(str).to_numpy()
+            value = np.asarray(value)
+            fields.obsm.setdefault(key, (value.dtype, value.shape[1:]))
+            columns[("obsm", key), "values"] = value
         for shard, rows in groups:
             self.rows[shard, source] = self.rows.get((shard, source), 0) + len(rows)
-            self.write_text(shard, source, INDEX, names[rows])
-            for name, values in columns:
-                self.write_column(shard, source, name, values.iloc[rows], fields)
-            for key, value in obsm.items():
-                self.write(shard, source, ("obsm", key), "values", np.ascontiguousarray(np.asarray(value)[rows]))
+            for (name, kind), stored in columns.items():
+                if kind == "text":
+                    self.write_text(shard, source, name, stored[rows])
+                else:
+                    self.write(shard, source, name, "codes" if kind == "category" else "values", np.ascontiguousarray(stored[rows]))
 
     def describe_column(self, fields: SourceFields, name: str, values: pd.Series) -> None:
         if name in fields.columns:
@@ -88,28 +96,32 @@ class ObsSpill:
         per_source = self.distinct.setdefault(name, {})
         if per_source is None:
             return
-        present = values.astype(object)
-        per_source.setdefault(source, {}).update(dict.fromkeys(pd.unique(present[present.notna()].to_numpy())))
+        if isinstance(values.dtype, pd.CategoricalDtype):  # the categories used, without boxing every value
+            codes = values.cat.codes.to_numpy()
+            present = values.cat.categories.take(pd.unique(codes[codes >= 0]))
+        else:
+            present = values.astype(object)
+            present = present[present.notna()].to_numpy()
+        per_source.setdefault(source, {}).update(dict.fromkeys(pd.unique(np.asarray(present, dtype=object))))
         if sum(map(len, per_source.values())) > self.limit and len(set().union(*per_source.values())) > self.limit:
             self.distinct[name] = None
 
-    def write_column(self, shard: int, source: int, name: str, values: pd.Series, fields: SourceFields) -> None:
+    def stored_values(self, fields: SourceFields, name: str, values: pd.Series) -> tuple[str, np.ndarray]:
+        """(kind, array) of a chunk's column as spilled: category codes, text objects or numbers."""
         kind, dtype = fields.columns[name]
         if kind == "category":
             codes = values.cat.codes.to_numpy().astype(np.int32)
             if list(values.cat.categories) != fields.categories[name]:  # a later chunk re-coded: map onto the first
                 known = fields.categories[name]
-                for category in values.cat.categories:
-                    if category not in known:
-                        known.append(category)
-                remap = np.array([known.index(c) for c in values.cat.categories], dtype=np.int32)
+                known += [c for c in values.cat.categories if c not in known]
+                remap = pd.Index(known).get_indexer(values.cat.categories).astype(np.int32)
                 codes = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1).astype(np.int32)
-            self.write(shard, source, ("obs", name), "codes", codes)
-        elif kind == "text":
-            self.write_text(shard, source, ("obs", name), values.to_numpy(dtype=object))
-        else:
-            array = values.to_numpy(dtype=dtype, na_value=np.nan) if dtype.kind == "f" else values.to_numpy(dtype=dtype)
-            self.write(shard, source, ("obs", name), "values", np.ascontiguousarray(array))
+            return kind, codes
+        if kind == "text":
+            return kind, values.to_numpy(dtype=object)
+        if dtype.kind == "f":
+            return kind, values.to_numpy(dtype=dtype, na_value=np.nan)
+        return kind, values.to_numpy(dtype=dtype)
 
     def write_text(self, shard: int, source: int, name: tuple[str, str], values: np.ndarray) -> None:
         missing = pd.isna(values)
@@ -145,6 +157,7 @@ class ObsSpill:
         """('category', categories) | ('strings', None) | ('number', dtype) for one column."""
         kinds = [f.columns[name] for f in self.sources if name in f.columns]
         if any(kind in ("category", "text") for kind, _ in kinds):
+            self.count_spilled_numbers(name)
             per_source = self.distinct[name]
             if per_source is None:
                 return "strings", None
@@ -156,6 +169,15 @@ class ObsSpill:
         if len(present) < len(self.sources):  # a source lacks the column: NaN there (booleans become float64)
             present = [np.dtype(np.float64) if d == bool else d for d in present] + [np.dtype(np.float64)]
         return "number", pd.concat([pd.Series([], dtype=d) for d in present]).dtype
+
+    def count_spilled_numbers(self, name: str) -> None:
+        """Distinct values of the sources that hold a text column as numbers, read back from the spill."""
+        for source, fields in enumerate(self.sources):
+            kind, dtype = fields.columns.get(name, ("", None))
+            shards = sorted({shard for shard, s in self.rows if s == source})
+            for shard in shards if kind == "number" else []:
+                values = pd.Series(self.read(shard, source, ("obs", name), "values", dtype))
+                self.count_distinct(name, source, values)
 
     def obsm_dtypes(self) -> dict[str, np.dtype]:
         """obsm keys kept (in every source, one width) and their common dtype."""
@@ -180,6 +202,11 @@ class ObsSpill:
         lengths = [self.rows[shard, s] for s in sources]
         columns = {}
         for name, (kind, detail) in plan.columns.items():
+            if kind == "category":
+                categories = pd.Index(detail, dtype=object)
+                codes = [self.category_codes(shard, s, name, categories, n) for s, n in zip(sources, lengths)]
+                columns[name] = pd.Categorical.from_codes(np.concatenate(codes or [np.empty(0, np.int32)]), categories=categories)
+                continue
             parts = [self.read_column(shard, s, name) if name in self.sources[s].columns else None for s in sources]
             columns[name] = combine(kind, detail, parts, lengths)
         columns[SOURCE_COLUMN] = pd.Categorical.from_codes(np.repeat(sources, lengths).astype(np.int32), categories=labels)
@@ -218,6 +245,18 @@ class ObsSpill:
             return pd.Series(self.read_text(shard, source, ("obs", name)), dtype=object)
         return pd.Series(self.read(shard, source, ("obs", name), "values", dtype))
 
+    def category_codes(self, shard: int, source: int, name: str, categories: pd.Index, n: int) -> np.ndarray:
+        """A source's part of a category column as codes of the atlas's categories (-1: missing)."""
+        fields = self.sources[source]
+        if name not in fields.columns:
+            return np.full(n, -1, dtype=np.int32)
+        if fields.columns[name][0] == "category":  # map the source's few categories, not every cell
+            codes = self.read(shard, source, ("obs", name), "codes", np.int32)
+            remap = categories.get_indexer(pd.Index(fields.categories[name], dtype=object)).astype(np.int32)
+            return np.where(codes >= 0, remap[np.maximum(codes, 0)], -1).astype(np.int32)
+        values = self.read_column(shard, source, name).astype(object)
+        return categories.get_indexer(values.where(values.notna(), None)).astype(np.int32)
+
     def read_obsm(self, shard: int, source: int, key: str) -> np.ndarray:
         dtype, width = self.sources[source].obsm[key]
         return self.read(shard, source, ("obsm", key), "values", dtype).reshape(-1, *width)
@@ -229,17 +268,15 @@ class ObsPlan:
     obsm: dict[str, np.dtype]
 
 
-def combine(kind: str, detail, parts: list[pd.Series | None], lengths: list[int]):
-    """One column of one shard from its sources' parts (None: the source lacks the column)."""
+def combine(kind: str, dtype, parts: list[pd.Series | None], lengths: list[int]) -> np.ndarray:
+    """A number or string column of one shard from its sources' parts (None: the source lacks it)."""
     if kind == "number":
         filled = [p if p is not None else pd.Series(np.full(n, np.nan)) for p, n in zip(parts, lengths)]
-        merged = pd.concat(filled, ignore_index=True) if filled else pd.Series([], dtype=detail)
-        return merged.astype(detail).to_numpy()
+        merged = pd.concat(filled, ignore_index=True) if filled else pd.Series([], dtype=dtype)
+        return merged.astype(dtype).to_numpy()
     text = [
         p.astype(object).where(p.notna(), None).to_numpy() if p is not None else np.full(n, None, dtype=object)
         for p, n in zip(parts, lengths)
     ]
     values = np.concatenate(text) if text else np.empty(0, dtype=object)
-    if kind == "category":
-        return pd.Categorical(values, categories=detail)
     return pd.Series(values, dtype=object).where(pd.notna(values), np.nan).astype(str).to_numpy(dtype=object)
