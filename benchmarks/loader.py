@@ -1,16 +1,22 @@
 """Loader throughput, memory and shuffle quality against anndata backed mode and annbatch.
 
-    python benchmarks/loader.py                  # 500,000 x 2,000 simulated atlas (~10 min on 2 cores)
-    python benchmarks/loader.py --cells 100000   # smaller
+    python benchmarks/loader.py                  # 500,000 x 2,000 simulated atlas, 5 rounds (~15 min on 2 cores)
+    python benchmarks/loader.py --cells 200000 --skip "anndata backed"   # smaller, without the slow baseline
 
 Every contender reads the same cells in 4,096-cell random-shuffled batches, densified to
 float32 torch tensors on the CPU, from a warm page cache; each runs in its own process, so
 its peak RSS (reported above the RSS it had before the first batch) is its own. Steady
 state: the first 5 batches are not timed, the next --batches are.
 
+The machine is shared and noisy, so contenders are interleaved: --repeats rounds (5), each
+running every contender once, in an order rotated by one per round. The table gives the
+median and range over the rounds, the ratio to annbatch with as many processes by median,
+and the range of the per-round ratios (runs of one round saw the same load, as far as it
+can be); the load average during the runs is printed with it.
+
   vcell raw          our loader, no normalisation (what the baselines deliver)
   vcell log1p        our loader with its default log1p(cp10k) normalisation
-  vcell x2           two vcell processes at once (two training workers on two cores);
+  vcell raw x2       two vcell processes at once (two training workers on two cores);
                      cells/s is the sum. vcell runs with its defaults (loader.threads=auto:
                      one reading and one assembling thread when a process has two cores to
                      itself, none when two processes share them).
@@ -208,10 +214,33 @@ def ideal_entropy(labels: np.ndarray, draws: int = 200) -> float:
     return float(np.mean([entropy(labels[rng.choice(len(labels), BATCH, replace=False)]) for _ in range(draws)]))
 
 
+CONTENDERS = {  # label -> the worker of each process
+    "anndata backed": ["anndata"], "vcell raw": ["vcell-raw"], "vcell log1p": ["vcell-log1p"],
+    "annbatch": ["annbatch"], "vcell raw x2": ["vcell-raw", "vcell-raw"], "annbatch x2": ["annbatch", "annbatch"],
+}
+
+
+def run_once(label: str, paths: dict, batches: int) -> dict:
+    """One contender once, its processes started together; cells/s is their sum."""
+    workers = CONTENDERS[label]
+    for path in (paths["atlas"], paths["h5ad"]) if "annbatch" not in label else (paths["collection"],):
+        warm_cache(path)
+    load = os.getloadavg()[0]
+    processes = [launch(name, paths, batches, len(workers)) for name in workers]
+    results = [collect(p, label) for p in processes]
+    return {
+        "cells_per_s": sum(r["cells_per_s"] for r in results),
+        "peak_mib": max(r["peak_above_baseline_mib"] for r in results),
+        "entropy": float(np.mean([r["entropy"] for r in results])), "load": load,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cells", type=int, default=500_000)
-    parser.add_argument("--batches", type=int, default=60, help="timed batches per contender (>= 50)")
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per run (>= 50)")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds; each runs every contender once")
+    parser.add_argument("--skip", action="append", default=[], help="leave out a contender (e.g. 'anndata backed')")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     for key in ("atlas", "h5ad", "collection"):
         parser.add_argument(f"--{key}", type=Path, help=argparse.SUPPRESS)
@@ -222,39 +251,43 @@ def main() -> None:
     atlas, h5ad, collection, labels = prepare(args.cells)
     paths = {"atlas": atlas, "h5ad": h5ad, "collection": collection}
     ideal = ideal_entropy(labels)
-    rows = []
-    plan = [("anndata backed", ["anndata"]), ("vcell raw", ["vcell-raw"]), ("vcell log1p", ["vcell-log1p"]),
-            ("vcell x2", ["vcell-raw", "vcell-raw"])]
-    if collection is not None:
-        plan += [("annbatch", ["annbatch"]), ("annbatch x2", ["annbatch", "annbatch"])]
-    else:
+    plan = [label for label in CONTENDERS if label not in args.skip]
+    if collection is None:
         print("# annbatch not importable here (it needs Python >= 3.12 and `annbatch[zarrs]`): skipped", flush=True)
-    for label, workers in plan:
-        for path in (atlas, h5ad) if "annbatch" not in label else (collection,):
-            warm_cache(path)
-        processes = [launch(name, paths, args.batches, len(workers)) for name in workers]
-        results = [collect(p, label) for p in processes]
-        rows.append({
-            "contender": label, "processes": len(results),
-            "cells_per_s": sum(r["cells_per_s"] for r in results),
-            "peak_mib": max(r["peak_above_baseline_mib"] for r in results),
-            "shuffle": np.mean([r["entropy"] for r in results]) / ideal,
-        })
-        print(f"# {label}: {rows[-1]['cells_per_s']:,.0f} cells/s", flush=True)
-    print_table(rows, args.cells)
+        plan = [label for label in plan if "annbatch" not in label]
+    runs: dict[str, list[dict]] = {label: [] for label in plan}
+    for round_ in range(args.repeats):
+        # Interleaved (A B C A B C ...), each round starting one contender later, so a burst of load
+        # from elsewhere on the machine hits every contender alike instead of one of them.
+        for label in plan[round_ % len(plan):] + plan[: round_ % len(plan)]:
+            runs[label].append(run_once(label, paths, args.batches))
+            print(f"# round {round_ + 1}: {label}: {runs[label][-1]['cells_per_s']:,.0f} cells/s "
+                  f"(load {runs[label][-1]['load']:.2f})", flush=True)
+    print_table(runs, args.cells, ideal)
 
 
-def print_table(rows: list[dict], cells: int) -> None:
-    baseline = {r["processes"]: r["cells_per_s"] for r in rows if r["contender"].startswith("annbatch")}
-    backed = next(r["cells_per_s"] for r in rows if r["contender"] == "anndata backed")
-    print(f"\n{cells:,} cells x 2,000 genes, batches of {BATCH:,}, dense float32\n")
-    print("| contender      | procs |    cells/s | peak MiB above start | shuffle vs random | vs anndata backed | vs annbatch |")
-    print("|:---------------|------:|-----------:|---------------------:|------------------:|------------------:|------------:|")
-    for r in rows:
-        versus = baseline.get(r["processes"])
-        annbatch = f"{r['cells_per_s'] / versus:.2f}x" if versus else "n/a"
-        print(f"| {r['contender']:<14} | {r['processes']:>5} | {r['cells_per_s']:>10,.0f} | {r['peak_mib']:>20,.0f} "
-              f"| {r['shuffle']:>17.3f} | {r['cells_per_s'] / backed:>16.2f}x | {annbatch:>11} |")
+def print_table(runs: dict[str, list[dict]], cells: int, ideal: float) -> None:
+    """Median and range over the rounds; ratios to annbatch with as many processes, by median and per round."""
+    speed = {label: np.array([r["cells_per_s"] for r in rs]) for label, rs in runs.items()}
+    processes = {label: len(CONTENDERS[label]) for label in runs}
+    annbatch = {processes[label]: label for label in runs if label.startswith("annbatch")}
+    load = np.array([r["load"] for rs in runs.values() for r in rs])
+    print(f"\n{cells:,} cells x 2,000 genes, batches of {BATCH:,}, dense float32; {len(next(iter(speed.values())))} "
+          f"interleaved rounds; 1-minute load average during the runs {load.min():.1f}-{load.max():.1f}\n")
+    print("| contender      | procs | cells/s median | range            | peak MiB | shuffle | vs annbatch (median) | per round |")
+    print("|:---------------|------:|---------------:|:-----------------|---------:|--------:|---------------------:|:----------|")
+    for label, values in speed.items():
+        peak = np.median([r["peak_mib"] for r in runs[label]])
+        shuffle = np.mean([r["entropy"] for r in runs[label]]) / ideal
+        baseline = annbatch.get(processes[label])
+        versus, paired = "n/a", "n/a"
+        if baseline is not None and baseline != label:
+            versus = f"{np.median(values) / np.median(speed[baseline]):.2f}x"
+            ratios = values / speed[baseline]  # the same round: the same load, as far as it can be
+            paired = f"{ratios.min():.2f}-{ratios.max():.2f}x"
+        span = f"{values.min():,.0f}-{values.max():,.0f}"
+        print(f"| {label:<14} | {processes[label]:>5} | {np.median(values):>14,.0f} | {span:<16} | {peak:>8,.0f} "
+              f"| {shuffle:>7.3f} | {versus:>20} | {paired:<9} |")
 
 
 if __name__ == "__main__":

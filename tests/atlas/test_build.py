@@ -158,3 +158,43 @@ def test_uint16_refuses_what_it_cannot_hold(tmp_path):
         build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "atlas.zarr", BuildConfig(dtype="uint16"), progress=False)
     out = build_atlas([AnnDataSource(tmp_path / "in.h5ad")], tmp_path / "auto.zarr", BuildConfig(), progress=False)
     assert open_atlas(out).attrs["dtype"] == "float32"  # auto keeps large counts exact
+
+
+def test_sixty_small_files_every_cell_once_genes_and_obs_aligned(tmp_path):
+    """Many inputs through the shard spill: each cell once, genes unioned, obs/obsm merged alike in every shard."""
+    originals, paths = [], []
+    for index in range(60):
+        adata = make_adata(20, ensembl_ids(index, index + 30), seed=100 + index, cell_types=("T", f"type{index % 7}"))
+        adata.obsm["X_pca"] = np.random.default_rng(index).normal(size=(20, 3)).astype(np.float32 if index % 2 else np.float64)
+        if index % 3 == 0:
+            adata.obs = adata.obs.drop(columns="donor")  # a column only some files have: missing elsewhere
+        if index % 5 == 0:
+            adata.obs["age"] = adata.obs["age"].astype(np.float32) + 0.5  # ints here, floats there: float64
+        paths.append(tmp_path / f"part{index:02d}.h5ad")
+        adata.write_h5ad(paths[-1])
+        originals.append(adata)
+    out = build_atlas([AnnDataSource(p) for p in paths], tmp_path / "atlas.zarr", BuildConfig(shard_cells=300), progress=False)
+    atlas = open_atlas(out)
+    assert atlas.n_cells == 1200 and atlas.n_genes == 89 and len(atlas.shards) == 4
+    shards = [ad.read_zarr(out / "shards" / s["name"]) for s in atlas.shards]
+    categories = atlas.attrs["obs_categories"]
+    assert categories["cell_type"] == ["T"] + [f"type{i}" for i in range(7)]  # each file's sorted, then unioned in order
+    for shard in shards:  # every shard speaks the same codes and dtypes
+        assert list(shard.obs["cell_type"].cat.categories) == categories["cell_type"]
+        assert list(shard.obs["donor"].cat.categories) == ["d1", "d2"]
+        assert shard.obs["age"].dtype == np.float64 and shard.obsm["X_pca"].dtype == np.float64
+    merged = read_all_shards(out)
+    assert merged.obs_names.is_unique and merged.n_obs == 1200  # every cell exactly once
+    dense = merged.X.toarray()
+    for index, original in enumerate(originals):
+        rows = merged.obs_names.get_indexer(original.obs_names)
+        columns = merged.var_names.get_indexer(original.var_names)
+        assert (rows >= 0).all() and np.array_equal(dense[np.ix_(rows, columns)], original.X.toarray())
+        assert dense[rows].sum() == original.X.sum()  # nothing in the genes this file lacks
+        obs = merged.obs.iloc[rows]
+        assert list(obs["cell_type"].astype(str)) == list(original.obs["cell_type"].astype(str))
+        assert np.allclose(obs["age"].to_numpy(), original.obs["age"].to_numpy())
+        expected_donor = original.obs["donor"].tolist() if "donor" in original.obs else ["nan"] * 20
+        assert list(obs["donor"].astype(str)) == expected_donor
+        assert np.allclose(merged.obsm["X_pca"][rows], original.obsm["X_pca"])
+        assert set(obs["vcell_source"]) == {f"part{index:02d}"}

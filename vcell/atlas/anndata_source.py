@@ -11,6 +11,7 @@ the file holds counts elsewhere: then the error names the option that selects th
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -73,6 +74,7 @@ class AnnDataSource(Source):
             self._obs = read_dataframe(self._root, "obs")
             var = read_dataframe(self._root, var_key)
             self._matrix = self._open_matrix()
+            self._shape = tuple(self._matrix.shape)
             if matrix == "auto":
                 self._refuse_x_without_counts(elements)
         except VCellError:
@@ -82,7 +84,7 @@ class AnnDataSource(Source):
                 f"{self.path}: cannot read AnnData elements ({type(error).__name__}: {error})",
                 hint="the file looks truncated or corrupt; copy it again or re-export it from AnnData",
             ) from None
-        n_cells, n_genes = self._matrix.shape
+        n_cells, n_genes = self._shape
         if n_cells == 0 or n_genes == 0 or len(self._obs) != n_cells or len(var) != n_genes:
             raise VCellError(
                 f"{self.path}: empty or inconsistent matrix '{self.matrix_key}' of shape "
@@ -95,6 +97,25 @@ class AnnDataSource(Source):
         if symbols is not None:
             self._var["gene_symbol"] = symbols.to_numpy()
         self._obsm_keys = self._dense_obsm_keys(n_cells)
+        # Closed until streamed: a build over hundreds of files holds one file's obs and one HDF5
+        # handle (~1 MB of metadata cache each) at a time, not all of them.
+        self._obs = None
+        self._close()
+
+    def _close(self) -> None:
+        if isinstance(self._root, h5py.File):
+            self._root.close()
+        self._root = self._matrix = None
+
+    @contextmanager
+    def _opened(self):
+        """The file's root and matrix, open for the duration (re-opened by every reader)."""
+        self._root = open_anndata_root(self.path)
+        try:
+            self._matrix = self._open_matrix()
+            yield
+        finally:
+            self._close()
 
     def _locate(self, name: str, elements: dict[str, tuple[str, str]]) -> tuple[str, str]:
         if name not in elements:
@@ -159,7 +180,7 @@ class AnnDataSource(Source):
 
     @property
     def n_cells(self) -> int:
-        return int(self._matrix.shape[0])
+        return int(self._shape[0])
 
     @property
     def var(self) -> pd.DataFrame:
@@ -167,19 +188,26 @@ class AnnDataSource(Source):
 
     @property
     def obs(self) -> pd.DataFrame:
-        return self._obs
+        if self._obs is not None:
+            return self._obs
+        with self._opened():
+            return read_dataframe(self._root, "obs")
 
     def nnz_per_cell(self) -> float:
         """Mean stored values per cell, from indptr alone when sparse (no data read)."""
-        if hasattr(self._matrix, "group"):
-            indptr = self._matrix.group["indptr"]
-            if self._matrix.format == "csr":
-                return float(indptr[-1]) / max(self.n_cells, 1)
-        return float(self._matrix.shape[1])
+        with self._opened():
+            if hasattr(self._matrix, "group") and self._matrix.format == "csr":
+                return float(self._matrix.group["indptr"][-1]) / max(self.n_cells, 1)
+        return float(self._shape[1])
 
     def chunks(self, chunk_cells: int, first: int = 0, last: int | None = None) -> Iterator[SourceChunk]:
         """Cells [first, last) (default: all) in chunks of `chunk_cells`."""
         last = self.n_cells if last is None else min(last, self.n_cells)
+        obs = self.obs
+        with self._opened():
+            yield from self._read_chunks(obs, chunk_cells, first, last)
+
+    def _read_chunks(self, obs: pd.DataFrame, chunk_cells: int, first: int, last: int) -> Iterator[SourceChunk]:
         for start in range(first, last, chunk_cells):
             stop = min(start + chunk_cells, last)
             try:
@@ -192,7 +220,7 @@ class AnnDataSource(Source):
                     hint="the file looks truncated or corrupt; copy it again or re-export it",
                 ) from None
             matrix = sp.csr_matrix(block)
-            yield SourceChunk(obs=self._obs.iloc[start:stop], X=matrix, obsm=obsm)
+            yield SourceChunk(obs=obs.iloc[start:stop], X=matrix, obsm=obsm)
 
     def describe(self) -> dict:
         return {

@@ -26,10 +26,11 @@ from anndata.io import write_elem
 from tqdm.auto import tqdm
 
 from vcell import __version__
-from vcell.atlas.durations import convert_duration_columns
-from vcell.atlas.merge import SOURCE_COLUMN, Vocabulary, build_vocabulary, merge_obs, merge_obsm
+from vcell.atlas.durations import conversion_report, convert_duration_columns
+from vcell.atlas.merge import SOURCE_COLUMN, Vocabulary, build_vocabulary
+from vcell.atlas.obs_spill import ObsSpill
 from vcell.atlas.sources import Source
-from vcell.atlas.spill import ShardSpill
+from vcell.atlas.spill import ShardSpill, shard_groups
 from vcell.atlas.stats import TARGET_SUM, LIBRARY_EDGES, StatsAccumulator
 from vcell.atlas.store import (
     ATLAS_OUTPUT, ATTRS_KEY, FORMAT_NAME, FORMAT_VERSION, SHARDS_GROUP, checksum_tree, index_dtype, shard_name,
@@ -154,26 +155,26 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
     positions = rng.permutation(n_cells) if config.shuffle else np.arange(n_cells)
     root = zarr.open_group(str(directory), mode="w", zarr_format=3)
     spill = ShardSpill(directory / ".spill", n_shards, shard_cells, spill_dtype(config), index_dtype(vocabulary.n_genes))
+    obs_spill = ObsSpill(directory / ".spill", n_cells, len(sources))
     try:
-        scan = scan_sources(sources, labels, vocabulary, positions, spill, config, progress)
+        scan = scan_sources(sources, labels, vocabulary, positions, (spill, obs_spill), config, progress)
     finally:
         spill.close()
+    del positions  # pass 2 needs only the spills: nothing left that grows with the atlas but the files
     stored_dtype = resolve_stored_dtype(config, scan)
-    obs = merge_obs(scan["obs"], unique_names([s.name for s in sources]))
-    obs, conversions = convert_duration_columns(obs, config.duration_columns, SOURCE_COLUMN)
-    obsm = merge_obsm(scan["obsm"])
+    obs_plan = obs_spill.plan()
+    source_names = unique_names([s.name for s in sources])
     shards = root.create_group(SHARDS_GROUP)
-    order = np.argsort(positions)  # input row of each output position
     var = vocabulary.var
-    shard_records = []
+    shard_records, converted, obs_columns = [], {}, {}
     for shard in tqdm(range(n_shards), desc="writing shards", unit="shard", disable=not progress or None):
-        rows = order[shard * shard_cells : (shard + 1) * shard_cells]
+        obs, obsm = obs_spill.assemble(shard, spill.arrival_order(shard), obs_plan, source_names)
+        obs = convert_duration_columns(obs, config.duration_columns, SOURCE_COLUMN, converted)
+        obs_columns = {c: str(obs[c].dtype) for c in obs.columns}
         matrix = spill.assemble(shard, stored_dtype)
-        write_shard(
-            shards, shard_name(shard), matrix, vocabulary.n_genes, obs.iloc[rows], var,
-            {k: v[rows] for k, v in obsm.items()}, config.codec, config.chunk_nnz,
-        )
-        shard_records.append({"name": shard_name(shard), "start": shard * shard_cells, "n_cells": len(rows), "nnz": int(matrix.nnz)})
+        write_shard(shards, shard_name(shard), matrix, vocabulary.n_genes, obs, var, obsm, config.codec, config.chunk_nnz)
+        shard_records.append({"name": shard_name(shard), "start": shard * shard_cells, "n_cells": len(obs), "nnz": int(matrix.nnz)})
+        del obs, obsm, matrix
     shutil.rmtree(directory / ".spill")
     write_vocabulary_and_stats(root, vocabulary, scan["stats"])
     if extra is not None:
@@ -190,10 +191,13 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
             for s, c in zip(sources, vocabulary.coverage)
         ],
         "shards": shard_records,
-        "obs_columns": {c: str(obs[c].dtype) for c in obs.columns},
-        "obs_categories": {c: [str(v) for v in obs[c].cat.categories] for c in obs.columns if obs[c].dtype == "category"},
-        "obs_conversions": conversions,
-        "obsm_keys": sorted(obsm),
+        "obs_columns": obs_columns,
+        "obs_categories": {
+            c: [str(v) for v in categories] for c, (kind, categories) in obs_plan.columns.items()
+            if kind == "category" and c not in converted
+        } | {SOURCE_COLUMN: source_names},
+        "obs_conversions": conversion_report(converted),
+        "obsm_keys": sorted(obs_plan.obsm),
         "stats": {"transform": scan["stats"].transform, "target_sum": TARGET_SUM},
         "library_size": scan["stats"].library_summary(),
     }
@@ -202,15 +206,15 @@ def build_into(directory: Path, sources: list[Source], config: BuildConfig, extr
     root.attrs[ATTRS_KEY] = attrs
 
 
-def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: ShardSpill, config: BuildConfig, progress: bool) -> dict:
+def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spills: tuple[ShardSpill, ObsSpill], config: BuildConfig, progress: bool) -> dict:
     """Pass 1: validate, re-index, accumulate statistics and spill, one chunk at a time."""
+    spill, obs_spill = spills
     counts_stats = StatsAccumulator(vocabulary.n_genes, "log1p_cp10k")
     identity_stats = StatsAccumulator(vocabulary.n_genes, "identity")
     all_integer, offset, max_value = True, 0, 0.0
-    obs_frames, obsm_blocks = [], []
     bar = tqdm(total=int(len(positions)), desc="reading inputs", unit="cell", unit_scale=True, disable=not progress or None)
     for index, (source, label) in enumerate(zip(sources, labels)):
-        frames, blocks, start = [], {}, offset
+        start = offset
         for chunk in source.chunks(config.read_cells):
             matrix = to_vocabulary(chunk.X, vocabulary.source_maps[index], vocabulary.n_genes)
             all_integer &= check_values(matrix, label, offset - start, chunk.obs.index, config.values)
@@ -218,21 +222,19 @@ def scan_sources(sources, labels, vocabulary: Vocabulary, positions, spill: Shar
             max_value = max(max_value, float(matrix.data.max(initial=0.0)))
             for stats in (counts_stats, identity_stats):
                 stats.add(matrix, library, vocabulary.measured[index])
-            spill.append(matrix, positions[offset : offset + matrix.shape[0]])
-            frames.append(chunk.obs)
-            for key, value in chunk.obsm.items():
-                blocks.setdefault(key, []).append(np.asarray(value))
+            chunk_positions = positions[offset : offset + matrix.shape[0]]
+            groups = shard_groups(chunk_positions, spill.shard_cells)
+            spill.append(matrix, chunk_positions, groups)
+            obs_spill.append(index, chunk.obs, chunk.obsm, groups)
             offset += matrix.shape[0]
             bar.update(matrix.shape[0])
         if offset - start != source.n_cells:
             raise VCellError(f"{label}: yielded {offset - start} cells but declares {source.n_cells}")
-        obs_frames.append(pd.concat(frames))
-        obsm_blocks.append(blocks)
     bar.close()
     if counts_stats.detected.sum() == 0:
         raise VCellError(f"{', '.join(labels)}: the expression matrix has no non-zero values", hint="check the chosen matrix (--layer)")
     stats = counts_stats if all_integer else identity_stats
-    return {"obs": obs_frames, "obsm": obsm_blocks, "stats": stats, "all_integer": all_integer, "max_value": max_value}
+    return {"stats": stats, "all_integer": all_integer, "max_value": max_value}
 
 
 def spill_dtype(config: BuildConfig) -> np.dtype:

@@ -68,17 +68,27 @@ def to_hours(values: pd.Series, column: str, sources: pd.Series) -> tuple[np.nda
     return hours.to_numpy(dtype=np.float32), mapping
 
 
-def convert_duration_columns(obs: pd.DataFrame, columns: list[str], source_column: str) -> tuple[pd.DataFrame, dict]:
-    """obs with each textual duration column in `columns` as float32 hours, and a report of
-    what was converted ({column: {"unit": "hours", "values": {text: hours}}})."""
-    report = {}
+def convert_duration_columns(
+    obs: pd.DataFrame, columns: list[str], source_column: str, seen: dict[str, dict[str, float]],
+) -> pd.DataFrame:
+    """obs with each textual duration column in `columns` as float32 hours. The build calls it once
+    per shard; `seen` collects what each distinct text became ({column: {text: hours}})."""
     for column in columns:
         if column not in obs.columns or not is_textual(obs[column]):
             continue
         hours, mapping = to_hours(obs[column], column, obs[source_column])
         obs = obs.assign(**{column: hours})
+        if column not in seen:
+            log.info("obs '%s' holds durations as text: converted to hours (%s)", column,
+                     ", ".join(f"'{text}' -> {value}" for text, value in list(mapping.items())[:8]))
+        seen.setdefault(column, {}).update(mapping)
+    return obs
+
+
+def conversion_report(seen: dict[str, dict[str, float]]) -> dict:
+    """{column: {"unit": "hours", "values": {text: hours}, "n_distinct": n}} for the atlas attrs."""
+    report = {}
+    for column, mapping in seen.items():
         shown = {text: None if math.isnan(value) else value for text, value in list(mapping.items())[:MAX_RECORDED]}
         report[column] = {"unit": "hours", "values": shown, "n_distinct": len(mapping)}  # JSON: missing is null
-        log.info("obs '%s' holds durations as text: converted to hours (%s)", column,
-                 ", ".join(f"'{text}' -> {value}" for text, value in list(shown.items())[:8]))
-    return obs, report
+    return report

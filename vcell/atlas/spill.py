@@ -33,6 +33,15 @@ class CSRArrays:
         return int(self.indptr[-1])
 
 
+def shard_groups(positions: np.ndarray, shard_cells: int) -> list[tuple[int, np.ndarray]]:
+    """(shard, rows of the chunk that go to it, in arrival order) for a chunk's output `positions`."""
+    shard_of_row = positions // shard_cells
+    order = np.argsort(shard_of_row, kind="stable")
+    shards, starts = np.unique(shard_of_row[order], return_index=True)
+    stops = np.append(starts[1:], len(order))
+    return [(int(shard), order[a:b]) for shard, a, b in zip(shards, starts, stops)]
+
+
 class ShardSpill:
     """Append-only spill files per output shard under `directory`."""
 
@@ -48,14 +57,10 @@ class ShardSpill:
     def _path(self, shard: int, field: str) -> Path:
         return self.directory / f"{shard:05d}.{field}"
 
-    def append(self, matrix: sp.csr_matrix, positions: np.ndarray) -> None:
-        """Route rows of `matrix` (global vocabulary) to the shards of their output `positions`."""
-        shard_of_row = positions // self.shard_cells
-        order = np.argsort(shard_of_row, kind="stable")
-        boundaries = np.searchsorted(shard_of_row[order], np.arange(len(self._handles) + 1))
+    def append(self, matrix: sp.csr_matrix, positions: np.ndarray, groups: list[tuple[int, np.ndarray]]) -> None:
+        """Route rows of `matrix` (global vocabulary) to their shards; `groups` from `shard_groups(positions)`."""
         row_nnz = np.diff(matrix.indptr).astype(np.int32)
-        for shard in np.unique(shard_of_row):
-            rows = order[boundaries[shard] : boundaries[shard + 1]]
+        for shard, rows in groups:
             block = matrix[rows]  # (rows, n_genes) CSR, rows in arrival order
             handles = self._handles[shard]
             positions[rows].astype(np.int64).tofile(handles["positions"])
@@ -75,15 +80,11 @@ class ShardSpill:
         and the output is filled a slice of rows at a time, so the peak is the output arrays
         plus one slice's gather index (~10 bytes per stored value instead of ~26 gathering at once).
         """
-        positions = np.fromfile(self._path(shard, "positions"), dtype=self.dtypes["positions"])
+        order = self.arrival_order(shard)
         row_nnz = np.fromfile(self._path(shard, "row_nnz"), dtype=self.dtypes["row_nnz"])
-        local = positions - shard * self.shard_cells
-        n_rows = len(local)
-        if n_rows and (local.min() < 0 or local.max() >= n_rows or len(np.unique(local)) != n_rows):
-            raise RuntimeError(f"spill of shard {shard} is inconsistent (positions not a permutation)")
+        n_rows = len(order)
         arrival_start = np.zeros(n_rows, dtype=np.int64)
         np.cumsum(row_nnz[:-1], out=arrival_start[1:])
-        order = np.argsort(local)  # arrival row for each output row
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(row_nnz[order], out=indptr[1:])
         spilled = {field: self.mapped(shard, field) for field in ("indices", "data")}
@@ -102,6 +103,14 @@ class ShardSpill:
         for field in FIELDS:
             self._path(shard, field).unlink()
         return CSRArrays(data, indices, indptr)
+
+    def arrival_order(self, shard: int) -> np.ndarray:
+        """The arrival row of each output row of `shard` (obs and obsm are put in order with it too)."""
+        local = np.fromfile(self._path(shard, "positions"), dtype=self.dtypes["positions"]) - shard * self.shard_cells
+        n_rows = len(local)
+        if n_rows and (local.min() < 0 or local.max() >= n_rows or len(np.unique(local)) != n_rows):
+            raise RuntimeError(f"spill of shard {shard} is inconsistent (positions not a permutation)")
+        return np.argsort(local)
 
     def mapped(self, shard: int, field: str) -> np.ndarray:
         path = self._path(shard, field)
