@@ -19,6 +19,7 @@ from vcell.config.section import Section
 
 OPERATIONAL = (
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
+    "scaling.placement_strategy",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
     "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
 )
@@ -76,6 +77,10 @@ class ScalingSection(Section):
         "runs", description="folder holding runs/<name>/: local, or a filesystem every node mounts on clusters"
     )
     max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1: unlimited)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers on nodes: PACK fills a node first, SPREAD uses as many nodes "
+        "as it can (and, after a node dies, the ones left), STRICT_* insist (and wait for enough nodes)"
+    )
 
 
 class WandbConfig(Section):
