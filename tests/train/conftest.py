@@ -1,20 +1,72 @@
-"""Run configs for the distributed-training tests (the atlas, `train_atlas`, is in tests/conftest.py).
+"""Run configs for the distributed-training tests (the atlas, `train_atlas`, is in tests/conftest.py),
+the uninterrupted reference run other runs are compared with, and the comparison.
 
 Runs go through the real driver (`vcell.train.ray_train.train`) on the session's local Ray
-cluster; each takes ~10-20 s here, so a few reference runs are shared by module fixtures.
+cluster; each takes ~10-20 s here, so the reference run is shared by the whole session.
 """
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
+import torch
+
 from vcell.config import load_config
 
 
-def run_config(atlas, storage, name: str, *overrides: str):
-    """A tiny full-model run: 2 CPU workers, 64 cells per batch, 12 steps, checkpoints every 4."""
-    return load_config(None, [
+def run_overrides(atlas, storage, name: str, *overrides: str) -> list[str]:
+    """The `key=value` overrides of a tiny full-model run: 2 CPU workers, 64 cells per batch, 12 steps,
+    checkpoints every 4 (also what `vcell train` takes on its command line)."""
+    return [
         f"name={name}", f"data.atlas={atlas}", "data.synthesize_if_missing=false", f"scaling.storage_path={storage}",
         "model.size=tiny", "loader.batch_size=64", "loader.block_cells=100", "loader.buffer_cells=256",
         "loader.split.val_fraction=0.1", "loader.split.test_fraction=0.0", "loader.split.holdout=[]", "train.steps=12", "train.checkpoint_every=4",
         "train.validate_every=6", "train.validation_batches=2", "train.deterministic=true", "train.audit_cells=true",
         "train.progress_bar=false", "wandb.mode=disabled", "scaling.max_failures=1", "evaluate.at_end=false", *overrides,
-    ])
+    ]
+
+
+def run_config(atlas, storage, name: str, *overrides: str):
+    """The config of `run_overrides`."""
+    return load_config(None, run_overrides(atlas, storage, name, *overrides))
+
+
+def weight_differences(first, second) -> list[str]:
+    """Names of the exported tensors that are not bitwise equal between two runs (configs)."""
+    from vcell.train.checkpoint import load_exported
+    from vcell.train.run import run_directory
+
+    a, b = load_exported(run_directory(first) / "model"), load_exported(run_directory(second) / "model")
+    assert a.keys() == b.keys()
+    return [name for name in a if not torch.equal(a[name], b[name])]
+
+
+def audit_after_one_resume(config, resumed_from: int, replayed_steps: set[int]) -> np.ndarray:
+    """The cell audit of a run resumed once, from its checkpoint of step `resumed_from`, checked: the
+    first attempt's steps after that checkpoint are `replayed_steps`, and apart from them every train
+    cell was trained exactly once in each epoch. Returns the audit (rank, resumed_from, step, epoch, cell)."""
+    from vcell.data.split import SPLITS
+    from vcell.train.callbacks import read_audit
+    from vcell.train.run import run_directory
+
+    audit = read_audit(run_directory(config) / "audit")
+    assert set(audit[:, 1]) == {0, resumed_from}
+    replayed = (audit[:, 1] == 0) & (audit[:, 2] > resumed_from)
+    assert set(audit[replayed, 2]) == replayed_steps
+    kept = audit[~replayed]
+    codes = np.load(run_directory(config) / "split_codes.npy")
+    train_cells = np.flatnonzero(codes == SPLITS.index("train"))
+    for epoch in np.unique(kept[:, 3]):
+        cells = np.sort(kept[kept[:, 3] == epoch, 4])
+        assert np.array_equal(cells, train_cells), f"epoch {epoch}: not every train cell exactly once"
+    return audit
+
+
+@pytest.fixture(scope="session")
+def reference(ray_cluster, train_atlas, tmp_path_factory):
+    """An uninterrupted 2-worker DDP run (W&B offline, evaluated at its end): what the other runs are compared with."""
+    from vcell.train.ray_train import train
+
+    config = run_config(train_atlas, tmp_path_factory.mktemp("reference"), "reference", "wandb.mode=offline",
+                        "evaluate.at_end=true")
+    return config, train(config)

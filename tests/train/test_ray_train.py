@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train.conftest import run_config
+from tests.train.conftest import audit_after_one_resume, run_config, weight_differences
 from vcell.atlas.store import open_atlas
 from vcell.data.split import SPLITS
 from vcell.errors import VCellError
@@ -28,13 +28,6 @@ from vcell.train.training_plan import model_spec, with_model_inputs
 from vcell.train.ray_train import train
 from vcell.train.run import prepare_run, run_directory
 from vcell.train.tracking import read_history
-
-
-def weight_differences(first, second) -> list[str]:
-    """Names of the exported tensors that are not bitwise equal between two runs."""
-    a, b = load_exported(run_directory(first) / "model"), load_exported(run_directory(second) / "model")
-    assert a.keys() == b.keys()
-    return [name for name in a if not torch.equal(a[name], b[name])]
 
 
 def weights_not_close(first: dict, second: dict, atol: float) -> list[str]:
@@ -51,13 +44,6 @@ def losses(config) -> np.ndarray:
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory):
     return tmp_path_factory.mktemp("runs")
-
-
-@pytest.fixture(scope="module")
-def reference(ray_cluster, train_atlas, storage):
-    """An uninterrupted 2-worker DDP run (W&B offline): what the other runs are compared with."""
-    config = run_config(train_atlas, storage, "reference", "wandb.mode=offline", "evaluate.at_end=true")
-    return config, train(config)
 
 
 def test_a_run_writes_its_whole_directory(reference, capsys):
@@ -145,16 +131,8 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_with_every_cell_once(
     assert (tmp_path / "killed").exists() and metrics["resumed_from_step"] == 4
     assert weight_differences(reference[0], config) == []  # bitwise: resumed equals uninterrupted
 
-    audit = read_audit(run_directory(config) / "audit")  # rank, resumed_from, step, epoch, cell
-    assert set(audit[:, 1]) == {0, 4}
-    replayed = (audit[:, 1] == 0) & (audit[:, 2] > 4)  # the first attempt's steps after its last checkpoint
-    assert set(audit[replayed, 2]) == {5, 6}
-    kept = audit[~replayed]
-    codes = np.load(run_directory(config) / "split_codes.npy")
-    train_cells = np.flatnonzero(codes == SPLITS.index("train"))
-    for epoch in np.unique(kept[:, 3]):
-        cells = np.sort(kept[kept[:, 3] == epoch, 4])
-        assert np.array_equal(cells, train_cells), f"epoch {epoch}: not every train cell exactly once"
+    # the first attempt's steps after its last checkpoint (5, 6) are replayed, every other cell is used once
+    audit_after_one_resume(config, resumed_from=4, replayed_steps={5, 6})
 
 
 def not_replayed(audit: np.ndarray) -> np.ndarray:

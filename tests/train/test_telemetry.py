@@ -4,7 +4,6 @@ TFLOP/s (the FLOPs formula) per step into history.csv, metrics.json and the summ
 
 from __future__ import annotations
 
-import pytest
 
 from tests.train.test_memory_estimate import PRETRAIN
 from vcell.config import load_config

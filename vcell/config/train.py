@@ -22,6 +22,7 @@ OPERATIONAL = (
     # and go, and resuming on another number re-plans the rest of the epoch (data.epoch_plan)
     "scaling.workers", "scaling.min_workers",
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
+    "scaling.placement_strategy",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
     "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
 )
@@ -110,6 +111,10 @@ class ScalingSection(Section):
         "runs", description="folder holding runs/<name>/: local, or a filesystem every node mounts on clusters"
     )
     max_failures: int = Field(2, ge=-1, description="worker-group restarts after a failure (-1: unlimited)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers on nodes: PACK fills a node first, SPREAD uses as many nodes "
+        "as it can (and, after a node dies, the ones left), STRICT_* insist (and wait for enough nodes)"
+    )
 
     @model_validator(mode="after")
     def _check_range(self) -> ScalingSection:

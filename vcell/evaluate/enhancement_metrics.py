@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from vcell.data.memory import batches_of, select
 from vcell.evaluate.edges import score_edges
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import average_precision, column_correlations, pearson, relative_error
+from vcell.evaluate.metrics import column_correlations, pearson, relative_error
 from vcell.evaluate.scores import interval_coverage
 from vcell.evaluate.truth import true_expression
 from vcell.models.blocks import gene_set_means, gene_set_projector, project_on_gene_sets

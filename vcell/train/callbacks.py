@@ -222,23 +222,31 @@ def read_audit(directory: Path) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 5), dtype=np.int64)
 
 
+FAULT_KINDS = ("kill", "error", "hold")
+
+
 class FaultDrill(pl.Callback):
     """Kills this worker process at a step, once (a marker file remembers): failure drills.
     With VCELL_FAULT_KIND=error it raises a VCellError there instead, on every attempt (a
-    deterministic error), and appends a line to the marker each time.
+    deterministic error), and appends a line to the marker each time. With VCELL_FAULT_KIND=hold
+    it stops there, once, for VCELL_FAULT_HOLD_S seconds (default 60) after writing the marker:
+    a drill from outside (a node killed) then strikes at a known step, after a known checkpoint.
 
     Set by the environment of the driver: VCELL_FAULT_STEP, VCELL_FAULT_RANK (default 1),
-    VCELL_FAULT_MARKER (a path; the kill happens only while it does not exist)."""
+    VCELL_FAULT_MARKER (a path; the kill or hold happens only while it does not exist)."""
 
-    def __init__(self, step: int, rank: int, marker: Path, kind: str = "kill") -> None:
-        self.step, self.rank, self.marker, self.kind = step, rank, marker, kind
+    def __init__(self, step: int, rank: int, marker: Path, kind: str = "kill", hold_s: float = 60.0) -> None:
+        if kind not in FAULT_KINDS:
+            raise VCellError(f"VCELL_FAULT_KIND={kind!r} is not a fault drill", hint=f"use one of {', '.join(FAULT_KINDS)}")
+        self.step, self.rank, self.marker, self.kind, self.hold_s = step, rank, marker, kind, hold_s
 
     @classmethod
     def from_environment(cls) -> FaultDrill | None:
         if "VCELL_FAULT_STEP" not in os.environ:
             return None
         return cls(int(os.environ["VCELL_FAULT_STEP"]), int(os.environ.get("VCELL_FAULT_RANK", 1)),
-                   Path(os.environ["VCELL_FAULT_MARKER"]), os.environ.get("VCELL_FAULT_KIND", "kill"))
+                   Path(os.environ["VCELL_FAULT_MARKER"]), os.environ.get("VCELL_FAULT_KIND", "kill"),
+                   float(os.environ.get("VCELL_FAULT_HOLD_S", 60)))
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index) -> None:
         if trainer.global_step != self.step or trainer.global_rank != self.rank:
@@ -247,6 +255,11 @@ class FaultDrill(pl.Callback):
             with open(self.marker, "a") as stream:
                 stream.write(f"error on rank {self.rank} at step {self.step}\n")
             raise VCellError(f"fault drill: a deterministic error on rank {self.rank} at step {self.step}")
-        if not self.marker.exists():
-            self.marker.write_text(f"killed rank {self.rank} at step {self.step}\n")
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.marker.exists():
+            return
+        if self.kind == "hold":
+            self.marker.write_text(f"holding rank {self.rank} at step {self.step} (pid {os.getpid()})\n")
+            time.sleep(self.hold_s)  # the other ranks wait in the next step's all-reduce meanwhile
+            return
+        self.marker.write_text(f"killed rank {self.rank} at step {self.step}\n")
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -148,7 +148,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         # newest checkpoint, whatever number of workers wrote it
         scaling_config=ScalingConfig(
             num_workers=scaling.workers if scaling.min_workers is None else (scaling.min_workers, scaling.workers),
-            use_gpu=bool(scaling.gpus_per_worker), resources_per_worker=resources),
+            use_gpu=bool(scaling.gpus_per_worker), resources_per_worker=resources,
+            placement_strategy=scaling.placement_strategy),
         # the rendezvous store listens on the node's Ray address only (torch's own: every interface)
         torch_config=BoundTorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
         run_config=RunConfig(

@@ -126,7 +126,7 @@ def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
         f"parameters  {plan.parameters:,} for {plan.genes:,} genes; atlas {config.data.atlas} ({plan.cells:,} cells)",
         f"plan        {describe_workers(plan, config)}",
         f"memory      ~{plan.memory_per_worker_gb:.3f} GB per worker (estimate, GB: {parts})",
-        f"strategies  GB per worker: " + ", ".join(f"{name} {gb:.3f}" for name, gb in plan.by_strategy.items())
+        "strategies  GB per worker: " + ", ".join(f"{name} {gb:.3f}" for name, gb in plan.by_strategy.items())
         + " (weights, gradients, optimiser, activations; vcell/train/memory_estimate.py)",
         f"flops       {plan.flops_per_cell:.3g} per cell per training step (forward + backward; vcell/models/flops.py)"
         + (f" at the atlas's mean {plan.tokens_per_cell:,.0f} gene tokens per cell; {plan.flops_per_cell_full_context:.3g} "
