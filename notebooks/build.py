@@ -106,16 +106,24 @@ def sources() -> dict[str, nbformat.NotebookNode]:
     return notebooks
 
 
-def execute(notebook: nbformat.NotebookNode, name: str, km=None, timeout: int = 1800):
-    """Run every cell in a kernel started in notebooks/ (or in `km`'s, kept running); (notebook, client)."""
+def execute(notebook: nbformat.NotebookNode, name: str, km=None, timeout: int = 1800, keep_kernel: bool = False):
+    """Run every cell in a new kernel started in notebooks/, or in `km`'s; (notebook, client).
+    `keep_kernel` leaves the kernel running for the next notebook (`client.km`; `shutdown` it)."""
     from nbclient import NotebookClient
 
     client = NotebookClient(notebook, km=km, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     started = time.perf_counter()
-    client.execute(cleanup_kc=km is None)
+    client.execute(cleanup_kc=not keep_kernel)
     print(f"{name}: executed in {time.perf_counter() - started:.0f} s", flush=True)
     return notebook, client
+
+
+def shutdown(km) -> None:
+    """Stop a kernel that `execute` left running (its manager is nbclient's asynchronous one)."""
+    from nbclient.util import run_sync
+
+    run_sync(km.shutdown_kernel)(now=True)
 
 
 def source_view(notebook: nbformat.NotebookNode) -> list[tuple[str, str]]:

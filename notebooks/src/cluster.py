@@ -29,7 +29,7 @@ from vcell.train.tracking import read_history, read_offline_run
 SMOKE = os.environ.get("SMOKE") == "1"
 WORK = Path(os.environ.get("VCELL_NOTEBOOK_WORK", "work"))
 REPO = Path.cwd().parent
-CELLS, STEPS, WORKERS, TRIALS = (800, 4, 1, 2) if SMOKE else (5000, 200, 2, 4)
+CELLS, STEPS, WORKERS, TRIALS = (800, 4, 1, 2) if SMOKE else (3000, 120, 2, 3)
 os.environ["WANDB_MODE"] = "offline"  # never online from a tutorial (the config says offline too)
 
 

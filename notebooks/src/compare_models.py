@@ -27,7 +27,7 @@ from vcell.evaluate.plots_model import metric_bars
 SMOKE = os.environ.get("SMOKE") == "1"
 WORK = Path(os.environ.get("VCELL_NOTEBOOK_WORK", "work"))
 REPO = Path.cwd().parent
-CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (5000, 250, 1000)
+CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (3000, 200, 800)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 # %% [markdown]

@@ -56,7 +56,7 @@ from vcell.train.training_plan import format_plan, model_spec, training_plan, wi
 SMOKE = os.environ.get("SMOKE") == "1"
 WORK = Path(os.environ.get("VCELL_NOTEBOOK_WORK", "work"))  # atlas, runs and exports (git-ignored)
 REPO = Path.cwd().parent  # notebooks/ is the working folder
-CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (5000, 250, 1000)
+CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (3000, 200, 800)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 pd.set_option("display.width", 120)
 

@@ -33,7 +33,7 @@ from vcell.train.training_plan import model_spec, with_model_inputs
 SMOKE = os.environ.get("SMOKE") == "1"
 WORK = Path(os.environ.get("VCELL_NOTEBOOK_WORK", "work"))
 REPO = Path.cwd().parent
-CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (5000, 250, 1000)
+CELLS, STEPS, EVAL_CELLS = (800, 5, 100) if SMOKE else (3000, 200, 800)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
@@ -69,7 +69,8 @@ print("integer counts:", bool((mine.X.data == mine.X.data.round()).all()), "| la
 
 # %%
 MY_ATLAS = WORK / "my_atlas.zarr"
-assert vcell(["atlas", "build", str(MY_FILE), "--out", str(MY_ATLAS), "--overwrite", "--quiet"]) == 0
+assert vcell(["--log-level", "WARNING", "atlas", "build", str(MY_FILE), "--out", str(MY_ATLAS), "--overwrite",
+              "--quiet"]) == 0
 
 # %% [markdown]
 # ## 3. Train
@@ -142,7 +143,7 @@ assert vcell(["atlas", "build", str(PBMC), "--out", str(PBMC_ATLAS), "--matrix",
 
 # %%
 pbmc_overrides = [f"data.atlas={PBMC_ATLAS}", "model.columns.context=bulk_labels", "loader.split.holdout=[]",
-                  "loader.batch_size=128", f"scaling.storage_path={WORK / 'runs'}", f"train.steps={STEPS}",
+                  "loader.split.test_fraction=0.2", "loader.batch_size=128", f"scaling.storage_path={WORK / 'runs'}", f"train.steps={STEPS}",
                   f"evaluate.max_cells={EVAL_CELLS}", f"evaluate.tsne_cells={EVAL_CELLS}",
                   "evaluate.embeddings=held_out", f"evaluate.plots={not SMOKE}"]
 pbmc = open_atlas(PBMC_ATLAS)
