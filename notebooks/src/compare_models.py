@@ -33,11 +33,11 @@ torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 # %% [markdown]
 # ## The candidates and the shared settings
 #
-# Four single enhancements and `base`. Everything but the model is the same for all of them
+# Four single enhancements and `base` (two in smoke mode). Everything but the model is the same for all of them
 # (the overrides below); the tutorial atlas is the one the model notebooks use.
 
 # %%
-CANDIDATES = ["base", "temporal", "regulatory", "stochastic", "hierarchical"]
+CANDIDATES = ["base", "regulatory"] if SMOKE else ["base", "temporal", "regulatory", "stochastic", "hierarchical"]
 SHARED = [
     f"data.atlas={WORK / f'tutorial-{CELLS}.zarr'}", f"data.synth.cells={CELLS}", "data.synth.genes=500",
     "loader.split.holdout=[{column: perturbation, test: [TF011, GENE0139]}]",
