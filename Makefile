@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 PIP_QUIET ?= --quiet --disable-pip-version-check
 
-.PHONY: install demo test clean
+.PHONY: install demo test notebooks clean
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -23,6 +23,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# write notebooks/*.ipynb from notebooks/src/ and run each, saving its outputs (a few minutes per notebook)
+notebooks: install
+	$(PY) notebooks/build.py --execute
 
 clean:
 	rm -rf $(VENV) data/demo.zarr runs/quickstart

@@ -21,7 +21,7 @@ from tests.train.test_checkpoint import fake_checkpoint
 EXPECTED_PLOTS = {
     "embedding_pca.png", "embedding_tsne.png", "metrics_vs_baselines.png", "perturbation_deltas.png",
     "pathway_activity.png", "grn_edges_vs_truth.png", "kinetics.png", "variance_decomposition.png",
-    "resource_allocation.png", "scale_contributions.png",
+    "resource_allocation.png", "scale_contributions.png", "memory_primed_minus_naive.png",
 }
 
 
@@ -135,3 +135,30 @@ def test_predict_errors_name_the_bad_value(trained_folder, tmp_path):
 def test_evaluation_overrides_are_validated(trained_folder):
     with pytest.raises(VCellError, match="evaluate.max_cells"):
         evaluate_run(trained_folder, progress=False, overrides={"max_cells": -5})
+
+
+def test_existing_plots_lists_what_was_written_in_the_order_asked(evaluated, tmp_path):
+    from vcell.evaluate.figures import existing_plots
+
+    folder, results = evaluated
+    assert [path.name for path in existing_plots(folder)] == sorted(path.split("/")[-1] for path in results["plots"])
+    assert existing_plots(folder, "kinetics.png", "no_such.png", "embedding_pca.png") == [
+        folder / "plots" / "kinetics.png", folder / "plots" / "embedding_pca.png"]
+    assert existing_plots(tmp_path, "kinetics.png") == [] and existing_plots(tmp_path) == []  # plots off
+
+
+def test_comparison_rows_put_runs_beside_shared_baselines():
+    from vcell.evaluate.evaluation import comparison_rows
+
+    def evaluation(knn: float, with_grn: bool) -> dict:
+        results = {"embedding": {"model": {"knn_accuracy": knn, "ari": knn / 2}, "baselines": {"pca": {"knn_accuracy": 0.9, "ari": 0.8}}}}
+        if with_grn:
+            results["enhancements"] = {"regulatory": {"model": {"sign_agreement": 0.7}, "baselines": {"random": {"sign_agreement": 0.5}}}}
+        return results
+
+    rows = dict(comparison_rows({"base": evaluation(0.6, False), "regulatory": evaluation(0.8, True)}))
+    assert rows["embedding: knn_accuracy"] == {"base": 0.6, "regulatory": 0.8, "pca": 0.9}
+    assert np.isnan(rows["regulatory: sign_agreement"]["base"])  # base has no GRN: NaN, not left out
+    assert rows["regulatory: sign_agreement"]["random"] == 0.5
+    chosen = comparison_rows({"base": evaluation(0.6, False)}, ["embedding: ari", "no such metric"])
+    assert chosen == [("embedding: ari", {"base": 0.3, "pca": 0.8})]

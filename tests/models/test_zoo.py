@@ -27,7 +27,7 @@ from vcell.models.enhancements.stochastic import DISPERSION_STEP_SCALE, Negative
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.model import VirtualCell
 from vcell.models.spec import reference_spec
-from vcell.models.zoo import build_model, count_parameters, describe_catalogue
+from vcell.models.zoo import build_model, count_parameters, describe_catalogue, slot_table
 
 SPEC = reference_spec(n_genes=120, n_perturbations=8)
 N_CELLS = 48
@@ -369,6 +369,17 @@ def test_describe_catalogue():
     # counting on the meta device gives the same number as a real model
     real = build_model(ModelConfig(name="hierarchical+regulatory", size="tiny"), reference_spec(2000))
     assert count_parameters(real) == counts["hierarchical+regulatory"]
+
+
+def test_slot_table_accounts_for_every_parameter_once():
+    model = build_model(ModelConfig(name="full", size="tiny"), SPEC)
+    rows = {row["slot"]: row for row in slot_table(model)}
+    assert list(rows) == ["encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary"]
+    assert sum(row["parameters"] for row in rows.values()) == count_parameters(model)
+    assert rows["encoder"]["modules"] == "MultiscaleEncoder"  # multiscale fills the encoder slot
+    assert "RegulatoryPropagation" in rows["gene_terms"]["modules"]  # regulatory adds a per-gene term
+    base = {row["slot"]: row for row in slot_table(build_model(ModelConfig(name="base", size="tiny"), SPEC))}
+    assert base["gene_terms"] == {"slot": "gene_terms", "modules": "-", "parameters": 0}
 
 
 def test_large_model_is_built_on_the_meta_device():

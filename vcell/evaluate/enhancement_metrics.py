@@ -214,7 +214,7 @@ def memory(data: HeldOut, hours_since_pulse: float = 24.0) -> tuple[dict, dict]:
         "model": difference_scores("model"),
         "baselines": {"no_history": {"pearson": 0.0, "relative_error": 1.0},
                       "observed_primed_minus_naive": difference_scores("observed_primed_minus_naive")},
-    }, {}
+    }, {"true_difference": truth, "difference": np.concatenate(differences["model"])}
 
 
 def multiscale(data: HeldOut) -> tuple[dict, dict]:

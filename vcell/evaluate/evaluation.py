@@ -134,6 +134,25 @@ def baseline_rows(results: dict) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
+def comparison_rows(evaluations: dict[str, dict], metrics: list[str] | None = None) -> list[tuple[str, dict[str, float]]]:
+    """(metric, {run: value, baseline: value}) over several runs' evaluations (run name -> "evaluation"
+    section) scored on the same held-out cells: each run's model value under its name, then the
+    baselines (the first run that reports a baseline gives its value: on the same cells they agree).
+    `metrics` keeps those metrics, in that order; a metric a run lacks is NaN for it."""
+    merged: dict[str, dict[str, float]] = {}
+    for run, evaluation in evaluations.items():
+        for metric, scores in baseline_rows(evaluation):
+            row = merged.setdefault(metric, {})
+            row[run] = scores.pop("model")
+            for name, value in scores.items():
+                row.setdefault(name, value)
+    chosen = list(merged) if metrics is None else [metric for metric in metrics if metric in merged]
+    runs = list(evaluations)
+    return [(metric, {**{run: merged[metric].get(run, np.nan) for run in runs},
+                      **{name: value for name, value in merged[metric].items() if name not in runs}})
+            for metric in chosen]
+
+
 def summary_lines(results: dict) -> list[str]:
     """A readable table: each metric, the model's value and each baseline's."""
     lines = [f"held-out cells: {results['data'].get('held_out_cells', 0):,} ({results['data'].get('held_out_split')}); "

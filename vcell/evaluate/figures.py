@@ -5,7 +5,7 @@
 Training curves; PCA and t-SNE of the held-out embeddings coloured by cell type, batch,
 perturbation and time; model vs baselines; predicted vs observed perturbation deltas; and the
 model-specific views: pathway activity by cell type, GRN weights vs truth, response kinetics,
-variance decomposition, resource allocation and scale contributions.
+variance decomposition, resource allocation, scale contributions and memory (primed - naive).
 """
 
 from __future__ import annotations
@@ -158,6 +158,16 @@ def multiscale_figure(data: HeldOut, values: dict, directory: Path) -> list[Path
                                      directory / "scale_contributions.png")]
 
 
+def memory_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
+    """Primed - naive per gene (each cell type, at rest and 2 h into a stimulus): model vs truth."""
+    if "difference" not in values:
+        return []
+    return [plots_model.scatter_against(values["true_difference"], values["difference"],
+                                        "true primed - naive (simulator)", "predicted primed - naive",
+                                        "Memory: what a pulse 24 h earlier leaves behind, per gene",
+                                        directory / "memory_primed_minus_naive.png")]
+
+
 def kinetics_figure(data: HeldOut, hours: np.ndarray, directory: Path) -> Path:
     """Predicted mean expression after a stimulus of the genes the truth moves most (one cell type)."""
     from vcell.evaluate.science_checks import basal_cells_by_type
@@ -214,3 +224,16 @@ def write_figures(data: HeldOut, results: dict, arrays: dict, directory: Path, s
     paths += perturbation_figure(arrays.get("perturbation", {}), directory)
     paths += model_figures(data, arrays.get("enhancements", {}), directory)
     return sorted(str(path.relative_to(directory.parent)) for path in paths)
+
+
+def existing_plots(run_folder: str | Path, *names: str) -> list[Path]:
+    """The PNGs of `names` (every one when none is named) that the evaluation wrote into
+    <run_folder>/plots/, in the order named; those not written (`evaluate.plots=false`, or a read-out
+    the model does not have) are left out and logged."""
+    folder = Path(run_folder) / "plots"
+    if not names:
+        return sorted(folder.glob("*.png"))
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        log.info("not in %s: %s (plots off, or not a read-out of this model)", folder, ", ".join(missing))
+    return [folder / name for name in names if name not in missing]

@@ -61,3 +61,21 @@ def describe_catalogue(n_genes: int = 2000, size: str = "small", encoder: str = 
             "summary": "; ".join(summaries[e].split(";")[0] for e in enhancements) or "masked-expression autoencoder",
         })
     return rows
+
+
+SLOTS = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary")
+
+
+def slot_table(model: VirtualCell) -> list[dict]:
+    """The architecture as rows: each slot, the module(s) in it and their parameters
+    (encoder -> latent -> dynamics -> decoder -> head, then per-gene terms and auxiliary heads)."""
+    rows = []
+    for slot in SLOTS:
+        module = getattr(model, slot)
+        members = list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+        rows.append({
+            "slot": slot,
+            "modules": ", ".join(type(member).__name__ for member in members) or "-",
+            "parameters": count_parameters(module),
+        })
+    return rows

@@ -3,6 +3,7 @@
     tracker = open_tracker(config, run_directory, rank)    # WandbTracker or NullTracker
     tracker.log({"train/loss": 1.2}, step=10)
     history = History(run_directory / "history.csv")       # rows kept in memory, rewritten whole
+    logged = read_offline_run(run_directory / "wandb" / "offline-run-...")   # an offline W&B run, read back
 
 W&B runs offline by default, with a run id derived from the run name (a resumed run continues
 the same W&B run; two runs never share one), and keeps everything it writes (cache, settings)
@@ -15,10 +16,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import os
+import struct
+import zlib
 from pathlib import Path
 
 from vcell.config.schema import VCellConfig
+from vcell.errors import VCellError
 from vcell.files import atomic_write
 
 FIRST_COLUMNS = ["step", "epoch", "time", "lr", "cells_per_s", "step_s", "data_wait_fraction"]
@@ -107,3 +112,55 @@ def read_history(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
+
+
+# -- reading an offline W&B run back (no network, no W&B API: its `.wandb` file as written) ---------------
+# The file is W&B's record log (the LevelDB log format): a 7-byte header (":W&B", magic 0xBEE1,
+# version 0), then 32 KiB blocks of chunks, each a 7-byte header (crc32, length, kind) and a part of
+# one protobuf `Record`; a record too long for the rest of a block continues in the next ones.
+WANDB_HEADER = struct.Struct("<4sHB")
+WANDB_CHUNK = struct.Struct("<IHB")
+WANDB_BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def wandb_records(path: Path) -> list[bytes]:
+    """The serialised records of a `.wandb` file, in order; a torn last record is left out."""
+    data = path.read_bytes()
+    if len(data) < WANDB_HEADER.size or WANDB_HEADER.unpack_from(data)[:2] != (b":W&B", 0xBEE1):
+        raise VCellError(f"{path}: not a W&B run file", hint="give the run-*.wandb file of an offline run folder")
+    records, parts, position = [], [], WANDB_HEADER.size
+    while position + WANDB_CHUNK.size <= len(data):
+        if WANDB_BLOCK - position % WANDB_BLOCK < WANDB_CHUNK.size:  # block trailer: zero padding
+            position += WANDB_BLOCK - position % WANDB_BLOCK
+            continue
+        checksum, length, kind = WANDB_CHUNK.unpack_from(data, position)
+        payload = data[position + WANDB_CHUNK.size: position + WANDB_CHUNK.size + length]
+        position += WANDB_CHUNK.size + length
+        if kind == 0 or len(payload) < length or zlib.crc32(payload, zlib.crc32(bytes([kind]))) != checksum:
+            break  # padding or a record still being written
+        parts = [payload] if kind in (FULL, FIRST) else [*parts, payload]
+        if kind in (FULL, LAST):
+            records.append(b"".join(parts))
+    return records
+
+
+def read_offline_run(folder: str | Path) -> dict:
+    """What an offline W&B run folder (`<run>/wandb/offline-run-*`) logged: {"config": the run's
+    config as logged, "history": one dict per logged step (W&B's `_step` and the values)}."""
+    from wandb.proto import wandb_internal_pb2
+
+    files = sorted(Path(folder).glob("run-*.wandb"))
+    if not files:
+        raise VCellError(f"{folder}: no run-*.wandb file", hint="give an offline-run-* folder under <run>/wandb/")
+    config, history = {}, []
+    for raw in wandb_records(files[-1]):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif kind in ("run", "config"):  # the config comes with the run record, updates after it
+            updates = record.run.config.update if kind == "run" else record.config.update
+            config.update({item.key: json.loads(item.value_json) for item in updates})
+    return {"config": config, "history": history}

@@ -109,5 +109,6 @@ ENHANCEMENT = Enhancement(
     requires=("temporal",),
     requires_why="the memory is a retained share of the temporal response's stimulated effect; without it, it acts on nothing",
     evaluation="vcell.evaluate.enhancement_metrics:memory",
+    figure="vcell.evaluate.figures:memory_figure",
     science_check="vcell.evaluate.science_checks:check_memory",
 )
