@@ -16,17 +16,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.train.conftest import audit_after_one_resume, run_config, weight_differences
 from vcell.atlas.store import open_atlas
+from vcell.config.schema import VCellConfig
 from vcell.data.split import SPLITS
 from vcell.errors import VCellError
 from vcell.models.zoo import build_model
 from vcell.train.callbacks import read_audit
-from vcell.train.checkpoint import CheckpointStore, load_exported, model_state, write_manifest
+from vcell.train.checkpoint import CheckpointStore, load_exported, model_state, resume_point, write_manifest
 from vcell.train.training_plan import model_spec, with_model_inputs
-from vcell.train.ray_train import train
-from vcell.train.run import prepare_run, run_directory
+from vcell.train.ray_train import finished_run, train
+from vcell.train.run import config_hash, prepare_run, run_directory
 from vcell.train.tracking import read_history
 
 
@@ -331,9 +333,11 @@ def test_a_vcell_error_in_a_worker_stops_the_run_at_once_with_one_message(ray_cl
     assert log.is_file() and "Traceback" not in log.read_text()  # the message is the whole story
 
 
-def test_a_changed_config_is_refused_with_the_difference(reference):
+def test_a_changed_config_is_refused_with_the_difference(reference, tmp_path):
     config, _ = reference
-    changed = config.model_copy(update={"train": config.train.model_copy(update={"steps": 20})})
+    shutil.copytree(run_directory(config), tmp_path / config.name)  # resuming rewrites the shared run's config.yaml
+    changed = config.model_copy(update={"train": config.train.model_copy(update={"steps": 20}),
+                                        "scaling": config.scaling.model_copy(update={"storage_path": str(tmp_path)})})
     with pytest.raises(VCellError, match=r"train\.steps: 12 -> 20"):
         prepare_run(changed)
     assert prepare_run(changed, resume_with_changes=True).resumed
@@ -355,3 +359,35 @@ def test_impossible_resources_fail_before_any_worker_starts(ray_cluster, train_a
     with pytest.raises(VCellError, match=message):
         train(config)
     assert not run_directory(config).exists()  # nothing written
+
+
+def test_a_run_written_before_a_config_key_existed_is_still_the_same_run(reference, tmp_path):
+    """Upgrading vcell adds config keys; a run saved without one (at its default) is neither
+    'a different config' nor a stranger to its own checkpoints."""
+    directory = tmp_path / "older"
+    shutil.copytree(run_directory(reference[0]), directory)
+    saved = yaml.safe_load((directory / "config.yaml").read_text())
+    resolved = VCellConfig.model_validate(saved)  # as `train` resolves it: with the atlas's model inputs
+    older = resolved.model_copy(update={"name": "older", "scaling": resolved.scaling.model_copy(
+        update={"storage_path": str(tmp_path)})})
+    del saved["train"]["compile"]  # a key added to vcell after this run was written, at its default
+    (directory / "config.yaml").write_text(yaml.safe_dump(saved))
+    store = CheckpointStore(directory)
+    for checkpoint in store.complete():  # checkpoints carry the hash of the config they were written with
+        write_manifest(checkpoint.path, checkpoint.step, config_hash(saved), checkpoint.world_size, "ddp")
+    assert config_hash(saved) != config_hash(older)
+
+    assert finished_run(older) is not None  # complete: not trained again
+    run = prepare_run(older)
+    assert run.resumed and config_hash(saved) in run.accepted_hashes
+    assert resume_point(store, run.accepted_hashes, False, world_size=2).step == older.train.steps
+
+    saved["train"]["steps"] = 99  # a real difference is still one
+    (directory / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(VCellError, match=r"train\.steps: 99 -> 12"):
+        prepare_run(older)
+    saved["train"]["steps"] = 12  # ... and so is a new key set away from its default
+    (directory / "config.yaml").write_text(yaml.safe_dump(saved))
+    compiled = older.model_copy(update={"train": older.train.model_copy(update={"compile": True})})
+    with pytest.raises(VCellError, match=r"train\.compile: '<absent>' -> True"):
+        prepare_run(compiled)

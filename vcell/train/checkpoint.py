@@ -124,16 +124,19 @@ class CheckpointStore:
                 shutil.rmtree(directory, ignore_errors=True)
 
 
-def resume_point(store: CheckpointStore, config_hash: str, allow_changes: bool, world_size: int) -> Checkpoint | None:
+def resume_point(store: CheckpointStore, config_hashes: str | tuple[str, ...], allow_changes: bool,
+                 world_size: int) -> Checkpoint | None:
     """The newest complete checkpoint to continue from, refused when it does not fit this run.
+    `config_hashes`: this run's hash, or every hash of the same computation (see run.accepted_hashes).
     Another number of workers is fine for DDP (the loader re-plans the rest of the epoch)."""
+    hashes = (config_hashes,) if isinstance(config_hashes, str) else tuple(config_hashes)
     latest = store.latest()
     if latest is None:
         return None
-    if latest.manifest["config_hash"] != config_hash and not allow_changes:
+    if latest.manifest["config_hash"] not in hashes and not allow_changes:
         raise VCellError(
             f"the newest checkpoint {latest.path} was written with another config (hash "
-            f"{latest.manifest['config_hash']}, now {config_hash})",
+            f"{latest.manifest['config_hash']}, now {hashes[0]})",
             hint="resume with --resume-with-changes, or --restart",
         )
     if latest.world_size != world_size and latest.manifest["strategy"] == "deepspeed":

@@ -29,7 +29,7 @@ from vcell.models.registry import enhancements, resolve
 from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.train.preflight import preflight
 from vcell.train.training_plan import check_resources, describe_workers, format_plan, training_plan, with_model_inputs
-from vcell.train.run import Run, check_run, config_hash, prepare_run, probe_writable, run_directory
+from vcell.train.run import Run, accepted_hashes, check_run, prepare_run, probe_writable, run_directory
 from vcell.train.tracking import wandb_run_id, wandb_sync_command
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,8 @@ def run_workers(config: VCellConfig, run: Run, allow_changes: bool, hooks: RunHo
         worker_entry,
         train_loop_config={
             "config": absolute_paths(config).model_dump(mode="json"), "run_directory": str(run.directory),
-            "config_hash": run.config_hash, "allow_changes": allow_changes, "wandb_id": hooks.wandb_run_id(config),
+            "config_hash": run.config_hash, "accepted_hashes": list(run.accepted_hashes),
+            "allow_changes": allow_changes, "wandb_id": hooks.wandb_run_id(config),
             "report_validation": hooks.report_validation,
         },
         # a (fewest, most) range makes the run elastic: Ray Train restarts the worker group on as many
@@ -187,7 +188,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     with ray_cluster(config.scaling) as resources:
         check_resources(config, resources)
         run = prepare_run(config, restart=restart, resume_with_changes=resume_with_changes)
-        latest = resume_point(CheckpointStore(run.directory), run.config_hash, resume_with_changes, config.scaling.workers)
+        latest = resume_point(CheckpointStore(run.directory), run.accepted_hashes, resume_with_changes, config.scaling.workers)
         if latest is not None:
             log.info("resuming run '%s' from step %d (%s, written by %d worker(s))", config.name, latest.step,
                      latest.path, latest.world_size)
@@ -210,7 +211,7 @@ def finished_run(config: VCellConfig, hooks: RunHooks = RunHooks()) -> dict | No
     metrics_path = directory / "metrics.json"
     if latest is None or latest.step < config.train.steps or not metrics_path.is_file():
         return None
-    if latest.manifest["config_hash"] != config_hash(config):
+    if latest.manifest["config_hash"] not in accepted_hashes(config):
         return None
     print(f"run '{config.name}' is already complete (step {latest.step}); --restart trains it again")
     if config.evaluate.at_end and "evaluation" not in json.loads(metrics_path.read_text()):  # stopped while evaluating

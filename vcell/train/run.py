@@ -39,16 +39,34 @@ def identity(config: VCellConfig | dict) -> dict[str, object]:
             if key not in OPERATIONAL and key != "name" and not key.startswith(("evaluate.", "tune."))}
 
 
-def config_hash(config: VCellConfig) -> str:
+def config_hash(config: VCellConfig | dict) -> str:
     return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list[str]:
-    """'key: saved -> now' for every key of `identity_of` (a run's identity by default) that differs."""
+    """'key: saved -> now' for every key of `identity_of` (a run's identity by default) that differs.
+
+    A key the saved config lacks is no difference while the current value is the key's default:
+    the key was added to vcell after the run was written, and its default keeps the old behaviour."""
     before, after = identity_of(saved), identity_of(current)
+    defaults = identity_of(VCellConfig())
     keys = sorted(set(before) | set(after))
     return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
-            for key in keys if before.get(key) != after.get(key)]
+            for key in keys if before.get(key) != after.get(key)
+            and not (key not in before and key in defaults and after.get(key) == defaults[key])]
+
+
+def accepted_hashes(config: VCellConfig) -> tuple[str, ...]:
+    """The config hashes whose checkpoints continue this run without --resume-with-changes: this
+    config's, and that of the run's saved config when it is the same computation written before
+    keys were added to vcell (see `config_diff`): its checkpoints carry the older, shorter hash."""
+    hashes = [config_hash(config)]
+    saved_path = run_directory(config) / "config.yaml"
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        if not config_diff(saved, config):
+            hashes.append(config_hash(saved))
+    return tuple(dict.fromkeys(hashes))
 
 
 @dataclass
@@ -56,6 +74,7 @@ class Run:
     directory: Path
     config_hash: str
     resumed: bool  # an earlier attempt of this run exists
+    accepted_hashes: tuple[str, ...] = ()  # checkpoints with these hashes continue the run (see accepted_hashes)
 
     @property
     def checkpoints(self) -> Path:
@@ -97,6 +116,7 @@ def has_checkpoints(directory: Path) -> bool:
 def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_changes: bool = False) -> Run:
     """Check the run folder against `config` and record the config in it (see module doc)."""
     resumed = check_run(config, restart=restart, resume_with_changes=resume_with_changes)
+    hashes = accepted_hashes(config) if resumed else (config_hash(config),)  # before config.yaml is rewritten
     directory = run_directory(config)
     failed_start = not resumed and (directory / "config.yaml").is_file()  # and no checkpoint (see check_run)
     if restart or failed_start:
@@ -106,7 +126,7 @@ def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_chang
     probe_writable(directory, "the driver")
     text = dump_config(config).encode()
     atomic_write(directory / "config.yaml", lambda stream: stream.write(text))
-    return Run(directory, config_hash(config), resumed)
+    return Run(directory, config_hash(config), resumed, hashes)
 
 
 def probe_writable(directory: Path, who: str) -> None:

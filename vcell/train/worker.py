@@ -1,6 +1,7 @@
 """The function every Ray Train worker runs: Lightning on this rank's share of the atlas.
 
-    train_worker({"config": ..., "run_directory": ..., "config_hash": ..., "allow_changes": False})
+    train_worker({"config": ..., "run_directory": ..., "config_hash": ..., "accepted_hashes": [...],
+                  "allow_changes": False})
 
 Start (or restart after a failure): find the newest complete checkpoint of the run and continue
 from it (weights, optimiser, schedule and step through Lightning; this rank's RNG and loader
@@ -81,7 +82,7 @@ def train_worker(payload: dict) -> None:
     probe_writable(run_directory, f"worker {rank} on {os.uname().nodename}")
 
     store = ckpt.CheckpointStore(run_directory)
-    latest = ckpt.resume_point(store, payload["config_hash"], payload["allow_changes"], world_size)
+    latest = ckpt.resume_point(store, tuple(payload["accepted_hashes"]), payload["allow_changes"], world_size)
     start_step = latest.step if latest else 0
     resized = latest is not None and latest.world_size != world_size
     rank_state = latest.rank_state(rank) if latest and not resized else None
