@@ -382,6 +382,13 @@ def test_a_run_written_before_a_config_key_existed_is_still_the_same_run(referen
     assert run.resumed and config_hash(saved) in run.accepted_hashes
     assert resume_point(store, run.accepted_hashes, False, world_size=2).step == older.train.steps
 
+    latest = store.latest()  # a checkpoint of another computation is refused before the folder is touched
+    write_manifest(latest.path, latest.step, "0123456789abcdef", latest.world_size, "ddp")
+    before = (directory / "config.yaml").read_bytes()
+    with pytest.raises(VCellError, match="written with another config"):
+        prepare_run(older)
+    assert (directory / "config.yaml").read_bytes() == before
+
     saved["train"]["steps"] = 99  # a real difference is still one
     (directory / "config.yaml").write_text(yaml.safe_dump(saved))
     with pytest.raises(VCellError, match=r"train\.steps: 99 -> 12"):

@@ -24,6 +24,7 @@ from vcell.config import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
+from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.files import atomic_write
 from vcell.trees import flatten
 
@@ -118,6 +119,8 @@ def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_chang
     resumed = check_run(config, restart=restart, resume_with_changes=resume_with_changes)
     hashes = accepted_hashes(config) if resumed else (config_hash(config),)  # before config.yaml is rewritten
     directory = run_directory(config)
+    if resumed:  # a checkpoint this run cannot continue from is refused before the folder is touched
+        resume_point(CheckpointStore(directory), hashes, resume_with_changes, config.scaling.workers)
     failed_start = not resumed and (directory / "config.yaml").is_file()  # and no checkpoint (see check_run)
     if restart or failed_start:
         for name in RUN_FILES:
