@@ -118,6 +118,7 @@ def test_train_dry_run_prints_the_plan_without_training(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "parameters" in out and "deepspeed ZeRO-3" in out and "GB per worker" in out
+    assert "placement PACK" in out
     assert not (tmp_path / "runs").exists()  # a dry run writes nothing
 
 

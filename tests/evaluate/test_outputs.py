@@ -123,3 +123,13 @@ def test_predict_overwrites_only_its_own_output(run_copy, users_h5ad, tmp_path, 
     refused_cleanly(predict(run_copy, run_copy / "p.h5ad"), capsys, run_copy)
     with read_only(tmp_path / "locked") as locked:
         refused_cleanly(predict(run_copy, locked / "p.h5ad"), capsys, locked)
+
+
+def test_the_model_card_names_the_workers_that_trained_an_elastic_run():
+    from vcell.config import load_config
+    from vcell.evaluate.export import workers_line
+
+    elastic = load_config(None, ["scaling.min_workers=1", "scaling.workers=3"])
+    assert workers_line(elastic, {"workers": 2}) == "2 worker(s) in the last attempt (elastic, 1-3)"
+    assert workers_line(elastic, {}) == "3 worker(s) (elastic, 1-3)"  # a run folder without metrics yet
+    assert workers_line(load_config(None, []), {"workers": 2}) == "2 worker(s) in the last attempt"

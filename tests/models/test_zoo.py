@@ -411,7 +411,7 @@ def test_model_config_matches_the_catalogue(path: Path):
 def test_perturbation_codes_outside_the_model_are_refused(name):
     batch = random_batch(seed=3)
     batch["perturbation"][0] = 99
-    with pytest.raises(ValueError, match="perturbation code 99"):
+    with pytest.raises(VCellError, match="perturbation code 99"):
         tiny(name)(batch)
 
 

@@ -107,6 +107,15 @@ def test_a_source_that_does_not_fit_fails_before_any_worker_starts(finetune_atla
     assert not (tmp_path / "misfit").exists()
 
 
+def test_a_dry_run_shows_the_source_and_its_gene_coverage(finetune_atlases, pretrained_folder, tmp_path, capsys):
+    code = main(["train", "--dry-run", *run_overrides(finetune_atlases, tmp_path, "name=preview",
+                 f"train.init_from={pretrained_folder.parent}", "train.freeze=[encoder]")])
+    out = capsys.readouterr().out
+    assert code == 0 and not (tmp_path / "preview").exists()
+    line = next(line for line in out.splitlines() if line.startswith("init_from"))
+    assert str(pretrained_folder) in line and "genes 70/100 matched (70%)" in line and "freeze: encoder" in line
+
+
 def test_freezing_without_pretrained_weights_is_a_config_error():
     with pytest.raises(VCellError, match="train.init_from is not set"):
         load_config(None, ["train.freeze=[encoder]"])

@@ -108,6 +108,7 @@ def test_a_finished_run_exports_a_self_contained_model_with_a_card(reference, tm
     card = (out / "MODEL_CARD.md").read_text()
     assert "## Evaluation" in card and "embedding: knn_accuracy" in card  # the run was evaluated at its end
     assert "`full` model" in card and f"{metrics['final_validation']['val/loss']:.4f}" in card
+    assert "12 steps, 2 worker(s) in the last attempt, strategy ddp" in card
     exported_config, model = load_trained(out)  # no atlas needed
     assert exported_config.model == config.model and not model.training
     reference_weights = load_exported(run_directory(config) / "model")

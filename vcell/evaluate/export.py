@@ -178,6 +178,13 @@ def evaluation_table(evaluation: dict | None) -> list[str]:
             "", "| metric | model | baselines |", "|:--|--:|:--|", *rows]
 
 
+def workers_line(config: VCellConfig, metrics: dict) -> str:
+    """How many workers trained the run: the last attempt's count (an elastic run's varies), else the config's."""
+    workers = metrics.get("workers", config.scaling.workers)
+    elastic = "" if config.scaling.min_workers is None else f" (elastic, {config.scaling.min_workers}-{config.scaling.workers})"
+    return f"{workers} worker(s) in the last attempt{elastic}" if "workers" in metrics else f"{workers} worker(s){elastic}"
+
+
 def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None) -> str:
     """Markdown: what the model is, what it was trained on and how, and how well it did."""
     metrics = json.loads((run_folder / "metrics.json").read_text()) if run_folder and (run_folder / "metrics.json").is_file() else {}
@@ -202,7 +209,7 @@ def model_card(config: VCellConfig, model: VirtualCell, run_folder: Path | None)
         f"(val {config.loader.split.val_fraction}, test {config.loader.split.test_fraction})",
         "",
         "## Training",
-        f"- {config.train.steps} steps, {config.scaling.workers} worker(s), strategy {config.train.strategy}"
+        f"- {config.train.steps} steps, {workers_line(config, metrics)}, strategy {config.train.strategy}"
         + (f" (ZeRO-{config.train.deepspeed.stage})" if config.train.strategy == "deepspeed" else ""),
         f"- AdamW lr {config.train.learning_rate}, weight decay {config.train.weight_decay}, warm-up "
         f"{config.train.warmup_fraction:.0%} then cosine to {config.train.final_lr_fraction:.0%}, clip {config.train.gradient_clip}",

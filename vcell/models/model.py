@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from vcell.config.model import ModelConfig
+from vcell.errors import VCellError
 from vcell.models.blocks import MLP
 from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
@@ -259,7 +260,9 @@ def check_conditions(conditions: Conditions, spec: ModelSpec) -> None:
         return
     largest = int(code.max())
     if largest >= spec.n_perturbations:
-        raise ValueError(
+        raise VCellError(
             f"perturbation code {largest} is outside the {spec.n_perturbations} perturbation categories "
-            "this model was built for; encode perturbations with the training atlas's categories"
+            "this model was built for",
+            hint="encode perturbations with the training atlas's categories (the export's categories.json), "
+            "or fine-tune with train.init_from to add new ones",
         )

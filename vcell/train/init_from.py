@@ -124,16 +124,28 @@ def start_from_pretrained(model: nn.Module, config: VCellConfig, spec: ModelSpec
     return record, frozen
 
 
-def coverage_line(record: dict) -> str:
-    """One line for people: what the pretrained model brought."""
+def matched_line(counts_by_kind: dict) -> str:
+    """'genes 700/1000 matched (70%), perturbations 12/15 matched' (`transfer.coverage`'s counts)."""
     parts = []
-    for kind, counts in record["coverage"].items():
+    for kind, counts in counts_by_kind.items():
         if counts["total"] or counts["pretrained"]:
             share = f" ({counts['matched'] / counts['total']:.0%})" if kind == "gene" and counts["total"] else ""
             parts.append(f"{PLURAL.get(kind, kind)} {counts['matched']}/{counts['total']} matched{share}")
+    return ", ".join(parts)
+
+
+def coverage_line(record: dict) -> str:
+    """One line for people: what the pretrained model brought."""
     copied = f"{record['entries_copied']:,} of {record['entries']:,} weights copied"
     frozen = f"; frozen: {', '.join(record['freeze'])}" if record["freeze"] else ""
-    return f"init_from {record['source']}: {', '.join(parts)}; {copied}{frozen}"
+    return f"init_from {record['source']}: {matched_line(record['coverage'])}; {copied}{frozen}"
+
+
+def preview_line(config: VCellConfig, spec: ModelSpec, categories: dict[str, list[str]]) -> str:
+    """What `--dry-run` shows of train.init_from (after `prepare`'s checks): source, coverage, freeze."""
+    pretrained, vocabulary = prepare(config, spec, categories)
+    frozen = f"; freeze: {', '.join(config.train.freeze)}" if config.train.freeze else ""
+    return f"{pretrained.directory}: {matched_line(coverage(pretrained.vocabulary, vocabulary))}{frozen}"
 
 
 def write_record(run_directory: Path, record: dict) -> None:

@@ -27,23 +27,24 @@ from vcell.files import sha256_file
 from vcell.train.run import run_directory
 
 
-def preflight(config: VCellConfig, atlas: Atlas) -> None:
+def preflight(config: VCellConfig, atlas: Atlas) -> dict[str, str]:
+    """Raises on the first problem; else what the dry run shows of the checks ({'init_from': line} or {})."""
     check_atlas_metadata(atlas)
     check_labels(config, atlas)
     check_loader_values(config, atlas)
     check_split(config, atlas)
     check_storage(run_directory(config))
-    if config.train.init_from:
-        check_init_from(config, atlas)
+    return {"init_from": check_init_from(config, atlas)} if config.train.init_from else {}
 
 
-def check_init_from(config: VCellConfig, atlas: Atlas) -> None:
-    """train.init_from: a model folder of the same model sharing enough genes (`init_from.prepare`)."""
+def check_init_from(config: VCellConfig, atlas: Atlas) -> str:
+    """train.init_from: a model folder of the same model sharing enough genes (`init_from.prepare`);
+    the source and its coverage of this atlas, for people."""
     from vcell.train.checkpoint import model_categories
-    from vcell.train.init_from import prepare
+    from vcell.train.init_from import preview_line
     from vcell.train.training_plan import model_spec
 
-    prepare(config, model_spec(config, atlas), model_categories(config, atlas))
+    return preview_line(config, model_spec(config, atlas), model_categories(config, atlas))
 
 
 def check_atlas_metadata(atlas: Atlas) -> None:

@@ -176,10 +176,10 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     atlas = prepare_atlas(config, progress, dry_run=dry_run)
     config = with_model_inputs(config, atlas)
     plan = training_plan(config, atlas)  # builds the model on the meta device: annotations, inputs
-    preflight(config, atlas)  # atlas metadata, labels, split, storage: before anything is written
+    checks = preflight(config, atlas)  # atlas metadata, labels, split, storage: before anything is written
     if dry_run:
         check_resources(config, local_resources() if config.scaling.address is None else {"CPU": 1e9, "GPU": 1e9})
-        print(format_plan(plan, config))
+        print(format_plan(plan, config, checks))
         return plan.as_dict()
     if check_run(config, restart=restart, resume_with_changes=resume_with_changes):
         finished = finished_run(config, hooks)

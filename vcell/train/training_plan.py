@@ -115,10 +115,12 @@ def describe_workers(plan: TrainingPlan, config: VCellConfig) -> str:
     device = f"{config.scaling.gpus_per_worker} GPU + " if config.scaling.gpus_per_worker else ""
     elastic = f"{config.scaling.min_workers}-" if config.scaling.min_workers is not None else ""
     return (f"{elastic}{plan.workers} worker(s) x ({device}{config.scaling.cpus_per_worker} CPU), {plan.strategy}, "
-            f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker")
+            f"precision {plan.precision}, {config.train.steps} steps of {config.loader.batch_size} cells per worker, "
+            f"placement {config.scaling.placement_strategy}")
 
 
-def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
+def format_plan(plan: TrainingPlan, config: VCellConfig, checks: dict[str, str] | None = None) -> str:
+    """The dry run's table; `checks`: `preflight`'s findings (e.g. the init_from coverage)."""
     parts = ", ".join(f"{k} {v:.3f}" for k, v in plan.parts.items())
     return "\n".join([
         f"run         {config.name}: model '{config.model.name}' ({', '.join(config.model.enhancements) or 'base'}), "
@@ -133,6 +135,7 @@ def format_plan(plan: TrainingPlan, config: VCellConfig) -> str:
            f"at a full context of {context_tokens(config.model, plan.genes):,}" if plan.tokens_per_cell else ""),
         f"outputs     {config.scaling.storage_path}/{config.name}/",
         *describe_strategy(config),
+        *(f"{name:<11} {line}" for name, line in (checks or {}).items()),
     ])
 
 
