@@ -33,7 +33,7 @@ from vcell.config.model import ModelConfig  # noqa: E402
 from vcell.config.schema import LoaderConfig  # noqa: E402
 from vcell.data.memory import load_cells  # noqa: E402
 from vcell.evaluate.representation import PCA, embedding_scores, latent_of, mixing_scores  # noqa: E402
-from vcell.models.spec import spec_from_atlas  # noqa: E402
+from vcell.models.spec import CONDITION_ROLES, spec_from_atlas  # noqa: E402
 from vcell.models.zoo import build_model  # noqa: E402
 from vcell.train.plain import fit  # noqa: E402
 
@@ -41,7 +41,12 @@ METRICS = ["knn_accuracy", "ari", "nmi", "ilisi", "batch_knn_accuracy"]
 
 
 def demo_cells(atlas: Path, seed: int) -> tuple[dict, dict]:
-    config = LoaderConfig(batch_size=512, threads=0, keep_counts=True, labels=["cell_type", "batch"],
+    """Train and held-out cells with every obs column a vcell model reads (its conditions: perturbation,
+    time, hours since a pulse), as `vcell train` loads them; SCVI reads the batch, PCA nothing."""
+    columns = ModelConfig().columns
+    conditions = [getattr(columns, role) for role in CONDITION_ROLES if getattr(columns, role)]
+    labels = list(dict.fromkeys(["cell_type", "batch", *conditions]))
+    config = LoaderConfig(batch_size=512, threads=0, keep_counts=True, labels=labels,
                           split={"val_fraction": 0.05, "test_fraction": 0.05, "seed": seed})
     opened = open_atlas(atlas)
     return load_cells(opened, config, "train"), load_cells(opened, config, "test")
