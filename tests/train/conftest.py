@@ -41,6 +41,21 @@ def weight_differences(first, second) -> list[str]:
     return [name for name in a if not torch.equal(a[name], b[name])]
 
 
+def weights_not_close(first: dict, second: dict, atol: float) -> list[str]:
+    """Names of the tensors not within `atol` (+ 1e-5 relative) everywhere, of another shape, or missing."""
+    return [name for name in first.keys() | second.keys()
+            if name not in first or name not in second or first[name].shape != second[name].shape
+            or not torch.allclose(first[name], second[name], atol=atol)]
+
+
+def losses(config) -> np.ndarray:
+    """The training loss of each step in a run's history.csv."""
+    from vcell.train.run import run_directory
+    from vcell.train.tracking import read_history
+
+    return np.array([float(row["train/loss"]) for row in read_history(run_directory(config) / "history.csv")])
+
+
 def audit_after_one_resume(config, resumed_from: int, replayed_steps: set[int]) -> np.ndarray:
     """The cell audit of a run resumed once, from its checkpoint of step `resumed_from`, checked: the
     first attempt's steps after that checkpoint are `replayed_steps`, and apart from them every train

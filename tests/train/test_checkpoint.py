@@ -132,23 +132,48 @@ def test_rank_state_round_trips_the_random_generators(tmp_path):
         ckpt.read_checkpoint(directory, verify=True).rank_state(2)
 
 
-def test_another_number_of_workers_resumes_a_ddp_checkpoint_but_not_a_zero_one(tmp_path):
+def fake_zero_checkpoint(store: ckpt.CheckpointStore, step: int, extra: tuple[str, ...] = ()):
+    """A DeepSpeed checkpoint's files (empty shards) as 2 ranks write them, plus `extra` files."""
+    directory = store.path(step)
+    for name in ("tag/mp_rank_00_model_states.pt", *(f"tag/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)),
+                 *extra):
+        (directory / ckpt.LIGHTNING / name).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({}, directory / ckpt.LIGHTNING / name)
+    (directory / ckpt.LIGHTNING / "latest").write_text("tag")
+    for rank in range(2):
+        ckpt.write_rank_state(directory, rank, {"next_batch": step, "rank": rank})
+    ckpt.write_manifest(directory, step, "hash", 2, "deepspeed")
+    return directory
+
+
+def test_another_number_of_workers_resumes_ddp_and_zero_checkpoints_but_not_nvme_offloaded_ones(tmp_path):
     store = ckpt.CheckpointStore(tmp_path)
     fake_checkpoint(store, 4)
     latest = ckpt.resume_point(store, "hash", False, world_size=3)  # DDP: the state is whole on every rank
     assert latest.step == 4 and latest.loader_states() == [{"next_batch": 4, "rank": 0}, {"next_batch": 4, "rank": 1}]
-    directory = store.path(8)  # ZeRO: the optimiser state is partitioned over the 2 ranks that wrote it
-    (directory / ckpt.LIGHTNING / "tag").mkdir(parents=True)
-    (directory / ckpt.LIGHTNING / "latest").write_text("tag")
-    for rank in range(2):
-        torch.save({}, directory / ckpt.LIGHTNING / "tag" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
-        ckpt.write_rank_state(directory, rank, {"next_batch": 8, "rank": rank})
-    torch.save({}, directory / ckpt.LIGHTNING / "tag" / "mp_rank_00_model_states.pt")
-    ckpt.write_manifest(directory, 8, "hash", 2, "deepspeed")
-    assert ckpt.resume_point(store, "hash", False, world_size=2).step == 8
-    with pytest.raises(VCellError, match="partitioned over 2 worker") as refused:
+    fake_zero_checkpoint(store, 8)  # ZeRO: re-partitioned through a universal copy (vcell.train.repartition)
+    assert ckpt.resume_point(store, "hash", False, world_size=1).step == 8
+    # NVMe offload: DeepSpeed restores the optimiser state only from each old rank's swap files
+    fake_zero_checkpoint(store, 12, extra=("tag/offloaded_tensors/rank00/state.swp",))
+    assert ckpt.resume_point(store, "hash", False, world_size=2).step == 12
+    with pytest.raises(VCellError, match="offloaded to NVMe per worker") as refused:
         ckpt.resume_point(store, "hash", False, world_size=1)
-    assert "scaling.workers=2" in refused.value.hint and "train.strategy=ddp" in refused.value.hint
+    assert "scaling.workers=2" in refused.value.hint
+
+
+def test_universal_copies_go_with_their_checkpoints_and_nothing_else_in_their_folder(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    for step in (4, 8, 12):
+        fake_checkpoint(store, step)
+    ours = [store.universal_path(4), store.universal_root / ".step-00000004.k2x_9", store.universal_path(8),
+            store.universal_path(12), store.universal_root / ".step-00000012.abc"]
+    not_ours = [store.universal_root / "notes", store.universal_root / "step-4", store.universal_root / "step-00000004.x"]
+    for directory in ours + not_ours:
+        directory.mkdir(parents=True)
+    store.prune(keep=2)
+    assert [c.step for c in store.complete()] == [8, 12]
+    assert [path.exists() for path in ours] == [False, False, True, True, True]
+    assert all(path.exists() for path in not_ours)
 
 
 def test_weights_come_out_of_the_lightning_file_without_the_module_prefix(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.train.conftest import audit_after_one_resume, run_config, weight_differences
+from tests.train.conftest import audit_after_one_resume, losses, run_config, weight_differences, weights_not_close
 from vcell.atlas.store import open_atlas
 from vcell.config.schema import VCellConfig
 from vcell.data.split import SPLITS
@@ -30,17 +30,6 @@ from vcell.train.training_plan import model_spec, with_model_inputs
 from vcell.train.ray_train import finished_run, train
 from vcell.train.run import config_hash, prepare_run, run_directory
 from vcell.train.tracking import read_history
-
-
-def weights_not_close(first: dict, second: dict, atol: float) -> list[str]:
-    """Names of the tensors not within `atol` (+ 1e-5 relative) everywhere, of another shape, or missing."""
-    return [name for name in first.keys() | second.keys()
-            if name not in first or name not in second or first[name].shape != second[name].shape
-            or not torch.allclose(first[name], second[name], atol=atol)]
-
-
-def losses(config) -> np.ndarray:
-    return np.array([float(row["train/loss"]) for row in read_history(run_directory(config) / "history.csv")])
 
 
 @pytest.fixture(scope="module")

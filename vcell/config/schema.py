@@ -327,10 +327,3 @@ class VCellConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tune: TuneSection = Field(default_factory=TuneSection)
 
-    @model_validator(mode="after")
-    def _elastic_needs_ddp(self) -> VCellConfig:
-        # ZeRO partitions the optimiser state over the workers; only DDP's resumes on another number
-        if self.scaling.min_workers is not None and self.train.strategy == "deepspeed":
-            raise ValueError("scaling.min_workers (an elastic run) needs train.strategy=ddp: DeepSpeed ZeRO "
-                             "checkpoints resume only on the number of workers that wrote them")
-        return self

@@ -74,6 +74,24 @@ class RestoreRng(pl.Callback):
             self.state = None
 
 
+class RestoreBuffers(pl.Callback):
+    """Puts back the model's buffers (`repartition.load_buffers`) after a universal DeepSpeed load,
+    which restores parameters and optimiser state but never the module's state dict."""
+
+    def __init__(self, buffers: dict[str, torch.Tensor]) -> None:
+        self.buffers = buffers
+
+    def on_train_start(self, trainer, module) -> None:
+        own = dict(module.named_buffers())
+        missing = sorted(set(self.buffers) - set(own))
+        if missing:
+            raise VCellError(f"the checkpoint's buffers {missing[:3]} are not in this model",
+                             hint="resume with the config that wrote the checkpoint, or --restart")
+        with torch.no_grad():
+            for name, value in self.buffers.items():
+                own[name].copy_(value)
+
+
 class Telemetry(pl.Callback):
     """Per optimiser step: loss terms, lr, cells/s, gene tokens/s (transformer), step time,
     fraction of time waiting for data, model TFLOP/s (the model's own formula,

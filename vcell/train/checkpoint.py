@@ -13,6 +13,10 @@ matches its files: well formed, listing the Lightning state and every rank's fil
 file in the folder (nothing unlisted), each of the listed size and sha256. A DeepSpeed resume
 unpickles its shards, so a run folder is trusted input and this check is what guards it.
 `export_weights` turns the newest one into `model/model.safetensors`.
+
+A DeepSpeed checkpoint resumed on another number of workers is first copied into a universal
+(world-size-free) form under `checkpoints/universal/step-N/`, with a manifest of its own
+(`vcell.train.repartition`); it goes when its checkpoint is pruned.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from vcell.files import atomic_write, sha256_file
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LIGHTNING = "lightning.ckpt"
+UNIVERSAL = "universal"  # checkpoints/universal/step-N/: a DeepSpeed checkpoint's world-size-free copy
+NVME_OFFLOAD = "offloaded_tensors"  # DeepSpeed's per-rank NVMe swap files inside its checkpoint
 FORMAT = 1
 
 
@@ -42,6 +48,8 @@ def files_under(directory: Path) -> list[Path]:
 
 
 CHECKPOINT_NAME = re.compile(r"step-\d{8}")
+# a universal copy (step-N), or the temporary folder of its conversion (.step-N.<random>)
+UNIVERSAL_NAME = re.compile(r"(\.)?(step-\d{8})(?(1)\.[A-Za-z0-9_]+)")
 
 
 class IncompleteCheckpoint(VCellError):
@@ -87,6 +95,14 @@ class CheckpointStore:
     def path(self, step: int) -> Path:
         return self.root / f"step-{step:08d}"
 
+    @property
+    def universal_root(self) -> Path:
+        """Where the universal copies of DeepSpeed checkpoints live (`vcell.train.repartition`)."""
+        return self.root / UNIVERSAL
+
+    def universal_path(self, step: int) -> Path:
+        return self.universal_root / f"step-{step:08d}"
+
     def directories(self) -> list[Path]:
         """Every folder named as vcell names checkpoints (step-<8 digits>), complete or not, oldest
         first (zero-padded names sort by step). Anything else in checkpoints/ is not ours: it is
@@ -122,13 +138,28 @@ class CheckpointStore:
         for directory in self.directories():
             if directory not in kept and int(directory.name.removeprefix("step-")) <= newest:
                 shutil.rmtree(directory, ignore_errors=True)
+        # a universal copy is only ever read instead of its own checkpoint: it goes with it
+        kept_names = {path.name for path in kept}
+        for directory, name in self.universal_directories():
+            if name not in kept_names and int(name.removeprefix("step-")) <= newest:
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def universal_directories(self) -> list[tuple[Path, str]]:
+        """(folder, name of its checkpoint) of every universal copy, complete or not, and of every
+        conversion's temporary folder (`.step-N.<random>`); nothing else under universal/ is ours."""
+        if not self.universal_root.is_dir():
+            return []
+        named = ((path, UNIVERSAL_NAME.fullmatch(path.name)) for path in sorted(self.universal_root.iterdir()))
+        return [(path, match.group(2)) for path, match in named if match and path.is_dir()]
 
 
 def resume_point(store: CheckpointStore, config_hashes: str | tuple[str, ...], allow_changes: bool,
                  world_size: int) -> Checkpoint | None:
     """The newest complete checkpoint to continue from, refused when it does not fit this run.
     `config_hashes`: this run's hash, or every hash of the same computation (see run.accepted_hashes).
-    Another number of workers is fine for DDP (the loader re-plans the rest of the epoch)."""
+    Another number of workers is fine: the loader re-plans the rest of the epoch; DDP's state is
+    whole on every rank, and a DeepSpeed ZeRO checkpoint is re-partitioned through its universal
+    copy (`vcell.train.repartition`), unless its optimiser state was offloaded to NVMe."""
     hashes = (config_hashes,) if isinstance(config_hashes, str) else tuple(config_hashes)
     latest = store.latest()
     if latest is None:
@@ -139,13 +170,15 @@ def resume_point(store: CheckpointStore, config_hashes: str | tuple[str, ...], a
             f"{latest.manifest['config_hash']}, now {hashes[0]})",
             hint="resume with --resume-with-changes, or --restart",
         )
-    if latest.world_size != world_size and latest.manifest["strategy"] == "deepspeed":
-        # A DDP checkpoint holds the whole (replicated) state; ZeRO's is partitioned over its ranks.
+    offloaded = [entry["path"] for entry in latest.manifest["files"] if f"/{NVME_OFFLOAD}/" in entry["path"]]
+    if latest.world_size != world_size and offloaded:
+        # under NVMe offload DeepSpeed restores the optimiser state only by copying each rank's swap
+        # files back (its load_checkpoint skips the ZeRO and universal loads): one folder per old rank
         raise VCellError(
-            f"{latest.path} holds DeepSpeed ZeRO state partitioned over {latest.world_size} worker(s); this attempt "
-            f"has {world_size}, and vcell re-partitions only DDP checkpoints",
-            hint=f"resume with scaling.workers={latest.world_size}, train elastic runs with train.strategy=ddp, "
-            "or start over with --restart",
+            f"{latest.path} holds DeepSpeed optimiser state offloaded to NVMe per worker ({offloaded[0]}, ...); "
+            f"this attempt has {world_size} worker(s), and NVMe-offloaded state resumes only on the "
+            f"{latest.world_size} that wrote it",
+            hint=f"resume with scaling.workers={latest.world_size}, or start over with --restart",
         )
     return latest
 
@@ -167,9 +200,15 @@ def check_checkpoint(directory: Path, verify: bool = True) -> Checkpoint:
     so nothing is trusted that the manifest does not vouch for: an empty or edited manifest, an
     extra file, a missing one. Raises `IncompleteCheckpoint` naming the first problem found."""
     manifest = parse_manifest(directory)
-    listed = {entry["path"]: entry for entry in manifest["files"]}
+    check_files(directory, manifest["files"], required_files(manifest), verify)
+    return Checkpoint(manifest["step"], directory, manifest, verified=verify)
+
+
+def check_files(directory: Path, files: list[dict], needed: set[str], verify: bool) -> None:
+    """`files` (a manifest's entries) are exactly the files under `directory` but the manifest, include
+    `needed`, and each has the listed size and (with `verify`) sha256; else `IncompleteCheckpoint`."""
+    listed = {entry["path"]: entry for entry in files}
     present = {p.relative_to(directory).as_posix() for p in files_under(directory)}
-    needed = required_files(manifest)
     for problem, names in (("does not list", needed - set(listed)), ("lists missing files", set(listed) - present),
                            ("does not list", present - set(listed))):
         if names:
@@ -180,7 +219,6 @@ def check_checkpoint(directory: Path, verify: bool = True) -> Checkpoint:
             raise IncompleteCheckpoint(f"{path}: {path.stat().st_size} bytes, the manifest says {entry['bytes']}")
         if verify and sha256_file(path) != entry["sha256"]:
             raise IncompleteCheckpoint(f"{path}: sha256 differs from the manifest (changed or damaged)")
-    return Checkpoint(manifest["step"], directory, manifest, verified=verify)
 
 
 MANIFEST_FIELDS = {"format": int, "step": int, "config_hash": str, "world_size": int, "strategy": str, "files": list}
@@ -190,24 +228,34 @@ FILE_FIELDS = {"path": str, "bytes": int, "sha256": str}
 def parse_manifest(directory: Path) -> dict:
     """The manifest of `directory` with every field of the type `write_manifest` gives it."""
     path = directory / MANIFEST
-    if not path.is_file():
-        raise IncompleteCheckpoint(f"no {MANIFEST} (the save did not finish)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise IncompleteCheckpoint(f"{path} is not valid JSON ({error})") from None
+    manifest = read_manifest_json(path)
     check_fields(manifest, MANIFEST_FIELDS, str(path))
-    for entry in manifest["files"]:
-        check_fields(entry, FILE_FIELDS, f"{path}: a 'files' entry")
-        name = PurePosixPath(entry["path"])
-        if name.is_absolute() or ".." in name.parts or name.as_posix() != entry["path"] or entry["path"] == MANIFEST:
-            raise IncompleteCheckpoint(f"{path}: file path {entry['path']!r} is not a plain path inside the checkpoint")
+    check_file_entries(manifest["files"], path)
     if manifest["format"] != FORMAT or manifest["world_size"] < 1 or manifest["strategy"] not in ("ddp", "deepspeed"):
         raise IncompleteCheckpoint(f"{path}: format {manifest['format']}, world_size {manifest['world_size']}, "
                                    f"strategy {manifest['strategy']!r} (this vcell writes format {FORMAT})")
     if directory.name != f"step-{manifest['step']:08d}":
         raise IncompleteCheckpoint(f"{path}: step {manifest['step']} does not match the folder name")
     return manifest
+
+
+def read_manifest_json(path: Path) -> object:
+    """The JSON in `path`, or `IncompleteCheckpoint` when it is missing or not JSON."""
+    if not path.is_file():
+        raise IncompleteCheckpoint(f"no {MANIFEST} (the save did not finish)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IncompleteCheckpoint(f"{path} is not valid JSON ({error})") from None
+
+
+def check_file_entries(files: list, path: Path) -> None:
+    """Each entry of a manifest's 'files' has a plain relative path, a size and a sha256."""
+    for entry in files:
+        check_fields(entry, FILE_FIELDS, f"{path}: a 'files' entry")
+        name = PurePosixPath(entry["path"])
+        if name.is_absolute() or ".." in name.parts or name.as_posix() != entry["path"] or entry["path"] == MANIFEST:
+            raise IncompleteCheckpoint(f"{path}: file path {entry['path']!r} is not a plain path inside the checkpoint")
 
 
 def check_fields(value: object, fields: dict[str, type], where: str) -> None:
@@ -257,14 +305,20 @@ def verify_model_source(run_directory: Path) -> Checkpoint:
 
 def write_manifest(directory: Path, step: int, config_hash: str, world_size: int, strategy: str) -> Path:
     """The completion mark: called last, by one rank, after every rank has written its files."""
-    files = [
-        {"path": str(p.relative_to(directory)), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in files_under(directory)
-    ]
     manifest = {
         "format": FORMAT, "step": step, "config_hash": config_hash, "world_size": world_size,
-        "strategy": strategy, "files": files,
+        "strategy": strategy, "files": file_entries(directory),
     }
+    return write_manifest_json(directory, manifest)
+
+
+def file_entries(directory: Path) -> list[dict]:
+    """What a manifest lists: every file under `directory` but the manifest, with size and sha256."""
+    return [{"path": p.relative_to(directory).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in files_under(directory)]
+
+
+def write_manifest_json(directory: Path, manifest: dict) -> Path:
     text = json.dumps(manifest, indent=1).encode()
     return atomic_write(directory / MANIFEST, lambda stream: stream.write(text))
 

@@ -7,9 +7,10 @@ Start (or restart after a failure): find the newest complete checkpoint of the r
 from it (weights, optimiser, schedule and step through Lightning; this rank's RNG and loader
 position from its own file). A checkpoint written by another number of workers (an elastic
 run) continues too: the rest of the epoch is re-planned from every old rank's loader position,
-and each rank's random streams start afresh from (seed, rank, step). Then train to
-`train.steps`, checkpointing on the way, validate, and (rank 0) export the weights and write
-metrics.json.
+each rank's random streams start afresh from (seed, rank, step), and a DeepSpeed ZeRO checkpoint
+is loaded through its universal copy (`repartition`: rank 0 converts it once, every rank waits).
+Then train to `train.steps`, checkpointing on the way, validate, and (rank 0) export the weights
+and write metrics.json.
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ from vcell.data.datamodule import AtlasDataModule
 from vcell.files import atomic_write
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
-from vcell.train.callbacks import CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreRng, Telemetry, ValidationReport
+from vcell.train.callbacks import (
+    CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreBuffers, RestoreRng, Telemetry, ValidationReport,
+)
 from vcell.train.init_from import coverage_line, read_record, start_from_pretrained, write_record
 from vcell.train.module import VCellModule
+from vcell.train.repartition import load_buffers, universal_copy
 from vcell.train.training_plan import model_spec, resolved_precision, steady_state
 from vcell.train.run import probe_writable
 from vcell.train.strategy import make_strategy
@@ -44,13 +48,13 @@ from vcell.train.tracking import History, open_tracker, read_history
 log = logging.getLogger(__name__)
 
 
-def build_trainer(config: VCellConfig, callbacks: list, has_validation: bool) -> pl.Trainer:
+def build_trainer(config: VCellConfig, callbacks: list, has_validation: bool, load_universal: bool = False) -> pl.Trainer:
     from ray.train.lightning import RayLightningEnvironment
 
     train = config.train
     return pl.Trainer(
         accelerator="gpu" if config.scaling.gpus_per_worker else "cpu", devices="auto",
-        strategy=make_strategy(config), plugins=[RayLightningEnvironment()],
+        strategy=make_strategy(config, load_universal), plugins=[RayLightningEnvironment()],
         precision=resolved_precision(config), max_steps=train.steps, max_epochs=-1,
         gradient_clip_val=train.gradient_clip, accumulate_grad_batches=train.accumulate,
         check_val_every_n_epoch=None, val_check_interval=(train.validate_every or train.steps) * train.accumulate,
@@ -86,6 +90,11 @@ def train_worker(payload: dict) -> None:
     start_step = latest.step if latest else 0
     resized = latest is not None and latest.world_size != world_size
     rank_state = latest.rank_state(rank) if latest and not resized else None
+    resume_path = latest.lightning_path if latest else None
+    # ZeRO's shards fit only the workers that wrote them: a universal copy re-partitions them
+    universal = resized and latest.manifest["strategy"] == "deepspeed" and start_step < config.train.steps
+    if universal:
+        resume_path = universal_copy(latest, store, rank)
 
     atlas = open_atlas(config.data.atlas)
     datamodule = AtlasDataModule(atlas.path, config.loader, seed=config.seed, rank=rank, world_size=world_size,
@@ -114,6 +123,8 @@ def train_worker(payload: dict) -> None:
         RestoreRng(rank_state["rng"] if rank_state else None),
         Telemetry(history, tracker, flush_every=config.train.checkpoint_every),
     ]
+    if universal:
+        callbacks.append(RestoreBuffers(load_buffers(resume_path)))
     if config.train.progress_bar:
         callbacks.append(LineProgress(config.train.steps))
     if config.train.audit_cells:
@@ -129,10 +140,10 @@ def train_worker(payload: dict) -> None:
     if drill is not None:
         callbacks.append(drill)
 
-    trainer = build_trainer(config, callbacks, "val" in datamodule.loaders)
+    trainer = build_trainer(config, callbacks, "val" in datamodule.loaders, load_universal=universal)
     started = time.perf_counter()
     if start_step < config.train.steps:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(latest.lightning_path) if latest else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path else None)
     elapsed = time.perf_counter() - started
     validation = [{}]
     if "val" in datamodule.loaders:  # weights from the checkpoint when this attempt had nothing left to train
