@@ -86,8 +86,9 @@ def write_universal(checkpoint: ckpt.Checkpoint, store: ckpt.CheckpointStore) ->
             log.warning("writing the universal copy %s again: %s", target, problem)
             shutil.rmtree(target)
     store.universal_root.mkdir(parents=True, exist_ok=True)
-    for leftover in store.universal_root.glob(f".{target.name}.*"):  # a conversion that died mid-way
-        shutil.rmtree(leftover, ignore_errors=True)
+    for folder, name in store.universal_directories():  # the temporary folder of a conversion that died
+        if name == target.name and folder.name.startswith("."):
+            shutil.rmtree(folder, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(dir=store.universal_root, prefix=f".{target.name}."))
     try:
         started = time.perf_counter()
