@@ -157,6 +157,8 @@ def check_universal(directory: Path, checkpoint: ckpt.Checkpoint, verify: bool) 
     manifest = ckpt.read_manifest_json(path)
     ckpt.check_fields(manifest, MANIFEST_FIELDS, str(path))
     ckpt.check_file_entries(manifest["files"], path)
+    if manifest["format"] != ckpt.FORMAT:
+        raise ckpt.IncompleteCheckpoint(f"{path}: format {manifest['format']} (this vcell writes format {ckpt.FORMAT})")
     if manifest["source"] != source_sha256(checkpoint) or manifest["step"] != checkpoint.step:
         raise ckpt.IncompleteCheckpoint(f"{path}: converted from another checkpoint than {checkpoint.path}")
     ckpt.check_files(directory, manifest["files"], {f"{ckpt.LIGHTNING}/{LATEST_UNIVERSAL}", BUFFERS}, verify)
