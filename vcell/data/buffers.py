@@ -23,7 +23,8 @@ import threading
 import numpy as np
 
 # References to a free pooled array while `take` looks at it: the pool's list, the loop
-# variable and getrefcount's own argument. A test pins this on every supported Python.
+# variable and getrefcount's own argument (`best` only ever holds an array already found
+# free, under the lock). A test pins this on every supported Python.
 FREE_REFERENCES = 3
 
 
@@ -37,7 +38,9 @@ class ArrayPool:
     """`pool.take(shape, dtype)` -> an uninitialised array, recycled when it is free.
 
     Arrays are kept flat and handed out as views of their first elements, so a slightly
-    smaller request (the next shuffle buffer's non-zeros) reuses a free array; new ones get
+    smaller request (the next shuffle buffer's non-zeros) reuses the smallest free array that
+    fits (never one more than twice too large: a dense batch is not spent on a window's
+    values); new ones get
     `HEADROOM` so the next, slightly larger, request fits too. At most `capacity` arrays are
     kept (memory stays bounded); past that, a free one (else the oldest) is forgotten, and
     whoever still holds it keeps it alive, as without a pool.
@@ -57,9 +60,13 @@ class ArrayPool:
         if not self.recycles:
             return np.empty(shape, dtype=dtype)
         with self.lock:
+            best = None  # the smallest free array that fits, at most twice the size asked for
             for array in self.arrays:
-                if array.dtype == dtype and array.size >= size and sys.getrefcount(array) == FREE_REFERENCES:
-                    return array[:size].reshape(shape)
+                if array.dtype == dtype and size <= array.size <= 2 * size + 4096 \
+                        and (best is None or array.size < best.size) and sys.getrefcount(array) == FREE_REFERENCES:
+                    best = array
+            if best is not None:
+                return best[:size].reshape(shape)
             array = np.empty(size if len(shape) > 1 else int(size * self.HEADROOM), dtype=dtype)
             if len(self.arrays) >= self.capacity:
                 self.forget_one()
