@@ -126,7 +126,8 @@ class AtlasLoader:
         self.genes = select_genes(self.atlas, config.genes)
         self.assembler = BatchAssembler(
             self.atlas.n_genes, self.genes, resolve_normalization(self.atlas, config.normalize, self.genes),
-            dense=not config.sparse, keep_counts=config.keep_counts, pooled_arrays=pooled_arrays(config, self.threads),
+            dense=not config.sparse, keep_counts=config.keep_counts,
+            pooled_arrays=pooled_arrays(config, self.threads),
         )
         self.split_codes = assign_splits(self.atlas, config.split) if split_codes is None else split_codes
         self.blocks = Blocks.from_shards(
