@@ -18,8 +18,8 @@ can be); the load average during the runs is printed with it.
   vcell log1p        our loader with its default log1p(cp10k) normalisation
   vcell raw x2       two vcell processes at once (two training workers on two cores);
                      cells/s is the sum. vcell runs with its defaults (loader.threads=auto:
-                     one reading and one assembling thread when a process has two cores to
-                     itself, none when two processes share them).
+                     one background thread reading and assembling when a process has two
+                     cores to itself, none when two processes share them).
   anndata backed     anndata.read_h5ad(backed="r"), sorted random indices per batch (scvi-tools' way)
   annbatch           scverse annbatch with zarrs at its best setting (chunk_size=512,
                      preload_nchunks=32) on the same cells written its way. annbatch needs

@@ -275,7 +275,7 @@ class LoaderConfig(Section):
     keep_counts: bool = Field(False, description="also put raw counts in each batch (count likelihoods)")
     threads: int | Literal["auto"] = Field(
         "auto",
-        description="background threads reading, and as many assembling, batches in the training process; "
+        description="background threads reading windows and assembling batches in the training process; "
         "0 does everything in the consuming thread. 'auto': 1 when this process has at least 2 cores to "
         "itself (cores / LOCAL_WORLD_SIZE), else 0 (the work is memory-bound: extra threads only contend)",
     )

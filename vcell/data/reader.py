@@ -17,10 +17,12 @@ import zarr
 
 from vcell.atlas.chunks import ChunkedArrayReader, DecodedChunkCache, RecordedFiles, UnsupportedLayout, check_chunk_files
 from vcell.atlas.store import Atlas
+from vcell.data.buffers import ArrayPool
 from vcell.data.epoch_plan import Blocks
 from vcell.errors import VCellError
 
 SMALL_ARRAY_CACHE_BYTES = 64 << 20  # decoded indptr / label chunks kept for re-use
+WINDOW_ARRAYS = 12  # pooled raw window arrays: 3 per window, up to 4 windows read at once
 
 
 @dataclass
@@ -91,6 +93,9 @@ class AtlasReader:
         self.shard_starts = np.array([s["start"] for s in atlas.shards], dtype=np.int64)
         self.shard_sizes = np.array([s["n_cells"] for s in atlas.shards], dtype=np.int64)
         self.cache = DecodedChunkCache(SMALL_ARRAY_CACHE_BYTES)
+        # A window's stored values and indices, recycled (`vcell.data.buffers`): a few windows
+        # are read at a time, three arrays each.
+        self.pool = ArrayPool(WINDOW_ARRAYS)
         self.opened: dict[int, dict] = {}
         self.lock = threading.Lock()
 
@@ -197,8 +202,8 @@ def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[
     # Where each span's rows and values go in the window; values decode straight into place.
     row_offsets = np.cumsum([0] + [last - first for first, last in spans]).astype(np.int64)
     value_offsets = np.cumsum([0] + [int(p[-1] - p[0]) for p in pointers]).astype(np.int64)
-    data = np.empty(value_offsets[-1], dtype=reader.value_dtype())
-    indices = np.empty(value_offsets[-1], dtype=reader.index_dtype())
+    data = reader.pool.take(value_offsets[-1], reader.value_dtype())
+    indices = reader.pool.take(value_offsets[-1], reader.index_dtype())
     indptr = np.zeros(row_offsets[-1] + 1, dtype=np.int64)
     labels: dict[str, list[np.ndarray]] = {name: [] for name in reader.kinds}
     for span, ((first, last), pointer) in enumerate(zip(spans, pointers)):
@@ -210,9 +215,11 @@ def read_window(reader: AtlasReader, blocks: Blocks, rows: np.ndarray) -> tuple[
     span_starts = np.array([first for first, _ in spans], dtype=np.int64)
     local = rows - span_starts[span_of_row] + row_offsets[:-1][span_of_row]
     small = value_offsets[-1] < 2**31  # scipy's int32 index type when it fits
+    wide_indices = reader.pool.take(len(indices), np.int32 if small else np.int64)
+    wide_indices[:] = indices
     window = RowBlock(
         indptr=indptr.astype(np.int32) if small else indptr,
-        indices=indices.astype(np.int32 if small else np.int64),
+        indices=wide_indices,
         data=data,
         labels={name: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64) for name, parts in labels.items()},
     )

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from vcell.data.buffers import ArrayPool
 from vcell.data.reader import RowBlock
 
-try:  # scipy's C++ CSR -> dense kernel (adds into a given array, releases the GIL)
-    from scipy.sparse._sparsetools import csr_todense
-except ImportError:  # a future scipy may move it: fall back to numpy (slower, same result)
-    csr_todense = None
+try:  # scipy's C++ kernels: CSR -> dense (adds into a given array), CSR row gather into given
+    # arrays; both release the GIL
+    from scipy.sparse._sparsetools import csr_row_index, csr_todense
+except ImportError:  # a future scipy may move them: fall back to scipy's public API / numpy (same result)
+    csr_row_index = csr_todense = None
 
 CACHE_BLOCK_BYTES = 512 << 10  # half an L2 cache (AMD EPYC here: 1 MiB per core)
 
@@ -55,7 +57,7 @@ class BatchAssembler:
     """`assembler(window, rows)` -> dict of numpy arrays for the batch (see `vcell.data.loader`)."""
 
     def __init__(self, n_genes: int, genes: np.ndarray | None, normalization: Normalization,
-                 dense: bool = True, keep_counts: bool = False):
+                 dense: bool = True, keep_counts: bool = False, pooled_arrays: int = 0):
         self.genes = genes  # atlas gene indices to keep, in output order; None keeps all
         self.n_in = n_genes
         self.n_out = n_genes if genes is None else len(genes)
@@ -66,6 +68,9 @@ class BatchAssembler:
         self.norm = normalization
         self.dense = dense
         self.keep_counts = keep_counts
+        # Dense batches and shuffled windows are recycled once nobody holds them
+        # (`vcell.data.buffers`): fresh 32 MiB arrays cost more in page faults than densifying does.
+        self.pool = ArrayPool(pooled_arrays)
         if normalization.gene_mean is not None:
             self.zero_row = (-normalization.gene_mean * normalization.gene_scale).astype(np.float32)
             if normalization.clip is not None:
@@ -77,13 +82,34 @@ class BatchAssembler:
         After this, every batch is a contiguous slice of rows: the costly gather, the cast and
         the row sums happen once per buffer, in the reading thread, not per batch.
         """
-        # scipy's row gather (one C++ pass) is ~3x faster than numpy's repeat/arange/take.
-        matrix = sp.csr_matrix((window.data, window.indices, window.indptr), shape=(len(window.indptr) - 1, self.n_in))
-        picked = matrix[order]
-        values = picked.data.astype(np.float32, copy=False)
-        library = row_sums(values, picked.indptr, np.diff(picked.indptr))
+        indptr, indices, stored = self.gather_rows(window, order)
+        values = stored
+        if stored.dtype != np.float32:  # the cast to float32, into a recycled array
+            values = self.pool.take(len(stored), np.float32)
+            values[:] = stored
+        library = row_sums(values, indptr, np.diff(indptr))
         labels = {name: column[order] for name, column in window.labels.items()}
-        return RowBlock(picked.indptr, picked.indices, values, labels), library
+        return RowBlock(indptr, indices, values, labels), library
+
+    def gather_rows(self, window: RowBlock, order: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(indptr, indices, stored values) of the window's rows in `order`.
+
+        scipy's row gather (one C++ pass) is ~3x faster than numpy's repeat/arange/take; called
+        directly, it writes into recycled arrays instead of fresh ones.
+        """
+        if csr_row_index is None:
+            shape = (len(window.indptr) - 1, self.n_in)
+            picked = sp.csr_matrix((window.data, window.indices, window.indptr), shape=shape)[order]
+            return picked.indptr, picked.indices, picked.data
+        index_type = window.indices.dtype  # int32, or int64 for > 2**31 values (as window.indptr)
+        order = order.astype(index_type, copy=False)
+        window_indptr = window.indptr.astype(index_type, copy=False)
+        indptr = np.zeros(len(order) + 1, dtype=index_type)
+        np.cumsum(np.diff(window_indptr)[order], out=indptr[1:])
+        indices = self.pool.take(int(indptr[-1]), index_type)
+        stored = self.pool.take(int(indptr[-1]), window.data.dtype)
+        csr_row_index(len(order), order, window_indptr, window.indices, window.data, indices, stored)
+        return indptr, indices, stored
 
     def __call__(self, window: RowBlock, library: np.ndarray, start: int, stop: int) -> dict[str, np.ndarray]:
         """The batch of rows [start, stop) of a shuffled window."""
@@ -140,7 +166,7 @@ class BatchAssembler:
 
     def densify(self, indptr: np.ndarray, genes: np.ndarray, values: np.ndarray, standardise: bool) -> np.ndarray:
         """(rows, genes out) float32; zero-count entries are 0, or the gene's z-score of 0."""
-        out = np.empty((len(indptr) - 1, self.n_out), dtype=np.float32)
+        out = self.pool.take((len(indptr) - 1, self.n_out))  # every element is written below
         if standardise and self.norm.gene_mean is not None:
             # The dense rows start at each gene's z-score of zero; the writes add the difference.
             added = self.standardise_values(genes, values) - self.zero_row[genes]
