@@ -163,3 +163,6 @@ def test_the_batch_role_is_not_part_of_a_runs_identity():
     del saved["model"]["columns"]["batch"]  # a run trained before the key existed
     assert config_diff(saved, config) == []
     assert config_hash(config) == config_hash(load_config(None, ["model.size=tiny", "model.columns.batch=donor"]))
+    covariate = load_config(None, ["model.size=tiny", "model.batch_covariate=true"])  # ... unless the model reads it
+    assert config_hash(covariate) != config_hash(load_config(None, ["model.size=tiny", "model.batch_covariate=true",
+                                                                    "model.columns.batch=donor"]))

@@ -203,3 +203,13 @@ def test_learned_pathways_when_gene_sets_are_missing(atlas, batch, tmp_path, nam
     torch.manual_seed(0)
     stats = run(build_model(config, spec), batch)
     assert stats["pathway_activity"].shape == (64, 16)
+
+
+def test_a_batch_covariate_reads_the_batch_categories_or_names_the_missing_column(atlas):
+    spec = spec_from_atlas(atlas, ModelConfig(name="base", batch_covariate=True), counts=True)
+    assert spec.batch_names == list(atlas.attrs["obs_categories"]["batch"]) and "batch" in spec.inputs
+    assert spec_from_atlas(atlas, ModelConfig(name="base"), counts=True).batch_names == []
+    for column, why in (("lane", "is not among the obs columns"), ("time", "is not categorical")):
+        config = ModelConfig(name="base", batch_covariate=True, columns={"batch": column})
+        with pytest.raises(VCellError, match=rf"model.columns.batch='{column}', which {why} of {atlas.path}"):
+            spec_from_atlas(atlas, config, counts=True)

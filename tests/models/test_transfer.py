@@ -154,3 +154,18 @@ def test_the_freezable_slots_are_the_models_top_level_modules():
     spec, _ = make_spec(POOL[:10], ["P1"], seed=1)
     model = build_model(ModelConfig(name="full", size="tiny"), spec)
     assert set(FREEZABLE) == {name for name, _ in model.named_children()}
+
+
+def test_batch_offsets_move_by_batch_name_and_new_batches_start_at_no_offset():
+    old_spec, categories = make_spec(POOL[:10], ["P1"], seed=1)
+    old_spec.batch_names, new_spec = ["lane1", "lane2"], make_spec(POOL[:10], ["P1"], seed=1)[0]
+    new_spec.batch_names = ["lane3", "lane2"]
+    config = ModelConfig(name="base", size="tiny", batch_covariate=True)
+    old, new = build_model(config, old_spec), build_model(config, new_spec)
+    with torch.no_grad():
+        old.batch_offset.offset.normal_()
+    report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, categories, COLUMNS),
+                              vocabulary_of(new_spec, categories, COLUMNS))
+    assert torch.equal(new.batch_offset.offset[1], old.batch_offset.offset[1])  # lane2
+    assert torch.equal(new.batch_offset.offset[0], torch.zeros(10))  # lane3: not seen in pretraining
+    assert report.coverage["batch"] == {"matched": 1, "total": 2, "pretrained": 2}

@@ -56,8 +56,9 @@ class ColumnsConfig(Section):
     time: str | None = Field("time", description="hours since the stimulus; 0 = unstimulated")
     history: str | None = Field("hours_since_pulse", description="hours since an earlier pulse; NaN = naive")
     batch: str | None = Field(
-        "batch", description="categorical: technical batch (donor, lane, source); the model does not read it, "
-        "evaluation scores batch mixing of embeddings on it (iLISI, batch kNN accuracy); absent = not scored"
+        "batch", description="categorical: technical batch (donor, lane, source); evaluation scores batch mixing of "
+        "embeddings on it (iLISI, batch kNN accuracy; absent = not scored); the model reads it only with "
+        "model.batch_covariate"
     )
 
 
@@ -85,6 +86,11 @@ class ModelConfig(Section):
     )
     response_weight: float = Field(
         1.0, ge=0, description="weight of the response loss (control cell + condition -> perturbed/stimulated cell)"
+    )
+    batch_covariate: bool = Field(
+        False, description="decode each cell with a learned per-batch, per-gene offset of its scores (scVI's batch "
+        "covariate; the encoder does not read it): the latent need not carry the batch, so batches mix better. "
+        "Reads model.columns.batch; cells of a batch the model never saw are decoded without an offset",
     )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
 

@@ -24,7 +24,7 @@ OPERATIONAL = (
     "scaling.address", "scaling.max_failures", "scaling.include_dashboard", "scaling.storage_path",
     "scaling.placement_strategy",
     "wandb.mode", "data.synthesize_if_missing", "train.progress_bar",
-    "model.columns.batch",  # read by evaluation only (batch mixing): runs before the key existed still resume
+    "model.columns.batch",  # read by evaluation only (batch mixing) unless model.batch_covariate (run.identity)
 )
 # the model's slots (`vcell.models.slots`) a fine-tune may freeze; tests check the model has these
 FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "readouts")

@@ -59,6 +59,7 @@ class CellInputs:
     context: torch.Tensor | None
     conditions: Conditions
     hidden: torch.Tensor | None = None
+    batch: torch.Tensor | None = None  # (B,) int64 batch code (model.columns.batch), read by a batch covariate
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig) -> CellInputs:
@@ -80,6 +81,7 @@ class CellInputs:
                 time=column(columns.time, torch.float32),
                 hours_since_pulse=column(columns.history, torch.float32),
             ),
+            batch=column(columns.batch, torch.long),
         )
 
     def take(self, rows: torch.Tensor) -> CellInputs:
@@ -90,6 +92,7 @@ class CellInputs:
             context=None if self.context is None else self.context[rows],
             conditions=self.conditions.take(rows),
             hidden=None if self.hidden is None else self.hidden[rows],
+            batch=None if self.batch is None else self.batch[rows],
         )
 
 

@@ -24,6 +24,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.errors import VCellError
 from vcell.models.blocks import MLP
+from vcell.models.covariates import BatchOffset
 from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
@@ -62,6 +63,7 @@ class VirtualCell(nn.Module):
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
         self.readouts = nn.ModuleList(slots.readouts)
+        self.batch_offset = BatchOffset(spec.n_batches, spec.n_genes) if config.batch_covariate else None
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
@@ -71,22 +73,24 @@ class VirtualCell(nn.Module):
         return z, {**losses, **latent_losses}, {**stats, **latent_stats}
 
     def decode(
-        self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None
+        self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None,
+        batch: torch.Tensor | None = None,
     ) -> Prediction:
-        """Expression of states z (B, D) under `conditions`; `basal` (B, D) is the state before any
+        """Expression of states z (B, D) under `conditions`, measured in `batch` (B,) codes (read by
+        model.batch_covariate; None: no batch offset); `basal` (B, D) is the state before any
         condition (z itself when decoding a cell as it is): heads that predict how the total
         counts move (resource) compare the two cells' gene scores."""
-        scores = self.gene_scores(z, conditions)
+        scores = self.gene_scores(z, conditions, batch)
         needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
-        basal_scores = self.gene_scores(basal, None) if needs_basal else scores
+        basal_scores = self.gene_scores(basal, None, batch) if needs_basal else scores
         return self.head.predict(scores, z, basal_scores, library)
 
-    def gene_scores(self, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
-        """(B, G) the decoder's scores of states z plus every gene term's."""
+    def gene_scores(self, z: torch.Tensor, conditions: Conditions | None, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, G) the decoder's scores of states z plus every gene term's (and the batch's offset)."""
         scores = self.decoder(z)
         for term in self.gene_terms:
             scores = term(scores, z, conditions)
-        return scores
+        return scores if self.batch_offset is None else self.batch_offset(scores, batch)
 
     # -- training forward -----------------------------------------------------------------------
     def inputs(self, batch: dict[str, torch.Tensor]) -> CellInputs:
@@ -108,7 +112,7 @@ class VirtualCell(nn.Module):
     def cell_pass(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Prediction, dict, dict]:
         """Each cell on its own: (z, its reconstruction, losses, statistics); no pairing of cells."""
         z, losses, stats = self.encode(x_in, cells)
-        prediction = self.decode(z, z, cells.library)
+        prediction = self.decode(z, z, cells.library, batch=cells.batch)
         losses["reconstruction"] = self.head.loss(prediction, cells)
         stats.update(self.head.statistics(prediction))
         for auxiliary in self.auxiliary:
@@ -135,7 +139,8 @@ class VirtualCell(nn.Module):
         targets, basal_cells = cells.take(target_rows), cells.take(basal_rows)
         start = z[basal_rows] if unmasked else self.encode(basal_cells.x, basal_cells)[0]
         state, stats = self.dynamics(start, targets.conditions)
-        prediction = self.decode(state, start, targets.library, targets.conditions)
+        # decoded in the target's batch: the cell it is compared with was measured there
+        prediction = self.decode(state, start, targets.library, targets.conditions, targets.batch)
         losses = {}
         if self.head.predicts_total:
             reference = basal_log_library(cells, basal)[target_rows]
@@ -152,7 +157,7 @@ class VirtualCell(nn.Module):
             check_conditions(conditions, self.spec)
             z, _, _ = self.encode(cells.x, cells)
             state, _ = self.dynamics(z, conditions)
-            return self.decode(state, z, cells.library, conditions)
+            return self.decode(state, z, cells.library, conditions, cells.batch)
 
     @torch.no_grad()
     def trajectory(self, batch: dict[str, torch.Tensor], hours: list[float], conditions: Conditions | None = None) -> torch.Tensor:
@@ -171,7 +176,7 @@ class VirtualCell(nn.Module):
         with self.evaluating():
             cells = self.inputs(batch)
             z, _, _ = self.encode(cells.x, cells)
-            return self.decode(z, z, cells.library)
+            return self.decode(z, z, cells.library, batch=cells.batch)
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:

@@ -55,6 +55,7 @@ class ModelSpec:
     grn: Edges | None = None  # regulator gene -> target gene (the prior)
     perturbation_gene: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (K,) -1 = none
     control_code: int = -1  # the perturbation category meaning 'not perturbed' (-1: none)
+    batch_names: list[str] = field(default_factory=list)  # the batches a batch covariate has rows for
     mean_library: float = 1000.0  # mean total counts per cell (kept so exports load; unread since resource uses each cell's library)
     coverage: dict = field(default_factory=dict)  # annotation coverage, for logs and run records
 
@@ -66,6 +67,10 @@ class ModelSpec:
     def n_perturbations(self) -> int:
         """Perturbation categories (control included), 0 when the batches carry none."""
         return len(self.perturbation_gene)
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_names)
 
 
 def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None = None, *, counts: bool) -> ModelSpec:
@@ -86,6 +91,9 @@ def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None 
         add_pathways(spec, config, atlas.path)
     if "grn" in needs:
         add_grn(spec, config, atlas.path)
+    if config.batch_covariate:
+        spec.batch_names = batch_categories(atlas, config)
+        spec.inputs = spec.inputs | {"batch"}
     if "perturbation" in inputs:
         names = atlas.attrs["obs_categories"][config.columns.perturbation]
         spec.perturbation_gene = perturbation_genes(names, var.iloc[selected], config.columns.control)
@@ -98,6 +106,20 @@ def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None 
             log.info("%d perturbation(s) name no gene of the model's vocabulary (they act through the latent), e.g. %s",
                      len(unmapped), unmapped[:5])
     return spec
+
+
+def batch_categories(atlas: Atlas, config: ModelConfig) -> list[str]:
+    """The categories of the batch column that model.batch_covariate reads, or a VCellError."""
+    column = config.columns.batch
+    categories = atlas.attrs.get("obs_categories", {})
+    if column is None or column not in categories:
+        found = "is not categorical" if column in atlas.attrs["obs_columns"] else "is not among the obs columns"
+        raise VCellError(
+            f"model.batch_covariate reads the batch column model.columns.batch={column!r}, which {found} of {atlas.path}",
+            hint="set model.columns.batch to the categorical obs column naming each cell's batch "
+            "(donor, lane, dataset), or model.batch_covariate=false",
+        )
+    return [str(name) for name in categories[column]]
 
 
 def check_inputs(atlas: Atlas, config: ModelConfig, needs: set[str], inputs: frozenset[str], counts: bool) -> None:
@@ -275,7 +297,7 @@ def spec_to_dict(spec: ModelSpec) -> dict:
         "gene_ids": list(spec.gene_ids), "inputs": sorted(spec.inputs), "pathway_names": list(spec.pathway_names),
         "compartment_names": list(spec.compartment_names), **edges,
         "perturbation_gene": spec.perturbation_gene.tolist(), "control_code": int(spec.control_code),
-        "mean_library": float(spec.mean_library), "coverage": spec.coverage,
+        "mean_library": float(spec.mean_library), "coverage": spec.coverage, "batch_names": list(spec.batch_names),
     }
 
 
@@ -293,5 +315,5 @@ def spec_from_dict(values: dict) -> ModelSpec:
         **{name: edges(values[name]) for name in EDGE_FIELDS},
         perturbation_gene=np.asarray(values["perturbation_gene"], dtype=np.int64),
         control_code=int(values["control_code"]), mean_library=float(values["mean_library"]),
-        coverage=dict(values.get("coverage", {})),
+        coverage=dict(values.get("coverage", {})), batch_names=list(values.get("batch_names", [])),
     )

@@ -45,7 +45,8 @@ def vocabulary_of(spec: ModelSpec, categories: dict[str, list[str]], columns: Co
         perturbations = [f"perturbation code {code}" for code in range(spec.n_perturbations)]
     contexts = list(categories.get(columns.context, [])) if columns.context else []
     return {"gene": list(spec.gene_ids), "pathway": list(spec.pathway_names),
-            "compartment": list(spec.compartment_names), "perturbation": perturbations, "context": contexts}
+            "compartment": list(spec.compartment_names), "perturbation": perturbations, "context": contexts,
+            "batch": list(spec.batch_names)}
 
 
 @dataclass

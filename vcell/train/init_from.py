@@ -35,7 +35,7 @@ from vcell.train.checkpoint import load_exported, model_directory
 log = logging.getLogger(__name__)
 RECORD = "init_from.json"
 PLURAL = {"gene": "genes", "pathway": "pathways", "compartment": "compartments", "perturbation": "perturbations",
-          "context": "cell types (model.columns.context)"}
+          "context": "cell types (model.columns.context)", "batch": "batches (model.columns.batch)"}
 
 
 @dataclass

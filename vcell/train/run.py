@@ -35,9 +35,11 @@ RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wa
 def identity(config: VCellConfig | dict) -> dict[str, object]:
     """The dotted keys that define what a run computes (operational keys left out)."""
     tree = config.model_dump(mode="json") if isinstance(config, VCellConfig) else config
+    flat = flatten(tree)
+    read = {"model.columns.batch"} if flat.get("model.batch_covariate") else set()  # operational unless the model reads it
     # the name is the folder itself: a copied or renamed run is still the same computation
-    return {key: value for key, value in flatten(tree).items()
-            if key not in OPERATIONAL and key != "name" and not key.startswith(("evaluate.", "tune."))}
+    return {key: value for key, value in flat.items()
+            if (key not in OPERATIONAL or key in read) and key != "name" and not key.startswith(("evaluate.", "tune."))}
 
 
 def config_hash(config: VCellConfig | dict) -> str:

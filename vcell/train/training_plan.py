@@ -29,6 +29,7 @@ def with_model_inputs(config: VCellConfig, atlas: Atlas) -> VCellConfig:
     """`config` whose loader carries the obs columns and raw counts the model reads."""
     columns = atlas.attrs["obs_columns"]
     wanted = [getattr(config.model.columns, role) for role in CONDITION_ROLES]
+    wanted += [config.model.columns.batch] if config.model.batch_covariate else []
     labels = list(config.loader.labels) + [c for c in wanted if c and c in columns and c not in config.loader.labels]
     needs_counts = any("counts" in NEEDS[name] for name in config.model.enhancements)
     keep_counts = config.loader.keep_counts or (needs_counts and atlas.attrs.get("values") == "counts")
