@@ -184,8 +184,8 @@ except VCellError as error:
 n = len(batch["x"])
 try:
     model.predict(batch, Conditions(perturbation=torch.full((n,), spec.n_perturbations + 5)))
-except ValueError as error:  # a programming error (codes come from the atlas), not a user's input
-    print(f"ValueError: {error}")
+except VCellError as error:
+    print(f"VCellError: {error}")
 
 # %% [markdown]
 # ## 7. Training configuration
