@@ -24,8 +24,8 @@ from vcell.config import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
-from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.files import atomic_write
+from vcell.train.checkpoint import CheckpointStore, resume_point
 from vcell.trees import flatten
 
 RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wandb", "ray", "split.json",
