@@ -26,7 +26,7 @@ from vcell.cluster import local_resources, ray_cluster
 from vcell.config.schema import VCellConfig
 from vcell.errors import VCellError
 from vcell.models.registry import enhancements, resolve
-from vcell.train.checkpoint import CheckpointStore, resume_point
+from vcell.train.checkpoint import CheckpointStore
 from vcell.train.preflight import preflight
 from vcell.train.training_plan import check_resources, describe_workers, format_plan, training_plan, with_model_inputs
 from vcell.train.run import Run, accepted_hashes, check_run, prepare_run, probe_writable, run_directory
@@ -188,7 +188,7 @@ def train(config: VCellConfig, *, restart: bool = False, resume_with_changes: bo
     with ray_cluster(config.scaling) as resources:
         check_resources(config, resources)
         run = prepare_run(config, restart=restart, resume_with_changes=resume_with_changes)
-        latest = resume_point(CheckpointStore(run.directory), run.accepted_hashes, resume_with_changes, config.scaling.workers)
+        latest = run.latest  # checked (and hashed) once, by prepare_run
         if latest is not None:
             log.info("resuming run '%s' from step %d (%s, written by %d worker(s))", config.name, latest.step,
                      latest.path, latest.world_size)

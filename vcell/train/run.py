@@ -25,7 +25,7 @@ from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
-from vcell.train.checkpoint import CheckpointStore, resume_point
+from vcell.train.checkpoint import Checkpoint, CheckpointStore, resume_point
 from vcell.trees import flatten
 
 RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wandb", "ray", "split.json",
@@ -78,6 +78,7 @@ class Run:
     config_hash: str
     resumed: bool  # an earlier attempt of this run exists
     accepted_hashes: tuple[str, ...] = ()  # checkpoints with these hashes continue the run (see accepted_hashes)
+    latest: Checkpoint | None = None  # the verified checkpoint this attempt continues from
 
     @property
     def checkpoints(self) -> Path:
@@ -121,8 +122,9 @@ def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_chang
     resumed = check_run(config, restart=restart, resume_with_changes=resume_with_changes)
     hashes = accepted_hashes(config) if resumed else (config_hash(config),)  # before config.yaml is rewritten
     directory = run_directory(config)
-    if resumed:  # a checkpoint this run cannot continue from is refused before the folder is touched
-        resume_point(CheckpointStore(directory), hashes, resume_with_changes, config.scaling.workers)
+    # a checkpoint this run cannot continue from is refused before the folder is touched
+    latest = None if restart else resume_point(CheckpointStore(directory), hashes, resume_with_changes,
+                                               config.scaling.workers)
     failed_start = not resumed and (directory / "config.yaml").is_file()  # and no checkpoint (see check_run)
     if restart or failed_start:
         for name in RUN_FILES:
@@ -131,7 +133,7 @@ def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_chang
     probe_writable(directory, "the driver")
     text = dump_config(config).encode()
     atomic_write(directory / "config.yaml", lambda stream: stream.write(text))
-    return Run(directory, config_hash(config), resumed, hashes)
+    return Run(directory, config_hash(config), resumed, hashes, latest)
 
 
 def probe_writable(directory: Path, who: str) -> None:
