@@ -56,6 +56,9 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
         assert {"control", "mean_perturbation", "linear"} <= set(unseen[comparison]["baselines"])
         assert set(unseen[comparison]["baselines"]["linear"]) == set(unseen[comparison]["model"])
     assert perturbation["seen_perturbations"]["vs_observed"]["baselines"]["control"]["pearson_delta"] == 0
+    # a seen perturbation's own training cells are a baseline; an unseen one has none
+    assert "training_pseudobulk" in perturbation["seen_perturbations"]["vs_truth"]["baselines"]
+    assert "training_pseudobulk" not in unseen["vs_observed"]["baselines"]
     assert "linear" in perturbation["seen_perturbations"]["vs_truth"]["baselines"]
     assert perturbation["additive"].startswith("skipped")  # no combinations in the data: said so, not faked
     enhancements = evaluation["enhancements"]
@@ -64,6 +67,8 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     for name in ("regulatory", "hierarchical", "temporal", "stochastic", "resource", "memory"):
         assert "model" in enhancements[name] and "baselines" in enhancements[name], name
     assert 0 <= enhancements["stochastic"]["model"]["coverage_90"] <= 1
+    resource = enhancements["resource"]  # what the atlas itself says about the shift, beside the model
+    assert resource["observed_shift_standard_error"] is None or resource["observed_shift_standard_error"] > 0
 
 
 def test_every_plot_is_written_and_readable(evaluated):
@@ -85,6 +90,37 @@ def test_summary_lists_model_and_baselines(evaluated):
     lines = summary_lines(evaluated[1])
     assert any(line.startswith("embedding: knn_accuracy") and "pca" in line for line in lines)
     assert any("unseen perturbations: pearson_delta" in line for line in lines)
+    assert any(line.startswith("unseen perturbations vs truth: pearson_delta ") for line in lines)
+    assert any(line.startswith("reconstruction: log_likelihood") and "library_size_nb" in line for line in lines)
+
+
+def test_a_comparison_the_noise_decides_is_flagged_in_the_summary():
+    from vcell.evaluate.perturbation import noise_bound
+
+    noisy = {"truth": {"pearson_delta": 0.03}, "mean_perturbation": {"pearson_delta": 0.06}}
+    assert "true delta itself scores 0.030" in noise_bound(noisy)
+    assert noise_bound({"truth": {"pearson_delta": 0.2}, "mean_perturbation": {"pearson_delta": 0.1}}) is None
+    scores = {"model": {"pearson_delta": 0.1}, "baselines": {"mean_perturbation": {"pearson_delta": 0.06}}}
+    results = {"data": {}, "perturbation": {"seen_perturbations": {"vs_observed": scores, "noise_bound": noise_bound(noisy)},
+                                            "unseen_perturbations": {"vs_observed": scores}},
+               "enhancements": {"resource": {"model": {"shift_abs_error": 0.01}, "baselines": {}, "noise_bound": "cannot"}}}
+    notes = [line for line in summary_lines(results) if line.startswith("note:")]
+    assert len(notes) == 2 and notes[0].startswith("note: seen perturbations: the held-out pseudobulks are mostly")
+    assert notes[1] == "note: resource: cannot"
+
+
+def test_the_training_pseudobulk_of_a_cell_type_without_enough_cells_is_the_mean_perturbation():
+    from types import SimpleNamespace
+
+    from vcell.evaluate.perturbation import DeltaBuilder
+
+    builder = DeltaBuilder.__new__(DeltaBuilder)  # only the training deltas matter here
+    builder.data = SimpleNamespace(train={"x": np.zeros((4, 3))})
+    builder.training = {(0, 5): np.array([1.0, 2.0, 3.0])}
+    builder.mean_delta_by_type = {0: np.full(3, 9.0), 1: np.full(3, 0.5)}
+    assert builder.training_pseudobulk(0, 5).tolist() == [1.0, 2.0, 3.0]  # its own training cells
+    assert builder.training_pseudobulk(1, 5).tolist() == [0.5] * 3  # too few of them in type 1
+    assert builder.training_pseudobulk(2, 5).tolist() == [0.0] * 3  # a type no perturbation was trained in
 
 
 def test_another_atlas_is_split_in_half_and_said_so(trained_folder, evaluation_atlas, tmp_path):

@@ -124,11 +124,18 @@ def baseline_rows(results: dict) -> list[tuple[str, dict[str, float]]]:
 
     add("embedding", results.get("embedding", {}))
     add("reconstruction", results.get("reconstruction", {}))
-    for group in ("unseen_perturbations", "seen_perturbations"):
-        add(f"{group.split('_')[0]} perturbations", results.get("perturbation", {}).get(group, {}).get("vs_observed", {}))
-    additive = results.get("perturbation", {}).get("additive")
-    if isinstance(additive, dict):  # combinations "A+B": the model vs the sum of the singles
-        add("combination perturbations", additive.get("vs_observed", {}))
+    likelihood = results.get("reconstruction", {}).get("log_likelihood")
+    if isinstance(likelihood, dict):  # one number per method: the same shape as the other sections
+        add("reconstruction", {"model": {"log_likelihood": likelihood["model"]},
+                               "baselines": {name: {"log_likelihood": value} for name, value in likelihood["baselines"].items()}})
+    perturbation = results.get("perturbation", {})
+    groups = [("unseen perturbations", perturbation.get("unseen_perturbations")),
+              ("seen perturbations", perturbation.get("seen_perturbations")),
+              ("combination perturbations", perturbation.get("additive"))]  # "A+B": vs the sum of the singles
+    for label, group in groups:
+        if isinstance(group, dict):
+            add(label, group.get("vs_observed", {}))
+            add(f"{label} vs truth", group.get("vs_truth", {}))
     for name, section in results.get("enhancements", {}).items():
         add(name, section)
     return rows
@@ -156,15 +163,23 @@ def comparison_rows(evaluations: dict[str, dict], metrics: list[str] | None = No
 def summary_lines(results: dict) -> list[str]:
     """A readable table: each metric, the model's value and each baseline's."""
     lines = [f"held-out cells: {results['data'].get('held_out_cells', 0):,} ({results['data'].get('held_out_split')}); "
-             f"{results.get('seconds', 0):.0f} s", f"{'metric':<44} {'model':>9}  baselines"]
+             f"{results.get('seconds', 0):.0f} s", f"{'metric':<52} {'model':>9}  baselines"]
     for metric, scores in baseline_rows(results):
         model = scores.pop("model")
         others = ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None and value == value)
-        lines.append(f"{metric:<44} {model if model is not None else float('nan'):>9.3f}  {others}")
+        lines.append(f"{metric:<52} {model if model is not None else float('nan'):>9.3f}  {others}")
     lines += [f"note: {note}" for note in results.get("notes", [])]
+    lines += [f"note: {name}: {warning}" for name, warning in noise_warnings(results)]
     if results.get("plots"):
         lines.append(f"plots: {len(results['plots'])} PNG files in plots/")
     return lines
+
+
+def noise_warnings(results: dict) -> list[tuple[str, str]]:
+    """(section, warning) for each comparison the held-out data are too noisy to decide."""
+    sections = [*results.get("perturbation", {}).items(), *results.get("enhancements", {}).items()]
+    return [(name.replace("_", " "), section["noise_bound"]) for name, section in sections
+            if isinstance(section, dict) and section.get("noise_bound")]
 
 
 def finite(value):

@@ -359,7 +359,8 @@ def resource_shifts(setup, models: dict) -> dict:
     index = int(np.argmax(typical[truth.perturbation_targets]))  # the truth's perturbation index is index + 1
     target = int(truth.perturbation_targets[index])
     code = names.index(str(truth.gene_symbols[target]))  # the atlas's category code of the same perturbation
-    shifts: dict = {"gene": str(truth.gene_symbols[target]), "truth": [], **{name: [] for name in models}}
+    shifts: dict = {"gene": str(truth.gene_symbols[target]), "gene_id": str(truth.gene_ids[target]), "code": code,
+                    "truth": [], **{name: [] for name in models}}
     for cell_type, basal in basal_cells_by_type(setup, control):
         shifts["truth"].append(other_genes_shift_truth(truth, cell_type, index + 1, target))
         for name, model in models.items():
