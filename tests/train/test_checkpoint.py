@@ -176,6 +176,16 @@ def test_universal_copies_go_with_their_checkpoints_and_nothing_else_in_their_fo
     assert all(path.exists() for path in not_ours)
 
 
+def test_the_universal_folder_goes_once_its_last_copy_is_pruned(tmp_path):
+    store = ckpt.CheckpointStore(tmp_path)
+    for step in (4, 8):
+        fake_checkpoint(store, step)
+    store.universal_path(4).mkdir(parents=True)
+    store.prune(keep=1)
+    assert not store.universal_root.exists() and [c.step for c in store.complete()] == [8]
+    store.prune(keep=1)  # nothing to prune, no folder: no error
+
+
 def test_weights_come_out_of_the_lightning_file_without_the_module_prefix(tmp_path):
     store = ckpt.CheckpointStore(tmp_path)
     fake_checkpoint(store, 7)

@@ -21,6 +21,8 @@ A DeepSpeed checkpoint resumed on another number of workers is first copied into
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import random
@@ -143,6 +145,8 @@ class CheckpointStore:
         for directory, name in self.universal_directories():
             if name not in kept_names and int(name.removeprefix("step-")) <= newest:
                 shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(OSError):  # universal/ itself once it is empty (never with anything in it)
+            self.universal_root.rmdir()
 
     def universal_directories(self) -> list[tuple[Path, str]]:
         """(folder, name of its checkpoint) of every universal copy, complete or not, and of every
