@@ -218,7 +218,9 @@ def test_a_batch_covariate_reads_the_batch_categories_or_names_the_missing_colum
 
 # -- a new model's decoder starts at the genes' means, as the loader delivers them ----------------
 def test_gene_means_are_those_the_loader_delivers(atlas_path, atlas):
-    loader = LoaderConfig(batch_size=64, buffer_cells=128, block_cells=64, threads=0, split={"val_fraction": 0.0, "test_fraction": 0.0})
+    loader = LoaderConfig(
+        batch_size=64, buffer_cells=128, block_cells=64, threads=0, split={"val_fraction": 0.0, "test_fraction": 0.0},
+    )
     spec = spec_from_atlas(atlas, ModelConfig(name="temporal"), counts=True, normalize=loader.normalize)
     delivered = load_cells(atlas, loader, "train")["x"].double().mean(0).numpy()
     np.testing.assert_allclose(spec.gene_mean, delivered, atol=1e-4)

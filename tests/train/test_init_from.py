@@ -1,7 +1,7 @@
 """Pretrain, then fine-tune: a model pretrained on atlas A starts a run on atlas B (same biology,
 70% of B's genes shared, two new perturbations) and beats the same model trained from scratch
-for the same steps on held-out loss (its cell types as well kept); `vcell train train.init_from=...` does it through the real driver, and bad
-sources fail before any worker starts."""
+for the same steps on held-out loss, keeping cell types as well; `vcell train
+train.init_from=...` does it through the real driver, and bad sources fail before any worker starts."""
 
 from __future__ import annotations
 
