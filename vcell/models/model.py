@@ -145,7 +145,7 @@ class VirtualCell(nn.Module):
         basal = cells.conditions.is_basal(self.control_code)
         # evaluation pairs the same cells on every call (a fresh seeded generator on z's device)
         generator = None if self.training else torch.Generator(device=z.device).manual_seed(0)
-        pairs = pair_cells(cells.context, basal, generator)
+        pairs = pair_cells(cells.context, basal, generator, self.config.response_basal_targets)
         if pairs is None or self.config.response_weight == 0:
             return {}, {}
         basal_rows, target_rows = pairs
