@@ -9,7 +9,8 @@ A forward pass does two things. Reconstruction: hide some measured genes, encode
 cell itself. Response: pair each perturbed / stimulated / primed cell with a random basal
 cell (control, unstimulated, naive) of the same context, move the basal cell's state through
 the dynamics to the target's conditions and decode it; the loss compares it with the target
-cell. `predict` does the same for any conditions, seen or not.
+cell. Basal cells are targets too (model.response_basal_targets): their conditions change
+nothing, so they anchor the decoded start of every response to measured cells. `predict` does the same for any conditions, seen or not.
 """
 
 from __future__ import annotations
