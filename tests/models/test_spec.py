@@ -11,8 +11,9 @@ from vcell.atlas.annotations import read_gmt, read_grn_edges, read_pathway_compa
 from vcell.atlas.store import open_atlas
 from vcell.atlas.synth import synthesize_atlas
 from vcell.config.model import ModelConfig
-from vcell.config.schema import BuildConfig, LoaderConfig, SynthConfig
+from vcell.config.schema import BuildConfig, LoaderConfig, NormalizeConfig, SynthConfig
 from vcell.data.loader import AtlasLoader
+from vcell.data.memory import load_cells
 from vcell.data.resolve import atlas_var
 from vcell.errors import VCellError
 from vcell.models.model import VirtualCell
@@ -213,3 +214,39 @@ def test_a_batch_covariate_reads_the_batch_categories_or_names_the_missing_colum
         config = ModelConfig(name="base", batch_covariate=True, columns={"batch": column})
         with pytest.raises(VCellError, match=rf"model.columns.batch='{column}', which {why} of {atlas.path}"):
             spec_from_atlas(atlas, config, counts=True)
+
+
+# -- a new model's decoder starts at the genes' means, as the loader delivers them ----------------
+def test_gene_means_are_those_the_loader_delivers(atlas_path, atlas):
+    loader = LoaderConfig(
+        batch_size=64, buffer_cells=128, block_cells=64, threads=0, split={"val_fraction": 0.0, "test_fraction": 0.0},
+    )
+    spec = spec_from_atlas(atlas, ModelConfig(name="temporal"), counts=True, normalize=loader.normalize)
+    delivered = load_cells(atlas, loader, "train")["x"].double().mean(0).numpy()
+    np.testing.assert_allclose(spec.gene_mean, delivered, atol=1e-4)
+    genes = np.array([5, 2, 40])
+    subset = spec_from_atlas(atlas, ModelConfig(name="temporal"), genes, counts=True, normalize=loader.normalize)
+    np.testing.assert_array_equal(subset.gene_mean, spec.gene_mean[genes])
+
+
+@pytest.mark.parametrize(("normalize", "expected"), [
+    ({"zscore": True}, "zeros"), ({"target_sum": 1000.0}, None), (None, None),
+])
+def test_gene_means_only_where_the_atlas_statistics_describe_the_values(atlas, normalize, expected):
+    settings = None if normalize is None else NormalizeConfig(**normalize)
+    gene_mean = spec_from_atlas(atlas, ModelConfig(name="temporal"), counts=True, normalize=settings).gene_mean
+    if expected is None:  # cp1k values: the stored log1p(cp10k) means would be a wrong start
+        assert gene_mean is None
+    else:
+        np.testing.assert_array_equal(gene_mean, np.zeros(atlas.n_genes))
+
+
+def test_a_gaussian_decoder_starts_at_the_gene_means_a_count_model_does_not(atlas):
+    normalize = NormalizeConfig()
+    spec = spec_from_atlas(atlas, ModelConfig(name="full"), counts=True, normalize=normalize)
+    torch.manual_seed(0)
+    temporal = build_model(ModelConfig(name="temporal", size="tiny"), spec)
+    np.testing.assert_allclose(temporal.decoder[-1].bias.detach().numpy(), spec.gene_mean, rtol=1e-6)
+    stochastic = build_model(ModelConfig(name="stochastic", size="tiny"), spec)  # scores are log composition
+    assert torch.all(stochastic.decoder[-1].bias.abs() <= 1.0 / np.sqrt(stochastic.decoder[-1].in_features))
+    assert build_model(ModelConfig(name="temporal", size="tiny"), spec, device="meta").decoder[-1].bias.is_meta

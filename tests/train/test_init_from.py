@@ -1,7 +1,7 @@
 """Pretrain, then fine-tune: a model pretrained on atlas A starts a run on atlas B (same biology,
 70% of B's genes shared, two new perturbations) and beats the same model trained from scratch
-for the same steps; `vcell train train.init_from=...` does it through the real driver, and bad
-sources fail before any worker starts."""
+for the same steps on held-out loss, keeping cell types as well; `vcell train
+train.init_from=...` does it through the real driver, and bad sources fail before any worker starts."""
 
 from __future__ import annotations
 
@@ -27,10 +27,13 @@ from vcell.train.training_plan import model_spec
 
 FINE_TUNE_STEPS = 100
 # Margins, about half the smallest gap measured: over seeds 0-4 (pretraining, initialisation and
-# batches; 150 pretraining steps, 100 on B) the fine-tuned model's held-out loss was 0.131-0.187
-# below scratch's (scratch 3.11-3.16) and its kNN accuracy 0.083-0.131 above (scratch 0.68-0.72);
-# with 300 pretraining steps 0.176-0.239 and 0.098-0.145
-LOSS_MARGIN, KNN_MARGIN = 0.06, 0.04
+# batches; 150 pretraining steps, 100 on B) the fine-tuned model's held-out loss was 0.028-0.075
+# below scratch's (scratch 2.90-2.94, fine-tuned 2.85-2.87) and its kNN accuracy -0.027..+0.024
+# from scratch's (scratch 0.80-0.81). Before a fresh decoder started at the genes' means
+# (`model.start_at_gene_means`) scratch was far weaker (loss 3.11-3.16, kNN 0.68-0.72; gaps
+# 0.131-0.187 and 0.083-0.131): most of what fine-tuning gave was the genes' levels. So the
+# kNN accuracy is held to "no worse than scratch" (KNN_TOLERANCE), not to a win.
+LOSS_MARGIN, KNN_TOLERANCE = 0.014, 0.04
 
 
 def held_out_scores(model, train_cells, test_cells) -> tuple[float, float]:
@@ -59,7 +62,7 @@ def test_a_fine_tuned_model_beats_the_same_model_trained_from_scratch(finetune_a
         scores[name] = held_out_scores(model, train_cells, test_cells)
     (scratch_loss, scratch_knn), (tuned_loss, tuned_knn) = scores["scratch"], scores["fine-tuned"]
     assert tuned_loss < scratch_loss - LOSS_MARGIN, scores
-    assert tuned_knn > scratch_knn + KNN_MARGIN, scores
+    assert tuned_knn > scratch_knn - KNN_TOLERANCE, scores
 
 
 def run_overrides(atlases, storage, *overrides: str) -> list[str]:

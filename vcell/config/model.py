@@ -87,6 +87,13 @@ class ModelConfig(Section):
     response_weight: float = Field(
         1.0, ge=0, description="weight of the response loss (control cell + condition -> perturbed/stimulated cell)"
     )
+    response_basal_targets: bool = Field(
+        True, description="basal cells are response targets too, each paired with a random basal cell of its "
+        "context under its own (basal) conditions: this anchors the decoded whole-expression state every response "
+        "starts from to measured cells. The reconstruction sees masked encodings only; without the anchor the "
+        "response learns the decoder's gap between masked and whole encodings as an effect (temporal, 1500 steps: "
+        "held-out 4 h change Pearson 0.660 without, 0.831 with)",
+    )
     batch_covariate: bool = Field(
         False, description="decode each cell with a learned per-batch, per-gene offset of its scores (scVI's batch "
         "covariate; the encoder does not read it): the latent need not carry the batch, so batches mix better. "

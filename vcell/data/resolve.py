@@ -86,14 +86,31 @@ def resolve_normalization(atlas: Atlas, config: NormalizeConfig, genes: np.ndarr
     return Normalization(config.target_sum, config.log1p, mean, scale, config.clip)
 
 
-def zscore_parameters(atlas: Atlas, config: NormalizeConfig, genes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    stats = atlas.attrs["stats"]
+def stats_match(stats: dict, config: NormalizeConfig) -> tuple[bool, str]:
+    """(whether the atlas's gene statistics describe the values this normalisation delivers before
+    any z-score, the settings that would make them)."""
     if stats["transform"] == "log1p_cp10k":
         matches = config.log1p and config.target_sum == stats["target_sum"]
-        needed = f"loader.normalize.target_sum={stats['target_sum']:g} and loader.normalize.log1p=true"
-    else:
-        matches = not config.log1p and config.target_sum is None
-        needed = "loader.normalize.target_sum=null and loader.normalize.log1p=false"
+        return matches, f"loader.normalize.target_sum={stats['target_sum']:g} and loader.normalize.log1p=true"
+    matches = not config.log1p and config.target_sum is None
+    return matches, "loader.normalize.target_sum=null and loader.normalize.log1p=false"
+
+
+def delivered_gene_means(atlas: Atlas, config: NormalizeConfig, genes: np.ndarray | None) -> np.ndarray | None:
+    """(genes out,) each gene's mean value as the loader delivers it, from the atlas's stored
+    statistics (0 after a z-score); None when the statistics describe other values."""
+    n_genes = atlas.n_genes if genes is None else len(genes)
+    if config.zscore:
+        return np.zeros(n_genes, dtype=np.float32)
+    if not stats_match(atlas.attrs["stats"], config)[0]:
+        return None
+    mean = np.asarray(atlas.root["stats/gene_mean"][:], dtype=np.float32)
+    return mean if genes is None else mean[genes]
+
+
+def zscore_parameters(atlas: Atlas, config: NormalizeConfig, genes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    stats = atlas.attrs["stats"]
+    matches, needed = stats_match(stats, config)
     if not matches:
         raise VCellError(
             f"loader.normalize.zscore: the atlas's gene statistics are of {stats['transform']} values, "

@@ -149,7 +149,7 @@ def trained(setup: ScienceSetup, name: str) -> VirtualCell:
         config = ModelConfig(
             name=name, size=setup.size, regulatory={"edges": str(setup.prior)}, **setup.model_overrides
         )
-        spec = spec_from_atlas(open_atlas(setup.atlas), config, counts=True)
+        spec = spec_from_atlas(open_atlas(setup.atlas), config, counts=True, normalize=setup.loader.normalize)
         torch.manual_seed(setup.seed)
         model = build_model(config, spec)
         history = fit(model, setup.train, steps=setup.steps, batch_size=setup.batch_size, seed=setup.seed)

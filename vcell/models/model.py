@@ -9,7 +9,8 @@ A forward pass does two things. Reconstruction: hide some measured genes, encode
 cell itself. Response: pair each perturbed / stimulated / primed cell with a random basal
 cell (control, unstimulated, naive) of the same context, move the basal cell's state through
 the dynamics to the target's conditions and decode it; the loss compares it with the target
-cell. `predict` does the same for any conditions, seen or not.
+cell. Basal cells are targets too (model.response_basal_targets): their conditions change
+nothing, so they anchor the decoded start of every response to measured cells. `predict` does the same for any conditions, seen or not.
 """
 
 from __future__ import annotations
@@ -50,6 +51,17 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
+def start_at_gene_means(decoder: MLP, gene_mean) -> None:
+    """Start the decoder's scores at each gene's mean (G,), when scores are expression (a Gaussian head).
+
+    From 0, a highly expressed gene (log1p cp10k ~7) climbs towards its level for hundreds of
+    steps, and meanwhile the response's gene terms learn the missing level of stimulated cells as
+    a response to the stimulus (temporal: a change of +0.3 at 4 h on genes the stimulus leaves
+    alone, and a held-out change Pearson of 0.66 instead of 0.84 after 300 steps)."""
+    with torch.no_grad():
+        decoder[-1].bias.copy_(torch.as_tensor(gene_mean, dtype=decoder[-1].bias.dtype))
+
+
 class VirtualCell(nn.Module):
     """The composable model (see module doc). Single-device: no distributed code in here."""
 
@@ -59,6 +71,8 @@ class VirtualCell(nn.Module):
         self.control_code = spec.control_code
         slots = base_slots(config, spec, self.control_code)
         install_enhancements(slots, config, spec)
+        if spec.gene_mean is not None and isinstance(slots.head, GaussianHead):
+            start_at_gene_means(slots.decoder, spec.gene_mean)
         self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
@@ -132,7 +146,7 @@ class VirtualCell(nn.Module):
         basal = cells.conditions.is_basal(self.control_code)
         # evaluation pairs the same cells on every call (a fresh seeded generator on z's device)
         generator = None if self.training else torch.Generator(device=z.device).manual_seed(0)
-        pairs = pair_cells(cells.context, basal, generator)
+        pairs = pair_cells(cells.context, basal, generator, self.config.response_basal_targets)
         if pairs is None or self.config.response_weight == 0:
             return {}, {}
         basal_rows, target_rows = pairs

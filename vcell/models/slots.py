@@ -211,9 +211,11 @@ def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> tuple[torch.
 
 
 def pair_cells(
-    context: torch.Tensor | None, basal: torch.Tensor | None, generator: torch.Generator | None = None
+    context: torch.Tensor | None, basal: torch.Tensor | None, generator: torch.Generator | None = None,
+    basal_targets: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(basal rows, target rows): each non-basal cell gets a random basal cell of its context.
+    """(basal rows, target rows): each non-basal cell (and each basal one, with `basal_targets`)
+    gets a random basal cell of its context (a basal target may draw itself).
 
     The response loss then asks the model to turn the basal cell into the target's condition;
     with random partners its minimiser is the condition's mean response, per context.
@@ -223,7 +225,8 @@ def pair_cells(
     if context is None:
         context = torch.zeros_like(basal, dtype=torch.long)
     known = context >= 0
-    basal_rows, target_rows = torch.nonzero(basal & known)[:, 0], torch.nonzero(~basal & known)[:, 0]
+    targets = known if basal_targets else ~basal & known
+    basal_rows, target_rows = torch.nonzero(basal & known)[:, 0], torch.nonzero(targets)[:, 0]
     groups, order = torch.sort(context[basal_rows])
     target_groups = context[target_rows]
     start = torch.searchsorted(groups, target_groups, right=False)

@@ -22,7 +22,8 @@ from vcell.atlas.annotations import align_to_vocabulary, read_gmt, read_grn_edge
 from vcell.atlas.sources import strip_ensembl_version
 from vcell.atlas.store import Atlas
 from vcell.config.model import ModelConfig
-from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var
+from vcell.config.schema import NormalizeConfig
+from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var, delivered_gene_means
 from vcell.errors import VCellError
 from vcell.models.catalogue import NEEDS
 
@@ -58,6 +59,9 @@ class ModelSpec:
     batch_names: list[str] = field(default_factory=list)  # the batches a batch covariate has rows for
     mean_library: float = 1000.0  # mean total counts per cell (kept so exports load; unread since resource uses each cell's library)
     coverage: dict = field(default_factory=dict)  # annotation coverage, for logs and run records
+    # (G,) each gene's mean as the loader delivers it, where the atlas's statistics tell (else None):
+    # where a new model's decoder starts. Not exported: a saved model's weights replace it
+    gene_mean: np.ndarray | None = None
 
     @property
     def n_genes(self) -> int:
@@ -73,8 +77,12 @@ class ModelSpec:
         return len(self.batch_names)
 
 
-def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None = None, *, counts: bool) -> ModelSpec:
-    """The spec of `atlas` restricted to `genes` (loader order; None = all), or a VCellError."""
+def spec_from_atlas(
+    atlas: Atlas, config: ModelConfig, genes: np.ndarray | None = None, *, counts: bool,
+    normalize: NormalizeConfig | None = None,
+) -> ModelSpec:
+    """The spec of `atlas` restricted to `genes` (loader order; None = all), or a VCellError;
+    `normalize`: the loader's normalisation, which gives the genes' mean values (`gene_mean`)."""
     var = atlas_var(atlas)
     selected = np.arange(len(var)) if genes is None else np.asarray(genes)
     gene_ids = [strip_ensembl_version(str(gene)) for gene in var.index[selected]]
@@ -84,7 +92,8 @@ def spec_from_atlas(atlas: Atlas, config: ModelConfig, genes: np.ndarray | None 
     if counts and atlas.attrs.get("values") == "counts":
         inputs.add("counts")
     mean_library = float(atlas.attrs.get("library_size", {}).get("mean") or 1000.0)
-    spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library)
+    gene_mean = None if normalize is None else delivered_gene_means(atlas, normalize, genes)
+    spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library, gene_mean=gene_mean)
     needs = set().union(*(NEEDS[name] for name in config.enhancements))
     check_inputs(atlas, config, needs, spec.inputs, counts)
     if "gene_sets" in needs:

@@ -39,7 +39,9 @@ def with_model_inputs(config: VCellConfig, atlas: Atlas) -> VCellConfig:
 
 def model_spec(config: VCellConfig, atlas: Atlas) -> ModelSpec:
     """The model's view of the atlas (genes in loader order, annotations), or a VCellError."""
-    return spec_from_atlas(atlas, config.model, select_genes(atlas, config.loader.genes), counts=config.loader.keep_counts)
+    genes = select_genes(atlas, config.loader.genes)
+    loader = config.loader
+    return spec_from_atlas(atlas, config.model, genes, counts=loader.keep_counts, normalize=loader.normalize)
 
 
 def resolved_precision(config: VCellConfig) -> str:
