@@ -1,11 +1,13 @@
-"""The stochastic enhancement's dispersion: how fast it learns, and that older weights keep their meaning."""
+"""The stochastic enhancement's dispersion: how fast it learns, what the expected counts learn at, and that
+older weights keep their meaning."""
 
 from __future__ import annotations
 
 import torch
 
+from vcell.models.blocks import negative_binomial_log_prob
 from vcell.models.enhancements.stochastic import (
-    LEGACY_DISPERSION_STEP_SCALE, NegativeBinomialLikelihood,
+    DISPERSION_STEP_SCALE, LEGACY_DISPERSION_STEP_SCALE, MEAN_FIT_DISPERSION, NegativeBinomialLikelihood,
 )
 from vcell.models.inputs import Prediction
 from vcell.train.schedule import warmup_cosine
@@ -43,3 +45,23 @@ def test_weights_saved_on_the_old_step_scale_load_as_the_same_dispersion():
     reloaded = NegativeBinomialLikelihood(n_genes=3, latent=4, zero_inflated=False)
     reloaded.load_state_dict(likelihood.state_dict(), strict=True)
     torch.testing.assert_close(reloaded().detach(), theta)
+
+
+def test_the_loss_is_the_exact_likelihood_but_the_mean_learns_at_the_floored_dispersion():
+    likelihood = NegativeBinomialLikelihood(n_genes=3, latent=4, zero_inflated=False)
+    with torch.no_grad():
+        likelihood.scaled_log_dispersion.copy_(torch.log(torch.tensor([0.1, 1.0, 100.0])) / DISPERSION_STEP_SCALE)
+    theta = likelihood().detach()
+    counts = torch.tensor([[0.0, 7.0, 30.0], [12.0, 1.0, 25.0]])
+    mean = torch.tensor([[3.0, 4.0, 20.0], [3.0, 4.0, 20.0]], requires_grad=True)
+    value = likelihood.log_prob(counts, Prediction(expression=torch.log1p(mean), mean=mean))
+    torch.testing.assert_close(value, negative_binomial_log_prob(counts, mean, theta))
+    value.sum().backward()
+    floored = mean.detach().clone().requires_grad_(True)
+    negative_binomial_log_prob(counts, floored, theta.clamp(min=MEAN_FIT_DISPERSION)).sum().backward()
+    torch.testing.assert_close(mean.grad, floored.grad)
+    exact = torch.autograd.grad(
+        negative_binomial_log_prob(counts, mean.detach(), likelihood()).sum(), likelihood.scaled_log_dispersion)[0]
+    likelihood.zero_grad()
+    likelihood.log_prob(counts, Prediction(expression=mean.detach(), mean=mean.detach())).sum().backward()
+    torch.testing.assert_close(likelihood.scaled_log_dispersion.grad, exact)
