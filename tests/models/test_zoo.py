@@ -263,7 +263,7 @@ def test_negative_binomial_samples_have_the_modelled_mean_and_variance():
     torch.manual_seed(0)
     likelihood = NegativeBinomialLikelihood(n_genes=3, latent=4, zero_inflated=False)
     with torch.no_grad():
-        likelihood.log_dispersion.copy_(torch.log(torch.tensor([0.5, 2.0, 20.0])) / DISPERSION_STEP_SCALE)
+        likelihood.scaled_log_dispersion.copy_(torch.log(torch.tensor([0.5, 2.0, 20.0])) / DISPERSION_STEP_SCALE)
     theta = likelihood().detach()
     mean = torch.tensor([3.0, 10.0, 40.0]).expand(40000, 3)
     counts = likelihood.sample(Prediction(expression=torch.log1p(mean), mean=mean))

@@ -54,11 +54,20 @@ INITIAL_LOG_VARIANCE = -4.0
 # Dispersions start near-Poisson (theta = 100) and take scaled steps. A small theta flattens the
 # likelihood of a highly expressed gene (its gradient shrinks by theta / (theta + mean)); starting
 # at theta = 1, the encoder learnt from weak gradients and cell types mixed in `full`'s latent
-# (k-means ARI 0.55-0.79); from theta = 100 it learns the cell states first (ARI 0.96-1.0 at 300
-# steps) while theta falls to what the counts need. Stored divided by the step scale, as Adam moves
-# a parameter ~learning rate per step: unscaled, 300 steps at 1e-3 move log theta by < 0.3.
+# (k-means ARI 0.55-0.79); from theta = 100 it learns the cell states first while theta falls to
+# what the counts need. Stored divided by the step scale, as Adam moves a parameter ~learning rate
+# per step: unscaled, 300 steps at 1e-3 move log theta by < 0.3. The scale was 50: in `full` on
+# the demo atlas theta then ended 300 steps at a median of 19 while the bursty counts need ~0.13,
+# and the held-out log-likelihood (-633 nats per cell) lost to the library-size NB's (-624; the
+# same means with theta refit: -594). At 200 theta reaches what the counts need (median 0.11, -595).
 INITIAL_DISPERSION = 100.0
-DISPERSION_STEP_SCALE = 50.0
+DISPERSION_STEP_SCALE = 200.0
+# The expected counts learn as if theta were at least this: with theta ~0.1 a gene's gradient
+# shrinks by theta / (theta + mean), and the cell states were learnt from so weak a signal that
+# k-means ARI fell from 0.99 to 0.80-0.86 (`full`, demo atlas, 300 steps). Theta itself learns
+# from the exact likelihood, and the loss's value is the exact likelihood.
+MEAN_FIT_DISPERSION = 20.0
+LEGACY_DISPERSION_STEP_SCALE = 50.0  # of `log_dispersion` in checkpoints and exports made before
 
 
 class VariationalLatent(nn.Module):
@@ -97,28 +106,46 @@ class VariationalLatent(nn.Module):
 
 class NegativeBinomialLikelihood(nn.Module):
     STATS = {"dispersion": ("G",), "extrinsic_variance_fraction": ("G",)}
-    AXES = {"log_dispersion": (Axis("gene"),), "zero_logits.weight": (Axis("gene"), None), "zero_logits.bias": (Axis("gene"),)}
+    AXES = {"scaled_log_dispersion": (Axis("gene"),), "zero_logits.weight": (Axis("gene"), None), "zero_logits.bias": (Axis("gene"),)}
 
     def __init__(self, n_genes: int, latent: int, zero_inflated: bool) -> None:
         super().__init__()
         # log theta: steps in log space move a small theta (bursty genes, ~0.05) as fast as a large
         # one; see INITIAL_DISPERSION for the start and the step scale
-        self.log_dispersion = nn.Parameter(torch.full((n_genes,), math.log(INITIAL_DISPERSION) / DISPERSION_STEP_SCALE))
+        self.scaled_log_dispersion = nn.Parameter(
+            torch.full((n_genes,), math.log(INITIAL_DISPERSION) / DISPERSION_STEP_SCALE))
         self.zero_logits = nn.Linear(latent, n_genes) if zero_inflated else None
 
     def forward(self) -> torch.Tensor:
         """(G,) dispersion theta. Read through a call (`self()`), never the attribute: engines that
         shard parameters (DeepSpeed ZeRO-3) gather a module's parameters only around its forward."""
-        return torch.exp((DISPERSION_STEP_SCALE * self.log_dispersion).clamp(-12.0, 12.0))
+        return torch.exp((DISPERSION_STEP_SCALE * self.scaled_log_dispersion).clamp(-12.0, 12.0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Weights saved before the step scale changed hold `log_dispersion` (log theta / 50):
+        read as the same theta, not reinterpreted on the new scale."""
+        legacy = state_dict.pop(prefix + "log_dispersion", None)
+        if legacy is not None and prefix + "scaled_log_dispersion" not in state_dict:
+            state_dict[prefix + "scaled_log_dispersion"] = legacy * (LEGACY_DISPERSION_STEP_SCALE / DISPERSION_STEP_SCALE)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extras(self, z: torch.Tensor) -> dict:
         return {} if self.zero_logits is None else {"zero_logits": self.zero_logits(z)}
 
     def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
-        theta = self()
+        """(B, G) log-likelihood of counts. Its value is the NB's; its gradient trains theta at the
+        expected counts as they are, and the expected counts at theta floored at MEAN_FIT_DISPERSION."""
+        theta, mean = self(), prediction.mean
+        if not torch.is_grad_enabled():
+            return self.log_prob_at(counts, mean, theta, prediction)
+        for_theta = self.log_prob_at(counts, mean.detach(), theta, prediction)
+        for_mean = self.log_prob_at(counts, mean, theta.detach().clamp(min=MEAN_FIT_DISPERSION), prediction)
+        return for_theta + (for_mean - for_mean.detach())
+
+    def log_prob_at(self, counts: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor, prediction: Prediction) -> torch.Tensor:
         if self.zero_logits is None:
-            return negative_binomial_log_prob(counts, prediction.mean, theta)
-        return zero_inflated_negative_binomial_log_prob(counts, prediction.mean, theta, prediction.extra["zero_logits"])
+            return negative_binomial_log_prob(counts, mean, theta)
+        return zero_inflated_negative_binomial_log_prob(counts, mean, theta, prediction.extra["zero_logits"])
 
     def sample(self, prediction: Prediction) -> torch.Tensor:
         """Counts drawn as Poisson(Gamma(theta, theta / mean)), zeroed by the inflation if any
