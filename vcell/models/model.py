@@ -10,7 +10,8 @@ cell itself. Response: pair each perturbed / stimulated / primed cell with a ran
 cell (control, unstimulated, naive) of the same context, move the basal cell's state through
 the dynamics to the target's conditions and decode it; the loss compares it with the target
 cell. Basal cells are targets too (model.response_basal_targets): their conditions change
-nothing, so they anchor the decoded start of every response to measured cells. `predict` does the same for any conditions, seen or not.
+nothing, so they anchor the decoded start of every response to measured cells. `predict` does
+the same for any conditions, seen or not.
 """
 
 from __future__ import annotations
