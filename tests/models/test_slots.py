@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vcell.models.slots import pair_cells
 
@@ -30,3 +32,21 @@ def test_basal_targets_are_paired_too_within_their_context():
 def test_no_pairs_without_both_kinds_of_cell():
     assert pair_cells(CONTEXT, torch.ones(8, dtype=torch.bool), basal_targets=True) is None
     assert pair_cells(CONTEXT, torch.zeros(8, dtype=torch.bool)) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n_cells=st.integers(1, 40), n_contexts=st.integers(1, 5), basal_targets=st.booleans())
+def test_pairs_hold_on_any_batch(data, n_cells, n_contexts, basal_targets):
+    """Any batch: each target appears once, with a basal partner of its own context; every known
+    cell whose context has a basal cell is a target (basal ones only with `basal_targets`)."""
+    context = torch.tensor(data.draw(st.lists(st.integers(-1, n_contexts - 1), min_size=n_cells, max_size=n_cells)))
+    basal = torch.tensor(data.draw(st.lists(st.booleans(), min_size=n_cells, max_size=n_cells)))
+    pairs = pair_cells(context, basal, torch.Generator().manual_seed(0), basal_targets=basal_targets)
+    has_basal = {int(c) for c in context[basal & (context >= 0)].tolist()}
+    expected = [i for i in range(n_cells) if int(context[i]) in has_basal and (basal_targets or not basal[i])]
+    if basal.all() or not basal.any() or pairs is None:
+        assert pairs is None and (basal.all() or not basal.any() or not expected)
+        return
+    partners, targets = pairs
+    assert targets.tolist() == expected
+    assert basal[partners].all() and torch.equal(context[partners], context[targets])
