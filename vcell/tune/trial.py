@@ -243,7 +243,9 @@ def run_trial(values: dict, setup: TrialSetup) -> None:
             except Empty:
                 continue
             controller = message.get("controller", controller)
-            if "step" in message and message["step"] > last_step:
+            # the last step's validation goes to Tune with the final result, after evaluation and export:
+            # reported now, it reaches ASHA's max_t and the scheduler stops the trial before the run is whole
+            if "step" in message and last_step < message["step"] < config.train.steps:
                 last_step = message["step"]
                 report(message, directory, setup.checkpoints_to_tune)
     except BaseException:  # stopped by the scheduler (SystemExit in tune.report), or the actor is going
