@@ -58,6 +58,12 @@ from vcell.models.spec import ModelSpec
 
 
 SD_MOMENTUM = 0.05  # running estimate of each gene's sd: ~the last 20 batches
+INITIAL_KNOCK = -2.0  # a perturbation's starting change of its own gene's level: x0.14 as a log-fold change
+# Knock-downs learn through `scaled_knock` x this. An optimiser step moves a parameter by about the
+# learning rate whatever its gradient (Adam), so at 1e-3 a perturbation's own change could move ~0.3
+# in the demo's 300 steps and stayed near its start while the simulator's knock-downs are x0.1-0.3
+# or knock-outs; the predicted deltas of seen perturbations were ~1/5 of the true ones.
+KNOCK_STEP_SCALE = 25.0
 
 
 class RegulatoryConfig(Section):
@@ -85,7 +91,7 @@ class RegulatoryPropagation(nn.Module):
 
     def __init__(self, spec: ModelSpec, config: ModelConfig) -> None:
         super().__init__()
-        self.AXES = {"knock": (Axis("perturbation"),)}
+        self.AXES = {"scaled_knock": (Axis("perturbation"),)}
         settings, edges, n_genes = config.regulatory, spec.grn, spec.n_genes
         self.steps, self.mode, self.gain = settings.steps, settings.outside_prior, settings.weight_gain
         source, target = edges.source, edges.target  # numpy: works while building on the meta device
@@ -109,7 +115,15 @@ class RegulatoryPropagation(nn.Module):
         self.register_buffer("level_sd", torch.ones(n_genes))
         self.register_buffer("perturbation_gene", torch.as_tensor(spec.perturbation_gene, dtype=torch.long))
         # learned log-fold change of each perturbation on its own gene (none without perturbation data)
-        self.knock = nn.Parameter(torch.full((spec.n_perturbations,), -1.0)) if spec.n_perturbations else None
+        self.scaled_knock = (nn.Parameter(torch.full((spec.n_perturbations,), INITIAL_KNOCK / KNOCK_STEP_SCALE))
+                             if spec.n_perturbations else None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Weights saved before the step scale hold `knock` itself: read as the same knock-downs."""
+        legacy = state_dict.pop(prefix + "knock", None)
+        if legacy is not None and prefix + "scaled_knock" not in state_dict:
+            state_dict[prefix + "scaled_knock"] = legacy / KNOCK_STEP_SCALE
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def propagate(self, levels: torch.Tensor) -> torch.Tensor:
         """One step along the network: regulator levels (B, G) -> regulated genes' input (B, G)."""
@@ -151,12 +165,12 @@ class RegulatoryPropagation(nn.Module):
     def knockdown(self, scores: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
         """(B, G) the learned change of each perturbed gene's own level (0 elsewhere)."""
         delta = torch.zeros_like(scores)
-        if conditions is None or conditions.perturbation is None or self.knock is None:
+        if conditions is None or conditions.perturbation is None or self.scaled_knock is None:
             return delta
         code = conditions.perturbation.clamp(min=0)
         gene = self.perturbation_gene[code]
         rows = torch.nonzero((conditions.perturbation >= 0) & (gene >= 0))[:, 0]
-        return delta.index_put((rows, gene[rows]), self.knock[code[rows]])
+        return delta.index_put((rows, gene[rows]), KNOCK_STEP_SCALE * self.scaled_knock[code[rows]])
 
     def forward(self, scores: torch.Tensor, z: torch.Tensor, conditions: Conditions | None) -> torch.Tensor:
         """scores (B, G): decoded levels -> levels after a perturbation's effect crossed the network
