@@ -1,5 +1,5 @@
-"""model.batch_covariate: each cell is decoded with its batch's per-gene offset, never encoded with
-it; unknown batches decode without one; the batch column is checked against the atlas."""
+"""model.batch_covariate: each cell is decoded with its batch's per-gene offset and encoded with it taken
+off; unknown batches go without one; older weights keep their offsets; the spec keeps its batches."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from tests.models.test_zoo import SPEC, random_batch
 from vcell.config.model import ModelConfig
-from vcell.models.covariates import BatchOffset
+from vcell.models.covariates import OFFSET_STEP_SCALE, BatchOffset
 from vcell.models.spec import spec_from_dict, spec_to_dict
 from vcell.models.zoo import build_model
 
@@ -32,7 +32,7 @@ def with_batches(seed: int) -> dict[str, torch.Tensor]:
 def test_codes_outside_the_batches_add_nothing():
     offset = BatchOffset(2, 3)
     with torch.no_grad():
-        offset.offset.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]))
+        offset.scaled_offset.copy_(torch.tensor([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]]) / OFFSET_STEP_SCALE)
     scores = torch.zeros(4, 3)
     moved = offset(scores, torch.tensor([0, 1, -1, 2]))
     assert moved.tolist() == [[1, 2, 3], [10, 20, 30], [0, 0, 0], [0, 0, 0]]
@@ -40,19 +40,34 @@ def test_codes_outside_the_batches_add_nothing():
 
 
 @pytest.mark.parametrize("name", ["base", "full"])
-def test_the_batch_moves_the_decoded_cell_but_not_its_latent_state(name):
+def test_the_batch_moves_the_decoded_cell_and_the_encoder_reads_it_with_its_offset_taken_off(name):
     model = batch_model(name)
     with torch.no_grad():
-        model.batch_offset.offset.normal_(0.0, 0.5)
+        model.batch_offset.scaled_offset.normal_(0.0, 0.05)
     batch = with_batches(0)
-    other = {**batch, "batch": (batch["batch"] + 1) % len(BATCHES)}
-    first, second = model.describe(batch), model.describe(other)
-    torch.testing.assert_close(first.latent, second.latent)  # the encoder never reads the batch
-    assert not torch.allclose(first.expression, second.expression)
+    batch["x"][:, :5] = 0.0  # unmeasured genes stay unmeasured: a zero is never shifted
+    offsets = OFFSET_STEP_SCALE * model.batch_offset.scaled_offset.detach()[batch["batch"]]  # (B, G)
+    corrected = batch["x"] - offsets * (batch["x"] != 0)
     unknown = {**batch, "batch": torch.full_like(batch["batch"], -1)}
+    seen, by_hand = model.describe(batch), model.describe({**unknown, "x": corrected})
+    torch.testing.assert_close(seen.latent, by_hand.latent)  # what the encoder reads: the corrected cell
+    encoder_input = model.batch_offset(batch["x"], batch["batch"], encoder_input=True)
+    torch.testing.assert_close(encoder_input[:, :5], batch["x"][:, :5])
+    assert not torch.allclose(seen.expression, by_hand.expression)  # decoded in its batch vs without one
+    other = {**batch, "batch": (batch["batch"] + 1) % len(BATCHES)}
+    assert not torch.allclose(model.describe(other).expression, seen.expression)
     with torch.no_grad():
-        model.batch_offset.offset.zero_()
+        model.batch_offset.scaled_offset.zero_()
     torch.testing.assert_close(model.describe(unknown).expression, model.describe(batch).expression)
+    torch.testing.assert_close(model.describe(unknown).latent, model.describe(batch).latent)
+
+
+def test_offsets_saved_before_the_step_scale_load_as_the_same_offsets():
+    offset = BatchOffset(2, 3)
+    legacy = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]])
+    offset.load_state_dict({"offset": legacy}, strict=True)
+    torch.testing.assert_close(offset.rows(torch.tensor([0, 1])).detach(), legacy)
+    assert set(offset.state_dict()) == {"scaled_offset"}
 
 
 def test_training_learns_a_batch_effect_into_the_offsets():
@@ -65,7 +80,7 @@ def test_training_learns_a_batch_effect_into_the_offsets():
         optimiser.zero_grad()
         model(batch).loss.backward()
         optimiser.step()
-    offsets = model.batch_offset.offset.detach()
+    offsets = OFFSET_STEP_SCALE * model.batch_offset.scaled_offset.detach()
     assert float((offsets[1] - offsets[[0, 2]].mean(0)).mean()) > 0.5
 
 

@@ -59,7 +59,7 @@ def annotations(atlas_path):
 def test_spec_records_inputs_and_vocabulary(atlas, full_spec):
     var = atlas_var(atlas)
     assert full_spec.gene_ids == list(var.index) and full_spec.n_genes == 120
-    assert full_spec.inputs == {"counts", "context", "perturbation", "time", "history"}
+    assert full_spec.inputs == {"counts", "context", "perturbation", "time", "history", "batch"}
     assert full_spec.mean_library == pytest.approx(atlas.attrs["library_size"]["mean"])
 
 
@@ -209,7 +209,11 @@ def test_learned_pathways_when_gene_sets_are_missing(atlas, batch, tmp_path, nam
 def test_a_batch_covariate_reads_the_batch_categories_or_names_the_missing_column(atlas):
     spec = spec_from_atlas(atlas, ModelConfig(name="base", batch_covariate=True), counts=True)
     assert spec.batch_names == list(atlas.attrs["obs_categories"]["batch"]) and "batch" in spec.inputs
-    assert spec_from_atlas(atlas, ModelConfig(name="base"), counts=True).batch_names == []
+    # auto (the default) reads the column where the atlas has one, and nothing where it has none
+    assert spec_from_atlas(atlas, ModelConfig(name="base"), counts=True).batch_names == spec.batch_names
+    assert spec_from_atlas(atlas, ModelConfig(name="base", batch_covariate=False), counts=True).batch_names == []
+    missing = spec_from_atlas(atlas, ModelConfig(name="base", columns={"batch": "lane"}), counts=True)
+    assert missing.batch_names == [] and "batch" not in missing.inputs
     for column, why in (("lane", "is not among the obs columns"), ("time", "is not categorical")):
         config = ModelConfig(name="base", batch_covariate=True, columns={"batch": column})
         with pytest.raises(VCellError, match=rf"model.columns.batch='{column}', which {why} of {atlas.path}"):

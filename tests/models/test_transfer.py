@@ -163,9 +163,9 @@ def test_batch_offsets_move_by_batch_name_and_new_batches_start_at_no_offset():
     config = ModelConfig(name="base", size="tiny", batch_covariate=True)
     old, new = build_model(config, old_spec), build_model(config, new_spec)
     with torch.no_grad():
-        old.batch_offset.offset.normal_()
+        old.batch_offset.scaled_offset.normal_()
     report = transfer_weights(new, old.state_dict(), vocabulary_of(old_spec, categories, COLUMNS),
                               vocabulary_of(new_spec, categories, COLUMNS))
-    assert torch.equal(new.batch_offset.offset[1], old.batch_offset.offset[1])  # lane2
-    assert torch.equal(new.batch_offset.offset[0], torch.zeros(10))  # lane3: not seen in pretraining
+    assert torch.equal(new.batch_offset.scaled_offset[1], old.batch_offset.scaled_offset[1])  # lane2
+    assert torch.equal(new.batch_offset.scaled_offset[0], torch.zeros(10))  # lane3: not seen in pretraining
     assert report.coverage["batch"] == {"matched": 1, "total": 2, "pretrained": 2}

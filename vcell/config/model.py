@@ -94,10 +94,12 @@ class ModelConfig(Section):
         "response learns the decoder's gap between masked and whole encodings as an effect (temporal, 1500 steps: "
         "held-out 4 h change Pearson 0.660 without, 0.831 with)",
     )
-    batch_covariate: bool = Field(
-        False, description="decode each cell with a learned per-batch, per-gene offset of its scores (scVI's batch "
-        "covariate; the encoder does not read it): the latent need not carry the batch, so batches mix better. "
-        "Reads model.columns.batch; cells of a batch the model never saw are decoded without an offset",
+    batch_covariate: bool | Literal["auto"] = Field(
+        "auto", description="decode each cell with a learned per-batch, per-gene offset of its scores (scVI's batch "
+        "covariate), and encode it with that offset taken off its measured values: the latent need not carry the "
+        "batch, so batches mix better. Reads model.columns.batch; cells of a batch the model never saw are encoded "
+        "and decoded without an offset. auto: on when the atlas has model.columns.batch as a categorical column with "
+        "at least 2 batches; true: that column is required",
     )
     columns: ColumnsConfig = Field(default_factory=ColumnsConfig)
 

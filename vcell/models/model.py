@@ -78,11 +78,14 @@ class VirtualCell(nn.Module):
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
         self.readouts = nn.ModuleList(slots.readouts)
-        self.batch_offset = BatchOffset(spec.n_batches, spec.n_genes) if config.batch_covariate else None
+        reads_batch = config.batch_covariate and spec.n_batches > 0  # auto: the spec has batches where the atlas does
+        self.batch_offset = BatchOffset(spec.n_batches, spec.n_genes) if reads_batch else None
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
         """(z (B, D), losses, stats) of cells whose visible expression is x_in."""
+        if self.batch_offset is not None:
+            x_in = self.batch_offset(x_in, cells.batch, encoder_input=True)  # the batch's learned effect taken off
         h, losses, stats = self.encoder(x_in, cells)
         z, latent_losses, latent_stats = self.latent(h)
         return z, {**losses, **latent_losses}, {**stats, **latent_stats}

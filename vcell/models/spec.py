@@ -100,8 +100,8 @@ def spec_from_atlas(
         add_pathways(spec, config, atlas.path)
     if "grn" in needs:
         add_grn(spec, config, atlas.path)
-    if config.batch_covariate:
-        spec.batch_names = batch_categories(atlas, config)
+    spec.batch_names = batch_categories(atlas, config)
+    if spec.batch_names:
         spec.inputs = spec.inputs | {"batch"}
     if "perturbation" in inputs:
         names = atlas.attrs["obs_categories"][config.columns.perturbation]
@@ -118,9 +118,15 @@ def spec_from_atlas(
 
 
 def batch_categories(atlas: Atlas, config: ModelConfig) -> list[str]:
-    """The categories of the batch column that model.batch_covariate reads, or a VCellError."""
+    """The categories of the batch column that model.batch_covariate reads ([] when it reads none), or a
+    VCellError when it must read one (true) and cannot."""
     column = config.columns.batch
     categories = atlas.attrs.get("obs_categories", {})
+    if config.batch_covariate is False:
+        return []
+    if config.batch_covariate == "auto":
+        names = categories.get(column, []) if column else []
+        return [str(name) for name in names] if len(names) > 1 else []
     if column is None or column not in categories:
         found = "is not categorical" if column in atlas.attrs["obs_columns"] else "is not among the obs columns"
         raise VCellError(

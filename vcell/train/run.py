@@ -46,13 +46,18 @@ def config_hash(config: VCellConfig | dict) -> str:
     return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Keys added with a default that does not keep the old behaviour: what a run saved without them did.
+BEFORE_THE_KEY = {"model.batch_covariate": False}
+
+
 def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list[str]:
     """'key: saved -> now' for every key of `identity_of` (a run's identity by default) that differs.
 
     A key the saved config lacks is no difference while the current value is the key's default:
-    the key was added to vcell after the run was written, and its default keeps the old behaviour."""
-    before, after = identity_of(saved), identity_of(current)
-    defaults = identity_of(VCellConfig())
+    the key was added to vcell after the run was written, and its default keeps the old behaviour
+    (keys in BEFORE_THE_KEY read as their value there instead)."""
+    before = {**BEFORE_THE_KEY, **identity_of(saved)} if saved else identity_of(saved)
+    after, defaults = identity_of(current), identity_of(VCellConfig())
     keys = sorted(set(before) | set(after))
     return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
             for key in keys if before.get(key) != after.get(key)
@@ -106,8 +111,9 @@ def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes
             shown = "\n    ".join(differences)
             raise VCellError(
                 f"run '{config.name}' exists in {saved_path.parent} with a different config:\n    {shown}",
-                hint="pass --resume-with-changes to continue it with these changes, --restart to start it over, "
-                "or --name to start a new run",
+                hint="set those keys back to the saved values to continue the run as it was (e.g. "
+                f"{differences[0].split(':')[0]}=<saved value>), pass --resume-with-changes to continue it with these "
+                "changes, --restart to start it over, or --name to start a new run",
             )
     return resumed
 
