@@ -184,3 +184,12 @@ def project_on_gene_sets(x: torch.Tensor, gene: torch.Tensor, group: torch.Tenso
     x add only a constant to each activity (correlations over cells do not see them)."""
     sums = x.new_zeros(x.shape[0], len(projector)).index_add_(1, group, x[:, gene])  # (B, P) = x M^T
     return sums @ projector.T
+
+
+def load_rescaled(state_dict: dict, prefix: str, legacy: str, name: str, factor: float) -> None:
+    """For weights saved before a parameter moved onto a step scale (or a larger one): the value held
+    under `legacy`, times `factor`, becomes parameter `name`, so the loaded module computes what the
+    saved one did. Call from `_load_from_state_dict` before the default loading."""
+    value = state_dict.pop(prefix + legacy, None)
+    if value is not None and prefix + name not in state_dict:
+        state_dict[prefix + name] = value * factor

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vcell.models.axes import Axis
+from vcell.models.blocks import load_rescaled
 
 OFFSET_STEP_SCALE = 10.0
 
@@ -45,9 +46,7 @@ class BatchOffset(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Weights saved before the step scale hold `offset` itself: read as the same offsets."""
-        legacy = state_dict.pop(prefix + "offset", None)
-        if legacy is not None and prefix + "scaled_offset" not in state_dict:
-            state_dict[prefix + "scaled_offset"] = legacy / OFFSET_STEP_SCALE
+        load_rescaled(state_dict, prefix, "offset", "scaled_offset", 1.0 / OFFSET_STEP_SCALE)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def rows(self, batch: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis
-from vcell.models.blocks import EdgeLinear
+from vcell.models.blocks import EdgeLinear, load_rescaled
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, condition_shift
@@ -120,9 +120,7 @@ class RegulatoryPropagation(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Weights saved before the step scale hold `knock` itself: read as the same knock-downs."""
-        legacy = state_dict.pop(prefix + "knock", None)
-        if legacy is not None and prefix + "scaled_knock" not in state_dict:
-            state_dict[prefix + "scaled_knock"] = legacy / KNOCK_STEP_SCALE
+        load_rescaled(state_dict, prefix, "knock", "scaled_knock", 1.0 / KNOCK_STEP_SCALE)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def propagate(self, levels: torch.Tensor) -> torch.Tensor:

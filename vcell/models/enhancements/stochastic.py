@@ -30,7 +30,7 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis
-from vcell.models.blocks import negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
+from vcell.models.blocks import load_rescaled, negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
 from vcell.models.inputs import Prediction
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, count_head
@@ -124,9 +124,8 @@ class NegativeBinomialLikelihood(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Weights saved before the step scale changed hold `log_dispersion` (log theta / 50):
         read as the same theta, not reinterpreted on the new scale."""
-        legacy = state_dict.pop(prefix + "log_dispersion", None)
-        if legacy is not None and prefix + "scaled_log_dispersion" not in state_dict:
-            state_dict[prefix + "scaled_log_dispersion"] = legacy * (LEGACY_DISPERSION_STEP_SCALE / DISPERSION_STEP_SCALE)
+        load_rescaled(state_dict, prefix, "log_dispersion", "scaled_log_dispersion",
+                      LEGACY_DISPERSION_STEP_SCALE / DISPERSION_STEP_SCALE)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extras(self, z: torch.Tensor) -> dict:
