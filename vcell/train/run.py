@@ -56,8 +56,8 @@ def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list
     A key the saved config lacks is no difference while the current value is the key's default:
     the key was added to vcell after the run was written, and its default keeps the old behaviour
     (keys in BEFORE_THE_KEY read as their value there instead)."""
-    before = {**BEFORE_THE_KEY, **identity_of(saved)} if saved else identity_of(saved)
-    after, defaults = identity_of(current), identity_of(VCellConfig())
+    before, after, defaults = identity_of(saved), identity_of(current), identity_of(VCellConfig())
+    before.update({key: value for key, value in BEFORE_THE_KEY.items() if key in after and key not in before})
     keys = sorted(set(before) | set(after))
     return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
             for key in keys if before.get(key) != after.get(key)
