@@ -111,8 +111,8 @@ def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes
             shown = "\n    ".join(differences)
             raise VCellError(
                 f"run '{config.name}' exists in {saved_path.parent} with a different config:\n    {shown}",
-                hint="set those keys back to the saved values to continue the run as it was (e.g. "
-                f"{differences[0].split(':')[0]}=<saved value>), pass --resume-with-changes to continue it with these "
+                hint="set the keys you changed back to their saved values to continue the run as it was (keys vcell "
+                "derives, such as loader.labels, follow them), pass --resume-with-changes to continue it with these "
                 "changes, --restart to start it over, or --name to start a new run",
             )
     return resumed
