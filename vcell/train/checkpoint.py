@@ -22,7 +22,6 @@ A DeepSpeed checkpoint resumed on another number of workers is first copied into
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import random
