@@ -59,6 +59,18 @@ def test_wrong_type_and_allowed_values_are_named():
         load_config(None, ["build.codec.name=gzip"])
 
 
+def test_a_value_no_member_of_a_union_accepts_is_one_problem_naming_its_key():
+    """`model.batch_covariate` is true, false or 'auto': a bad value is one line at the key a user
+    types, listing what is accepted, not one line per member under pydantic's member names."""
+    with pytest.raises(VCellError) as error:
+        load_config(None, ["model.batch_covariate=maybe", "train.steps=x"])
+    lines = str(error.value).splitlines()
+    assert lines[0] == "invalid configuration (2 problem(s)):"
+    assert lines[1].strip() == ("'model.batch_covariate' in the command line: Input should be a valid boolean "
+                                "or 'auto' (got 'maybe')")
+    assert lines[2].strip().startswith("'train.steps' in the command line: Input should be a valid integer")
+
+
 def test_impossible_combination_is_refused():
     with pytest.raises(VCellError, match="transcription_factors"):
         load_config(None, ["data.synth.genes=100", "data.synth.transcription_factors=200"])

@@ -8,6 +8,7 @@ Resolution order (later wins): schema defaults < base files (outermost first) < 
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ from vcell.trees import merge_trees
 COMMAND_LINE = "the command line"
 PACKAGE_CONFIGS = shipped_folder("configs")
 DEFAULT_CONFIG = PACKAGE_CONFIGS / "experiments" / "quickstart.yaml"
+# pydantic reports a value no member of a union accepts once per member, the member's name
+# appended to the key: ('model', 'batch_covariate', "literal['auto']")
+UNION_MEMBER = re.compile(r"^(bool|int|float|str|none|[a-z-]+\[.*\])$")
 
 
 def default_config_path() -> Path | None:
@@ -126,6 +130,24 @@ def allowed_keys(model: type[BaseModel]) -> dict[str, Any]:
     return keys() if keys else {name: field.annotation for name, field in model.model_fields.items()}
 
 
+def merge_union_members(errors: list[dict]) -> list[dict]:
+    """One error per value: the errors of a union's members become one whose message lists what
+    each member accepts ("Input should be a valid boolean or 'auto'"), at the value's own key."""
+    merged: dict[tuple, dict] = {}
+    for index, error in enumerate(errors):
+        loc = tuple(error["loc"])
+        if not (loc and isinstance(loc[-1], str) and UNION_MEMBER.match(loc[-1])):
+            merged[(index,)] = error
+            continue
+        expected = error["msg"].removeprefix("Input should be ").split(", unable")[0]
+        if loc[:-1] in merged:
+            merged[loc[:-1]]["expected"].append(expected)
+        else:
+            merged[loc[:-1]] = {**error, "loc": loc[:-1], "expected": [expected]}
+    return [{**error, "msg": "Input should be " + " or ".join(error["expected"])} if "expected" in error else error
+            for error in merged.values()]
+
+
 def describe_error(error: dict, provenance: dict[str, str]) -> str:
     """One line per problem: key, where it was set, what is wrong, what is allowed."""
     parts = [str(p) for p in error["loc"]]
@@ -151,8 +173,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return VCellConfig.model_validate(tree)
     except ValidationError as error:
-        problems = "\n  ".join(describe_error(e, provenance) for e in error.errors())
-        raise VCellError(f"invalid configuration ({error.error_count()} problem(s)):\n  {problems}") from None
+        errors = merge_union_members(error.errors())
+        problems = "\n  ".join(describe_error(e, provenance) for e in errors)
+        raise VCellError(f"invalid configuration ({len(errors)} problem(s)):\n  {problems}") from None
 
 
 def dump_config(config: VCellConfig) -> str:
