@@ -15,7 +15,7 @@ import zarr
 from vcell.atlas import synth_model
 from vcell.atlas.annotations import read_gmt, read_grn_edges, read_pathway_compartments
 from vcell.atlas.sources import looks_like_ensembl, select_gene_ids
-from vcell.atlas.synth import SimulatorSource, expected_profile
+from vcell.atlas.synth import SimulatorSource, coupled_poisson, expected_profile, sample_condition
 from vcell.atlas.synth_store import open_truth, write_synthetic_extras
 from vcell.config.schema import BuildConfig, SynthConfig
 from vcell.errors import VCellError
@@ -147,6 +147,46 @@ def test_tf_knockdown_moves_its_targets_more_than_other_genes():
     is_control = (obs["perturbation"] == "control").to_numpy()
     observed = np.abs(log_pseudobulk(X, is_perturbed) - log_pseudobulk(X, is_control))
     assert observed[downstream].mean() > 1.5 * observed[others].mean()
+
+
+def test_coupled_counts_are_poisson_at_the_new_mean_and_equal_where_the_mean_stays():
+    rng = np.random.default_rng(0)
+    mean = np.array([0.0, 0.0, 0.3, 2.0, 2.0, 2.0, 40.0, 40.0])
+    new_mean = np.array([0.0, 1.5, 0.3, 0.5, 2.0, 6.0, 10.0, 55.0])
+    draws = 40_000
+    counts = rng.poisson(np.tile(mean, (draws, 1)))
+    coupled = coupled_poisson(counts, np.tile(mean, (draws, 1)), np.tile(new_mean, (draws, 1)), rng)
+    standard_error = np.sqrt(np.maximum(new_mean, 1e-12) / draws)
+    assert np.all(np.abs(coupled.mean(0) - new_mean) < 5 * standard_error + 1e-12), coupled.mean(0)
+    variance = coupled.var(0)[new_mean > 0] / new_mean[new_mean > 0]  # Poisson: variance = mean
+    assert np.all(np.abs(variance - 1) < 0.05), variance
+    unchanged = mean == new_mean
+    np.testing.assert_array_equal(coupled[:, unchanged], counts[:, unchanged])
+    assert np.all(coupled[:, new_mean < mean] <= counts[:, new_mean < mean])  # a fall only removes molecules
+
+
+def test_two_conditions_drawn_alike_differ_by_the_effect_not_by_sampling_noise(source):
+    """The ground truth of a perturbation's delta is a difference of two Monte Carlo means: drawn
+    alike, it is the same at 256 cells as at 2,048, and a knock-down of a gene no TF reads out
+    moves (almost) only that gene."""
+    truth = source.truth
+    regulators = set(truth.edge_source.tolist())
+    k = next(k for k, gene in enumerate(truth.perturbation_targets) if gene not in regulators) + 1
+    gene = truth.perturbation_targets[k - 1]
+
+    def delta(cells: int) -> np.ndarray:
+        def mean_log(**condition) -> np.ndarray:
+            counts = sample_condition(truth, 0, cells, np.random.default_rng([3, 0]), **condition)
+            return np.log1p(counts / counts.sum(1, keepdims=True) * 1e4).mean(0)
+        return mean_log(perturbation=k) - mean_log()
+
+    small, large = delta(256), delta(2048)
+    assert small[gene] < 0 and large[gene] < 0
+    others = np.arange(truth.n_genes) != gene
+    assert np.abs(large[others]).sum() < 0.2 * abs(large[gene])  # all other genes together: the renormalisation
+    assert abs(small[gene] - large[gene]) < 0.35 * abs(large[gene])  # its own effect: sampled, but no stray noise
+    time = [sample_condition(truth, 0, 256, np.random.default_rng([3, 0]), time=4.0) for _ in range(2)]
+    np.testing.assert_array_equal(*time)  # same seed, same cells
 
 
 # --- stimulus time course ------------------------------------------------------------------

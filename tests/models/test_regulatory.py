@@ -1,12 +1,15 @@
-"""The regulatory enhancement's learned knock-downs: how fast they learn, and that older weights keep
-their meaning."""
+"""The regulatory enhancement's learned knock-downs and network drive: how fast they learn, what an
+unseen perturbation does, and that older weights and runs keep their meaning."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import torch
 
 from vcell.config.model import ModelConfig
-from vcell.models.enhancements.regulatory import INITIAL_KNOCK, KNOCK_STEP_SCALE, RegulatoryPropagation
+from vcell.models.enhancements.regulatory import INITIAL_KNOCK, KNOCK_STEP_SCALE, TYPICAL_STEP_SCALE, RegulatoryPropagation
 from vcell.models.inputs import Conditions
 from vcell.models.spec import reference_spec
 from vcell.train.schedule import warmup_cosine
@@ -14,9 +17,16 @@ from vcell.train.schedule import warmup_cosine
 SPEC = reference_spec(60, n_perturbations=8)
 
 
-def propagation() -> RegulatoryPropagation:
+def propagation(spec=SPEC, drive: str = "activity") -> RegulatoryPropagation:
     torch.manual_seed(0)
-    return RegulatoryPropagation(SPEC, ModelConfig(name="regulatory", size="tiny"))
+    return RegulatoryPropagation(spec, ModelConfig(name="regulatory", size="tiny", regulatory={"drive": drive}))
+
+
+def regulator_spec():
+    """SPEC with perturbations 1-3 knocking down the network's regulators (reference_spec's TFs are genes 0-2)."""
+    genes = SPEC.perturbation_gene.copy()
+    genes[1:4] = np.unique(SPEC.grn.source)[:3]
+    return dataclasses.replace(SPEC, perturbation_gene=genes)
 
 
 def test_knock_downs_reach_strong_knock_downs_within_the_demo_budget():
@@ -32,7 +42,7 @@ def test_knock_downs_reach_strong_knock_downs_within_the_demo_budget():
     rows = torch.arange(len(perturbations))
     for _ in range(300):
         scores = torch.zeros(len(perturbations), SPEC.n_genes)
-        delta = module.knockdown(scores, Conditions(perturbation=perturbations))[rows, genes]  # (K,)
+        delta = module.knockdown(scores, Conditions(perturbation=perturbations))[0][rows, genes]  # (K,)
         observed = truth + 0.5 * torch.randn(len(perturbations))  # one noisy cell each
         loss = (delta - observed).pow(2).mean()
         optimizer.zero_grad()
@@ -46,11 +56,12 @@ def test_knock_downs_reach_strong_knock_downs_within_the_demo_budget():
 def test_knock_downs_start_at_the_initial_knock_and_move_only_the_perturbed_gene():
     module = propagation()
     perturbation = torch.tensor([0, 1, 2, -1])  # control, two perturbations, no perturbation column value
-    delta = module.knockdown(torch.zeros(4, SPEC.n_genes), Conditions(perturbation=perturbation))
+    delta, drive = module.knockdown(torch.zeros(4, SPEC.n_genes), Conditions(perturbation=perturbation))
     genes = SPEC.perturbation_gene
     assert delta[0].abs().sum() == 0 and delta[3].abs().sum() == 0
     for row in (1, 2):
         assert delta[row, genes[row]] == INITIAL_KNOCK and (delta[row] != 0).sum() == 1
+        assert drive[row, genes[row]] == INITIAL_KNOCK and (drive[row] != 0).sum() == 1  # the typical activity
 
 
 def test_weights_saved_before_the_step_scale_load_as_the_same_knock_downs():
@@ -64,3 +75,57 @@ def test_weights_saved_before_the_step_scale_load_as_the_same_knock_downs():
     reloaded = propagation()
     reloaded.load_state_dict(module.state_dict(), strict=True)  # today's weights round-trip under their own name
     torch.testing.assert_close(reloaded.scaled_knock, module.scaled_knock)
+
+
+def knocked(module: RegulatoryPropagation, perturbation: list[int]) -> torch.Tensor:
+    """(B, G) levels of decoded-at-zero cells under `perturbation` codes."""
+    codes = torch.tensor(perturbation)
+    return module(torch.zeros(len(codes), SPEC.n_genes), None, Conditions(perturbation=codes))
+
+
+def test_a_regulator_moves_its_targets_by_its_activity_while_its_own_level_moves_by_its_knock_down():
+    """A knocked-down TF acts on its targets as if switched off whatever its measured level does: the
+    network is driven by the perturbation's activity, the gene's own level moves by its knock-down."""
+    spec = regulator_spec()
+    module = propagation(spec)
+    module.steps = 1  # one layer: a target's change is exactly weight x activity
+    with torch.no_grad():
+        module.edges.raw_weight.normal_(0.0, 0.05)
+        module.scaled_activity[1] = -1.0  # perturbation 1: activity -25 - 2 = -27
+    regulator = spec.perturbation_gene[1]
+    levels = knocked(module, [0, 1])
+    assert levels[0].abs().sum() == 0  # the control moves nothing
+    assert levels[1, regulator] == INITIAL_KNOCK  # own measured level: the knock-down only
+    activity = TYPICAL_STEP_SCALE * module.scaled_typical_activity + KNOCK_STEP_SCALE * module.scaled_activity[1]
+    out_edges = spec.grn.source == regulator
+    targets = spec.grn.target[out_edges]
+    per_edge = module.gain * module.edges.weight[out_edges] * activity
+    expected = torch.zeros(spec.n_genes).index_add_(0, torch.as_tensor(targets), per_edge)  # repeated pairs add up
+    torch.testing.assert_close(levels[1, targets], expected[targets].detach())
+    untouched = np.setdiff1d(np.arange(spec.n_genes), np.append(targets, regulator))
+    assert levels[1, untouched].abs().sum() == 0
+
+
+def test_an_unseen_perturbation_acts_with_the_typical_activity_the_seen_ones_taught():
+    """Training moves the shared typical activity; a perturbation that never trained (its deviation
+    untouched) drives the network with it, so its targets move by the learned scale, not the start's."""
+    spec = regulator_spec()
+    module = propagation(spec)
+    module.steps = 1
+    with torch.no_grad():
+        module.edges.raw_weight.fill_(0.01)
+    seen, unseen = [1, 2], 3
+    target_activity = -12.0
+    optimizer = torch.optim.AdamW([module.scaled_typical_activity, module.scaled_activity], lr=1e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(300))
+    for _ in range(300):
+        drive = module.knockdown(torch.zeros(2, spec.n_genes), Conditions(perturbation=torch.tensor(seen)))[1]
+        loss = (drive.sum(1) - target_activity).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    assert module.scaled_activity[unseen] == 0  # never trained
+    unseen_drive = module.knockdown(torch.zeros(1, spec.n_genes), Conditions(perturbation=torch.tensor([unseen])))[1]
+    start = INITIAL_KNOCK
+    assert unseen_drive.sum() < start + 0.6 * (target_activity - start), unseen_drive.sum()  # most of the way

@@ -102,14 +102,25 @@ def sample_counts(
     truth: Truth, states: CellStates, batch: np.ndarray, size_factor: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """(counts (n, G) float32, capacity usage (n,)) of cells in `states`: the mechanism plus noise."""
-    share, usage = capacity_share(cell_rates(truth, states), truth.capacity_constant)
-    # Expected counts: capacity share x cell size (extrinsic) x batch capture and gene effects.
-    cell_scale = truth.library_scale * size_factor * truth.batch_capture_efficiency[batch]
-    mean = share * cell_scale[:, None] * truth.batch_gene_effect[batch]
-    del share
-    # Intrinsic noise: a Gamma burst factor (mean 1, shape k_j) then Poisson capture.
-    mean *= rng.standard_gamma(truth.burst_frequency, size=mean.shape) / truth.burst_frequency
+    mean, usage = expected_counts(truth, states, batch, size_factor)
+    mean *= burst_factor(truth, mean.shape, rng)
     return rng.poisson(mean).astype(np.float32), usage
+
+
+def expected_counts(
+    truth: Truth, states: CellStates, batch: np.ndarray, size_factor: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(expected counts (n, G) before intrinsic noise, capacity usage (n,)): capacity share x cell
+    size (extrinsic) x batch capture and gene effects."""
+    share, usage = capacity_share(cell_rates(truth, states), truth.capacity_constant)
+    cell_scale = truth.library_scale * size_factor * truth.batch_capture_efficiency[batch]
+    share *= cell_scale[:, None] * truth.batch_gene_effect[batch]
+    return share, usage
+
+
+def burst_factor(truth: Truth, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """(n, G) intrinsic noise: a Gamma burst factor with mean 1 and shape k_j (Poisson capture follows)."""
+    return rng.standard_gamma(truth.burst_frequency, size=shape) / truth.burst_frequency
 
 
 def sample_condition(
@@ -117,7 +128,16 @@ def sample_condition(
     hours_since_pulse: float = np.nan,
 ) -> np.ndarray:
     """(n, G) counts of fresh cells of one type under one condition (batches drawn at random):
-    Monte Carlo ground truth for any quantity of observed cells, e.g. mean log expression."""
+    Monte Carlo ground truth for any quantity of observed cells, e.g. mean log expression.
+
+    Calls with equally seeded `rng`s draw the same cells, and each condition's counts are coupled
+    to the same cells' basal counts (unperturbed, unstimulated, naive): a gene whose expected count
+    falls keeps each molecule with the ratio, one whose count rises gains Poisson(the rise). Each
+    condition's counts are exactly Poisson, as in the atlas, while the difference of two conditions
+    carries noise only where their expected counts differ. (Drawing every condition's Poisson
+    counts afresh from one seed does not couple them: numpy's Poisson sampler takes a number of
+    random numbers that depends on the mean, so from the first changed mean on the two streams
+    are unrelated and a difference of 512-cell means was mostly sampling noise.)"""
     master_noise, activity = draw_biological_noise(truth, np.full(n, cell_type), rng)
     states = CellStates(
         np.full(n, cell_type), master_noise, activity, np.full(n, perturbation), np.full(n, float(time)),
@@ -126,7 +146,22 @@ def sample_condition(
     sd = truth.extrinsic_noise_sd
     size_factor = np.exp(rng.normal(-(sd**2) / 2, sd, n))
     batch = rng.integers(0, len(truth.batch_names), size=n)
-    return sample_counts(truth, states, batch, size_factor, rng)[0]
+    basal = CellStates(states.cell_type, master_noise, activity, np.zeros(n, dtype=int), np.zeros(n), np.full(n, np.nan))
+    basal_mean, _ = expected_counts(truth, basal, batch, size_factor)
+    burst = burst_factor(truth, basal_mean.shape, rng)  # the same cells burst alike in every condition
+    basal_counts = rng.poisson(basal_mean * burst)
+    if perturbation == 0 and time == 0 and np.isnan(hours_since_pulse):
+        return basal_counts.astype(np.float32)
+    mean, _ = expected_counts(truth, states, batch, size_factor)
+    return coupled_poisson(basal_counts, basal_mean * burst, mean * burst, rng)
+
+
+def coupled_poisson(counts: np.ndarray, mean: np.ndarray, new_mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson(new_mean) counts from `counts` ~ Poisson(mean) (all (n, G)): binomial thinning where
+    the mean falls, plus Poisson(the rise) where it rises."""
+    falls = new_mean < mean
+    keep = np.where(falls, new_mean / np.where(falls, mean, 1.0), 1.0)
+    return (rng.binomial(counts, keep) + rng.poisson(np.where(falls, 0.0, new_mean - mean))).astype(np.float32)
 
 
 def draw_cell_design(

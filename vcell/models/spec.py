@@ -271,9 +271,19 @@ def perturbation_genes(names: list[str], var: pd.DataFrame, control: str) -> np.
     return np.array([-1 if name == control else lookup(name) for name in names], dtype=np.int64)
 
 
+def perturbed_genes(n_genes: int, n_tfs: int, n_perturbations: int, seed: int) -> np.ndarray:
+    """Distinct genes of `n_perturbations` perturbations (up to half TFs, genes 0..n_tfs-1), in random order."""
+    rng = np.random.default_rng([seed, 1])
+    n = min(n_genes, n_perturbations)
+    tfs = rng.choice(n_tfs, min(n_tfs, (n + 1) // 2), replace=False)
+    others = rng.choice(np.arange(n_tfs, n_genes), n - len(tfs), replace=False)
+    return rng.permutation(np.concatenate([tfs, others]))
+
+
 def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None, n_perturbations: int = 100) -> ModelSpec:
     """A typical spec of `n_genes` genes: ~1 pathway per 50 genes (~40 genes each), 6 compartments,
-    ~3 regulators per gene among 5% TFs, `n_perturbations` single-gene perturbations."""
+    ~3 regulators per gene among 5% TFs, `n_perturbations` single-gene perturbations (as in a
+    Perturb-seq screen, up to half of them of TFs)."""
     rng = np.random.default_rng(seed)
     n_pathways = n_pathways or max(2, n_genes // 50)
     pathway = np.repeat(np.arange(n_pathways), 40)
@@ -282,7 +292,7 @@ def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None
     target = np.repeat(np.arange(n_genes), 3)
     source = rng.integers(0, n_tfs, len(target))
     keep = source != target
-    perturbed = np.concatenate([[-1], rng.choice(n_genes, min(n_genes, n_perturbations), replace=False)])
+    perturbed = np.concatenate([[-1], perturbed_genes(n_genes, n_tfs, n_perturbations, seed)])
     return ModelSpec(
         gene_ids=[f"G{i:06d}" for i in range(n_genes)],
         inputs=frozenset({"counts", *CONDITION_ROLES}),
