@@ -34,7 +34,8 @@ from vcell.train.plain import fit
 
 log = logging.getLogger(__name__)
 HELD_OUT_HOURS = 4.0
-LABELS = ["cell_type", "perturbation", "time", "hours_since_pulse"]
+# the batch too: every model reads it as `vcell train` does (model.batch_covariate: auto)
+LABELS = ["cell_type", "batch", "perturbation", "time", "hours_since_pulse"]
 SCIENCE_SYNTH = {  # seed 0 perturbs a gene holding ~7% of a cell's transcripts (the resource check)
     "genes": 500, "transcription_factors": 40, "pathways": 20, "compartments": 6, "perturbations": 30,
     "seed": 0, "truth_draws": 64,
