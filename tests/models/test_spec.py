@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vcell.atlas.annotations import read_gmt, read_grn_edges, read_pathway_compartments
 from vcell.atlas.store import open_atlas
@@ -17,7 +19,7 @@ from vcell.data.memory import load_cells
 from vcell.data.resolve import atlas_var
 from vcell.errors import VCellError
 from vcell.models.model import VirtualCell
-from vcell.models.spec import spec_from_atlas
+from vcell.models.spec import perturbed_genes, spec_from_atlas
 from vcell.models.zoo import build_model
 
 LABELS = ["cell_type", "perturbation", "time", "hours_since_pulse"]
@@ -254,3 +256,16 @@ def test_a_gaussian_decoder_starts_at_the_gene_means_a_count_model_does_not(atla
     stochastic = build_model(ModelConfig(name="stochastic", size="tiny"), spec)  # scores are log composition
     assert torch.all(stochastic.decoder[-1].bias.abs() <= 1.0 / np.sqrt(stochastic.decoder[-1].in_features))
     assert build_model(ModelConfig(name="temporal", size="tiny"), spec, device="meta").decoder[-1].bias.is_meta
+
+
+@settings(max_examples=200, deadline=None)
+@given(n_genes=st.integers(2, 400), n_perturbations=st.integers(1, 500), seed=st.integers(0, 3))
+def test_reference_perturbations_are_distinct_genes_and_up_to_half_tfs_while_genes_last(n_genes, n_perturbations, seed):
+    n_tfs = max(2, n_genes // 20)
+    genes = perturbed_genes(n_genes, n_tfs, n_perturbations, seed)
+    n = min(n_genes, n_perturbations)
+    assert len(genes) == len(set(genes.tolist())) == n
+    assert genes.min() >= 0 and genes.max() < n_genes
+    tfs = int((genes < n_tfs).sum())
+    assert tfs >= 1
+    assert tfs <= max((n + 1) // 2, n - (n_genes - n_tfs))  # more than half only when the other genes run out

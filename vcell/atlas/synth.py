@@ -15,6 +15,7 @@ same seed gives the same cells however the caller slices them. The atlas stores 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,7 +147,7 @@ def sample_condition(
     sd = truth.extrinsic_noise_sd
     size_factor = np.exp(rng.normal(-(sd**2) / 2, sd, n))
     batch = rng.integers(0, len(truth.batch_names), size=n)
-    basal = CellStates(states.cell_type, master_noise, activity, np.zeros(n, dtype=int), np.zeros(n), np.full(n, np.nan))
+    basal = dataclasses.replace(states, perturbation=np.zeros(n, dtype=int), time=np.zeros(n), hours_since_pulse=np.full(n, np.nan))
     basal_mean, _ = expected_counts(truth, basal, batch, size_factor)
     burst = burst_factor(truth, basal_mean.shape, rng)  # the same cells burst alike in every condition
     basal_counts = rng.poisson(basal_mean * burst)

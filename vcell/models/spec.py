@@ -275,7 +275,8 @@ def perturbed_genes(n_genes: int, n_tfs: int, n_perturbations: int, seed: int) -
     """Distinct genes of `n_perturbations` perturbations (up to half TFs, genes 0..n_tfs-1), in random order."""
     rng = np.random.default_rng([seed, 1])
     n = min(n_genes, n_perturbations)
-    tfs = rng.choice(n_tfs, min(n_tfs, (n + 1) // 2), replace=False)
+    n_tf_perturbations = min(n_tfs, max((n + 1) // 2, n - (n_genes - n_tfs)))  # more TFs only where genes run out
+    tfs = rng.choice(n_tfs, n_tf_perturbations, replace=False)
     others = rng.choice(np.arange(n_tfs, n_genes), n - len(tfs), replace=False)
     return rng.permutation(np.concatenate([tfs, others]))
 
