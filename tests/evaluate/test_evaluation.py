@@ -67,6 +67,9 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     for name in ("regulatory", "hierarchical", "temporal", "stochastic", "resource", "memory"):
         assert "model" in enhancements[name] and "baselines" in enhancements[name], name
     assert 0 <= enhancements["stochastic"]["model"]["coverage_90"] <= 1
+    # the strongest pathway baseline: what the cell type alone explains (the demo's full model loses to it)
+    assert {"projection_of_observed", "gene_set_mean", "cell_type_mean_of_projection"} == set(
+        enhancements["hierarchical"]["baselines"])
     resource = enhancements["resource"]  # what the atlas itself says about the shift, beside the model
     assert resource["observed_shift_standard_error"] is None or resource["observed_shift_standard_error"] > 0
 

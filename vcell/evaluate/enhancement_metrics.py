@@ -78,6 +78,8 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
 
 
 def hierarchical(data: HeldOut) -> tuple[dict, dict]:
+    from vcell.evaluate.science_checks import cell_type_means
+
     spec = data.model.spec
     activity = statistics_of(data, data.test, "pathway_activity")
     arrays = {"activity": activity}
@@ -87,18 +89,24 @@ def hierarchical(data: HeldOut) -> tuple[dict, dict]:
     order = [list(data.truth.pathway_names).index(name) for name in spec.pathway_names]
     observed = observed[:, order]
     gene, group = torch.as_tensor(spec.gene_pathway.source), torch.as_tensor(spec.gene_pathway.target)
+    projector = gene_set_projector(gene, group, len(order))
     gene_set = gene_set_means(data.test["x"], gene, group, torch.bincount(group, minlength=len(order)).float()).numpy()
-    projected = project_on_gene_sets(data.test["x"], gene, group, gene_set_projector(gene, group, len(order))).numpy()
+    projected = project_on_gene_sets(data.test["x"], gene, group, projector).numpy()
+    baselines = {"projection_of_observed": projected, "gene_set_mean": gene_set}
+    context = data.column("context")
+    if context is not None and context in data.test:
+        reference = project_on_gene_sets(data.train["x"], gene, group, projector).numpy()
+        baselines["cell_type_mean_of_projection"] = cell_type_means(
+            reference, data.train[context].numpy(), data.test[context].numpy())
     section = {
         "definition": "mean over pathways of the Pearson r between per-cell pathway activity and the simulator's; "
                       "the model projects its reconstruction on the annotated member genes (joint least squares), "
-                      "the baselines are that projection and plain gene-set means of the observed cells",
+                      "the baselines are that projection of the observed cells, its mean over the reference cells of "
+                      "each cell's type, and plain gene-set means of the observed cells",
         "pathways": len(order),
         "model": {"pathway_pearson": float(np.nanmean(column_correlations(activity, observed)))},
-        "baselines": {
-            "projection_of_observed": {"pathway_pearson": float(np.nanmean(column_correlations(projected, observed)))},
-            "gene_set_mean": {"pathway_pearson": float(np.nanmean(column_correlations(gene_set, observed)))},
-        },
+        "baselines": {name: {"pathway_pearson": float(np.nanmean(column_correlations(value, observed)))}
+                      for name, value in baselines.items()},
     }
     return section, arrays
 
