@@ -15,7 +15,8 @@ import torch
 from vcell.atlas.synth import sample_condition
 from vcell.evaluate.representation import PCA, embedding_scores, latent_of
 from vcell.evaluate.science import codes, prepare_science, trained
-from vcell.evaluate.science_checks import check_memory, check_regulatory, check_stochastic, check_temporal
+from vcell.evaluate.science_checks import check_regulatory, check_stochastic
+from vcell.evaluate.science_time import check_memory, check_temporal
 
 pytestmark = pytest.mark.science
 

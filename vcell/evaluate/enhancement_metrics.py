@@ -112,7 +112,7 @@ def hierarchical(data: HeldOut) -> tuple[dict, dict]:
 
 
 def temporal(data: HeldOut) -> tuple[dict, dict]:
-    from vcell.evaluate.science_checks import (
+    from vcell.evaluate.science_time import (
         HALF_TIME_GRID, basal_cells_by_type, half_time_agreement, interpolate_in_log_time, nearest_time_point,
         observed_half_time_agreement, observed_time_course, pure_time_course,
     )
@@ -237,7 +237,7 @@ def observed_other_genes_shift(data: HeldOut, code: int, gene_id: str) -> tuple[
 
 
 def memory(data: HeldOut, hours_since_pulse: float = 24.0) -> tuple[dict, dict]:
-    from vcell.evaluate.science_checks import memory_differences
+    from vcell.evaluate.science_time import memory_differences
 
     if data.truth is None:
         return {"skipped": NO_TRUTH}, {}

@@ -170,7 +170,7 @@ def memory_figure(data: HeldOut, values: dict, directory: Path) -> list[Path]:
 
 def kinetics_figure(data: HeldOut, hours: np.ndarray, directory: Path) -> Path:
     """Predicted mean expression after a stimulus of the genes the truth moves most (one cell type)."""
-    from vcell.evaluate.science_checks import basal_cells_by_type
+    from vcell.evaluate.science_time import basal_cells_by_type
 
     control = data.code("perturbation", data.trained.config.model.columns.control)
     cell_type, basal = next(basal_cells_by_type(data, control))

@@ -110,5 +110,5 @@ ENHANCEMENT = Enhancement(
     requires_why="the memory is a retained share of the temporal response's stimulated effect; without it, it acts on nothing",
     evaluation="vcell.evaluate.enhancement_metrics:memory",
     figure="vcell.evaluate.figures:memory_figure",
-    science_check="vcell.evaluate.science_checks:check_memory",
+    science_check="vcell.evaluate.science_time:check_memory",
 )

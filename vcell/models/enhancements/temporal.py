@@ -161,5 +161,5 @@ ENHANCEMENT = Enhancement(
     needs=frozenset({"time"}),
     evaluation="vcell.evaluate.enhancement_metrics:temporal",
     figure="vcell.evaluate.figures:temporal_figure",
-    science_check="vcell.evaluate.science_checks:check_temporal",
+    science_check="vcell.evaluate.science_time:check_temporal",
 )
