@@ -189,6 +189,18 @@ def test_two_conditions_drawn_alike_differ_by_the_effect_not_by_sampling_noise(s
     np.testing.assert_array_equal(*time)  # same seed, same cells
 
 
+@pytest.mark.parametrize("condition", [{}, {"perturbation": 2}, {"time": 4.0}, {"hours_since_pulse": 24.0}])
+def test_reused_basal_cells_give_the_same_counts_and_leave_the_generator_alike(source, condition):
+    truth, cache = source.truth, {}
+    for cell_type in (0, 1, 0):  # a cell type's second call reads the cache
+        fresh, cached = np.random.default_rng([5, cell_type]), np.random.default_rng([5, cell_type])
+        expected = sample_condition(truth, cell_type, 64, fresh, **condition)
+        np.testing.assert_array_equal(sample_condition(truth, cell_type, 64, cached, basal_cache=cache, **condition),
+                                      expected)
+        assert fresh.random() == cached.random()  # whatever the caller draws next is unchanged too
+    assert len(cache) == 2
+
+
 # --- stimulus time course ------------------------------------------------------------------
 
 

@@ -126,7 +126,7 @@ def burst_factor(truth: Truth, shape: tuple[int, int], rng: np.random.Generator)
 
 def sample_condition(
     truth: Truth, cell_type: int, n: int, rng: np.random.Generator, *, perturbation: int = 0, time: float = 0.0,
-    hours_since_pulse: float = np.nan,
+    hours_since_pulse: float = np.nan, basal_cache: dict | None = None,
 ) -> np.ndarray:
     """(n, G) counts of fresh cells of one type under one condition (batches drawn at random):
     Monte Carlo ground truth for any quantity of observed cells, e.g. mean log expression.
@@ -138,23 +138,54 @@ def sample_condition(
     carries noise only where their expected counts differ. (Drawing every condition's Poisson
     counts afresh from one seed does not couple them: numpy's Poisson sampler takes a number of
     random numbers that depends on the mean, so from the first changed mean on the two streams
-    are unrelated and a difference of 512-cell means was mostly sampling noise.)"""
-    master_noise, activity = draw_biological_noise(truth, np.full(n, cell_type), rng)
-    states = CellStates(
-        np.full(n, cell_type), master_noise, activity, np.full(n, perturbation), np.full(n, float(time)),
-        np.full(n, float(hours_since_pulse)),
+    are unrelated and a difference of 512-cell means was mostly sampling noise.)
+
+    `basal_cache` (a dict the caller keeps): the basal cells of an `rng` in the same state are drawn
+    once and reused, with `rng` left exactly as drawing them would leave it, so the counts are
+    identical with or without it (about half the time of a condition goes into its basal cells)."""
+    basal = basal_cells(truth, cell_type, n, rng, basal_cache)
+    if perturbation == 0 and time == 0 and np.isnan(hours_since_pulse):
+        return basal.counts.astype(np.float32)
+    states = dataclasses.replace(
+        basal.states, perturbation=np.full(n, perturbation), time=np.full(n, float(time)),
+        hours_since_pulse=np.full(n, float(hours_since_pulse)),
     )
+    mean, _ = expected_counts(truth, states, basal.batch, basal.size_factor)
+    return coupled_poisson(basal.counts, basal.mean * basal.burst, mean * basal.burst, rng)
+
+
+@dataclasses.dataclass
+class BasalCells:
+    """Cells of one type with nothing applied, and what their conditions' counts are coupled to."""
+
+    states: CellStates
+    batch: np.ndarray  # (n,)
+    size_factor: np.ndarray  # (n,)
+    mean: np.ndarray  # (n, G) expected counts
+    burst: np.ndarray  # (n, G) burst factors: the same cells burst alike in every condition
+    counts: np.ndarray  # (n, G) int32 (a cache holds one per cell type)
+
+
+def basal_cells(truth: Truth, cell_type: int, n: int, rng: np.random.Generator, cache: dict | None) -> BasalCells:
+    """The basal cells `rng` draws next (from `cache` when an rng in the same state drew them)."""
+    key = (id(truth), cell_type, n, repr(rng.bit_generator.state))
+    if cache is not None and key in cache:
+        cells, state_after = cache[key]
+        rng.bit_generator.state = state_after
+        return cells
+    master_noise, activity = draw_biological_noise(truth, np.full(n, cell_type), rng)
+    states = CellStates(np.full(n, cell_type), master_noise, activity, np.zeros(n, dtype=int), np.zeros(n),
+                        np.full(n, np.nan))
     sd = truth.extrinsic_noise_sd
     size_factor = np.exp(rng.normal(-(sd**2) / 2, sd, n))
     batch = rng.integers(0, len(truth.batch_names), size=n)
-    basal = dataclasses.replace(states, perturbation=np.zeros(n, dtype=int), time=np.zeros(n), hours_since_pulse=np.full(n, np.nan))
-    basal_mean, _ = expected_counts(truth, basal, batch, size_factor)
-    burst = burst_factor(truth, basal_mean.shape, rng)  # the same cells burst alike in every condition
-    basal_counts = rng.poisson(basal_mean * burst)
-    if perturbation == 0 and time == 0 and np.isnan(hours_since_pulse):
-        return basal_counts.astype(np.float32)
     mean, _ = expected_counts(truth, states, batch, size_factor)
-    return coupled_poisson(basal_counts, basal_mean * burst, mean * burst, rng)
+    burst = burst_factor(truth, mean.shape, rng)
+    counts = rng.poisson(mean * burst)
+    cells = BasalCells(states, batch, size_factor, mean, burst, counts.astype(np.int32, copy=False))
+    if cache is not None:
+        cache[key] = (cells, rng.bit_generator.state)
+    return cells
 
 
 def coupled_poisson(counts: np.ndarray, mean: np.ndarray, new_mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
