@@ -23,7 +23,7 @@ from vcell.evaluate.export import export_run, open_trained
 from vcell.evaluate.heldout import held_out_cells
 from vcell.models.enhancements.temporal import response_half_times
 
-FILES = {"grn_edges.tsv", "response_half_times.tsv", "memory_primed_minus_naive.tsv"}
+FILES = {"grn_edges.tsv", "response_half_times.tsv", "memory_primed_minus_naive.tsv", "pathway_activity_by_cell_type.tsv"}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,24 @@ def test_half_times_are_read_off_the_mean_basal_trajectory_per_cell_type(evaluat
     assert np.allclose(mine["change_64h"], path[-1] - path[0], rtol=1e-5, atol=1e-9)
 
 
+def test_pathway_activity_is_the_mean_basal_cells_read_out_per_cell_type(evaluated, data):
+    folder, _ = evaluated
+    table = read(folder, "pathway_activity_by_cell_type.tsv")
+    groups, spec = basal_cells(data), data.model.spec
+    assert list(table.columns) == ["pathway", "compartment", "cell_type", "cells", "mean_activity", "relative_activity",
+                                   "sd_across_cells"]
+    assert len(table) == len(spec.pathway_names) * len(groups)
+    assert table["compartment"].isin(spec.compartment_names).all()  # the fixture atlas assigns every pathway
+    cell_type, cells = groups[0]
+    activity = data.model.describe(cells).stats["pathway_activity"].double()
+    mine = table[table["cell_type"] == cell_type]
+    assert list(mine["pathway"]) == list(spec.pathway_names) and (mine["cells"] == len(activity)).all()
+    assert np.allclose(mine["mean_activity"], activity.mean(0).numpy(), rtol=1e-5, atol=1e-9)
+    assert np.allclose(mine["sd_across_cells"], activity.std(0).numpy(), rtol=1e-4, atol=1e-9)
+    per_pathway = table.groupby("pathway")["relative_activity"].sum()
+    assert np.allclose(per_pathway, 0.0, atol=1e-6)  # (6 significant digits in the file) relative to the pathway's mean over cell types
+
+
 def test_memory_is_primed_minus_naive_per_cell_type_at_rest_and_stimulated(evaluated, data):
     folder, _ = evaluated
     table = read(folder, "memory_primed_minus_naive.tsv")
@@ -130,7 +148,7 @@ def test_a_model_without_these_enhancements_writes_nothing(tmp_path):
     plain = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(enhancements=["stochastic"])), model=None)
     assert biology_tables(plain, None) == ({}, {})
     assert write_biology(tmp_path / "biology", {}, {}) == [] and not (tmp_path / "biology").exists()
-    assert {entry.enhancement for entry in BIOLOGY_FILES} == {"regulatory", "temporal", "memory"}
+    assert {entry.enhancement for entry in BIOLOGY_FILES} == {"regulatory", "temporal", "hierarchical", "memory"}
 
 
 def test_an_export_carries_the_biology_and_says_what_it_could_not_compute(run_copy, tmp_path):

@@ -1,4 +1,5 @@
-"""Inferred biology as files a biologist opens: the learned network, response half-times, memory.
+"""Inferred biology as files a biologist opens: the learned network, response half-times, pathway
+activity per cell type, memory.
 
     tables, skipped = biology_tables(trained, data)      # file name -> DataFrame; file name -> why not
     write_biology(run / "biology", tables, skipped)      # TSVs and a README.md, swapped in whole
@@ -7,9 +8,10 @@
 `vcell export` into the export folder; each file only for a model with its enhancement (the
 list, with columns and units, is `BIOLOGY_FILES`, shown in README.md and in the folder's own
 README.md). Per-cell read-outs (pathway and compartment activity, capacity, free share,
-pathway allocation) are not here: they are rows of cells, in `embeddings.h5ad` (`vcell.evaluate.embed`).
+pathway allocation) are not here: they are rows of cells, in `embeddings.h5ad` (`vcell.evaluate.embed`);
+pathway activity is here too, averaged per cell type.
 
-Kinetics and memory are read off the model's predictions for basal cells (control, unstimulated,
+Kinetics, pathway activity and memory are read off the model's predictions for basal cells (control, unstimulated,
 naive; at most BASAL_CELLS per cell type) of the held-out set, so they need the atlas: an
 export whose training atlas is gone gets the network only, and its README.md says why.
 """
@@ -57,6 +59,13 @@ BIOLOGY_FILES = (
                 "one gene a row per cell type: gene_id, cell_type, half_time_hours (hours after a stimulus until the "
                 "gene has made half of its predicted move between 0 and 64 h; NA: it does not move), change_64h (the "
                 f"predicted change at 64 h, in {EXPRESSION_UNITS})"),
+    BiologyFile("pathway_activity_by_cell_type.tsv", "hierarchical",
+                "one pathway a row per cell type: pathway, compartment (NA: none), cell_type, cells (held-out basal "
+                "cells averaged), mean_activity (their mean per-cell pathway activity, as in `embeddings.h5ad` "
+                "obsm `vcell_pathway_activity`; unitless), relative_activity (mean_activity minus the pathway's mean "
+                "over cell types: which programs set a type apart), sd_across_cells. Compare cell types, not single "
+                "cells: on vcell's simulator a cell's own deviation from its type is mostly noise (README, "
+                "hierarchical)"),
     BiologyFile("memory_primed_minus_naive.tsv", "memory",
                 "one gene a row per cell type and stimulus time: gene_id, cell_type, hours_after_stimulus (0 = at rest, "
                 f"2), primed_minus_naive (predicted mean of cells pulsed {MEMORY_PULSE_HOURS:g} h earlier minus naive "
@@ -69,7 +78,8 @@ def biology_tables(trained, data: HeldOut | None, no_cells: str = "") -> tuple[d
     `data` None: no cells to predict from (`no_cells` says why)."""
     enhancements = set(trained.config.model.enhancements)
     makers = {"grn_edges.tsv": lambda: grn_edges(trained.model),
-              "response_half_times.tsv": lambda: half_times(data), "memory_primed_minus_naive.tsv": lambda: memory(data)}
+              "response_half_times.tsv": lambda: half_times(data), "memory_primed_minus_naive.tsv": lambda: memory(data),
+              "pathway_activity_by_cell_type.tsv": lambda: pathway_activity(data)}
     tables, skipped = {}, {}
     for entry in BIOLOGY_FILES:
         if entry.enhancement not in enhancements:
@@ -133,6 +143,34 @@ def half_times(data: HeldOut) -> pd.DataFrame | str:
                                    "half_time_hours": response_half_times(path, np.array(HALF_TIME_HOURS)),
                                    "change_64h": path[-1] - path[0]}))
     return pd.concat(parts, ignore_index=True)
+
+
+def pathway_activity(data: HeldOut) -> pd.DataFrame | str:
+    groups = basal_cells(data)
+    if isinstance(groups, str):
+        return groups
+    spec = data.model.spec
+    compartment = pathway_compartments(spec)
+    parts = []
+    for cell_type, cells in groups:
+        with torch.no_grad():
+            activity = data.model.describe(cells).stats["pathway_activity"].double().numpy()  # (n, P)
+        parts.append(pd.DataFrame({
+            "pathway": spec.pathway_names, "compartment": compartment, "cell_type": cell_type, "cells": len(activity),
+            "mean_activity": activity.mean(0), "sd_across_cells": activity.std(0, ddof=1) if len(activity) > 1 else np.nan,
+        }))
+    table = pd.concat(parts, ignore_index=True)
+    table.insert(5, "relative_activity", table["mean_activity"] - table.groupby("pathway")["mean_activity"].transform("mean"))
+    return table
+
+
+def pathway_compartments(spec) -> list[str | None]:
+    """(P,) each pathway's compartment name (None: the table gave it none, or they are learned)."""
+    names: list[str | None] = [None] * len(spec.pathway_names)
+    if spec.pathway_compartment is not None:
+        for pathway, compartment in zip(spec.pathway_compartment.source, spec.pathway_compartment.target):
+            names[int(pathway)] = spec.compartment_names[int(compartment)]
+    return names
 
 
 def memory(data: HeldOut) -> pd.DataFrame | str:
