@@ -97,6 +97,15 @@ def test_summary_lists_model_and_baselines(evaluated):
     assert any(line.startswith("reconstruction: log_likelihood") and "library_size_nb" in line for line in lines)
 
 
+def test_each_perturbation_group_lists_its_truth_rows_before_the_noisy_held_out_ones():
+    scores = {"model": {"pearson_delta": 0.1}, "baselines": {"mean_perturbation": {"pearson_delta": 0.06}}}
+    group = {"vs_observed": scores, "vs_truth": scores}
+    results = {"data": {}, "perturbation": {"seen_perturbations": group, "unseen_perturbations": group}}
+    metrics = [line.split(":")[0] for line in summary_lines(results)[2:]]
+    assert metrics == ["unseen perturbations vs truth", "unseen perturbations",
+                       "seen perturbations vs truth", "seen perturbations"]
+
+
 def test_a_comparison_the_noise_decides_is_flagged_in_the_summary():
     from vcell.evaluate.perturbation import noise_bound
 
