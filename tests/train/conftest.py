@@ -33,7 +33,7 @@ def run_config(atlas, storage, name: str, *overrides: str):
 
 def weight_differences(first, second) -> list[str]:
     """Names of the exported tensors that are not bitwise equal between two runs (configs)."""
-    from vcell.train.checkpoint import load_exported
+    from vcell.train.model_folder import load_exported
     from vcell.train.run import run_directory
 
     a, b = load_exported(run_directory(first) / "model"), load_exported(run_directory(second) / "model")

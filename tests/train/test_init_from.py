@@ -19,7 +19,7 @@ from vcell.data.memory import load_cells
 from vcell.errors import VCellError
 from vcell.evaluate.scores import knn_accuracy
 from vcell.models.zoo import build_model
-from vcell.train.checkpoint import load_exported, model_categories
+from vcell.train.model_folder import load_exported, model_categories
 from vcell.train.init_from import start_from_pretrained
 from vcell.train.plain import fit
 from vcell.train.ray_train import train

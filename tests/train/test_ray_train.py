@@ -25,7 +25,8 @@ from vcell.data.split import SPLITS
 from vcell.errors import VCellError
 from vcell.models.zoo import build_model
 from vcell.train.callbacks import read_audit
-from vcell.train.checkpoint import CheckpointStore, load_exported, model_state, resume_point, write_manifest
+from vcell.train.checkpoint import CheckpointStore, model_state, resume_point, write_manifest
+from vcell.train.model_folder import load_exported
 from vcell.train.training_plan import model_spec, with_model_inputs
 from vcell.train.ray_train import finished_run, train
 from vcell.train.run import config_hash, prepare_run, run_directory

@@ -16,7 +16,8 @@ from tests.train.conftest import losses, run_config, weights_not_close
 from vcell.data.split import SPLITS
 from vcell.errors import VCellError
 from vcell.train.callbacks import read_audit
-from vcell.train.checkpoint import CheckpointStore, load_exported
+from vcell.train.checkpoint import CheckpointStore
+from vcell.train.model_folder import load_exported
 from vcell.train.deepspeed_cpu import consolidate_zero_checkpoint
 from vcell.train.ray_train import train
 from vcell.train.repartition import deepspeed_tag, universal_copy, write_universal

@@ -28,7 +28,8 @@ from vcell.files import OutputKind, claim_output, current_umask, foreign_entries
 from vcell.models.model import VirtualCell
 from vcell.models.spec import spec_from_dict
 from vcell.models.zoo import build_model, count_parameters
-from vcell.train.checkpoint import load_exported, model_directory, verify_model_source
+from vcell.train.checkpoint import verify_model_source
+from vcell.train.model_folder import load_exported, model_directory
 from vcell.train.tracking import read_history
 
 EXPORT_CELLS = 2000  # held-out cells read for the read-outs that predict from basal cells
@@ -94,7 +95,7 @@ def save_trained(model: VirtualCell, config: VCellConfig, directory: str | Path,
     `vcell embed`, `vcell evaluate` and `vcell predict` read like a finished run's."""
     from vcell.atlas.store import open_atlas
     from vcell.config.loader import dump_config
-    from vcell.train.checkpoint import model_inputs_description, write_model_folder
+    from vcell.train.model_folder import model_inputs_description, write_model_folder
 
     atlas = open_atlas(config.data.atlas)
     spec_values, categories, normalization = model_inputs_description(config, atlas, model.spec)

@@ -30,7 +30,7 @@ from vcell.errors import VCellError
 from vcell.files import atomic_write
 from vcell.models.spec import ModelSpec, spec_from_dict
 from vcell.models.transfer import Frozen, Vocabulary, coverage, freeze, transfer_weights, vocabulary_of
-from vcell.train.checkpoint import load_exported, model_directory
+from vcell.train.model_folder import load_exported, model_directory
 
 log = logging.getLogger(__name__)
 RECORD = "init_from.json"

@@ -40,7 +40,7 @@ def preflight(config: VCellConfig, atlas: Atlas) -> dict[str, str]:
 def check_init_from(config: VCellConfig, atlas: Atlas) -> str:
     """train.init_from: a model folder of the same model sharing enough genes (`init_from.prepare`);
     the source and its coverage of this atlas, for people."""
-    from vcell.train.checkpoint import model_categories
+    from vcell.train.model_folder import model_categories
     from vcell.train.init_from import preview_line
     from vcell.train.training_plan import model_spec
 

@@ -34,6 +34,7 @@ from vcell.data.datamodule import AtlasDataModule
 from vcell.files import atomic_write
 from vcell.models.zoo import count_parameters
 from vcell.train import checkpoint as ckpt
+from vcell.train import model_folder
 from vcell.train.callbacks import (
     CellAudit, Checkpointing, FaultDrill, LineProgress, RestoreBuffers, RestoreRng, Telemetry, ValidationReport,
 )
@@ -110,7 +111,7 @@ def train_worker(payload: dict) -> None:
     pl.seed_everything(config.seed, workers=False, verbose=False)  # the same initial weights on every rank
     module = VCellModule(config.model, spec, config.train)
     if config.train.init_from:  # also on a resume: the checkpoint then overwrites the weights, the freeze stays
-        record, frozen = start_from_pretrained(module.model, config, spec, ckpt.model_categories(config, atlas))
+        record, frozen = start_from_pretrained(module.model, config, spec, model_folder.model_categories(config, atlas))
         module.no_weight_decay = set(frozen.partly)
         if rank == 0 and latest is None:
             write_record(run_directory, record)
@@ -151,8 +152,8 @@ def train_worker(payload: dict) -> None:
         validation = trainer.validate(module, datamodule=datamodule, ckpt_path=reload, verbose=False)
     if rank == 0:
         final = store.latest()
-        spec_values, categories, normalization = ckpt.model_inputs_description(config, atlas, spec)
-        ckpt.export_weights(final, run_directory / "model", dump_config(config), spec_values, categories, normalization)
+        spec_values, categories, normalization = model_folder.model_inputs_description(config, atlas, spec)
+        model_folder.export_weights(final, run_directory / "model", dump_config(config), spec_values, categories, normalization)
         write_metrics(run_directory, config, validation[0], start_step, elapsed, count_parameters(module), world_size)
     tracker.finish()
     ray.train.report({})  # every rank must report; the metrics are in metrics.json (Ray would print them whole)
