@@ -10,9 +10,11 @@ point held out for all); each row compares the enhancement's catalogue model wit
 
   regulatory    AUPRC of the learned edge scores (|standardised weight|) over a noisy GRN prior
                 (all true edges plus twice as many decoys); base: mean |d reconstruction / d input|
-                (gradient attribution); baseline: the better of |co-expression| and |partial
-                correlation|; AUROC and sign agreement of each beside it; random: the share of
-                true edges. An independent simulator (SERGIO): benchmarks/independent.py.
+                (gradient attribution); baseline: the best of |co-expression|, |partial
+                correlation| and partial correlation plus each knockdown's effect on the targets of
+                the knocked-down regulator (Stouffer-combined z); AUROC and sign agreement of each
+                beside it; random: the share of true edges. An independent simulator (SERGIO):
+                benchmarks/independent.py.
   temporal      relative error of the predicted change at the held-out 4 h vs observed
                 held-out cells; base predicts no change (1.0); reference: interpolating the
                 observed 2 h and 8 h means.

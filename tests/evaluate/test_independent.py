@@ -19,7 +19,7 @@ def test_regulatory_beats_base_and_network_baselines_on_sergio(tmp_path):
     assert result.cells == 2100 and result.genes == 100
     assert result.edges > 10 * result.true_edges  # every regulator -> gene pair: mostly non-edges
     model = result.scores["regulatory"]
-    for name in ("base (attribution)", "co-expression", "partial correlation"):
+    for name in ("base (attribution)", "co-expression", "partial correlation", "knockdown effect + partial correlation"):
         assert model.auprc > result.scores[name].auprc, name
     assert model.auroc > result.scores["partial correlation"].auroc
     assert (tmp_path / "sergio-0-100.h5ad").exists() and (tmp_path / "sergio-0-100-network.tsv").exists()

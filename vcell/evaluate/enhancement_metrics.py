@@ -38,7 +38,7 @@ def statistics_of(data: HeldOut, cells: dict, name: str) -> np.ndarray:
 
 
 def regulatory(data: HeldOut) -> tuple[dict, dict]:
-    from vcell.evaluate.science_checks import edge_baselines
+    from vcell.evaluate.edges import edge_baselines, interventional_baseline
 
     spec, truth = data.model.spec, data.truth
     cells = select(data.test, torch.arange(2))
@@ -52,6 +52,7 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
     true_weight[is_tf] = truth.weight_matrix[source[is_tf], target[is_tf]]
     real = true_weight != 0
     baselines = edge_baselines(data.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
+    combined = interventional_baseline({key: np.asarray(value) for key, value in data.train.items()}, spec)
 
     def edge_scores(scores: np.ndarray, weights: np.ndarray) -> dict:
         values = {"sign_agreement": float((np.sign(weights[real]) == np.sign(true_weight[real])).mean()),
@@ -65,12 +66,15 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
         "definition": "learned edges on the prior's edges vs the simulator's signed weights: share of true edges with "
                       "the right sign, Spearman of the edge score with |true weight|; AUPRC and AUROC of true vs decoy "
                       "edges when the prior has decoys. Model: standardised |weight| ranks, the signed weight gives the "
-                      "sign; baselines: Pearson r (co-expression) and partial correlation of the training cells",
+                      "sign; baselines: Pearson r (co-expression) and partial correlation of the training cells, and "
+                      "partial correlation plus the knockdowns' effects where the regulator was knocked down (its sign "
+                      "from the knockdown)",
         "edges": int(len(real)), "true_edges": int(real.sum()),
         "model": edge_scores(ranking, learned),
         "baselines": {
             "coexpression": edge_scores(np.abs(baselines["co-expression"]), baselines["co-expression"]),
             "partial_correlation": edge_scores(np.abs(baselines["partial correlation"]), baselines["partial correlation"]),
+            **({} if combined is None else {"knockdown_effect_plus_partial": edge_scores(np.abs(combined), combined)}),
             "random": {"sign_agreement": 0.5, "auprc_true_vs_decoy": float(real.mean()), "auroc_true_vs_decoy": 0.5},
         },
     }

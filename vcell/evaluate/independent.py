@@ -176,7 +176,9 @@ class IndependentResult:
                  f"({self.edges:,} pairs, {self.true_edges} true: random AUPRC {self.true_edges / self.edges:.3f}); "
                  f"{self.steps} training steps",
                  f"{'method':<22} {'AUPRC':>7} {'AUROC':>7} {'sign':>7}"]
-        lines += [f"{name:<22} {s.auprc:>7.3f} {s.auroc:>7.3f} {s.sign_agreement:>7.3f}" for name, s in self.scores.items()]
+        width = max(22, *map(len, self.scores))
+        lines[-1] = f"{'method':<{width}} {'AUPRC':>7} {'AUROC':>7} {'sign':>7}"
+        lines += [f"{name:<{width}} {s.auprc:>7.3f} {s.auroc:>7.3f} {s.sign_agreement:>7.3f}" for name, s in self.scores.items()]
         return "\n".join(lines)
 
 
@@ -225,7 +227,8 @@ def sergio_atlas(directory: Path, seed: int, cells_per_condition: int) -> tuple[
 
 def score_network(models: dict, train: dict, test: dict, network: SergioNetwork, vocabulary: np.ndarray):
     """({method: EdgeScores}, labels) over the model's prior edges, matched to the truth by gene name."""
-    from vcell.evaluate.science_checks import edge_baselines, gradient_attribution
+    from vcell.evaluate.edges import edge_baselines, interventional_baseline
+    from vcell.evaluate.science_checks import gradient_attribution
 
     spec = models["regulatory"].spec
     names = np.array(network.genes)
@@ -237,9 +240,11 @@ def score_network(models: dict, train: dict, test: dict, network: SergioNetwork,
     learned = propagation.edge_weight().detach().numpy()
     attribution = gradient_attribution(models["base"], test)[spec.grn.target, spec.grn.source]
     baselines = edge_baselines(train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
+    combined = interventional_baseline({key: value.numpy() for key, value in train.items()}, spec)
     scores = {
         "regulatory": score_edges(propagation.edge_score().detach().numpy(), learned, labels, signs),
         "base (attribution)": score_edges(attribution, None, labels, signs),
         **{name: score_edges(np.abs(value), value, labels, signs) for name, value in baselines.items()},
+        "knockdown effect + partial correlation": score_edges(np.abs(combined), combined, labels, signs),
     }
     return scores, labels

@@ -14,7 +14,7 @@ import zarr
 from vcell.atlas.store import open_atlas
 from vcell.atlas.synth_model import capacity_share, cell_rates, condition_states, expected_profiles
 from vcell.data.memory import batches_of, select
-from vcell.evaluate.edges import score_edges
+from vcell.evaluate.edges import edge_baselines, interventional_baseline, knockdowns_of, score_edges
 from vcell.evaluate.metrics import (
     average_precision, column_correlations, roc_auc, discretized_normal_log_prob, moment_dispersion,
 )
@@ -42,17 +42,26 @@ def check_regulatory(setup: ScienceSetup) -> ScienceRow:
     true_sign = true_edge_signs(setup, spec)
     baselines = edge_baselines(setup.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
     signed = {"regulatory": propagation.edge_weight().detach().numpy(), **baselines}
+    cells = {key: value.numpy() for key, value in setup.train.items()}
+    knockdown = np.abs(knockdowns_of(cells, spec)[perturbed])
+    combined = interventional_baseline(cells, spec)
     return ScienceRow(
         "regulatory", "AUPRC of prior edges (true vs decoy)", True,
         average_precision(learned, labels), average_precision(attribution, labels), *best_edge_baseline(setup, spec, labels),
         {"edges": int(len(labels)), "true_edges": int(labels.sum()), "random": float(labels.mean()),
          "auroc_regulatory": roc_auc(learned, labels), "auroc_base": roc_auc(attribution, labels),
          **{f"auroc_{name}": roc_auc(np.abs(value), labels) for name, value in baselines.items()},
+         "auroc_knockdown effect + partial correlation": roc_auc(np.abs(combined), labels),
+         "sign_agreement_knockdown effect + partial correlation": score_edges(
+             np.abs(combined), combined, labels, true_sign).sign_agreement,
          **{f"sign_agreement_{name}": score_edges(np.abs(value), value, labels, true_sign).sign_agreement
             for name, value in signed.items()},
          "edges_from_perturbed_regulators": int(perturbed.sum()),
          "auprc_perturbed_regulators_regulatory": average_precision(learned[perturbed], labels[perturbed]),
          "auprc_perturbed_regulators_base": average_precision(attribution[perturbed], labels[perturbed]),
+         "auprc_perturbed_regulators_knockdown_effect": average_precision(knockdown, labels[perturbed]),
+         "auprc_perturbed_regulators_partial_correlation": average_precision(
+             np.abs(baselines["partial correlation"][perturbed]), labels[perturbed]),
          "random_perturbed_regulators": float(labels[perturbed].mean())},
     )
 
@@ -67,33 +76,15 @@ def true_edge_signs(setup: ScienceSetup, spec) -> np.ndarray:
 
 
 def best_edge_baseline(setup: ScienceSetup, spec, labels: np.ndarray) -> tuple[float, str]:
-    """(AUPRC, name) of the better of two network-inference baselines on the prior's edges:
-    |co-expression| and |partial correlation| of log expression over the training cells."""
+    """(AUPRC, name) of the best network-inference baseline on the prior's edges: |co-expression| and
+    |partial correlation| of log expression over the training cells, and partial correlation with
+    the knockdowns' effects added where the regulator was knocked down (`combined_evidence`)."""
     scores = edge_baselines(setup.train["x"].numpy(), spec.grn.source, spec.grn.target)
+    cells = {key: value.numpy() for key, value in setup.train.items()}
+    scores["knockdown effect + partial correlation"] = np.abs(interventional_baseline(cells, spec))
     precisions = {name: average_precision(value, labels) for name, value in scores.items()}
     best = max(precisions, key=precisions.get)
     return precisions[best], best
-
-
-def edge_baselines(
-    x: np.ndarray, source: np.ndarray, target: np.ndarray, shrinkage: float = 0.1, signed: bool = False
-) -> dict[str, np.ndarray]:
-    """|Pearson r| ("co-expression") and |partial correlation| (inverse of the shrunk correlation
-    matrix: r_st given all other genes) of the genes of each (source, target) pair; x (n, G).
-    `signed`: the values with their signs (for sign agreement)."""
-    x = x - x.mean(0)
-    sd = x.std(0)
-    live = sd > 0
-    correlation = np.zeros((x.shape[1], x.shape[1]))
-    live_x = x[:, live] / sd[live]
-    correlation[np.ix_(live, live)] = live_x.T @ live_x / len(x)
-    shrunk = (1 - shrinkage) * correlation[np.ix_(live, live)] + shrinkage * np.eye(int(live.sum()))
-    precision = np.linalg.inv(shrunk)
-    partial = np.zeros_like(correlation)
-    diagonal = np.sqrt(np.diag(precision))
-    partial[np.ix_(live, live)] = -precision / np.outer(diagonal, diagonal)
-    scores = {"co-expression": correlation[source, target], "partial correlation": partial[source, target]}
-    return scores if signed else {name: np.abs(value) for name, value in scores.items()}
 
 
 def gradient_attribution(model, cells: dict[str, torch.Tensor]) -> np.ndarray:
