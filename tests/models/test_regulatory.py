@@ -7,10 +7,12 @@ import dataclasses
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vcell.config.model import ModelConfig
 from vcell.models.enhancements.regulatory import INITIAL_KNOCK, KNOCK_STEP_SCALE, TYPICAL_STEP_SCALE, RegulatoryPropagation
-from vcell.models.inputs import Conditions
+from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.spec import reference_spec
 from vcell.train.schedule import warmup_cosine
 
@@ -129,3 +131,64 @@ def test_an_unseen_perturbation_acts_with_the_typical_activity_the_seen_ones_tau
     unseen_drive = module.knockdown(torch.zeros(1, spec.n_genes), Conditions(perturbation=torch.tensor([unseen])))[1]
     start = INITIAL_KNOCK
     assert unseen_drive.sum() < start + 0.6 * (target_activity - start), unseen_drive.sum()  # most of the way
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), depth=st.sampled_from([300.0, 3000.0, 30000.0]), share=st.floats(1e-3, 0.05))
+def test_measurement_reliability_is_near_0_for_counting_noise_and_near_1_for_real_variation(seed, depth, share):
+    """Three genes with the same mean share of the library: one constant in every cell (only counting
+    noise), one varying x2-x3 between cells, one whose counts are nearly all zeros."""
+    from vcell.models.enhancements.regulatory import measurement_reliability
+
+    rng = np.random.default_rng(seed)
+    cells = 4000
+    library = rng.uniform(0.5, 1.5, cells) * depth
+    varying = share * np.exp(rng.normal(0.0, 1.0, cells))  # real cell-to-cell variation
+    rates = np.stack([np.full(cells, share), varying, np.full(cells, 0.2 / depth)], axis=1) * library[:, None]
+    counts = torch.as_tensor(rng.poisson(rates), dtype=torch.float32)
+    reliability = measurement_reliability(counts, torch.as_tensor(library, dtype=torch.float32))
+    assert ((reliability >= 0) & (reliability <= 1)).all()
+    assert reliability[0] < 0.2 and reliability[2] < 0.2, reliability
+    expected = 1 - 1 / (1 + share * depth * (np.e - 1))  # variance of a log-normal share vs its Poisson noise, roughly
+    assert reliability[1] > min(0.8, expected - 0.2), (reliability, expected)
+
+
+def test_the_observational_gradient_of_a_barely_measured_perturbed_regulators_edges_is_cut_by_its_signal_to_noise():
+    """Regulator 0, perturbed in training, measured at reliability 0.2: its edges get 0.25 of the
+    regression's gradient. Regulator 1, as poorly measured but never perturbed, keeps all of it
+    (observation is all there is to learn its edges from); the others are measured well."""
+    module = propagation()
+    regulators = np.unique(SPEC.grn.source)
+    reliability = torch.full((SPEC.n_genes,), 0.9)
+    reliability[regulators[:2]] = 0.2  # signal / noise 0.25; 0.9 -> 9, capped at 1
+    module.level_reliability.copy_(reliability)
+    module.intervened[regulators[0]] = module.intervened[regulators[2]] = True
+    x = torch.randn(64, SPEC.n_genes)
+    gradients, values = [], []
+    for weighting in (False, True):
+        module.reliability_weighting = weighting
+        module.zero_grad()
+        loss = module.regression_error(x)
+        loss.backward()
+        values.append(loss.detach())
+        gradients.append(module.edges.raw_weight.grad.clone())
+    torch.testing.assert_close(values[0], values[1])  # the same fit; only how far each edge moves changes
+    from_weak = torch.as_tensor(SPEC.grn.source == regulators[0])
+    torch.testing.assert_close(gradients[1][from_weak], 0.25 * gradients[0][from_weak])
+    torch.testing.assert_close(gradients[1][~from_weak], gradients[0][~from_weak])
+
+
+def test_reliability_is_tracked_over_basal_cells_and_weights_saved_before_it_load_as_fully_reliable():
+    module = propagation(regulator_spec())
+    counts = torch.poisson(torch.full((32, SPEC.n_genes), 5.0))
+    perturbation = torch.full((32,), SPEC.control_code)
+    perturbation[:4] = 2  # four cells knock down a regulator: they mark it, but do not count for reliability
+    counts[:4, module.perturbation_gene[2]] = 500.0
+    cells = CellInputs(x=torch.randn(32, SPEC.n_genes), counts=counts, library=counts.sum(1), context=None,
+                       conditions=Conditions(perturbation=perturbation))
+    module.track_levels(cells)
+    assert (module.level_reliability < 0.97).all()  # constant rates in basal cells: counting noise, moving towards 0
+    assert module.intervened.tolist() == [gene == module.perturbation_gene[2] for gene in range(SPEC.n_genes)]
+    state = {key: value for key, value in module.state_dict().items() if key not in ("level_reliability", "intervened")}
+    module.load_state_dict(state, strict=True)
+    assert (module.level_reliability == 1).all() and not module.intervened.any()
