@@ -45,8 +45,9 @@ gene across basal cells (`measurement_reliability`; the forward values are uncha
 regulator keeps the full gradient: observation is all there is to learn its edges from (cutting
 theirs too let the network's own propagated guesses set their signs: the demo's GRN sign
 agreement fell 0.726 -> 0.664). On the science atlas (median r of the TFs 0.17) the AUPRC of the
-edges rose 0.462 -> 0.489 (seed 0); on SERGIO (r ~0.7, ratio >= 1) nothing changes (0.545). A
-global `regression_weight` cannot do both: 0.1 gives the science atlas 0.507 and SERGIO 0.384.
+edges rose 0.462 / 0.461 / 0.469 -> 0.490 / 0.490 / 0.499 (seeds 0-2); on SERGIO (r ~0.7, ratio
+>= 1) nothing changes (0.545). A global `regression_weight` cannot do both: 0.1 gives the science
+atlas 0.507 and SERGIO 0.384.
 
 Why not decode targets from their regulators' *decoded* levels (the earlier design)? Decoded
 levels are functions of a low-dimensional latent state, so the regulators' columns are nearly
