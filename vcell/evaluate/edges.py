@@ -61,9 +61,9 @@ def knockdown_effects(
 ) -> np.ndarray:
     """(E,) signed z of each edge's interventional evidence, NaN where its regulator was never knocked
     down: the shift of the target's mean level in cells with a perturbation of the regulator's gene
-    vs control cells, within each group (cell type), as a two-sample z on the gene's overall sd,
-    combined over groups and over perturbations of the same gene by Stouffer's method (sd: within the
-    groups, so genes that differ between cell types are not discounted). x (n, G);
+    vs control cells, within each group (cell type), as a two-sample z on the gene's within-group sd
+    (so genes that differ between cell types are not discounted), combined over groups and over
+    perturbations of the same gene by Stouffer's method. x (n, G);
     perturbation, groups (n,) codes; perturbation_gene (P,) gene index per code (-1: none); pass only
     cells that are otherwise basal (unstimulated), so the shift is the knockdown's alone."""
     within = x.copy()
@@ -72,7 +72,8 @@ def knockdown_effects(
     sd = within.std(0)
     sd[sd == 0] = np.inf  # a constant gene shows no effect
     control_rows = perturbation == control
-    z_sum, parts = np.zeros((x.shape[1], x.shape[1])), np.zeros(x.shape[1])  # regulator x target
+    z_sum: dict[int, np.ndarray] = {}  # knocked-down gene -> (G,) summed z over its groups and perturbations
+    parts: dict[int, int] = {}
     for code, gene in enumerate(perturbation_gene):
         if gene < 0 or code == control:
             continue
@@ -83,11 +84,12 @@ def knockdown_effects(
             if min(n_knocked, n_control) < min_cells:
                 continue
             shift = (x[knocked].mean(0) - x[controls].mean(0)) / sd  # (G,)
-            z_sum[gene] += shift * np.sqrt(n_knocked * n_control / (n_knocked + n_control))
-            parts[gene] += 1
+            z_sum[gene] = z_sum.get(gene, 0.0) + shift * np.sqrt(n_knocked * n_control / (n_knocked + n_control))
+            parts[gene] = parts.get(gene, 0) + 1
     z = np.full(len(source), np.nan)
-    tested = parts[source] > 0
-    z[tested] = z_sum[source[tested], target[tested]] / np.sqrt(parts[source[tested]])
+    for gene, total in z_sum.items():
+        edges = source == gene
+        z[edges] = total[target[edges]] / np.sqrt(parts[gene])
     return z
 
 
