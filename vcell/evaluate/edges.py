@@ -128,12 +128,14 @@ def knockdowns_of(cells: dict, spec, group_column: str = "cell_type") -> np.ndar
                              spec.perturbation_gene, spec.control_code, spec.grn.source, spec.grn.target)
 
 
-def interventional_baseline(cells: dict, spec) -> np.ndarray | None:
-    """(E,) signed `combined_evidence` of the cells' partial correlations and knockdowns on spec.grn's
-    edges (None without perturbation labels)."""
+def interventional_baseline(cells: dict, spec, partial: np.ndarray | None = None) -> np.ndarray | None:
+    """(E,) signed `combined_evidence` of the cells' partial correlations (`partial`: already computed
+    by `edge_baselines(..., signed=True)`) and knockdowns on spec.grn's edges (None without
+    perturbation labels)."""
     knockdown = knockdowns_of(cells, spec)
     if knockdown is None:
         return None
     x = np.asarray(cells["x"])
-    partial = edge_baselines(x, spec.grn.source, spec.grn.target, signed=True)["partial correlation"]
+    if partial is None:
+        partial = edge_baselines(x, spec.grn.source, spec.grn.target, signed=True)["partial correlation"]
     return combined_evidence(partial, knockdown, *x.shape)

@@ -52,7 +52,8 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
     true_weight[is_tf] = truth.weight_matrix[source[is_tf], target[is_tf]]
     real = true_weight != 0
     baselines = edge_baselines(data.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
-    combined = interventional_baseline({key: np.asarray(value) for key, value in data.train.items()}, spec)
+    combined = interventional_baseline({key: np.asarray(value) for key, value in data.train.items()}, spec,
+                                       partial=baselines["partial correlation"])
 
     def edge_scores(scores: np.ndarray, weights: np.ndarray) -> dict:
         values = {"sign_agreement": float((np.sign(weights[real]) == np.sign(true_weight[real])).mean()),

@@ -240,7 +240,8 @@ def score_network(models: dict, train: dict, test: dict, network: SergioNetwork,
     learned = propagation.edge_weight().detach().numpy()
     attribution = gradient_attribution(models["base"], test)[spec.grn.target, spec.grn.source]
     baselines = edge_baselines(train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
-    combined = interventional_baseline({key: value.numpy() for key, value in train.items()}, spec)
+    combined = interventional_baseline({key: value.numpy() for key, value in train.items()}, spec,
+                                       partial=baselines["partial correlation"])
     scores = {
         "regulatory": score_edges(propagation.edge_score().detach().numpy(), learned, labels, signs),
         "base (attribution)": score_edges(attribution, None, labels, signs),

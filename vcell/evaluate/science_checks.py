@@ -14,7 +14,7 @@ import zarr
 from vcell.atlas.store import open_atlas
 from vcell.atlas.synth_model import capacity_share, cell_rates, condition_states, expected_profiles
 from vcell.data.memory import batches_of, select
-from vcell.evaluate.edges import edge_baselines, interventional_baseline, knockdowns_of, score_edges
+from vcell.evaluate.edges import combined_evidence, edge_baselines, knockdowns_of, score_edges
 from vcell.evaluate.metrics import (
     average_precision, column_correlations, roc_auc, discretized_normal_log_prob, moment_dispersion,
 )
@@ -40,14 +40,15 @@ def check_regulatory(setup: ScienceSetup) -> ScienceRow:
     attribution = gradient_attribution(base, setup.test)[spec.grn.target, spec.grn.source]
     perturbed = np.isin(spec.grn.source, spec.perturbation_gene[spec.perturbation_gene >= 0])
     true_sign = true_edge_signs(setup, spec)
-    baselines = edge_baselines(setup.train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
+    x = setup.train["x"].numpy()
+    baselines = edge_baselines(x, spec.grn.source, spec.grn.target, signed=True)
     signed = {"regulatory": propagation.edge_weight().detach().numpy(), **baselines}
-    cells = {key: value.numpy() for key, value in setup.train.items()}
-    knockdown = np.abs(knockdowns_of(cells, spec)[perturbed])
-    combined = interventional_baseline(cells, spec)
+    knockdown = knockdowns_of({key: value.numpy() for key, value in setup.train.items()}, spec)
+    combined = combined_evidence(baselines["partial correlation"], knockdown, *x.shape)
+    unsigned = {**baselines, "knockdown effect + partial correlation": combined}
     return ScienceRow(
         "regulatory", "AUPRC of prior edges (true vs decoy)", True,
-        average_precision(learned, labels), average_precision(attribution, labels), *best_edge_baseline(setup, spec, labels),
+        average_precision(learned, labels), average_precision(attribution, labels), *best_edge_baseline(unsigned, labels),
         {"edges": int(len(labels)), "true_edges": int(labels.sum()), "random": float(labels.mean()),
          "auroc_regulatory": roc_auc(learned, labels), "auroc_base": roc_auc(attribution, labels),
          **{f"auroc_{name}": roc_auc(np.abs(value), labels) for name, value in baselines.items()},
@@ -59,7 +60,7 @@ def check_regulatory(setup: ScienceSetup) -> ScienceRow:
          "edges_from_perturbed_regulators": int(perturbed.sum()),
          "auprc_perturbed_regulators_regulatory": average_precision(learned[perturbed], labels[perturbed]),
          "auprc_perturbed_regulators_base": average_precision(attribution[perturbed], labels[perturbed]),
-         "auprc_perturbed_regulators_knockdown_effect": average_precision(knockdown, labels[perturbed]),
+         "auprc_perturbed_regulators_knockdown_effect": average_precision(np.abs(knockdown[perturbed]), labels[perturbed]),
          "auprc_perturbed_regulators_partial_correlation": average_precision(
              np.abs(baselines["partial correlation"][perturbed]), labels[perturbed]),
          "random_perturbed_regulators": float(labels[perturbed].mean())},
@@ -75,14 +76,12 @@ def true_edge_signs(setup: ScienceSetup, spec) -> np.ndarray:
     return sign
 
 
-def best_edge_baseline(setup: ScienceSetup, spec, labels: np.ndarray) -> tuple[float, str]:
-    """(AUPRC, name) of the best network-inference baseline on the prior's edges: |co-expression| and
-    |partial correlation| of log expression over the training cells, and partial correlation with
-    the knockdowns' effects added where the regulator was knocked down (`combined_evidence`)."""
-    scores = edge_baselines(setup.train["x"].numpy(), spec.grn.source, spec.grn.target)
-    cells = {key: value.numpy() for key, value in setup.train.items()}
-    scores["knockdown effect + partial correlation"] = np.abs(interventional_baseline(cells, spec))
-    precisions = {name: average_precision(value, labels) for name, value in scores.items()}
+def best_edge_baseline(scores: dict[str, np.ndarray], labels: np.ndarray) -> tuple[float, str]:
+    """(AUPRC, name) of the best network-inference baseline on the prior's edges, ranked by |value|:
+    co-expression and partial correlation of log expression over the training cells, and partial
+    correlation with the knockdowns' effects added where the regulator was knocked down
+    (`combined_evidence`)."""
+    precisions = {name: average_precision(np.abs(value), labels) for name, value in scores.items()}
     best = max(precisions, key=precisions.get)
     return precisions[best], best
 
