@@ -69,7 +69,7 @@ BIOLOGY_FILES = (
     BiologyFile("memory_primed_minus_naive.tsv", "memory",
                 "one gene a row per cell type and stimulus time: gene_id, cell_type, hours_after_stimulus (0 = at rest, "
                 f"2), primed_minus_naive (predicted mean of cells pulsed {MEMORY_PULSE_HOURS:g} h earlier minus naive "
-                f"cells, in {EXPRESSION_UNITS})"),
+                f"cells, in {EXPRESSION_UNITS}, as measured cells average: `VirtualCell.predict_measured`)"),
 )
 
 
@@ -182,8 +182,8 @@ def memory(data: HeldOut) -> pd.DataFrame | str:
         for cell_type, cells in groups:
             n = len(cells["x"])
             for hours in MEMORY_STIMULUS_HOURS:
-                primed = data.model.predict(cells, control_conditions(data, n, MEMORY_PULSE_HOURS, hours)).expression
-                naive = data.model.predict(cells, control_conditions(data, n, float("nan"), hours)).expression
+                primed = data.model.predict_measured(cells, control_conditions(data, n, MEMORY_PULSE_HOURS, hours))
+                naive = data.model.predict_measured(cells, control_conditions(data, n, float("nan"), hours))
                 parts.append(pd.DataFrame({"gene_id": genes, "cell_type": cell_type, "hours_after_stimulus": hours,
                                            "primed_minus_naive": (primed.double() - naive.double()).mean(0).numpy()}))
     return pd.concat(parts, ignore_index=True)

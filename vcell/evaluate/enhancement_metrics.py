@@ -131,10 +131,10 @@ def temporal(data: HeldOut) -> tuple[dict, dict]:
     names = ("model", "nearest_time_point", "interpolated_in_log_time")
     changes: dict[str, list[np.ndarray]] = {"truth": [], **{name: [] for name in names}}
     for cell_type, basal in basal_cells_by_type(data, control):
-        rest = data.model.predict(basal, conditions(basal, control, 0.0)).expression.double().mean(0).numpy()
+        rest = data.model.predict_measured(basal, conditions(basal, control, 0.0)).double().mean(0).numpy()
         hours_seen, observed = observed_time_course(data.train, pure_time_course(data.train, control, cell_type, columns), time)
         for hours in test_times:
-            moved = data.model.predict(basal, conditions(basal, control, hours)).expression.double().mean(0).numpy()
+            moved = data.model.predict_measured(basal, conditions(basal, control, hours)).double().mean(0).numpy()
             changes["model"].append(moved - rest)
             changes["truth"].append(true_expression(data, cell_type, time=hours) - true_expression(data, cell_type))
             changes["nearest_time_point"].append(nearest_time_point(hours_seen, observed, hours))

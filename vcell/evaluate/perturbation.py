@@ -96,7 +96,7 @@ class DeltaBuilder:
         n = len(basal["x"])
         conditions = Conditions(perturbation=torch.full((n,), code, dtype=torch.long),
                                 time=torch.zeros(n), hours_since_pulse=torch.full((n,), float("nan")))
-        return self.model.predict(basal, conditions).expression.double().mean(0).numpy()
+        return self.model.predict_measured(basal, conditions).double().mean(0).numpy()
 
     def predicted_delta(self, cell_type: int, code: int) -> np.ndarray:
         if cell_type not in self.predicted_control:

@@ -5,9 +5,10 @@
 Starts from basal cells (control, unstimulated, naive) of the chosen cell type in an atlas
 (default: the run's training atlas), a seeded sample of them, and decodes each one under the
 requested conditions and under control. The `.h5ad` holds `X` (predicted normalised
-expression under the conditions), `layers["control"]` (the same cells predicted under
-control), `layers["expected_counts"]` for count models, the source cells' obs plus the
-conditions, `var["mean_delta"]` (mean predicted - control per gene), `uns["vcell_predict"]`
+expression under the conditions: for count models the mean of what measuring such a cell
+gives, `VirtualCell.predict_measured`, comparable with real cells' log1p counts per 10,000),
+`layers["control"]` (the same cells predicted under control), `layers["expected_counts"]` for
+count models, the source cells' obs plus the conditions, `var["mean_delta"]` (mean predicted - control per gene), `uns["vcell_predict"]`
 (conditions, run, the 20 genes moved most) and `uns["vcell_writer"]` ("vcell predict").
 """
 
@@ -119,7 +120,8 @@ def predicted_anndata(trained: Trained, obs: pd.DataFrame, moved, reference) -> 
     obs = obs.copy()
     obs.index = obs.index.astype(str)
     var = pd.DataFrame(index=pd.Index(trained.model.spec.gene_ids, name="gene_id"))
-    expression, control = moved.expression.numpy(), reference.expression.numpy()
+    head = trained.model.head  # the mean of measured log1p cp10k, comparable with real cells' values
+    expression, control = head.measured(moved).numpy(), head.measured(reference).numpy()
     var["mean_delta"] = (expression - control).mean(0)
     layers = {"control": control.astype(np.float32)}
     if moved.mean is not None:

@@ -169,16 +169,14 @@ def basal_rows(cells: dict[str, torch.Tensor], control: int) -> torch.Tensor:
     return torch.nonzero(basal)[:, 0]
 
 
-def predict_mean(
-    model: VirtualCell, cells: dict[str, torch.Tensor], field_name: str = "expression", **conditions
-) -> np.ndarray:
-    """(G,) mean over `cells` of the prediction under fixed conditions (scalars per field)."""
+def predict_mean(model: VirtualCell, cells: dict[str, torch.Tensor], **conditions) -> np.ndarray:
+    """(G,) mean over `cells` of the prediction under fixed conditions (scalars per field), as
+    measured cells would average (`VirtualCell.predict_measured`): the truths are such means."""
     total, n = None, 0
     for batch in batches_of(cells, 1024):
         size = len(batch["x"])
         values = {k: torch.full((size,), float(v)) if k != "perturbation" else torch.full((size,), int(v)) for k, v in conditions.items()}
-        prediction = model.predict(batch, Conditions(**values))
-        part = getattr(prediction, field_name).sum(0)
+        part = model.predict_measured(batch, Conditions(**values)).sum(0)
         total, n = (part if total is None else total + part), n + size
     return (total / n).numpy()
 

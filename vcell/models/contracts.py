@@ -107,6 +107,9 @@ class CountLikelihood(DeclaresStats, Protocol):
 
     def sample(self, prediction: Prediction) -> torch.Tensor: ...  # (B, G) counts
 
+    # (B, G) E[log1p(scale x counts)], scale (B, 1): the expected normalised expression (`vcell.models.expected`)
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor: ...
+
     def statistics(self, prediction: Prediction) -> Stats: ...
 
 
@@ -145,6 +148,9 @@ class Head(DeclaresStats, Protocol):
     ) -> Prediction: ...
 
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor: ...  # scalar
+
+    # (B, G) the mean of measured log1p(counts per 10,000) of cells so predicted: what pseudobulks compare
+    def measured(self, prediction: Prediction) -> torch.Tensor: ...
 
     def statistics(self, prediction: Prediction) -> Stats: ...
 

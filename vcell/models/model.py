@@ -178,6 +178,14 @@ class VirtualCell(nn.Module):
             return self.decode(state, z, cells.library, conditions, cells.batch)
 
     @torch.no_grad()
+    def predict_measured(self, batch: dict[str, torch.Tensor], conditions: Conditions) -> torch.Tensor:
+        """(B, G) the batch's cells moved to `conditions`, as the mean of what measuring such cells
+        gives (log1p counts per 10,000): the value to average over cells and compare with observed
+        pseudobulks. For a count model this is the expectation under its likelihood, not
+        `predict(...).expression` (log1p of the expected counts: see `CountHead.measured`)."""
+        return self.head.measured(self.predict(batch, conditions))
+
+    @torch.no_grad()
     def trajectory(self, batch: dict[str, torch.Tensor], hours: list[float], conditions: Conditions | None = None) -> torch.Tensor:
         """(T, B, G) expression of the batch's cells at each of `hours` after a stimulus (other
         conditions from `conditions`); `temporal.response_half_times` reads kinetics off it."""

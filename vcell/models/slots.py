@@ -24,6 +24,7 @@ from torch import nn
 
 from vcell.models.axes import Axis
 from vcell.models.blocks import MLP, poisson_log_prob
+from vcell.models.expected import expected_log1p
 from vcell.models.contracts import (
     Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout,
 )
@@ -131,6 +132,9 @@ class GaussianHead(nn.Module):
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         return (prediction.expression - target.x).pow(2).mean()
 
+    def measured(self, prediction: Prediction) -> torch.Tensor:
+        return prediction.expression  # fitted by squared error to measured values: already their mean
+
     def statistics(self, prediction: Prediction) -> dict:
         return {}
 
@@ -159,6 +163,9 @@ class PoissonLikelihood(nn.Module):
 
     def sample(self, prediction: Prediction) -> torch.Tensor:
         return torch.poisson(prediction.mean)
+
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor:
+        return expected_log1p(prediction.mean, scale)
 
     def statistics(self, prediction: Prediction) -> dict:
         return {}
@@ -192,6 +199,14 @@ class CountHead(nn.Module):
             raise ValueError("a count likelihood needs batch['counts'] (loader.keep_counts=true)")
         # mean over genes and cells (not the sum over genes), so its scale matches the other terms
         return -self.likelihood.log_prob(target.counts, prediction).mean()
+
+    def measured(self, prediction: Prediction) -> torch.Tensor:
+        """(B, G) E[log1p(counts per 10,000)] under the likelihood: what measured cells average to.
+        `expression` is log1p of the expected counts per 10,000, the cell's denoised level; log1p is
+        concave, so that overstates the measured mean of every gene seen as a few counts, and a
+        change of such a gene's mean more still (`vcell.models.expected`)."""
+        scale = TARGET_SUM / prediction.mean.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, 1)
+        return self.likelihood.expected_log1p(prediction, scale)
 
     def statistics(self, prediction: Prediction) -> dict:
         return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}

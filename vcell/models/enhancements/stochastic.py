@@ -31,6 +31,7 @@ from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis
 from vcell.models.blocks import load_rescaled, negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
+from vcell.models.expected import expected_log1p
 from vcell.models.inputs import Prediction
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, count_head
@@ -157,6 +158,11 @@ class NegativeBinomialLikelihood(nn.Module):
             dropped = torch.rand_like(counts) < torch.sigmoid(prediction.extra["zero_logits"])
             counts = counts.masked_fill(dropped, 0.0)
         return counts
+
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor:
+        zero_logits = prediction.extra.get("zero_logits")
+        return expected_log1p(prediction.mean, scale, self().detach(),
+                              None if zero_logits is None else torch.sigmoid(zero_logits))
 
     def statistics(self, prediction: Prediction) -> dict:
         theta, mean = self().detach(), prediction.mean.detach()

@@ -1,0 +1,79 @@
+"""The expected measured expression of a count model (vcell.models.expected) against direct sums."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given, settings, strategies as st
+
+from vcell.models.expected import expected_log1p
+from vcell.models.enhancements.stochastic import NegativeBinomialLikelihood
+from vcell.models.inputs import Prediction
+from vcell.models.slots import CountHead, GaussianHead, PoissonLikelihood, LibraryMean
+
+
+def direct_sum(mean: float, scale: float, theta: float | None, counts: int = 2_000_000) -> float:
+    """E[log1p(scale K)] summed over K = 0..counts-1 with log-probabilities from lgamma."""
+    k = torch.arange(counts, dtype=torch.float64)
+    mean_ = torch.tensor(mean, dtype=torch.float64)
+    if theta is None:
+        log_p = k * torch.log(mean_) - mean_ - torch.lgamma(k + 1)
+    else:
+        t = torch.tensor(theta, dtype=torch.float64)
+        log_p = (torch.lgamma(k + t) - torch.lgamma(t) - torch.lgamma(k + 1)
+                 + t * torch.log(t / (t + mean_)) + k * torch.log(mean_ / (t + mean_)))
+    return float((log_p.exp() * torch.log1p(scale * k)).sum())
+
+
+def ours(mean: float, scale: float, theta: float | None) -> float:
+    return float(expected_log1p(torch.tensor([[mean]]), torch.tensor([[scale]]),
+                                None if theta is None else torch.tensor([theta]))[0, 0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(log_mean=st.floats(math.log(1e-3), math.log(1000.0)), log_theta=st.floats(math.log(5e-3), math.log(20.0)),
+       scale=st.floats(0.5, 10.0), poisson=st.booleans())
+def test_matches_a_direct_sum_over_two_million_counts(log_mean, log_theta, scale, poisson):
+    mean, theta = math.exp(log_mean), None if poisson else math.exp(log_theta)
+    assert abs(ours(mean, scale, theta) - direct_sum(mean, scale, theta)) < 1e-3
+
+
+def test_lies_below_the_plug_in_by_jensen_and_meets_it_for_a_highly_expressed_gene():
+    for mean in (0.05, 1.0, 10.0):
+        assert ours(mean, 5.0, 0.5) < math.log1p(5.0 * mean) - 0.05
+    assert abs(ours(50_000.0, 0.2, None) - math.log1p(0.2 * 50_000.0)) < 1e-3
+
+
+def test_a_rarely_detected_gene_averages_its_detection_rate_times_the_level_of_one_count():
+    # Poisson mean 0.01: 1 count in ~1% of cells, 2 in ~0.005%, more never
+    mean, scale = 0.01, 4.0
+    one, two = mean * math.exp(-mean), mean**2 / 2 * math.exp(-mean)
+    assert abs(ours(mean, scale, None) - (one * math.log1p(scale) + two * math.log1p(2 * scale))) < 1e-6
+
+
+def test_zero_inflation_scales_the_expectation_by_the_share_not_dropped():
+    mean, scale = torch.full((1, 3), 2.0), torch.full((1, 1), 3.0)
+    plain = expected_log1p(mean, scale, torch.ones(3))
+    inflated = expected_log1p(mean, scale, torch.ones(3), zero_probability=torch.tensor([[0.0, 0.25, 1.0]]))
+    assert torch.allclose(inflated, plain * torch.tensor([[1.0, 0.75, 0.0]]))
+
+
+def test_count_heads_measure_what_their_own_samples_average_to():
+    torch.manual_seed(0)
+    mean = torch.exp(torch.randn(4, 50) * 2 - 1)  # (cells, genes), 0.01 .. ~100 expected counts
+    for likelihood in (PoissonLikelihood(), NegativeBinomialLikelihood(50, 8, zero_inflated=False)):
+        head = CountHead(LibraryMean(), likelihood)
+        prediction = Prediction(expression=torch.log1p(1e4 * mean / mean.sum(-1, keepdim=True)), mean=mean)
+        with torch.no_grad():
+            measured = head.measured(prediction)
+            draws = torch.stack([likelihood.sample(prediction) for _ in range(4000)])  # (draws, cells, genes)
+        values = torch.log1p(1e4 * draws / mean.sum(-1, keepdim=True))
+        sampled, error = values.mean(0), values.std(0) / math.sqrt(len(draws))  # (cells, genes) and its standard error
+        assert ((measured - sampled).abs() < 5 * error + 1e-3).all()
+        assert (prediction.expression - sampled).abs().mean() > 5 * (measured - sampled).abs().mean()
+
+
+def test_a_gaussian_head_already_predicts_the_measured_mean():
+    prediction = Prediction(expression=torch.randn(3, 4))
+    assert torch.equal(GaussianHead().measured(prediction), prediction.expression)

@@ -1,0 +1,96 @@
+"""The expected log-normalised expression of a count model: E[log1p(scale x K)] for K its counts.
+
+    expression = expected_log1p(mean, scale, theta=theta)   # (B, G) from expected counts (B, G)
+
+Measured expression is log1p(counts per 10,000) cell by cell, and comparisons of conditions with
+data (perturbation deltas, kinetics, memory) average it over cells. A count model's best estimate
+of that average is the expectation under its own likelihood, not log1p(scale x mean): log1p is
+concave, so the plug-in overstates every gene seen as a few counts, and a change of such a gene's
+mean more still. On the demo atlas (`full`, seen perturbations against the simulator's truth) the
+plug-in's deltas were ~2x the true ones on lowly expressed genes and their MAE lost to predicting
+no change (0.00157 vs 0.00148); the expectation gives 0.00094. `VirtualCell.predict_measured`
+returns it; `expression` stays the plug-in, the cell's denoised level (what a single detected
+value and a pathway's activity are compared with).
+
+The first `EXACT_TERMS` counts are summed exactly (the probabilities by their recurrence); the
+rest, the tail, is an integral of the probability continued to real counts on a grid even in
+log(count), normalised to the tail's exact mass (`tail_term`). Highly expressed genes are all
+tail; a gene whose counts are mostly 0, 1 or 2 is summed exactly. Against a direct sum over two
+million counts the result is within 1e-3 (Poisson and NB with theta 5e-3..20, mean 1e-3..1000,
+scale 0.5..10; `tests/models/test_expected.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EXACT_TERMS = 32  # counts 0..31 summed exactly: the whole distribution of ~97% of genes in a typical cell
+TAIL_NODES = 48  # grid points over the rest (even in log count): within 3e-4 of 96 points, 3x faster
+
+
+def expected_log1p(
+    mean: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor | None = None,
+    zero_probability: torch.Tensor | None = None, exact_terms: int = EXACT_TERMS,
+) -> torch.Tensor:
+    """E[log1p(scale x K)] with K ~ NB(mean, theta) (Poisson where theta is None), set to 0 with
+    `zero_probability` (zero inflation). mean (B, G) expected counts; scale (B, 1) or (B, G), e.g.
+    10,000 / the cell's total; theta (G,) or (B, G) inverse dispersion. Computed in float64,
+    returned in mean's dtype."""
+    dtype = mean.dtype
+    mean = mean.double().clamp(min=0.0)
+    scale = scale.double().expand_as(mean)
+    if theta is None:
+        log_zero = -mean  # log P(K = 0)
+    else:
+        theta = theta.double().expand_as(mean)
+        log_zero = theta * (torch.log(theta) - torch.log(theta + mean))
+    probability = torch.exp(log_zero)  # P(K = k), k = 0 first
+    summed_mass = torch.zeros_like(mean)
+    expectation = torch.zeros_like(mean)
+    odds = None if theta is None else mean / (theta + mean)
+    for k in range(exact_terms):
+        summed_mass += probability
+        expectation += probability * torch.log1p(scale * k)
+        # P(K = k + 1) from P(K = k): Poisson mean / (k + 1), NB (k + theta) / (k + 1) x mean / (theta + mean)
+        probability = probability * (mean / (k + 1) if theta is None else (k + theta) / (k + 1) * odds)
+    expectation += tail_term(mean, theta, scale, summed_mass, exact_terms)
+    if zero_probability is not None:
+        expectation = (1 - zero_probability.double()) * expectation
+    return expectation.to(dtype)
+
+
+def log_probability(count: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """log P(K = count) of a Poisson (theta None) or NB(mean, theta), smooth in a real `count`."""
+    if theta is None:
+        return count * torch.log(mean) - mean - torch.lgamma(count + 1)
+    return (torch.lgamma(count + theta) - torch.lgamma(theta) - torch.lgamma(count + 1)
+            + theta * (torch.log(theta) - torch.log(theta + mean)) + count * (torch.log(mean) - torch.log(theta + mean)))
+
+
+def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TAIL_NODES) -> torch.Tensor:
+    """P(K >= first_count) x E[log1p(scale K) | K >= first_count]: the sum over the tail's counts
+    as an integral (midpoint rule: from first_count - 1/2) of the probability, continued to real
+    counts, on a grid even in log(count) from 12 sd below the mean (or the tail's start) out to 40
+    of the distribution's decay lengths past it (sd; a heavy NB tail decays over mean / theta counts), normalised to the tail's exact mass. Computed only
+    where the tail holds any mass."""
+    mass = (1 - summed_mass).clamp(min=0.0)
+    result = torch.zeros_like(mean)
+    rows = mass > 1e-7  # below this the tail adds < 1e-5 (log1p of a count is < 20)
+    if not bool(rows.any()):
+        return result
+    mu, s = mean[rows], scale[rows]
+    th = None if theta is None else theta[rows]
+    sd = torch.sqrt(mu if th is None else mu + mu.pow(2) / th)
+    decay = sd if th is None else sd + mu / th  # a Gamma(theta) mixture's far tail falls over mean / theta counts
+    start = torch.clamp(mu - 12 * sd, min=first_count - 0.5)
+    end = torch.maximum(start + 1, mu + 40 * decay)
+    fractions = torch.linspace(0.0, 1.0, nodes, dtype=mu.dtype, device=mu.device)[:, None]  # (N, 1)
+    log_count = torch.log(start) + fractions * (torch.log(end) - torch.log(start))  # (N, T) even in log(count)
+    count = torch.exp(log_count)
+    density = torch.exp(log_probability(count, mu, th) + log_count)  # d(count) = count d(log count)
+    weight = torch.ones(nodes, 1, dtype=mu.dtype, device=mu.device)
+    weight[0] = weight[-1] = 0.5  # trapezoid
+    total = (weight * density).sum(0)
+    value = (weight * density * torch.log1p(s * count)).sum(0) / total.clamp(min=1e-300)
+    result[rows] = mass[rows] * torch.where(total > 0, value, torch.log1p(s * mu))
+    return result
