@@ -13,7 +13,7 @@ from vcell.atlas.store import open_atlas
 from vcell.cli import main
 from vcell.errors import VCellError
 from vcell.evaluate.predict import predict_run
-from vcell.evaluate.evaluation import evaluate_run, summary_lines
+from vcell.evaluate.evaluation import evaluate_run, readable, summary_lines
 from vcell.train.checkpoint import CheckpointStore
 
 from tests.train.test_checkpoint import fake_checkpoint
@@ -210,3 +210,11 @@ def test_comparison_rows_put_runs_beside_shared_baselines():
     assert rows["regulatory: sign_agreement"]["random"] == 0.5
     chosen = comparison_rows({"base": evaluation(0.6, False)}, ["embedding: ari", "no such metric"])
     assert chosen == [("embedding: ari", {"base": 0.3, "pca": 0.8})]
+
+
+def test_small_values_keep_three_significant_digits_so_a_win_stays_visible():
+    scores = {"model": {"mae": 0.00094}, "baselines": {"control": {"mae": 0.00148}}}
+    results = {"data": {}, "perturbation": {"seen_perturbations": {"vs_truth": scores}}}
+    row = next(line for line in summary_lines(results) if line.startswith("seen perturbations vs truth: mae"))
+    assert "0.00094" in row and "control 0.00148" in row
+    assert readable(0.5) == "0.500" and readable(0.0) == "0.000" and readable(-0.004) == "-0.004"

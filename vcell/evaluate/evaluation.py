@@ -166,13 +166,19 @@ def summary_lines(results: dict) -> list[str]:
              f"{results.get('seconds', 0):.0f} s", f"{'metric':<52} {'model':>9}  baselines"]
     for metric, scores in baseline_rows(results):
         model = scores.pop("model")
-        others = ", ".join(f"{name} {value:.3f}" for name, value in scores.items() if value is not None and value == value)
-        lines.append(f"{metric:<52} {model if model is not None else float('nan'):>9.3f}  {others}")
+        others = ", ".join(f"{name} {readable(value)}" for name, value in scores.items() if value is not None and value == value)
+        lines.append(f"{metric:<52} {readable(model if model is not None else float('nan')):>9}  {others}")
     lines += [f"note: {note}" for note in results.get("notes", [])]
     lines += [f"note: {name}: {warning}" for name, warning in noise_warnings(results)]
     if results.get("plots"):
         lines.append(f"plots: {len(results['plots'])} PNG files in plots/")
     return lines
+
+
+def readable(value: float) -> str:
+    """Three decimals, or three significant digits below 0.01 (an MAE of 0.00094 against 0.00148
+    would read 0.001 against 0.001)."""
+    return f"{value:.3g}" if value == value and 0 < abs(value) < 0.01 else f"{value:.3f}"
 
 
 def noise_warnings(results: dict) -> list[tuple[str, str]]:
