@@ -87,9 +87,11 @@ class EdgeLinear(nn.Module):
     def weight(self) -> torch.Tensor:
         return nn.functional.softplus(self.raw_weight) if self.positive else self.raw_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """`weight` (E,): the edges' weights to use instead of `self.weight` (the same values with
+        their gradient rescaled, say)."""
         # x (B, n_in) -> messages (B, E) -> summed per target (B, n_out)
-        messages = x[:, self.source] * self.weight
+        messages = x[:, self.source] * (self.weight if weight is None else weight)
         out = x.new_zeros(x.shape[0], self.n_out).index_add_(1, self.target, messages)
         return out if self.bias is None else out + self.bias
 

@@ -182,11 +182,8 @@ class RegulatoryPropagation(nn.Module):
         """One step along the network: regulator levels (B, G) -> regulated genes' input (B, G).
         `gradient_share` (G,): the share of the gradient that each regulator's edges receive (same values)."""
         if self.mode == "exclude":
-            if gradient_share is None:
-                return self.gain * self.edges(levels)
-            weight = scale_gradient(self.edges.weight, gradient_share[self.edge_source])  # (E,)
-            messages = levels[:, self.edge_source] * weight  # (B, E), summed per target as EdgeLinear does
-            return self.gain * levels.new_zeros(levels.shape).index_add_(1, self.edge_target, messages)
+            weight = None if gradient_share is None else scale_gradient(self.edges.weight, gradient_share[self.edge_source])
+            return self.gain * self.edges(levels, weight)
         dense = self.dense if gradient_share is None else scale_gradient(self.dense, gradient_share[self.regulators, None])
         return levels[:, self.regulators] @ (self.gain * dense * self.regulated)  # genes without prior regulators stay free
 
