@@ -192,3 +192,27 @@ def test_reliability_is_tracked_over_basal_cells_and_weights_saved_before_it_loa
     state = {key: value for key, value in module.state_dict().items() if key not in ("level_reliability", "intervened")}
     module.load_state_dict(state, strict=True)
     assert (module.level_reliability == 1).all() and not module.intervened.any()
+
+
+def test_saturation_bounds_each_gene_by_its_cap_and_its_cap_learns():
+    """With `saturation`, a huge drive moves each target by less than its cap (tanh), a small one
+    almost linearly; the caps take gradients from the response; off by default."""
+    spec = regulator_spec()
+    assert propagation(spec).raw_cap is None
+    torch.manual_seed(0)
+    config = ModelConfig(name="regulatory", size="tiny", regulatory={"drive": "activity", "saturation": 0.5})
+    module = RegulatoryPropagation(spec, config)
+    module.steps = 1
+    with torch.no_grad():
+        module.edges.raw_weight.normal_(0.0, 0.05)
+        module.scaled_activity[1] = -1.0  # activity -27: far past any cap
+    regulator = spec.perturbation_gene[1]
+    targets = np.setdiff1d(spec.grn.target[spec.grn.source == regulator], [regulator])
+    levels = knocked(module, [0, 1])
+    cap = torch.nn.functional.softplus(module.raw_cap)
+    assert torch.allclose(cap, torch.full_like(cap, 0.5))
+    assert (levels[1, targets].abs() <= 0.5 + 1e-6).all() and (levels[1, targets].abs() > 0.4).any()
+    small = torch.full((1, spec.n_genes), 0.01)
+    torch.testing.assert_close(module.saturate(small), small, rtol=1e-3, atol=0)  # nearly linear near 0
+    levels[1, targets].sum().backward()
+    assert module.raw_cap.grad[targets].abs().sum() > 0
