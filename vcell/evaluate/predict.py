@@ -8,8 +8,9 @@ requested conditions and under control. The `.h5ad` holds `X` (predicted normali
 expression under the conditions: for count models the mean of what measuring such a cell
 gives, `VirtualCell.predict_measured`, comparable with real cells' log1p counts per 10,000),
 `layers["control"]` (the same cells predicted under control), `layers["expected_counts"]` for
-count models, the source cells' obs plus the conditions, `var["mean_delta"]` (mean predicted - control per gene), `uns["vcell_predict"]`
-(conditions, run, the 20 genes moved most) and `uns["vcell_writer"]` ("vcell predict").
+count models, the source cells' obs plus the conditions, `var["mean_delta"]` (mean predicted -
+control per gene), `uns["vcell_predict"]` (conditions, run, the 20 genes moved most) and
+`uns["vcell_writer"]` ("vcell predict").
 """
 
 from __future__ import annotations

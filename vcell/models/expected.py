@@ -69,10 +69,11 @@ def log_probability(count: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor
 
 def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TAIL_NODES) -> torch.Tensor:
     """P(K >= first_count) x E[log1p(scale K) | K >= first_count]: the sum over the tail's counts
-    as an integral (midpoint rule: from first_count - 1/2) of the probability, continued to real
-    counts, on a grid even in log(count) from 12 sd below the mean (or the tail's start) out to 40
-    of the distribution's decay lengths past it (sd; a heavy NB tail decays over mean / theta counts), normalised to the tail's exact mass. Computed only
-    where the tail holds any mass."""
+    as an integral from first_count - 1/2 (count k standing for [k - 1/2, k + 1/2]) of the
+    probability continued to real counts, by the trapezoid rule on a grid even in log(count) from
+    12 sd below the mean (or the tail's start) to 40 decay lengths past it (sd; a heavy NB tail
+    decays over mean / theta counts), normalised to the tail's exact mass. Computed only where
+    the tail holds any mass."""
     mass = (1 - summed_mass).clamp(min=0.0)
     result = torch.zeros_like(mean)
     rows = mass > 1e-7  # below this the tail adds < 1e-5 (log1p of a count is < 20)
