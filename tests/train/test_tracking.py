@@ -11,7 +11,7 @@ import torch
 from vcell.config import load_config
 from vcell.errors import VCellError
 from vcell.train.plain import fit
-from vcell.train.tracking import open_tracker, read_offline_run, wandb_records
+from vcell.train.tracking import last_record_kind, open_tracker, read_offline_run, wait_for_exit_record, wandb_records
 
 
 @pytest.fixture
@@ -36,6 +36,18 @@ def test_offline_run_reads_back_what_was_logged(offline_run):
     assert sorted(rows) == list(range(1, 41))
     assert all(math.isclose(rows[step]["train/loss"], 1.0 / step) for step in rows)
     assert rows[30]["val/loss"] == pytest.approx(2.0 / 30) and "val/loss" not in rows[31]
+
+
+def test_finish_returns_only_once_the_offline_log_is_whole(offline_run, tmp_path):
+    """W&B's writer can still be flushing after run.finish(): the tracker's finish waits for the
+    exit record, so a read-back (or `wandb sync`) right after a run sees every step."""
+    assert last_record_kind(offline_run) == "exit"
+    file = next(offline_run.glob("run-*.wandb"))
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    data = file.read_bytes()
+    (unfinished / file.name).write_bytes(data[: len(data.rstrip(b"\0")) - 1])  # the exit record not yet whole
+    assert last_record_kind(unfinished) != "exit" and not wait_for_exit_record(unfinished, timeout=0.2)
 
 
 def test_a_torn_or_foreign_file_is_read_up_to_its_last_whole_record(offline_run, tmp_path):

@@ -17,8 +17,10 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -27,6 +29,9 @@ from vcell.errors import VCellError
 from vcell.files import atomic_write
 
 FIRST_COLUMNS = ["step", "epoch", "time", "lr", "cells_per_s", "step_s", "data_wait_fraction"]
+
+log = logging.getLogger(__name__)
+EXIT_WAIT_SECONDS = 30.0  # how long `finish` waits for W&B's writer to close an offline run's log
 
 
 def wandb_run_id(name: str, salt: str = "") -> str:
@@ -59,11 +64,16 @@ class WandbTracker:
             dir=str(run_directory), config=config.model_dump(mode="json"),
         )
 
+        self.offline = config.wandb.mode == "offline"
+
     def log(self, values: dict, step: int) -> None:
         self.run.log(values, step=step)
 
     def finish(self) -> None:
+        folder = Path(self.run.dir).parent  # <run>/wandb/offline-run-*/ (run.dir is its files/)
         self.run.finish()
+        if self.offline:
+            wait_for_exit_record(folder)
 
 
 def open_tracker(config: VCellConfig, run_directory: Path, rank: int, run_id: str | None = None):
@@ -143,6 +153,32 @@ def wandb_records(path: Path) -> list[bytes]:
         if kind in (FULL, LAST):
             records.append(b"".join(parts))
     return records
+
+
+def last_record_kind(folder: Path) -> str | None:
+    """The type of the last whole record of an offline run folder's `.wandb` file (None: none yet)."""
+    from wandb.proto import wandb_internal_pb2
+
+    files = sorted(Path(folder).glob("run-*.wandb"))
+    records = wandb_records(files[-1]) if files else []
+    if not records:
+        return None
+    record = wandb_internal_pb2.Record()
+    record.ParseFromString(records[-1])
+    return record.WhichOneof("record_type")
+
+
+def wait_for_exit_record(folder: Path, timeout: float = EXIT_WAIT_SECONDS) -> bool:
+    """Wait until the offline run's log ends in its exit record: W&B's writer process can still be
+    flushing the last history row after `run.finish()` returns (a read-back right after a run once
+    missed its last step), and "finished" should mean the file `wandb sync` uploads is whole."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if last_record_kind(folder) == "exit":
+            return True
+        time.sleep(0.05)
+    log.warning("W&B offline run %s: no exit record %.0f s after finish; its last steps may be missing", folder, timeout)
+    return False
 
 
 def read_offline_run(folder: str | Path) -> dict:
