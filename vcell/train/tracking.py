@@ -63,7 +63,6 @@ class WandbTracker:
             tags=config.wandb.tags, name=config.name, id=run_id, resume="allow", mode=config.wandb.mode,
             dir=str(run_directory), config=config.model_dump(mode="json"),
         )
-
         self.offline = config.wandb.mode == "offline"
 
     def log(self, values: dict, step: int) -> None:
@@ -155,17 +154,25 @@ def wandb_records(path: Path) -> list[bytes]:
     return records
 
 
-def last_record_kind(folder: Path) -> str | None:
-    """The type of the last whole record of an offline run folder's `.wandb` file (None: none yet)."""
+def run_records(folder: str | Path) -> list | None:
+    """The parsed records (W&B `Record` messages) of an offline run folder's newest `.wandb` file,
+    in order; None when the folder has none."""
     from wandb.proto import wandb_internal_pb2
 
     files = sorted(Path(folder).glob("run-*.wandb"))
-    records = wandb_records(files[-1]) if files else []
-    if not records:
+    if not files:
         return None
-    record = wandb_internal_pb2.Record()
-    record.ParseFromString(records[-1])
-    return record.WhichOneof("record_type")
+    records = []
+    for raw in wandb_records(files[-1]):
+        records.append(wandb_internal_pb2.Record())
+        records[-1].ParseFromString(raw)
+    return records
+
+
+def last_record_kind(folder: Path) -> str | None:
+    """The type of the last whole record of an offline run folder's `.wandb` file (None: none yet)."""
+    records = run_records(folder)
+    return records[-1].WhichOneof("record_type") if records else None
 
 
 def wait_for_exit_record(folder: Path, timeout: float = EXIT_WAIT_SECONDS) -> bool:
@@ -184,15 +191,11 @@ def wait_for_exit_record(folder: Path, timeout: float = EXIT_WAIT_SECONDS) -> bo
 def read_offline_run(folder: str | Path) -> dict:
     """What an offline W&B run folder (`<run>/wandb/offline-run-*`) logged: {"config": the run's
     config as logged, "history": one dict per logged step (W&B's `_step` and the values)}."""
-    from wandb.proto import wandb_internal_pb2
-
-    files = sorted(Path(folder).glob("run-*.wandb"))
-    if not files:
+    records = run_records(folder)
+    if records is None:
         raise VCellError(f"{folder}: no run-*.wandb file", hint="give an offline-run-* folder under <run>/wandb/")
     config, history = {}, []
-    for raw in wandb_records(files[-1]):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
