@@ -437,14 +437,3 @@ def test_trajectory_and_half_times_follow_the_response():
     # a known curve: 1 - 2^(-t/3) has its half-time at 3 h
     curve = 1 - np.exp2(-np.array(hours) / 3.0)
     assert response_half_times(curve[:, None], np.array(hours))[0] == pytest.approx(3.0, rel=0.1)
-
-
-def test_edge_table_lists_every_prior_edge_strongest_first():
-    from vcell.models.enhancements.regulatory import RegulatoryPropagation, edge_table
-
-    model = tiny("regulatory")
-    table = edge_table(next(t for t in model.gene_terms if isinstance(t, RegulatoryPropagation)), model.spec)
-    assert len(table) == len(model.spec.grn)
-    assert list(table.columns) == ["source", "target", "prior_sign", "weight", "score"]
-    assert (table["score"].diff().dropna() <= 0).all()
-    assert set(table["source"]) <= set(model.spec.gene_ids)

@@ -96,8 +96,9 @@ def biology_tables(trained, data: HeldOut | None, no_cells: str = "") -> tuple[d
 
 
 def grn_edges(model) -> pd.DataFrame:
-    """The learned network (`regulatory.edge_table`) with a score, a learned sign and a rank."""
-    from vcell.models.enhancements.regulatory import RegulatoryPropagation, edge_table
+    """The learned network (`vcell.models.grn.edge_table`) with a score, a learned sign and a rank."""
+    from vcell.models.enhancements.regulatory import RegulatoryPropagation
+    from vcell.models.grn import edge_table
 
     propagation = next(module for module in model.modules() if isinstance(module, RegulatoryPropagation))
     # edge_table ranks by the standardised |weight| (sd(source) / sd(target) x |w|): raw weights of

@@ -19,47 +19,31 @@ is learned from two kinds of evidence:
   perturbed cells, so a knocked-down regulator's targets must move and its decoys must not.
 
 `drive`: what a perturbation feeds the network. `knock` (the default): its gene's own learned
-change, so d starts from knock e_g. `activity`: a second learned number, its activity change, a
-shared typical value (what an unseen perturbation gets) plus its own deviation. A knocked-down TF
-acts on its targets as if switched off whatever its own measured level does, and TFs are measured
-poorly (vcell's simulator: detected in ~8% of cells), so with `knock` the network carries effects
-smaller than the true ones. On the demo atlas (2 seeds) `activity` discriminates perturbations
-better (seen, L1 vs truth: 0.938 / 0.907 against 0.879 / 0.883; unseen 0.85 against 0.60) but
-errs more: an unseen regulator's edges learned only from observation overshoot (one target x9
-where the truth is x2.4), so its unseen MAE loses to predicting no change (0.009 vs 0.003; read
-as measured cells average, `VirtualCell.predict_measured`: 0.0046 vs 0.0030) where `knock` ties
-(wins: 0.0026). Hence `knock` stays the default.
+change, so d starts from knock e_g. `activity`: a second learned number, its activity change (a
+shared typical value, which an unseen perturbation gets, plus its own deviation). A knocked-down
+TF acts on its targets as if switched off whatever its measured level does, and TFs are measured
+poorly, so with `knock` the network carries effects smaller than the true ones; `activity`
+discriminates perturbations better but an unseen regulator's edges, learned from observation
+only, overshoot (README, "The models": the demo's numbers for both).
 
 `saturation` (off by default): each step's change of a gene, cap x tanh(change / cap), with a
-learned per-gene cap (regulation saturates: a target switched fully on or off moves no further;
-the propagation is otherwise linear). With `activity` it removes the overshoot: on the demo atlas
-(seeds 0 / 1, measured read-out) unseen perturbations reach Pearson 0.806 / 0.609, top-20 0.838 /
-0.542, MAE 0.00253 / 0.00255 against the default's 0.765 / 0.569, 0.796 / 0.500, 0.00258 /
-0.00260, and seen L1 discrimination 0.896 / 0.896 (default 0.894 / 0.878), at seen Pearson 0.869 /
-0.905 (default 0.876 / 0.914). It is not the default because `activity` costs the network on
-SERGIO: AUPRC 0.517 (with saturation; 0.498 without) against `knock`'s 0.545 and partial
-correlation's 0.534. With `knock`, saturation changes little (demo unseen MAE 0.00253, SERGIO
-0.536, science 0.489).
+learned per-gene cap (regulation saturates: a target switched fully on or off moves no further).
+With `activity` it removes the overshoot; it is not the default because `activity` costs the
+network on an independent simulator (SERGIO AUPRC 0.517 vs `knock`'s 0.545).
 
 The two kinds of evidence pull one W: `regression_weight` sets the balance over all edges, and
-`reliability_weighting` (on by default) sets it per regulator. Interventional evidence wins where
-regulators are barely measured (vcell's simulator: TFs detected in ~8% of cells, so observed
-slopes are diluted by counting noise); observational evidence wins where every regulator -> gene
-pair is a candidate (SERGIO: a knocked-down master regulator moves everything downstream, and only
-conditioning on the intermediate regulators says which of those edges are direct). Adam moves a
-weight by about the same step whatever the size of its gradient, so the smooth, every-cell
-regression gradient drowns the noisier response gradient of a perturbed regulator's edges unless
-the regression's share is cut. Reliability weighting cuts it where the data say the observed
-level is mostly noise and an intervention can take its place: the edges of a regulator whose
-perturbed cells training has seen get the regression's gradient times its measured
-signal-to-noise ratio r / (1 - r), capped at 1, with r = 1 - (counting noise) / (variance) of the
-gene across basal cells (`measurement_reliability`; the forward values are unchanged). Any other
-regulator keeps the full gradient: observation is all there is to learn its edges from (cutting
-theirs too let the network's own propagated guesses set their signs: the demo's GRN sign
-agreement fell 0.726 -> 0.664). On the science atlas (median r of the TFs 0.17) the AUPRC of the
-edges rose 0.462 / 0.461 / 0.469 -> 0.490 / 0.490 / 0.499 (seeds 0-2); on SERGIO (r ~0.7, ratio
->= 1) nothing changes (0.545). A global `regression_weight` cannot do both: 0.1 gives the science
-atlas 0.507 and SERGIO 0.384.
+`reliability_weighting` (on by default) sets it per regulator. Adam moves a weight by about the
+same step whatever its gradient's size, so the smooth, every-cell regression gradient drowns the
+noisier response gradient of a perturbed regulator's edges unless its share is cut. Observed
+slopes of a barely measured regulator are diluted by counting noise, so there the interventions
+should win; where every regulator -> gene pair is a candidate and a knocked-down master regulator
+moves everything downstream (SERGIO), only conditioning on the intermediate regulators says which
+edges are direct, so there observation should win. Reliability weighting gives the edges of a
+regulator whose perturbed cells training has seen the regression's gradient times its measured
+signal-to-noise ratio r / (1 - r), capped at 1, with r = 1 - (counting noise) / (variance) across
+basal cells (`vcell.models.grn.measurement_reliability`; forward values unchanged). Any other
+regulator keeps the full gradient: observation is all there is to learn its edges from. The
+README ("Regulatory.") has what this gained and what was tried instead.
 
 Why not decode targets from their regulators' *decoded* levels (the earlier design)? Decoded
 levels are functions of a low-dimensional latent state, so the regulators' columns are nearly
@@ -79,7 +63,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field
 from torch import nn
@@ -88,6 +71,7 @@ from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis
 from vcell.models.blocks import EdgeLinear, load_rescaled
+from vcell.models.grn import measurement_reliability, scale_gradient
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, condition_shift
@@ -293,37 +277,6 @@ class RegulatoryPropagation(nn.Module):
         for _ in range(self.steps):  # each step carries deviations one regulatory layer further
             deviation = self.saturate(self.propagate(deviation)) + drive
         return scores + deviation - drive + knock  # the perturbed gene's own level moves by its knock
-
-
-def scale_gradient(value: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
-    """`value` unchanged, with its gradient multiplied by `share` (broadcast against it)."""
-    return share * value + (1 - share) * value.detach()
-
-
-def measurement_reliability(counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-    """(G,) the share of each gene's variance across cells (counts B x G, library sizes B) that is not
-    counting noise, 1 - E[c / L^2] / var(c / L), in [0, 1]: Poisson capture alone gives a cell's
-    fraction c / L a variance of about c / L^2. A gene seen as 0 or 1 count in a few cells scores
-    near 0; a well-measured one near 1; a gene that never varies, 0."""
-    library = library.clamp(min=1.0)[:, None]
-    fraction = counts / library
-    noise = (counts / library.pow(2)).mean(0)
-    variance = fraction.var(0)
-    return (1 - noise / variance.clamp(min=1e-12)).clamp(0.0, 1.0).masked_fill(variance <= 0, 0.0)
-
-
-def edge_table(propagation: RegulatoryPropagation, spec: ModelSpec) -> pd.DataFrame:
-    """The learned network as a table: source, target (gene IDs), prior_sign, weight (signed),
-    score (|standardised weight|), highest score first; `to_csv(path, sep="\t")` gives a file
-    `model.regulatory.edges` can read back."""
-    ids = np.asarray(spec.gene_ids)
-    weight = propagation.edge_weight().detach().cpu().numpy()
-    sign = spec.grn.sign if spec.grn.sign is not None else np.ones(len(weight), dtype=int)
-    table = pd.DataFrame({
-        "source": ids[spec.grn.source], "target": ids[spec.grn.target], "prior_sign": sign, "weight": weight,
-        "score": propagation.edge_score().detach().cpu().numpy(),
-    })
-    return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
 class RegulatoryPrior(nn.Module):

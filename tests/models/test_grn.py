@@ -1,0 +1,65 @@
+"""The network's helpers (vcell.models.grn): measurement reliability, gradient scaling, the edge table."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vcell.config.model import ModelConfig
+from vcell.models.enhancements.regulatory import RegulatoryPropagation
+from vcell.models.grn import edge_table, measurement_reliability, scale_gradient
+from vcell.models.spec import reference_spec
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), depth=st.sampled_from([300.0, 3000.0, 30000.0]), share=st.floats(1e-3, 0.05))
+def test_measurement_reliability_is_near_0_for_counting_noise_and_near_1_for_real_variation(seed, depth, share):
+    """Three genes with the same mean share of the library: one constant in every cell (only counting
+    noise), one varying x2-x3 between cells, one whose counts are nearly all zeros."""
+    rng = np.random.default_rng(seed)
+    cells = 4000
+    library = rng.uniform(0.5, 1.5, cells) * depth
+    varying = share * np.exp(rng.normal(0.0, 1.0, cells))  # real cell-to-cell variation
+    rates = np.stack([np.full(cells, share), varying, np.full(cells, 0.2 / depth)], axis=1) * library[:, None]
+    counts = torch.as_tensor(rng.poisson(rates), dtype=torch.float32)
+    reliability = measurement_reliability(counts, torch.as_tensor(library, dtype=torch.float32))
+    assert ((reliability >= 0) & (reliability <= 1)).all()
+    assert reliability[0] < 0.2 and reliability[2] < 0.2, reliability
+    expected = 1 - 1 / (1 + share * depth * (np.e - 1))  # variance of a log-normal share vs its Poisson noise, roughly
+    assert reliability[1] > min(0.8, expected - 0.2), (reliability, expected)
+
+
+def test_a_gene_that_never_varies_is_unreliable_not_a_division_by_zero():
+    counts = torch.tensor([[5.0, 0.0], [7.0, 0.0], [6.0, 0.0]])
+    reliability = measurement_reliability(counts, torch.tensor([100.0, 120.0, 90.0]))
+    assert torch.isfinite(reliability).all() and reliability[1] == 0
+
+
+@given(share=st.floats(0.0, 1.0))
+def test_scale_gradient_keeps_the_value_and_scales_only_the_gradient(share):
+    value = torch.tensor([1.5, -2.0], requires_grad=True)
+    scaled = scale_gradient(value, torch.tensor(share))
+    assert torch.allclose(scaled, value)
+    (scaled * torch.tensor([3.0, 4.0])).sum().backward()
+    assert torch.allclose(value.grad, share * torch.tensor([3.0, 4.0]))
+
+
+def test_edge_table_lists_every_prior_edge_strongest_first_with_the_learned_signed_weights():
+    spec = reference_spec(40, n_perturbations=4)
+    propagation = RegulatoryPropagation(spec, ModelConfig(name="regulatory"))
+    with torch.no_grad():
+        propagation.edges.weight.copy_(torch.linspace(-1.0, 1.0, len(spec.grn)))
+    table = edge_table(propagation, spec)
+    assert len(table) == len(spec.grn)
+    assert list(table.columns) == ["source", "target", "prior_sign", "weight", "score"]
+    assert (table["score"].diff().dropna() <= 0).all()
+    ids = np.asarray(spec.gene_ids)
+    assert set(table["source"]) <= set(ids[spec.grn.source]) and set(table["target"]) <= set(ids[spec.grn.target])
+    # each row is one edge of the prior with the module's weight (x its gain): the table is the
+    # edges in the spec's order, sorted by score (stable, so ties keep that order)
+    weight, score = propagation.edge_weight().detach().numpy(), propagation.edge_score().detach().numpy()
+    order = np.argsort(-score, kind="stable")
+    assert np.allclose(table["weight"], weight[order]) and np.allclose(table["score"], score[order])
+    assert (table["source"] == ids[spec.grn.source][order]).all() and (table["target"] == ids[spec.grn.target][order]).all()

@@ -1,0 +1,49 @@
+"""The learned gene regulatory network's pieces that are not the propagation itself.
+
+    reliability = measurement_reliability(counts, library)  # (G,) share of variance that is not counting noise
+    weight = scale_gradient(weight, share)                  # same values, gradient x share
+    table = edge_table(propagation, spec)                   # the learned network, strongest edge first
+
+`vcell.models.enhancements.regulatory` uses the first two to balance the network's two kinds of
+evidence (see its module doc); `edge_table` is what `biology/grn_edges.tsv` and `vcell export`
+are written from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vcell.models.spec import ModelSpec
+
+
+def scale_gradient(value: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
+    """`value` unchanged, with its gradient multiplied by `share` (broadcast against it)."""
+    return share * value + (1 - share) * value.detach()
+
+
+def measurement_reliability(counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+    """(G,) the share of each gene's variance across cells (counts B x G, library sizes B) that is not
+    counting noise, 1 - E[c / L^2] / var(c / L), in [0, 1]: Poisson capture alone gives a cell's
+    fraction c / L a variance of about c / L^2. A gene seen as 0 or 1 count in a few cells scores
+    near 0; a well-measured one near 1; a gene that never varies, 0."""
+    library = library.clamp(min=1.0)[:, None]
+    fraction = counts / library
+    noise = (counts / library.pow(2)).mean(0)
+    variance = fraction.var(0)
+    return (1 - noise / variance.clamp(min=1e-12)).clamp(0.0, 1.0).masked_fill(variance <= 0, 0.0)
+
+
+def edge_table(propagation, spec: ModelSpec) -> pd.DataFrame:
+    """The learned network of a `RegulatoryPropagation` as a table: source, target (gene IDs),
+    prior_sign, weight (signed), score (|standardised weight|), highest score first;
+    `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
+    ids = np.asarray(spec.gene_ids)
+    weight = propagation.edge_weight().detach().cpu().numpy()
+    sign = spec.grn.sign if spec.grn.sign is not None else np.ones(len(weight), dtype=int)
+    table = pd.DataFrame({
+        "source": ids[spec.grn.source], "target": ids[spec.grn.target], "prior_sign": sign, "weight": weight,
+        "score": propagation.edge_score().detach().cpu().numpy(),
+    })
+    return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
