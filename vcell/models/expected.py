@@ -38,7 +38,7 @@ def expected_log1p(
     returned in mean's dtype."""
     dtype = mean.dtype
     mean = mean.double().clamp(min=0.0)
-    scale = scale.double().expand_as(mean)
+    scale = scale.double()  # (B, 1) stays narrow: log1p(scale x k) is then one column per count
     if theta is None:
         log_zero = -mean  # log P(K = 0)
     else:
@@ -53,18 +53,18 @@ def expected_log1p(
         expectation += probability * torch.log1p(scale * k)
         # P(K = k + 1) from P(K = k): Poisson mean / (k + 1), NB (k + theta) / (k + 1) x mean / (theta + mean)
         probability = probability * (mean / (k + 1) if theta is None else (k + theta) / (k + 1) * odds)
-    expectation += tail_term(mean, theta, scale, summed_mass, exact_terms)
+    expectation += tail_term(mean, theta, scale.expand_as(mean), summed_mass, exact_terms)
     if zero_probability is not None:
         expectation = (1 - zero_probability.double()) * expectation
     return expectation.to(dtype)
 
 
-def log_probability(count: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
-    """log P(K = count) of a Poisson (theta None) or NB(mean, theta), smooth in a real `count`."""
+def log_probability_shape(count: torch.Tensor, mean: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+    """log P(K = count) of a Poisson (theta None) or NB(mean, theta), smooth in a real `count`, up
+    to terms that do not depend on the count (they cancel wherever the probability is normalised)."""
     if theta is None:
-        return count * torch.log(mean) - mean - torch.lgamma(count + 1)
-    return (torch.lgamma(count + theta) - torch.lgamma(theta) - torch.lgamma(count + 1)
-            + theta * (torch.log(theta) - torch.log(theta + mean)) + count * (torch.log(mean) - torch.log(theta + mean)))
+        return count * torch.log(mean) - torch.lgamma(count + 1)
+    return torch.lgamma(count + theta) - torch.lgamma(count + 1) + count * (torch.log(mean) - torch.log(theta + mean))
 
 
 def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TAIL_NODES) -> torch.Tensor:
@@ -88,7 +88,8 @@ def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TA
     fractions = torch.linspace(0.0, 1.0, nodes, dtype=mu.dtype, device=mu.device)[:, None]  # (N, 1)
     log_count = torch.log(start) + fractions * (torch.log(end) - torch.log(start))  # (N, T) even in log(count)
     count = torch.exp(log_count)
-    density = torch.exp(log_probability(count, mu, th) + log_count)  # d(count) = count d(log count)
+    log_density = log_probability_shape(count, mu, th) + log_count  # d(count) = count d(log count)
+    density = torch.exp(log_density - log_density.max(0).values)  # relative to each tail's peak: no underflow
     weight = torch.ones(nodes, 1, dtype=mu.dtype, device=mu.device)
     weight[0] = weight[-1] = 0.5  # trapezoid
     total = (weight * density).sum(0)
