@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 import torch
 
 from tests.data.conftest import loader_config
-from vcell.data.loader import AtlasLoader, Once
+from vcell.data.loader import AtlasLoader
 from vcell.errors import VCellError
 
 
@@ -213,18 +211,3 @@ def test_auto_threads_follow_the_cores_each_process_has(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert resolve_threads("auto") == 0  # two workers on two cores: extra threads only contend
     assert resolve_threads(3) == 3
-
-
-def test_a_window_is_computed_once_whichever_threads_ask():
-    calls = []
-    window = Once(lambda: calls.append(1) or len(calls))
-    with ThreadPoolExecutor(4) as pool:
-        values = list(pool.map(lambda _: window(), range(16)))
-    assert values == [1] * 16 and calls == [1]
-
-
-def test_a_failed_window_raises_for_every_caller():
-    window = Once(lambda: 1 / 0)
-    for _ in range(2):
-        with pytest.raises(ZeroDivisionError):
-            window()

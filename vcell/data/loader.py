@@ -13,19 +13,16 @@ last batch; `counts` (batch, genes) with `loader.keep_counts`; and one tensor pe
 label column (categories as int64 codes of the atlas's global categories, -1 = missing).
 
 The plan (`vcell.data.epoch_plan`) says which rows form each batch; this module reads each
-shuffle-buffer window once, and assembles batches in background threads (numpy and the
-decoders release the GIL), or in DataLoader worker processes with `loader.processes`.
+shuffle-buffer window once, and assembles batches in background threads (`vcell.data.prefetch`;
+numpy and the decoders release the GIL), or in DataLoader worker processes with `loader.processes`.
 The stream is the same whatever the number of threads or workers.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,6 +33,7 @@ import torch
 from vcell.atlas.store import Atlas, open_atlas
 from vcell.config.schema import LoaderConfig
 from vcell.data.epoch_plan import Blocks, EpochPlan, Layout, MemberLookup, Resize
+from vcell.data.prefetch import prefetched
 from vcell.data.reader import AtlasReader, RowBlock, read_window
 from vcell.data.resolve import resolve_normalization, select_genes
 from vcell.data.split import SPLITS, assign_splits, split_summary
@@ -303,51 +301,11 @@ class AtlasLoader:
                     windows = {window: self.load_window(plan, window)}
                 yield self.make_batch(index, windows[window])
             return
-        yield from self.pipelined(plan, indices)
-
-    def pipelined(self, plan: EpochPlan, indices: range):
-        per_window = plan.layout.window_batches
-        # One pool reads windows and assembles batches: a second pool of as many threads only
-        # added GIL hand-offs (measured: 1.3-2x the CPU per batch on a busy 2-core machine).
-        # The consumer never sleeps on a task no thread has started: it takes that task back
-        # and runs it itself (a thread woken on a busy machine waits milliseconds for a core).
-        # Which thread runs a task changes nothing in the stream: a batch depends only on its
-        # index, and a window is computed once, by whoever asks first (`Once`).
-        with ThreadPoolExecutor(self.threads, thread_name_prefix="vcell-loader") as pool:
-            windows: dict[int, tuple[Once, Future]] = {}
-            pending: deque[tuple[Future, Callable]] = deque()
-            upcoming = iter(indices)
-
-            def submit_next() -> bool:
-                index = next(upcoming, None)
-                if index is None:
-                    return False
-                window = index // per_window
-                for ahead in (window, window + 1):
-                    if ahead not in windows and ahead < plan.n_windows:
-                        read = Once(lambda w=ahead: self.load_window(plan, w))
-                        windows[ahead] = (read, pool.submit(read))
-                for old in [w for w in windows if w < window]:
-                    del windows[old]
-                task = partial(self.assemble, index, windows[window][0])
-                pending.append((pool.submit(task), task))
-                return True
-
-            for _ in range(max(self.config.prefetch_batches, self.threads)):  # batches in flight
-                if not submit_next():
-                    break
-            try:
-                while pending:
-                    future, task = pending.popleft()
-                    batch = task() if future.cancel() else future.result()  # not started: run it here
-                    submit_next()
-                    yield batch
-            finally:  # abandoned early: drop queued work; running tasks finish (bounded)
-                for future in [*(f for f, _ in pending), *(f for _, f in windows.values())]:
-                    future.cancel()
-
-    def assemble(self, index: int, window: Once) -> dict[str, torch.Tensor]:
-        return self.make_batch(index, window())
+        yield from prefetched(
+            indices, per_window=plan.layout.window_batches, n_windows=plan.n_windows,
+            load_window=partial(self.load_window, plan), make_batch=self.make_batch,
+            threads=self.threads, ahead=self.config.prefetch_batches,
+        )
 
     def worker_batches(self, plan: EpochPlan):
         """DataLoader worker processes; worker w assembles batches w, w+n, ... (round-robin order)."""
@@ -356,19 +314,6 @@ class AtlasLoader:
             dataset, batch_size=None, num_workers=self.config.processes, prefetch_factor=self.config.prefetch_batches,
         )
         yield from loader
-
-
-class Once:
-    """A computation run by the first thread that asks for it; the others wait for its value."""
-
-    def __init__(self, compute: Callable):
-        self.compute, self.lock, self.done, self.value = compute, threading.Lock(), False, None
-
-    def __call__(self):
-        with self.lock:
-            if not self.done:  # an exception leaves it undone: the next caller raises it again
-                self.value, self.done, self.compute = self.compute(), True, None
-            return self.value
 
 
 class _WorkerStream(torch.utils.data.IterableDataset):
