@@ -99,6 +99,28 @@ def test_grn_edges_match_the_file(atlas_path, full_spec):
     assert set(np.unique(grn.sign)) <= {-1, 1} and np.array_equal(grn.sign, table["sign"].to_numpy())
 
 
+def test_a_prior_that_repeats_an_edge_gets_each_pair_once(atlas, tmp_path, caplog):
+    """Real priors repeat pairs (several sources in one table, IDs that differ only by version):
+    each pair becomes one weight, with an unknown sign where the lines disagree, and a warning."""
+    ids = list(atlas_var(atlas).index)
+    a, b, c, d = ids[0], ids[1], ids[2], ids[3]
+    prior = tmp_path / "prior.tsv"
+    prior.write_text(
+        "source\ttarget\tsign\n"
+        f"{a}\t{b}\t+\n{a}\t{c}\t+\n{a}.7\t{b}\t+\n"  # a -> b again, by a versioned ID, same sign
+        f"{d}\t{c}\t-\n{d}\t{c}\t+\n"  # d -> c twice, signs disagree
+        f"{c}\t{b}\t-\n"
+    )
+    with caplog.at_level("WARNING"):
+        spec = spec_from_atlas(atlas, ModelConfig(name="regulatory", regulatory={"edges": str(prior)}), counts=True)
+    pairs = [(spec.gene_ids[s], spec.gene_ids[t], int(sign)) for s, t, sign in zip(spec.grn.source, spec.grn.target, spec.grn.sign)]
+    assert pairs == [(a, b, 1), (a, c, 1), (d, c, 0), (c, b, -1)]  # first appearance order
+    assert spec.coverage["grn"]["edges"] == 4 and spec.coverage["grn"]["duplicates_merged"] == 2
+    assert str(prior) in caplog.text and "2 edge(s) repeat" in caplog.text
+    model = build_model(ModelConfig(name="regulatory", regulatory={"edges": str(prior)}), spec)
+    assert len(model.gene_terms[0].edge_weight()) == 4  # one learned weight per pair
+
+
 def test_perturbations_map_to_their_target_genes(atlas, full_spec):
     categories = atlas.attrs["obs_categories"]["perturbation"]
     symbols = atlas_var(atlas)["gene_symbols"].tolist()

@@ -254,8 +254,30 @@ def add_grn(spec: ModelSpec, config: ModelConfig, atlas_path: Path) -> None:
     inside = (source >= 0) & (target >= 0) & (source != target)
     if not inside.any():
         raise VCellError(f"{path}: no edge connects two genes of the atlas vocabulary", hint="use the atlas's gene IDs")
-    spec.grn = Edges(source[inside].astype(np.int64), target[inside].astype(np.int64), table["sign"].to_numpy()[inside])
-    spec.coverage["grn"] = {"source": str(path), "edges": int(inside.sum()), "dropped": int((~inside).sum())}
+    spec.grn, merged = unique_edges(source[inside], target[inside], table["sign"].to_numpy()[inside])
+    if merged:
+        log.warning("%s: %d edge(s) repeat a source -> target pair (after matching IDs to the atlas, versions ignored); "
+                    "each pair is kept once, with an unknown sign where its lines disagree", path, merged)
+    spec.coverage["grn"] = {"source": str(path), "edges": len(spec.grn), "dropped": int((~inside).sum()),
+                            "duplicates_merged": merged}
+
+
+def unique_edges(source: np.ndarray, target: np.ndarray, sign: np.ndarray) -> tuple[Edges, int]:
+    """(each source -> target pair once, in order of first appearance; how many repeats were merged).
+    A pair listed twice would get two weights that the network adds and the edge table lists apart,
+    each with part of the pair's effect. A merged pair keeps its sign where its lines agree, else 0
+    (unknown)."""
+    pair = np.stack([source, target], axis=1).astype(np.int64)
+    unique, first, inverse = np.unique(pair, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    sign = np.asarray(sign)
+    lowest, highest = np.full(len(unique), np.inf), np.full(len(unique), -np.inf)
+    np.minimum.at(lowest, inverse, sign)
+    np.maximum.at(highest, inverse, sign)
+    agreed = np.where(lowest == highest, lowest, 0)
+    order = np.argsort(first, kind="stable")  # first appearance, as the file lists them
+    edges = Edges(unique[order, 0], unique[order, 1], agreed[order].astype(sign.dtype))
+    return edges, len(pair) - len(unique)
 
 
 def perturbation_genes(names: list[str], var: pd.DataFrame, control: str) -> np.ndarray:
@@ -301,7 +323,7 @@ def reference_spec(n_genes: int, *, seed: int = 0, n_pathways: int | None = None
         gene_pathway=Edges(gene, pathway),
         compartment_names=[f"C{c}" for c in range(6)],
         pathway_compartment=Edges(np.arange(n_pathways), np.arange(n_pathways) % 6),
-        grn=Edges(source[keep], target[keep], np.where(rng.random(keep.sum()) < 0.6, 1, -1)),
+        grn=unique_edges(source[keep], target[keep], np.where(rng.random(keep.sum()) < 0.6, 1, -1))[0],
         perturbation_gene=perturbed.astype(np.int64),
         control_code=0,
     )
