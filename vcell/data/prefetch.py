@@ -52,9 +52,6 @@ def prefetched(
         pending: deque[tuple[Future, Callable]] = deque()
         upcoming = iter(indices)
 
-        def assemble(index: int, read: Once) -> Batch:
-            return make_batch(index, read())
-
         def submit_next() -> bool:
             index = next(upcoming, None)
             if index is None:
@@ -66,7 +63,7 @@ def prefetched(
                     windows[following] = (read, pool.submit(read))
             for old in [w for w in windows if w < window]:
                 del windows[old]
-            task = partial(assemble, index, windows[window][0])
+            task = partial(assemble, make_batch, index, windows[window][0])
             pending.append((pool.submit(task), task))
             return True
 
@@ -82,3 +79,8 @@ def prefetched(
         finally:  # abandoned early: drop queued work; running tasks finish (bounded)
             for future in [*(f for f, _ in pending), *(f for _, f in windows.values())]:
                 future.cancel()
+
+
+def assemble(make_batch: Callable[[int, Window], Batch], index: int, read: Once) -> Batch:
+    """Batch `index` from its window, read by whichever task gets to it first."""
+    return make_batch(index, read())
