@@ -9,7 +9,7 @@ would end every Ray on the machine, other test sessions' too).
     worker = start_ray_node(node_ports(26440), ["--address", head.gcs_address, "--num-cpus", "2"], environment,
                             "127.0.0.3")
     worker.raylet().kill()          # a node's death, as the cluster sees it
-    worker.end(); head.end()
+    end_nodes([worker, head])  # or node.end() for one
 
 Addresses: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (tests/conftest.py) Ray keeps 127.0.0.1 but
 `ray start --address` refuses to join; with 1 it joins, but rewrites "127.0.0.1" and "localhost"
@@ -83,8 +83,7 @@ class RayNode:
     def end(self) -> None:
         """Ends every process of the node, then deletes its temp dir (its logs: Ray's own output of a
         driver, e.g. `ray.init(log_to_driver=True)`, is the place to keep what a failing test needs)."""
-        end_session(self.process)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        end_nodes([self])
 
 
 def start_ray_node(ports: dict[str, int], options: list[str], environment: dict[str, str],
@@ -123,17 +122,26 @@ def session_members(session: int) -> list:
     return members
 
 
-def end_session(process: subprocess.Popen) -> None:
-    """SIGTERM to the node's process group (ray start, GCS, raylet, agents) for a clean stop, then,
-    after up to 10 s, SIGKILL to everything left in its session (workers included)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):  # gone already, or slow to stop: killed below
-        pass
-    for member in session_members(process.pid):
+def end_nodes(nodes: list[RayNode], grace: float = 3.0) -> None:
+    """SIGTERM to every node's process group (ray start, GCS, raylet, agents) at once for a clean
+    stop, then, after up to `grace` s for all of them together (not each: a cluster's nodes stop
+    side by side), SIGKILL to everything left in their sessions (workers included); temp dirs go."""
+    for node in nodes:
         try:
-            member.kill()
-        except psutil.NoSuchProcess:  # ended meanwhile
-            continue
-    process.wait()
+            os.killpg(node.process.pid, signal.SIGTERM)
+        except ProcessLookupError:  # gone already
+            pass
+    deadline = time.monotonic() + grace
+    for node in nodes:
+        try:
+            node.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:  # slow to stop: killed below
+            pass
+    for node in nodes:
+        for member in session_members(node.process.pid):
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:  # ended meanwhile
+                continue
+        node.process.wait()
+        shutil.rmtree(node.temp_dir, ignore_errors=True)

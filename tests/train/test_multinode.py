@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
-from tests.raynode import RayNode, node_ports, ray_environment, start_ray_node, wait_for_log
+from tests.raynode import RayNode, end_nodes, node_ports, ray_environment, start_ray_node, wait_for_log
 from tests.train.conftest import audit_after_one_resume, run_config, run_overrides, weight_differences
 from vcell.config import load_config
 from vcell.errors import VCellError
@@ -54,8 +54,7 @@ def start_cluster(environment: dict[str, str]) -> list[RayNode]:
         for node in nodes[1:]:
             wait_for_log(node, STARTED)
     except RuntimeError:
-        for node in nodes:
-            node.end()
+        end_nodes(nodes)
         raise
     return nodes
 
@@ -74,8 +73,7 @@ def cluster():
         except RuntimeError as error:
             pytest.skip(f"Ray cannot start a multi-node cluster here: {error}")
     yield Cluster(nodes[0], (nodes[1], nodes[2]), environment)
-    for node in nodes:
-        node.end()
+    end_nodes(nodes)
 
 
 def train_workers(node: RayNode) -> set[int]:
