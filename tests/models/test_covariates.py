@@ -62,6 +62,24 @@ def test_the_batch_moves_the_decoded_cell_and_the_encoder_reads_it_with_its_offs
     torch.testing.assert_close(model.describe(unknown).latent, model.describe(batch).latent)
 
 
+@pytest.mark.parametrize("name", ["hierarchical", "full"])
+def test_read_outs_describe_the_cell_not_the_batch_it_was_measured_in(name):
+    model = batch_model(name)
+    with torch.no_grad():
+        model.batch_offset.scaled_offset.normal_(0.0, 0.05)
+    batch = with_batches(2)
+    seen = model.describe(batch)
+    encoded = {**batch, "x": model.batch_offset(batch["x"], batch["batch"], encoder_input=True)}
+    unknown = model.describe({**encoded, "batch": torch.full_like(batch["batch"], -1)})  # the same state, no offset
+    torch.testing.assert_close(seen.latent, unknown.latent)
+    assert not torch.allclose(seen.expression, unknown.expression)  # the reconstruction is measured in its batch
+    torch.testing.assert_close(seen.stats["pathway_activity"], unknown.stats["pathway_activity"])
+    torch.testing.assert_close(seen.stats["compartment_activity"], unknown.stats["compartment_activity"])
+    cell = model.reconstruct(batch, batch_effect=False).expression  # what the read-out projects
+    torch.testing.assert_close(cell, unknown.expression)
+    assert not torch.allclose(model.reconstruct(batch).expression, cell)
+
+
 def test_offsets_saved_before_the_step_scale_load_as_the_same_offsets():
     offset = BatchOffset(2, 3)
     legacy = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]])

@@ -118,7 +118,8 @@ def check_hierarchical(setup: ScienceSetup) -> ScienceRow:
     ours, base_scores = [], []
     for batch in batches_of(test, 1024):
         ours.append(model.embed(batch).stats["pathway_activity"])
-        base_scores.append(project_on_gene_sets(base.reconstruct(batch).expression, gene, group, projector))
+        cell = base.reconstruct(batch, batch_effect=False).expression  # as the read-out: without the batch's offset
+        base_scores.append(project_on_gene_sets(cell, gene, group, projector))
     observed = project_on_gene_sets(test["x"], gene, group, projector).numpy()
     type_means = cell_type_means(project_on_gene_sets(setup.train["x"], gene, group, projector).numpy(),
                                  setup.train["cell_type"].numpy(), test["cell_type"].numpy())

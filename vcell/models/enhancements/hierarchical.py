@@ -7,8 +7,9 @@ only its member genes.
 With `missing=learned` and no annotation files, dense learned groups take their place.
 
 Statistics: pathway_activity (B, P) each pathway's activity in each cell, read off the cell's
-decoded expression by a joint least-squares projection on the member genes (see
-`PathwayActivity`), compartment_activity (B, C) their mean per compartment.
+decoded expression (without its batch's learned offset: the cell, not where it was measured) by a
+joint least-squares projection on the member genes (see `PathwayActivity`), compartment_activity
+(B, C) their mean per compartment.
 """
 
 from __future__ import annotations
