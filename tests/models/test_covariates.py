@@ -17,10 +17,15 @@ from vcell.models.zoo import build_model
 BATCHES = ["donor_a", "donor_b", "donor_c"]
 
 
-def batch_model(name: str) -> torch.nn.Module:
+def batch_model(name: str, *, offsets: bool = False) -> torch.nn.Module:
+    """A tiny catalogue model reading the batch; `offsets`: random batch offsets, as if trained."""
     torch.manual_seed(0)
     spec = dataclasses.replace(SPEC, batch_names=list(BATCHES))
-    return build_model(ModelConfig(name=name, size="tiny", batch_covariate=True), spec)
+    model = build_model(ModelConfig(name=name, size="tiny", batch_covariate=True), spec)
+    if offsets:
+        with torch.no_grad():
+            model.batch_offset.scaled_offset.normal_(0.0, 0.05)
+    return model
 
 
 def with_batches(seed: int) -> dict[str, torch.Tensor]:
@@ -41,9 +46,7 @@ def test_codes_outside_the_batches_add_nothing():
 
 @pytest.mark.parametrize("name", ["base", "full"])
 def test_the_batch_moves_the_decoded_cell_and_the_encoder_reads_it_with_its_offset_taken_off(name):
-    model = batch_model(name)
-    with torch.no_grad():
-        model.batch_offset.scaled_offset.normal_(0.0, 0.05)
+    model = batch_model(name, offsets=True)
     batch = with_batches(0)
     batch["x"][:, :5] = 0.0  # unmeasured genes stay unmeasured: a zero is never shifted
     offsets = OFFSET_STEP_SCALE * model.batch_offset.scaled_offset.detach()[batch["batch"]]  # (B, G)
@@ -64,9 +67,7 @@ def test_the_batch_moves_the_decoded_cell_and_the_encoder_reads_it_with_its_offs
 
 @pytest.mark.parametrize("name", ["hierarchical", "full"])
 def test_read_outs_describe_the_cell_not_the_batch_it_was_measured_in(name):
-    model = batch_model(name)
-    with torch.no_grad():
-        model.batch_offset.scaled_offset.normal_(0.0, 0.05)
+    model = batch_model(name, offsets=True)
     batch = with_batches(2)
     seen = model.describe(batch)
     encoded = {**batch, "x": model.batch_offset(batch["x"], batch["batch"], encoder_input=True)}
