@@ -130,6 +130,8 @@ class VirtualCell(nn.Module):
     def cell_pass(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, Prediction, dict, dict]:
         """Each cell on its own: (z, its reconstruction, losses, statistics); no pairing of cells."""
         z, losses, stats = self.encode(x_in, cells)
+        # decode(z, z, library, batch=cells.batch) in two steps: the scores before the batch's
+        # offset are kept for the read-outs (decoding twice would run the decoder twice)
         scores = self.gene_scores(z, None)  # (B, G) the cell itself, before its batch's offset
         measured = scores if self.batch_offset is None else self.batch_offset(scores, cells.batch)
         prediction = self.head.predict(measured, z, measured, cells.library)
