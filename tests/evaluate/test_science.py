@@ -99,17 +99,20 @@ def test_regulatory_edges_beat_base_and_partial_correlation(setup):
     assert reference["sign_agreement_regulatory"] > reference["sign_agreement_partial correlation"] + 0.1
 
 
-# Measured on this setup over seeds 0, 1, 2 (300 steps, hidden 64): base kNN accuracy 0.922 /
-# 0.912 / 0.932 vs PCA 0.943 / 0.940 / 0.943; ARI 0.710 / 0.649 / 0.657 vs PCA 0.528 / 0.441 /
-# 0.693; NMI 0.743 / 0.688 / 0.693 vs 0.588 / 0.603 / 0.718. (`full` at this size still loses to
-# PCA, kNN 0.81-0.88 and ARI 0.31-0.43: see the closing note of issue 17; on the demo atlas at
-# the small preset it matches PCA.) Asserted: base keeps up with PCA, within those spreads.
-def test_base_embedding_keeps_up_with_pca(setup):
-    model, train, test = trained(setup, "base"), setup.train, setup.test
+# Measured on this setup over seeds 0, 1, 2 (300 steps, hidden 64), against PCA's kNN accuracy
+# 0.943 / 0.940 / 0.943, ARI 0.528 / 0.441 / 0.693 and NMI 0.588 / 0.603 / 0.718:
+#   base  kNN 0.986 / 0.984 / 0.983, ARI 0.954 / 0.954 / 0.950, NMI 0.946 / 0.938 / 0.936
+#   full  kNN 0.977 / 0.978 / 0.984, ARI 0.800 / 0.939 / 0.930, NMI 0.821 / 0.922 / 0.915
+# Before a count model's decoder started at the genes' count shares and the hierarchical encoder
+# at the encoder it wraps, `full` lost to PCA here (seeds 0 / 1: kNN 0.899 / 0.909). Asserted:
+# both keep up with PCA, within those spreads.
+@pytest.mark.parametrize("name", ["base", "full"])
+def test_embedding_keeps_up_with_pca(setup, name):
+    model, train, test = trained(setup, name), setup.train, setup.test
     labels_train, labels_test = train["cell_type"].numpy(), test["cell_type"].numpy()
     ours = embedding_scores(latent_of(model, train), labels_train, latent_of(model, test), labels_test, setup.seed)
     pca = PCA(train["x"].numpy(), model.config.dimensions()[2], seed=setup.seed)
     theirs = embedding_scores(pca.transform(train["x"].numpy()), labels_train, pca.transform(test["x"].numpy()),
                               labels_test, setup.seed)
-    assert ours["knn_accuracy"] >= theirs["knn_accuracy"] - 0.05
+    assert ours["knn_accuracy"] >= theirs["knn_accuracy"]
     assert ours["ari"] >= 0.9 * theirs["ari"] and ours["nmi"] >= 0.9 * theirs["nmi"]

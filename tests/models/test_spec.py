@@ -269,15 +269,25 @@ def test_gene_means_only_where_the_atlas_statistics_describe_the_values(atlas, n
         np.testing.assert_array_equal(gene_mean, np.zeros(atlas.n_genes))
 
 
-def test_a_gaussian_decoder_starts_at_the_gene_means_a_count_model_does_not(atlas):
+def test_a_decoder_starts_at_the_gene_means_or_at_the_genes_count_shares(atlas, atlas_path):
     normalize = NormalizeConfig()
     spec = spec_from_atlas(atlas, ModelConfig(name="full"), counts=True, normalize=normalize)
     torch.manual_seed(0)
     temporal = build_model(ModelConfig(name="temporal", size="tiny"), spec)
     np.testing.assert_allclose(temporal.decoder[-1].bias.detach().numpy(), spec.gene_mean, rtol=1e-6)
-    stochastic = build_model(ModelConfig(name="stochastic", size="tiny"), spec)  # scores are log composition
-    assert torch.all(stochastic.decoder[-1].bias.abs() <= 1.0 / np.sqrt(stochastic.decoder[-1].in_features))
+    # a count head's scores are log composition: it starts at the genes' typical shares of the counts
+    stochastic = build_model(ModelConfig(name="stochastic", size="tiny"), spec)
+    np.testing.assert_allclose(stochastic.decoder[-1].bias.detach().numpy(), spec.gene_log_share, rtol=1e-6)
+    counts = load_cells(atlas, LoaderConfig(batch_size=64, buffer_cells=128, block_cells=64, threads=0, keep_counts=True,
+                                            split={"val_fraction": 0.0, "test_fraction": 0.0}), "train")["counts"]
+    observed_share = (counts / counts.sum(1, keepdim=True)).mean(0).double()
+    started_share = torch.softmax(torch.as_tensor(spec.gene_log_share, dtype=torch.float64), 0)
+    expressed = observed_share > 1e-4
+    assert torch.corrcoef(torch.stack([started_share[expressed].log(), observed_share[expressed].log()]))[0, 1] > 0.98
+    np.testing.assert_allclose(started_share[expressed], observed_share[expressed], rtol=0.4)  # a start, estimated from moments
     assert build_model(ModelConfig(name="temporal", size="tiny"), spec, device="meta").decoder[-1].bias.is_meta
+    # no counts, no count start
+    assert spec_from_atlas(atlas, ModelConfig(name="temporal"), counts=False, normalize=normalize).gene_log_share is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -22,6 +22,7 @@ from vcell.config.loader import PACKAGE_CONFIGS
 from vcell.config.model import ModelConfig
 from vcell.errors import VCellError
 from vcell.models.catalogue import CATALOGUE, enhancement_order
+from vcell.models.enhancements.hierarchical import HierarchicalEncoder
 from vcell.models.enhancements.resource import CapacityAllocation
 from vcell.models.enhancements.stochastic import DISPERSION_STEP_SCALE, NegativeBinomialLikelihood, VariationalLatent
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
@@ -139,6 +140,26 @@ def test_combinations_outside_the_catalogue_build_and_learn(enhancements):
         optimizer.step()
     after = model.embed(batch).losses["reconstruction"]
     assert after < 0.9 * before
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "full"])
+def test_hierarchical_encoder_starts_as_the_encoder_it_wraps(name):
+    """The annotation features enter the encoding only as far as training finds them useful: a new
+    model's hierarchical encoder gives its inner encoder's features (up to the annotation
+    features' 1% start), and the annotation layers learn from the first step."""
+    model = tiny(name)
+    encoder = model.encoder
+    while not isinstance(encoder, HierarchicalEncoder):
+        encoder = encoder.inner  # multiscale wraps it in `full`
+    batch = random_batch(seed=3)
+    cells = model.inputs(batch)
+    features, _, _ = encoder(cells.x, cells)
+    inner, _, _ = encoder.inner(cells.x, cells)
+    assert (features - inner).norm() < 0.1 * inner.norm()
+    model(batch).loss.backward()
+    n_inner = encoder.inner.n_out
+    assert encoder.combine.weight.grad[:, n_inner:].abs().sum() > 0  # the pathway / compartment part learns
+    assert encoder.pathways.raw_weight.grad.abs().sum() > 0
 
 
 def test_evaluation_response_loss_is_repeatable():

@@ -31,7 +31,7 @@ from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.slots import (
-    ConditionShift, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
+    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
 )
 from vcell.models.spec import ModelSpec
 from vcell.models.transformer import TransformerEncoder
@@ -52,15 +52,21 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
-def start_at_gene_means(decoder: MLP, gene_mean) -> None:
-    """Start the decoder's scores at each gene's mean (G,), when scores are expression (a Gaussian head).
+def start_at_gene_means(decoder: MLP, start) -> None:
+    """Start the decoder's scores (B, G) at each gene's typical value (G,): its mean where scores
+    are expression (a Gaussian head), the log of its typical share of the counts where they are log
+    composition (a count head).
 
     From 0, a highly expressed gene (log1p cp10k ~7) climbs towards its level for hundreds of
     steps, and meanwhile the response's gene terms learn the missing level of stimulated cells as
     a response to the stimulus (temporal: a change of +0.3 at 4 h on genes the stimulus leaves
-    alone, and a held-out change Pearson of 0.66 instead of 0.84 after 300 steps)."""
+    alone, and a held-out change Pearson of 0.66 instead of 0.84 after 300 steps). A count model
+    started from a uniform composition spent its first steps learning the genes' shares through
+    whatever could move many genes at once: with the pathway decoder term that was a few latent
+    directions, and the latent collapsed onto them (`full` on the 6,000-cell science atlas, 300
+    steps: kNN accuracy of cell type 0.90 / 0.91 over seeds 0 / 1, below PCA's 0.94)."""
     with torch.no_grad():
-        decoder[-1].bias.copy_(torch.as_tensor(gene_mean, dtype=decoder[-1].bias.dtype))
+        decoder[-1].bias.copy_(torch.as_tensor(start, dtype=decoder[-1].bias.dtype))
 
 
 class VirtualCell(nn.Module):
@@ -72,8 +78,10 @@ class VirtualCell(nn.Module):
         self.control_code = spec.control_code
         slots = base_slots(config, spec, self.control_code)
         install_enhancements(slots, config, spec)
-        if spec.gene_mean is not None and isinstance(slots.head, GaussianHead):
-            start_at_gene_means(slots.decoder, spec.gene_mean)
+        starts = {GaussianHead: spec.gene_mean, CountHead: spec.gene_log_share}  # what each head's scores are
+        start = starts.get(type(slots.head))
+        if start is not None:
+            start_at_gene_means(slots.decoder, start)
         self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)

@@ -22,7 +22,7 @@ from vcell.atlas.sources import strip_ensembl_version
 from vcell.atlas.store import Atlas
 from vcell.config.model import ModelConfig
 from vcell.config.schema import NormalizeConfig
-from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var, delivered_gene_means
+from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var, count_log_shares, delivered_gene_means
 from vcell.errors import VCellError
 from vcell.models.catalogue import NEEDS
 from vcell.models.priors import Edges, add_grn, add_pathways, unique_edges
@@ -50,6 +50,9 @@ class ModelSpec:
     # (G,) each gene's mean as the loader delivers it, where the atlas's statistics tell (else None):
     # where a new model's decoder starts. Not exported: a saved model's weights replace it
     gene_mean: np.ndarray | None = None
+    # (G,) log of each gene's typical share of a cell's counts (count atlases whose statistics tell,
+    # else None): where a count model's decoder starts. Not exported, like gene_mean
+    gene_log_share: np.ndarray | None = None
 
     @property
     def n_genes(self) -> int:
@@ -81,7 +84,9 @@ def spec_from_atlas(
         inputs.add("counts")
     mean_library = float(atlas.attrs.get("library_size", {}).get("mean") or 1000.0)
     gene_mean = None if normalize is None else delivered_gene_means(atlas, normalize, genes)
-    spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library, gene_mean=gene_mean)
+    gene_log_share = count_log_shares(atlas, genes) if "counts" in inputs else None
+    spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library, gene_mean=gene_mean,
+                     gene_log_share=gene_log_share)
     needs = set().union(*(NEEDS[name] for name in config.enhancements))
     check_inputs(atlas, config, needs, spec.inputs, counts)
     if "gene_sets" in needs:
