@@ -165,9 +165,13 @@ def test_an_epoch_resumed_on_1_then_3_workers_trains_every_cell_once(reference, 
     resumed, uninterrupted = losses(config), losses(reference[0])
     assert [int(row["step"]) for row in read_history(run_directory(config) / "history.csv")] == list(range(1, 13))
     assert np.array_equal(resumed[:4], uninterrupted[:4])
-    noise = np.abs(np.diff(uninterrupted)).max()  # ~20 on a loss of ~60 here: small batches
+    noise = np.abs(np.diff(uninterrupted)).max()  # ~3 on a loss of ~16 here: small batches
     assert np.abs(resumed - uninterrupted).max() < noise
-    assert max(abs(resumed[4] - resumed[3]), abs(resumed[8] - resumed[7])) < noise  # no jump where it resumed
+    # no jump where it resumed. A step's loss averages the cells of every worker's batch, so the
+    # step-to-step noise of a 2 -> 1 or 1 -> 3 worker change is sqrt(1/a + 1/b) times the 2-worker
+    # curve's (1.22 and 1.15): a restart from the wrong weights would jump by the whole descent
+    for step, (before, after) in ((4, (2, 1)), (8, (1, 3))):
+        assert abs(resumed[step] - resumed[step - 1]) < noise * np.sqrt(1 / before + 1 / after), step
 
 
 @pytest.mark.slow
