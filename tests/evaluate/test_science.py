@@ -65,7 +65,7 @@ def test_stochastic_beats_a_gaussian_on_held_out_counts(setup):
 #             half-time Spearman vs truth        0.534 0.301 0.461 (observed time course 0.04, base NaN)
 #   memory    Pearson of primed - naive          0.849 0.822 0.845 (observed primed - naive 0.11, base 0)
 # Asserted: margins well above those spreads. Before the Gaussian decoder started at the genes'
-# means (`model.start_at_gene_means`) and basal cells were response targets, the Pearson lost to
+# means (`model.start_decoder_at`) and basal cells were response targets, the Pearson lost to
 # interpolation here (0.40-0.42), the relative error was 0.95-0.98 and memory 0.42-0.49.
 def test_temporal_reads_half_times_and_beats_interpolation_on_the_held_out_change(setup):
     row = check_temporal(setup)

@@ -30,7 +30,7 @@ FINE_TUNE_STEPS = 100
 # batches; 150 pretraining steps, 100 on B) the fine-tuned model's held-out loss was 0.028-0.075
 # below scratch's (scratch 2.90-2.94, fine-tuned 2.85-2.87) and its kNN accuracy -0.027..+0.024
 # from scratch's (scratch 0.80-0.81). Before a fresh decoder started at the genes' means
-# (`model.start_at_gene_means`) scratch was far weaker (loss 3.11-3.16, kNN 0.68-0.72; gaps
+# (`model.start_decoder_at`) scratch was far weaker (loss 3.11-3.16, kNN 0.68-0.72; gaps
 # 0.131-0.187 and 0.083-0.131): most of what fine-tuning gave was the genes' levels. So the
 # kNN accuracy is held to "no worse than scratch" (KNN_TOLERANCE), not to a win.
 LOSS_MARGIN, KNN_TOLERANCE = 0.014, 0.04

@@ -52,7 +52,7 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
-def start_at_gene_means(decoder: MLP, start) -> None:
+def start_decoder_at(decoder: MLP, start) -> None:
     """Start the decoder's scores (B, G) at each gene's typical value (G,): its mean where scores
     are expression (a Gaussian head), the log of its typical share of the counts where they are log
     composition (a count head).
@@ -81,7 +81,7 @@ class VirtualCell(nn.Module):
         starts = {GaussianHead: spec.gene_mean, CountHead: spec.gene_log_share}  # what each head's scores are
         start = starts.get(type(slots.head))
         if start is not None:
-            start_at_gene_means(slots.decoder, start)
+            start_decoder_at(slots.decoder, start)
         self.encoder, self.latent, self.dynamics = slots.encoder, slots.latent, slots.dynamics
         self.decoder, self.head = slots.decoder, slots.head
         self.gene_terms, self.auxiliary = nn.ModuleList(slots.gene_terms), nn.ModuleList(slots.auxiliary)
