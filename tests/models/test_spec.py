@@ -290,6 +290,17 @@ def test_a_decoder_starts_at_the_gene_means_or_at_the_genes_count_shares(atlas, 
     assert spec_from_atlas(atlas, ModelConfig(name="temporal"), counts=False, normalize=normalize).gene_log_share is None
 
 
+@settings(max_examples=25, deadline=None)
+@given(genes=st.lists(st.integers(0, 119), min_size=1, max_size=40, unique=True))
+def test_count_shares_of_a_gene_selection_are_those_genes_rows(atlas, genes):
+    """Any selection, in any order, starts its genes where the whole vocabulary starts them."""
+    whole = spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True).gene_log_share
+    chosen = np.array(genes)
+    subset = spec_from_atlas(atlas, ModelConfig(name="stochastic"), chosen, counts=True).gene_log_share
+    np.testing.assert_array_equal(subset, whole[chosen])
+    assert np.isfinite(whole).all() and (whole <= 0).all()  # log shares: finite, at most log(1)
+
+
 @settings(max_examples=200, deadline=None)
 @given(n_genes=st.integers(2, 400), n_perturbations=st.integers(1, 500), seed=st.integers(0, 3))
 def test_reference_perturbations_are_distinct_genes_and_up_to_half_tfs_while_genes_last(n_genes, n_perturbations, seed):
