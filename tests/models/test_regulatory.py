@@ -7,6 +7,9 @@ import dataclasses
 
 import numpy as np
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from vcell.config.model import ModelConfig
 from vcell.models.enhancements.regulatory import INITIAL_KNOCK, KNOCK_STEP_SCALE, TYPICAL_STEP_SCALE, RegulatoryPropagation
@@ -17,9 +20,10 @@ from vcell.train.schedule import warmup_cosine
 SPEC = reference_spec(60, n_perturbations=8)
 
 
-def propagation(spec=SPEC, drive: str = "activity") -> RegulatoryPropagation:
+def propagation(spec=SPEC, drive: str = "activity", **settings) -> RegulatoryPropagation:
     torch.manual_seed(0)
-    return RegulatoryPropagation(spec, ModelConfig(name="regulatory", size="tiny", regulatory={"drive": drive}))
+    config = ModelConfig(name="regulatory", size="tiny", regulatory={"drive": drive, **settings})
+    return RegulatoryPropagation(spec, config)
 
 
 def regulator_spec():
@@ -87,8 +91,8 @@ def test_a_regulator_moves_its_targets_by_its_activity_while_its_own_level_moves
     """A knocked-down TF acts on its targets as if switched off whatever its measured level does: the
     network is driven by the perturbation's activity, the gene's own level moves by its knock-down."""
     spec = regulator_spec()
-    module = propagation(spec)
-    module.steps = 1  # one layer: a target's change is exactly weight x activity
+    module = propagation(spec, saturation=None)
+    module.steps = 1  # one layer, linear: a target's change is exactly weight x activity
     with torch.no_grad():
         module.edges.raw_weight.normal_(0.0, 0.05)
         module.scaled_activity[1] = -1.0  # perturbation 1: activity -25 - 2 = -27
@@ -174,9 +178,11 @@ def test_reliability_is_tracked_over_basal_cells_and_weights_saved_before_it_loa
 
 def test_saturation_bounds_each_gene_by_its_cap_and_its_cap_learns():
     """With `saturation`, a huge drive moves each target by less than its cap (tanh), a small one
-    almost linearly; the caps take gradients from the response; off by default."""
+    almost linearly; the caps take gradients from the response; on by default, null turns it off."""
     spec = regulator_spec()
-    assert propagation(spec).raw_cap is None
+    assert propagation(spec).raw_cap is not None  # on by default (1.0)
+    linear = ModelConfig(name="regulatory", size="tiny", regulatory={"saturation": None})
+    assert RegulatoryPropagation(spec, linear).raw_cap is None
     torch.manual_seed(0)
     config = ModelConfig(name="regulatory", size="tiny", regulatory={"drive": "activity", "saturation": 0.5})
     module = RegulatoryPropagation(spec, config)
@@ -194,3 +200,57 @@ def test_saturation_bounds_each_gene_by_its_cap_and_its_cap_learns():
     torch.testing.assert_close(module.saturate(small), small, rtol=1e-3, atol=0)  # nearly linear near 0
     levels[1, targets].sum().backward()
     assert module.raw_cap.grad[targets].abs().sum() > 0
+
+
+
+def test_a_regulator_carries_its_true_change_undiluted_by_its_counting_noise():
+    """Counting noise dilutes the observed slopes on a barely measured regulator by its reliability r
+    (regression dilution), and W is fitted on measured levels: the network moves a regulator's
+    targets by W / r per unit of its change, r floored at 1 - dilution_correction (x5 at most);
+    0 switches the correction off."""
+    spec = regulator_spec()
+    regulator = int(spec.perturbation_gene[1])
+    responses = {}
+    for correction, reliability in [(0.8, 1.0), (0.8, 0.25), (0.8, 0.05), (0.0, 0.25)]:
+        module = propagation(spec, "knock", dilution_correction=correction, saturation=None)  # linear: exact ratios
+        module.steps = 1
+        with torch.no_grad():
+            module.edges.raw_weight.normal_(0.0, 0.05)
+        module.level_reliability[regulator] = reliability
+        levels = knocked(module, [1]).detach()
+        responses[correction, reliability] = levels[0, module.edge_target[module.edge_source == regulator]]
+    undiluted = responses[0.8, 1.0]
+    assert undiluted.abs().sum() > 0
+    torch.testing.assert_close(responses[0.8, 0.25], undiluted / 0.25)
+    torch.testing.assert_close(responses[0.8, 0.05], undiluted / 0.2)  # floored: x5, not x20
+    torch.testing.assert_close(responses[0.0, 0.25], undiluted)
+
+
+@settings(max_examples=25, deadline=None)
+@given(reliability=arrays(np.float32, SPEC.n_genes, elements=st.floats(0, 1, width=32)),
+       correction=st.floats(0, 0.95))
+def test_the_dilution_boost_lies_between_1_and_its_cap_and_falls_as_reliability_rises(reliability, correction):
+    config = ModelConfig(name="regulatory", size="tiny", regulatory={"dilution_correction": correction})
+    module = RegulatoryPropagation(SPEC, config)
+    module.level_reliability.copy_(torch.as_tensor(reliability))
+    boost = module.dilution_boost().numpy()
+    assert np.isfinite(boost).all()
+    assert (boost >= 1).all() and (boost <= (1 + 1e-5) / (1 - correction)).all()
+    assert (np.diff(boost[np.argsort(reliability)]) <= 1e-5).all()
+    assert (boost[reliability == 1] == 1).all()
+
+
+def test_a_model_saved_before_the_dilution_correction_loads_and_resumes_as_it_was_trained():
+    """Runs and exports saved without `dilution_correction` propagated undiluted slopes as they are:
+    loading reads the key as 0, and resuming with the new default is a named change, not an upgrade."""
+    from vcell.config import load_config
+    from vcell.config.schema import VCellConfig
+    from vcell.train.run import as_saved, config_diff
+
+    config = load_config(None, ["model.size=tiny", "model.name=regulatory", "model.enhancements=[regulatory]"])
+    saved = config.model_dump(mode="json")
+    del saved["model"]["regulatory"]["dilution_correction"]
+    assert VCellConfig.model_validate(as_saved(saved)).model.regulatory.dilution_correction == 0.0
+    assert "dilution_correction" not in saved["model"]["regulatory"]  # the saved tree itself is left alone
+    assert config_diff(saved, config) == ["model.regulatory.dilution_correction: 0.0 -> 0.8"]
+    assert as_saved({"name": "x"}) == {"name": "x"}  # no model section: nothing added

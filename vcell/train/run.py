@@ -12,6 +12,7 @@ protects nothing: a corrected config simply replaces it. Everything is written t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -47,7 +48,22 @@ def config_hash(config: VCellConfig | dict) -> str:
 
 
 # Keys added with a default that does not keep the old behaviour: what a run saved without them did.
-BEFORE_THE_KEY = {"model.batch_covariate": False}
+BEFORE_THE_KEY = {"model.batch_covariate": False, "model.regulatory.dilution_correction": 0.0}
+
+
+def as_saved(tree: dict) -> dict:
+    """A saved config tree (a run's or an export's config.yaml) with each key of BEFORE_THE_KEY that
+    it lacks set to what the run did without it, so an older model loads as the model it was
+    (only where the key's section is there: nothing else is added)."""
+    tree = copy.deepcopy(tree)
+    for key, value in BEFORE_THE_KEY.items():
+        *sections, leaf = key.split(".")
+        node = tree
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return tree
 
 
 def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list[str]:
