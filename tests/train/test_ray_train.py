@@ -18,7 +18,9 @@ import pytest
 import torch
 import yaml
 
-from tests.train.conftest import audit_after_one_resume, losses, run_config, weight_differences, weights_not_close
+from tests.train.conftest import (
+    audit_after_one_resume, losses, run_config, strategy_weight_differences, weight_differences, weights_not_close,
+)
 from vcell.atlas.store import open_atlas
 from vcell.config.schema import VCellConfig
 from vcell.data.split import SPLITS
@@ -242,10 +244,11 @@ def test_one_worker_and_deepspeed_follow_the_ddp_loss(reference, train_atlas, st
     np.testing.assert_allclose(losses(zero2), ddp, rtol=1e-3)
     np.testing.assert_allclose(losses(zero3), ddp, rtol=1e-3)
     # the same weights within float tolerance; bitwise equality is neither promised nor excluded
-    # (another reduction order may or may not change the last bits)
+    # (another reduction order may or may not change the last bits; the NB dispersions of barely
+    # constrained genes drift further: see strategy_weight_differences)
     ddp_weights = load_exported(run_directory(reference[0]) / "model")
     for config in (zero2, zero3):
-        assert weights_not_close(load_exported(run_directory(config) / "model"), ddp_weights, atol=1e-4) == []
+        assert strategy_weight_differences(load_exported(run_directory(config) / "model"), ddp_weights, train_atlas) == []
     # the comparison can fail: a copy with one weight moved by 1e-3 is caught, by name
     name = next(name for name in sorted(ddp_weights) if ddp_weights[name].is_floating_point())
     moved = {**ddp_weights, name: ddp_weights[name].clone()}

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.train.conftest import losses, run_config, weights_not_close
-from vcell.atlas.store import open_atlas
+from tests.train.conftest import losses, run_config, strategy_weight_differences
 from vcell.data.split import SPLITS
 from vcell.errors import VCellError
 from vcell.train.callbacks import read_audit
@@ -80,16 +79,9 @@ def test_a_zero2_run_resumes_on_1_worker_with_its_optimiser_and_every_cell_once(
     resumed, twin = losses(config), losses(ddp)
     np.testing.assert_allclose(resumed, twin, rtol=1e-3)
     exported, twin_weights = load_exported(run_directory(config) / "model"), load_exported(run_directory(ddp) / "model")
-    # Adam steps a parameter by ~its learning rate whatever the gradient's size, so where the gradient
-    # is ~0 the two strategies' different summation orders steer it apart: the dispersion of a gene
-    # seen in a handful of cells (its counts barely constrain it; here one gene in 5 cells moved
-    # 0.0226 vs 0.0206). Everything else agrees to float precision.
-    dispersion = "head.likelihood.scaled_log_dispersion"
-    informed = torch.as_tensor(open_atlas(train_atlas).root["stats/gene_detection_rate"][:] >= 0.01)
-    assert weights_not_close({k: v for k, v in exported.items() if k != dispersion},
-                             {k: v for k, v in twin_weights.items() if k != dispersion}, atol=1e-4) == []
-    torch.testing.assert_close(exported[dispersion][informed], twin_weights[dispersion][informed], atol=1e-4, rtol=1e-5)
-    assert (exported[dispersion] - twin_weights[dispersion]).abs().max() < 0.01
+    # everything agrees to float precision except the NB dispersions of barely constrained genes
+    # (one gene in 5 cells moved 0.0226 vs 0.0206): see strategy_weight_differences
+    assert strategy_weight_differences(exported, twin_weights, train_atlas) == []
     noise = np.abs(np.diff(resumed[:4])).max()  # steps 1-4 on 2 workers: the curve's own step-to-step noise
     assert abs(resumed[4] - resumed[3]) < noise  # no jump where it resumed
 
