@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -240,12 +242,13 @@ def test_the_dilution_boost_lies_between_1_and_its_cap_and_falls_as_reliability_
     assert (boost[reliability == 1] == 1).all()
 
 
-def test_a_model_saved_before_the_dilution_correction_loads_and_resumes_as_it_was_trained():
+def test_a_model_saved_before_the_dilution_correction_loads_and_resumes_as_it_was_trained(tmp_path):
     """Runs and exports saved without `dilution_correction` propagated undiluted slopes as they are:
     loading reads the key as 0, and resuming with the new default is a named change, not an upgrade."""
     from vcell.config import load_config
     from vcell.config.schema import VCellConfig
-    from vcell.train.run import as_saved, config_diff
+    from vcell.errors import VCellError
+    from vcell.train.run import as_saved, config_diff, read_saved_config
 
     config = load_config(None, ["model.size=tiny", "model.name=regulatory", "model.enhancements=[regulatory]"])
     saved = config.model_dump(mode="json")
@@ -254,3 +257,9 @@ def test_a_model_saved_before_the_dilution_correction_loads_and_resumes_as_it_wa
     assert "dilution_correction" not in saved["model"]["regulatory"]  # the saved tree itself is left alone
     assert config_diff(saved, config) == ["model.regulatory.dilution_correction: 0.0 -> 0.8"]
     assert as_saved({"name": "x"}) == {"name": "x"}  # no model section: nothing added
+    # every reader of a model folder (evaluate, export, predict, init_from) goes through one function
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert read_saved_config(tmp_path).model.regulatory.dilution_correction == 0.0
+    (tmp_path / "config.yaml").write_text("")
+    with pytest.raises(VCellError, match="config.yaml: not a vcell config"):
+        read_saved_config(tmp_path)

@@ -18,7 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from vcell.config.schema import VCellConfig
 from vcell.data.resolve import normalization_from_dict
@@ -30,7 +29,7 @@ from vcell.models.spec import spec_from_dict
 from vcell.models.zoo import build_model, count_parameters
 from vcell.train.checkpoint import verify_model_source
 from vcell.train.model_folder import load_exported, model_directory
-from vcell.train.run import as_saved
+from vcell.train.run import read_saved_config
 from vcell.train.tracking import read_history
 
 EXPORT_CELLS = 2000  # held-out cells read for the read-outs that predict from basal cells
@@ -82,7 +81,7 @@ def open_trained(path: str | Path) -> Trained:
     if missing:
         raise VCellError(f"{directory}: incomplete model folder, missing {', '.join(missing)}",
                          hint="re-export it with this vcell version (`vcell export RUN --out DIR`), or rerun training")
-    config = VCellConfig.model_validate(as_saved(yaml.safe_load((directory / "config.yaml").read_text())))
+    config = read_saved_config(directory)
     spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
     model = build_model(config.model, spec)
     model.load_state_dict(weights, strict=True)

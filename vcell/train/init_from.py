@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from vcell.config.schema import VCellConfig
@@ -31,7 +30,7 @@ from vcell.files import atomic_write
 from vcell.models.spec import ModelSpec, spec_from_dict
 from vcell.models.transfer import Frozen, Vocabulary, coverage, freeze, transfer_weights, vocabulary_of
 from vcell.train.model_folder import load_exported, model_directory
-from vcell.train.run import as_saved
+from vcell.train.run import read_saved_config
 
 log = logging.getLogger(__name__)
 RECORD = "init_from.json"
@@ -57,7 +56,7 @@ def open_pretrained(path: str | Path) -> Pretrained:
     except VCellError as error:
         raise VCellError(f"train.init_from: {error.message}", hint=error.hint) from None
     try:
-        config = VCellConfig.model_validate(as_saved(yaml.safe_load((directory / "config.yaml").read_text())))
+        config = read_saved_config(directory)
         spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
         categories = json.loads((directory / "categories.json").read_text())
     except (OSError, ValueError, KeyError) as error:

@@ -66,6 +66,18 @@ def as_saved(tree: dict) -> dict:
     return tree
 
 
+def read_saved_config(directory: str | Path) -> VCellConfig:
+    """The config of a model folder (a finished run's or an export's), read as the model it was
+    (through `as_saved`): every reader of a saved model goes through here, so a key added to
+    BEFORE_THE_KEY reaches them all."""
+    path = Path(directory) / "config.yaml"
+    tree = yaml.safe_load(path.read_text())
+    if not isinstance(tree, dict):
+        raise VCellError(f"{path}: not a vcell config (a YAML mapping), found {type(tree).__name__}",
+                         hint="give the folder a finished run or `vcell export` wrote")
+    return VCellConfig.model_validate(as_saved(tree))
+
+
 def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list[str]:
     """'key: saved -> now' for every key of `identity_of` (a run's identity by default) that differs.
 

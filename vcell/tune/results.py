@@ -22,6 +22,7 @@ import yaml
 from vcell.config.loader import dump_config
 from vcell.config.schema import VCellConfig
 from vcell.files import atomic_write
+from vcell.train.run import as_saved
 from vcell.tune.campaign_plan import STEP, CampaignPlan
 from vcell.tune.trial import EXPLOITS_FILE
 
@@ -78,7 +79,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 def write_best_config(plan: CampaignPlan, best: dict, path: Path) -> Path:
     """The best trial's own config.yaml as a standalone run: named <campaign>-best, in the base's storage."""
-    tree = yaml.safe_load((Path(best["run"]) / "config.yaml").read_text())
+    tree = as_saved(yaml.safe_load((Path(best["run"]) / "config.yaml").read_text()))  # a campaign run by an older vcell
     tree.update(name=f"{plan.config.name}-best")
     tree["scaling"]["storage_path"] = plan.config.scaling.storage_path
     tree["wandb"]["group"] = plan.config.wandb.group
