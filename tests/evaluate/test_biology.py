@@ -51,7 +51,12 @@ def test_grn_edges_are_the_learned_weights_ranked_and_read_back_as_a_prior(evalu
     edges = read(folder, "grn_edges.tsv")
     trained = open_trained(folder)
     spec, model = trained.model.spec, trained.model
-    assert list(edges.columns) == ["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank"]
+    assert list(edges.columns) == ["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank",
+                                   "true_level_weight", "source_reliability"]
+    assert edges["source_reliability"].between(0, 1).all()
+    floor = 1 - trained.config.model.regulatory.dilution_correction
+    assert np.allclose(edges["true_level_weight"], edges["signed_weight"] / edges["source_reliability"].clip(lower=floor),
+                       rtol=1e-4, atol=1e-7)  # %.6g
     assert len(edges) == len(spec.grn) and list(edges["rank"]) == list(range(1, len(edges) + 1))
     assert np.all(np.diff(edges["score"]) <= 1e-6)  # strongest (standardised |weight|) first
     assert edges["score"].max() == pytest.approx(1.0) and (edges["score"] >= 0).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -53,7 +54,8 @@ def test_edge_table_lists_every_prior_edge_strongest_first_with_the_learned_sign
         propagation.edges.weight.copy_(torch.linspace(-1.0, 1.0, len(spec.grn)))
     table = edge_table(propagation, spec)
     assert len(table) == len(spec.grn)
-    assert list(table.columns) == ["source", "target", "prior_sign", "weight", "score"]
+    assert list(table.columns) == ["source", "target", "prior_sign", "weight", "score", "true_level_weight",
+                                   "source_reliability"]
     assert (table["score"].diff().dropna() <= 0).all()
     ids = np.asarray(spec.gene_ids)
     assert set(table["source"]) <= set(ids[spec.grn.source]) and set(table["target"]) <= set(ids[spec.grn.target])
@@ -63,3 +65,26 @@ def test_edge_table_lists_every_prior_edge_strongest_first_with_the_learned_sign
     order = np.argsort(-score, kind="stable")
     assert np.allclose(table["weight"], weight[order]) and np.allclose(table["score"], score[order])
     assert (table["source"] == ids[spec.grn.source][order]).all() and (table["target"] == ids[spec.grn.target][order]).all()
+
+
+def test_edge_table_gives_each_edge_its_effect_per_unit_of_the_source_true_level():
+    """Counting noise dilutes a slope fitted on measured levels by the source's reliability r: the
+    table carries r and the weight the propagation applies to a true change, weight / max(r, floor)."""
+    spec = reference_spec(40, n_perturbations=4)
+    propagation = RegulatoryPropagation(spec, ModelConfig(name="regulatory"))  # dilution_correction 0.8: floor 0.2
+    reliability = torch.linspace(0.0, 1.0, spec.n_genes)
+    with torch.no_grad():
+        propagation.edges.weight.copy_(torch.linspace(-1.0, 1.0, len(spec.grn)))
+        propagation.level_reliability.copy_(reliability)
+    table = edge_table(propagation, spec)
+    by_edge = {(source, target): row for source, target, row in zip(table["source"], table["target"], table.itertuples())}
+    ids = np.asarray(spec.gene_ids)
+    weight = propagation.edge_weight().detach().numpy()
+    for edge, (source, target) in enumerate(zip(spec.grn.source, spec.grn.target)):
+        row = by_edge[ids[source], ids[target]]
+        r = float(reliability[source])
+        assert row.source_reliability == pytest.approx(r)
+        assert row.true_level_weight == pytest.approx(weight[edge] / max(r, 0.2), rel=1e-5)
+    off = RegulatoryPropagation(spec, ModelConfig(name="regulatory", regulatory={"dilution_correction": 0.0}))
+    off.load_state_dict(propagation.state_dict())
+    assert np.allclose(edge_table(off, spec)["true_level_weight"], edge_table(off, spec)["weight"])  # no correction: the same

@@ -53,7 +53,11 @@ BIOLOGY_FILES = (
     BiologyFile("grn_edges.tsv", "regulatory",
                 "one prior edge a row, strongest first: source, target (gene IDs), signed_weight (learned effect of "
                 "the source's level on the target's, expression per expression), score (|signed_weight| standardised by "
-                "the source's and target's spread across cells, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank. `pd.read_csv(f, sep='\\t')`; "
+                "the source's and target's spread across cells, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank, "
+                "true_level_weight (the effect of the source's true level: signed_weight / max(source_reliability, "
+                "1 - model.regulatory.dilution_correction); counting noise dilutes a slope fitted on measured levels, "
+                "and a perturbation moves the true level), source_reliability (the share of the source's variance "
+                "across basal cells that is not counting noise, 0-1). `pd.read_csv(f, sep='\\t')`; "
                 "as a prior for a new run: model.regulatory.edges=<file> (score is read as the edge weight)"),
     BiologyFile("response_half_times.tsv", "temporal",
                 "one gene a row per cell type: gene_id, cell_type, half_time_hours (hours after a stimulus until the "
@@ -108,7 +112,9 @@ def grn_edges(model) -> pd.DataFrame:
     table["score"] = table["score"] / strongest if strongest > 0 else 0.0
     table["sign"] = np.sign(table["signed_weight"]).astype(int)
     table["rank"] = np.arange(1, len(table) + 1)
-    return table[["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank"]]
+    # the two columns added after rank keep the older columns' positions for readers that index them
+    return table[["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank", "true_level_weight",
+                  "source_reliability"]]
 
 
 def basal_cells(data: HeldOut) -> list[tuple[str, dict[str, torch.Tensor]]] | str:

@@ -37,13 +37,19 @@ def measurement_reliability(counts: torch.Tensor, library: torch.Tensor) -> torc
 
 def edge_table(propagation, spec: ModelSpec) -> pd.DataFrame:
     """The learned network of a `RegulatoryPropagation` as a table: source, target (gene IDs),
-    prior_sign, weight (signed), score (|standardised weight|), highest score first;
-    `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
+    prior_sign, weight (signed, per unit of the source's measured level: what regressing measured
+    levels fits), score (|standardised weight|), true_level_weight (what the propagation applies to
+    a change of the source's true level: weight x the source's dilution boost, weight / max(r, floor)),
+    source_reliability (r, the share of the source's variance that is not counting noise), highest
+    score first; `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
     ids = np.asarray(spec.gene_ids)
     weight = propagation.edge_weight().detach().cpu().numpy()
     sign = spec.grn.sign if spec.grn.sign is not None else np.ones(len(weight), dtype=int)
+    source = np.asarray(spec.grn.source)
     table = pd.DataFrame({
-        "source": ids[spec.grn.source], "target": ids[spec.grn.target], "prior_sign": sign, "weight": weight,
+        "source": ids[source], "target": ids[spec.grn.target], "prior_sign": sign, "weight": weight,
         "score": propagation.edge_score().detach().cpu().numpy(),
+        "true_level_weight": weight * propagation.dilution_boost().detach().cpu().numpy()[source],
+        "source_reliability": propagation.level_reliability.detach().cpu().numpy()[source],
     })
     return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
