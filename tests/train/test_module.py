@@ -14,7 +14,7 @@ from tests.models.test_zoo import SPEC, random_batch
 from vcell.config import load_config
 from vcell.config.model import ModelConfig
 from vcell.config.train import TrainConfig
-from vcell.train.module import VCellModule, valid_rows
+from vcell.train.module import VCellModule, average_across_ranks, running_statistics, valid_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
@@ -100,3 +100,40 @@ def test_compiled_blocks_train_a_step_like_eager():
     torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
     for name, gradient in gradients.items():
         torch.testing.assert_close(compiled_gradients[name], gradient, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def average_on_two_ranks(rank: int, rendezvous: str, folder: str) -> None:
+    """Rank `rank` of a 2-process gloo group: its own running statistics in, the averaged ones saved."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+    try:
+        level = torch.tensor([1.0, 3.0, -2.0]) * (rank + 1)  # rank 0: [1, 3, -2], rank 1: [2, 6, -4]
+        seen = torch.tensor([rank == 0, False, True])  # a gene only rank 0 saw perturbed, one neither, one both
+        average_across_ranks([level, seen])
+        torch.save({"level": level, "seen": seen}, os.path.join(folder, f"rank-{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_running_statistics_are_averaged_across_ranks_so_every_rank_uses_the_whole_batch(tmp_path):
+    """Each rank updates the regulatory network's running statistics from its own cells; after a step
+    every rank holds their mean (a bool: true if any rank's is), whatever the strategy."""
+    torch.multiprocessing.spawn(average_on_two_ranks, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank-{rank}.pt", weights_only=True) for rank in range(2)]
+    for state in ranks:
+        assert torch.allclose(state["level"], torch.tensor([1.5, 4.5, -3.0]))
+        assert state["level"].dtype == torch.float32
+        assert state["seen"].tolist() == [True, False, True]
+
+
+def test_running_statistics_are_the_regulatory_buffers_and_stay_as_they_are_on_one_process():
+    config = load_config(None, ["model.size=tiny", "model.name=regulatory", "model.enhancements=[regulatory]"])
+    module = VCellModule(config.model, SPEC, config.train)
+    buffers = running_statistics(module.model)
+    propagation = next(m for m in module.model.modules() if hasattr(m, "level_reliability"))
+    assert [id(b) for b in buffers] == [id(propagation.level_sd), id(propagation.level_reliability),
+                                        id(propagation.intervened)]
+    before = [b.clone() for b in buffers]
+    average_across_ranks(buffers)  # no process group: a plain single-process run is untouched
+    assert all(torch.equal(a, b) for a, b in zip(before, buffers))
+    base = load_config(None, ["model.size=tiny", "model.name=base", "model.enhancements=[]"])
+    assert running_statistics(VCellModule(base.model, SPEC, base.train).model) == []  # nothing to average

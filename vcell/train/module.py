@@ -49,6 +49,33 @@ def every_parameter_term(model: torch.nn.Module) -> torch.Tensor:
     return torch.stack([parameter.reshape(-1)[0] for parameter in model.parameters() if parameter.requires_grad]).sum() * 0.0
 
 
+def running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The buffers a model updates from each training batch's cells (each module's RUNNING_STATISTICS)."""
+    return [getattr(module, name) for module in model.modules() for name in getattr(module, "RUNNING_STATISTICS", ())]
+
+
+@torch.no_grad()
+def average_across_ranks(buffers: list[torch.Tensor]) -> None:
+    """Each buffer set, in place, to its mean over the ranks of the default process group (a bool
+    buffer: true where any rank's is), in one all-reduce; nothing without one, or with one rank.
+
+    Why: every rank updates these from its own cells. DDP broadcasts rank 0's buffers before each
+    forward, so the other ranks' cells never counted; DeepSpeed does not, so each rank ran with its
+    own values, which is why ZeRO and DDP took different steps on the same cells. Averaged, every
+    strategy and every rank uses the statistics of the whole global batch."""
+    distributed = torch.distributed
+    if not buffers or not (distributed.is_available() and distributed.is_initialized()):
+        return
+    ranks = distributed.get_world_size()
+    if ranks < 2:
+        return
+    flat = torch.cat([buffer.reshape(-1).to(torch.float64) for buffer in buffers])  # float64: exact sums of bools
+    distributed.all_reduce(flat)
+    flat /= ranks
+    for buffer, mean in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+        buffer.copy_((mean > 0 if buffer.dtype == torch.bool else mean).view_as(buffer))
+
+
 class VCellModule(pl.LightningModule):
     """Training, validation and optimiser for one `VirtualCell` (see module doc)."""
 
@@ -86,6 +113,9 @@ class VCellModule(pl.LightningModule):
         if self.train_config.strategy == "ddp":
             loss = loss + every_parameter_term(self.model)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
+        average_across_ranks(running_statistics(self.model))  # every rank calls it each step (see its doc)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         if count_valid(batch) == 0:  # all padding (every rank has valid cells in its earlier batches)

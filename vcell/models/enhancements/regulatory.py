@@ -147,6 +147,9 @@ class RegulatoryConfig(Section):
 
 class RegulatoryPropagation(nn.Module):
     STATS: dict = {}
+    # buffers each training batch updates from its own cells: under data parallelism every rank
+    # sees other cells, so the trainer averages them across ranks after each step (OR for a bool)
+    RUNNING_STATISTICS = ("level_sd", "level_reliability", "intervened")
 
     def __init__(self, spec: ModelSpec, config: ModelConfig) -> None:
         super().__init__()
