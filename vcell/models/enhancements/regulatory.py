@@ -41,8 +41,9 @@ cap), with a learned per-gene cap starting there (regulation saturates: a target
 on or off moves no further). It bounds what the dilution correction can overshoot: an unseen
 regulator's edges are learned from observation alone, and undiluted by up to x5 a noisy slope
 raised one target by 3.0 (log1p) where the truth raises it by 0.87, which took share from every
-other gene (demo atlas, unseen MAE 0.0099 linear, 0.0023 saturated; no change 0.0030). With `activity` it removes that drive's overshoot too; `activity` is not the default
-because it costs the network on an independent simulator (SERGIO AUPRC 0.517 vs `knock`'s 0.545).
+other gene (demo atlas, unseen MAE 0.0099 linear, 0.0023 saturated; no change 0.0030). With
+`activity` it removes that drive's overshoot too; `activity` is not the default because it costs
+the network on an independent simulator (SERGIO AUPRC 0.517 vs `knock`'s 0.545).
 
 The two kinds of evidence pull one W: `regression_weight` sets the balance over all edges, and
 `reliability_weighting` (on by default) sets it per regulator. Adam moves a weight by about the
@@ -56,7 +57,10 @@ regulator whose perturbed cells training has seen the regression's gradient time
 signal-to-noise ratio r / (1 - r), capped at 1, with r = 1 - (counting noise) / (variance) across
 basal cells (`vcell.models.grn.measurement_reliability`; forward values unchanged). Any other
 regulator keeps the full gradient: observation is all there is to learn its edges from. The
-README ("Regulatory.") has what this gained and what was tried instead.
+README ("Regulatory.") has what this gained and what was tried instead. It still pays with the
+dilution correction on (science AUPRC 0.489 with it, 0.471 without; SERGIO 0.533 either way);
+cutting the regression off a perturbed regulator entirely gains on vcell's simulator (0.514) and
+loses SERGIO (0.182), where the interventions cannot tell direct edges from indirect ones.
 
 Why not decode targets from their regulators' *decoded* levels (the earlier design)? Decoded
 levels are functions of a low-dimensional latent state, so the regulators' columns are nearly
