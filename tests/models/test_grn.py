@@ -88,3 +88,24 @@ def test_edge_table_gives_each_edge_its_effect_per_unit_of_the_source_true_level
     off = RegulatoryPropagation(spec, ModelConfig(name="regulatory", regulatory={"dilution_correction": 0.0}))
     off.load_state_dict(propagation.state_dict())
     assert np.allclose(edge_table(off, spec)["true_level_weight"], edge_table(off, spec)["weight"])  # no correction: the same
+
+
+def test_an_edge_into_a_target_that_barely_varies_does_not_top_the_ranking():
+    """The score standardises by the target's sd, floored at a tenth of the median gene's: a gene
+    detected in a handful of cells (sd ~1e-5) leaves its edges' weights ~0 and unconstrained, and
+    dividing by its sd put those edges first (the demo atlas's top 20 had median |W| 1e-4)."""
+    spec = reference_spec(40, n_perturbations=4)
+    propagation = RegulatoryPropagation(spec, ModelConfig(name="regulatory"))
+    quiet = int(np.setdiff1d(spec.grn.target, spec.grn.source)[0])  # a regulated gene that regulates nothing
+    sd = torch.full((spec.n_genes,), 0.5)
+    sd[quiet] = 1e-5
+    weight = torch.full((len(spec.grn),), 0.3)
+    weight[torch.as_tensor(spec.grn.target) == quiet] = 1e-4
+    with torch.no_grad():
+        propagation.level_sd.copy_(sd)
+        propagation.edges.weight.copy_(weight / propagation.gain)
+    score = propagation.edge_score().detach().numpy()
+    into_quiet = np.asarray(spec.grn.target) == quiet
+    assert score[into_quiet].max() < score[~into_quiet].min()
+    assert np.allclose(score[into_quiet], 1e-4 * 0.5 / (0.1 * 0.5), rtol=1e-4)  # its sd floored at 0.1 x median
+    assert np.allclose(score[~into_quiet], 0.3, rtol=1e-4)  # the others: |W| sd_s / sd_t as before

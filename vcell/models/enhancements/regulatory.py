@@ -72,7 +72,8 @@ below chance.
 regulator (any prior source) -> regulated gene pair, with an L1 penalty off the prior.
 
 Statistics (spec.grn order): edge_weight (E,) the learned signed weight of each prior edge;
-edge_score (E,) its |standardised| value |W_st| sd_s / sd_t, the ranking of the learned network.
+edge_score (E,) its |standardised| value |W_st| sd_s / sd_t (sd_t at least SCORE_SD_FLOOR x the
+median gene's), the ranking of the learned network.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ from vcell.models.spec import ModelSpec
 
 
 SD_MOMENTUM = 0.05  # running estimate of each gene's sd: ~the last 20 batches
+# Edge scores divide by the target's sd, floored at this share of the median gene's: a target that
+# barely varies (detected in a handful of cells) leaves W ~0 and unconstrained, and dividing by its
+# sd (~1e-5) put such edges, weights ~1e-4, at the top of the demo's ranking
+SCORE_SD_FLOOR = 0.1
 INITIAL_KNOCK = -2.0  # a perturbation's starting change of its own gene's level: x0.14 as a log-fold change
 # Knock-downs learn through `scaled_knock` x this. An optimiser step moves a parameter by about the
 # learning rate whatever its gradient (Adam), so at 1e-3 a perturbation's own change could move ~0.3
@@ -228,9 +233,11 @@ class RegulatoryPropagation(nn.Module):
 
     def edge_score(self) -> torch.Tensor:
         """(E,) |standardised weight| of each prior edge, |W_st| sd_s / sd_t: the change of the target in
-        its own sd per sd of the regulator, comparable across edges (raw W is in each target's units)."""
+        its own sd per sd of the regulator, comparable across edges (raw W is in each target's units);
+        sd_t at least SCORE_SD_FLOOR x the median gene's sd."""
         sd = self.level_sd
-        return self.edge_weight().abs() * sd[self.edge_source] / sd[self.edge_target].clamp(min=1e-6)
+        floor = (SCORE_SD_FLOOR * sd.median()).clamp(min=1e-6)
+        return self.edge_weight().abs() * sd[self.edge_source] / sd[self.edge_target].clamp(min=floor)
 
     def outside_prior_penalty(self) -> torch.Tensor:
         if self.mode == "exclude":
