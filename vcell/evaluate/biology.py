@@ -52,12 +52,14 @@ class BiologyFile:
 BIOLOGY_FILES = (
     BiologyFile("grn_edges.tsv", "regulatory",
                 "one prior edge a row, strongest first: source, target (gene IDs), signed_weight (learned effect of "
-                "the source's level on the target's, expression per expression), score (|signed_weight| standardised by "
-                "the source's and target's spread across cells, the target's at least a tenth of the median gene's, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank, "
+                "the source's level on the target's, expression per expression), score (|signed_weight| standardised "
+                "by the source's and target's spread across cells, the target's at least a tenth of the median "
+                "gene's, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank, "
                 "true_level_weight (the effect of the source's true level: signed_weight / max(source_reliability, "
                 "1 - model.regulatory.dilution_correction); counting noise dilutes a slope fitted on measured levels, "
                 "and a perturbation moves the true level), source_reliability (the share of the source's variance "
-                "across basal cells that is not counting noise, 0-1; 1 for a model that reads no raw counts). `pd.read_csv(f, sep='\\t')`; "
+                "across basal cells that is not counting noise, 0-1; 1 for a model that reads no raw counts). "
+                "`pd.read_csv(f, sep='\\t')`; "
                 "as a prior for a new run: model.regulatory.edges=<file> (score is read as the edge weight)"),
     BiologyFile("response_half_times.tsv", "temporal",
                 "one gene a row per cell type: gene_id, cell_type, half_time_hours (hours after a stimulus until the "

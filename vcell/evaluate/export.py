@@ -18,7 +18,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from vcell.config.schema import VCellConfig
 from vcell.data.resolve import normalization_from_dict
 from vcell.data.transform import Normalization
