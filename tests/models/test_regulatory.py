@@ -263,3 +263,6 @@ def test_a_model_saved_before_the_dilution_correction_loads_and_resumes_as_it_wa
     (tmp_path / "config.yaml").write_text("")
     with pytest.raises(VCellError, match="config.yaml: not a vcell config"):
         read_saved_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("model: {name: [unclosed\n")
+    with pytest.raises(VCellError, match="config.yaml: not valid YAML"):
+        read_saved_config(tmp_path)

@@ -71,7 +71,11 @@ def read_saved_config(directory: str | Path) -> VCellConfig:
     (through `as_saved`): every reader of a saved model goes through here, so a key added to
     BEFORE_THE_KEY reaches them all."""
     path = Path(directory) / "config.yaml"
-    tree = yaml.safe_load(path.read_text())
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise VCellError(f"{path}: not valid YAML ({error})",
+                         hint="give the folder a finished run or `vcell export` wrote, with its config.yaml intact") from None
     if not isinstance(tree, dict):
         raise VCellError(f"{path}: not a vcell config (a YAML mapping), found {type(tree).__name__}",
                          hint="give the folder a finished run or `vcell export` wrote")
