@@ -80,7 +80,7 @@ def test_a_zero2_run_resumes_on_1_worker_with_its_optimiser_and_every_cell_once(
     np.testing.assert_allclose(resumed, twin, rtol=1e-3)
     exported, twin_weights = load_exported(run_directory(config) / "model"), load_exported(run_directory(ddp) / "model")
     # everything agrees to float precision except the NB dispersions of barely constrained genes
-    # (measured 6e-5 apart): see strategy_weight_differences
+    # (measured 3e-4 apart): see strategy_weight_differences
     assert strategy_weight_differences(exported, twin_weights, train_atlas) == []
     noise = np.abs(np.diff(resumed[:4])).max()  # steps 1-4 on 2 workers: the curve's own step-to-step noise
     assert abs(resumed[4] - resumed[3]) < noise  # no jump where it resumed

@@ -112,10 +112,10 @@ class VCellModule(pl.LightningModule):
             self.log("train/loss", loss.detach(), batch_size=self.cells_in_step, prog_bar=True)
         if self.train_config.strategy == "ddp":
             loss = loss + every_parameter_term(self.model)
+        # every rank, every step, here rather than in on_train_batch_end: Lightning runs the callbacks'
+        # hooks (the checkpoint's) before the module's, and a checkpoint must hold the averaged values
+        average_across_ranks(running_statistics(self.model))
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_index: int) -> None:
-        average_across_ranks(running_statistics(self.model))  # every rank calls it each step (see its doc)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_index: int) -> None:
         if count_valid(batch) == 0:  # all padding (every rank has valid cells in its earlier batches)
