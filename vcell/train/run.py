@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from vcell.config import dump_config
+from vcell.config.loader import read_yaml_mapping
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
@@ -71,14 +72,12 @@ def read_saved_config(directory: str | Path) -> VCellConfig:
     (through `as_saved`): every reader of a saved model goes through here, so a key added to
     BEFORE_THE_KEY reaches them all."""
     path = Path(directory) / "config.yaml"
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise VCellError(f"{path}: not valid YAML ({error})",
-                         hint="give the folder a finished run or `vcell export` wrote, with its config.yaml intact") from None
-    if not isinstance(tree, dict):
-        raise VCellError(f"{path}: not a vcell config (a YAML mapping), found {type(tree).__name__}",
-                         hint="give the folder a finished run or `vcell export` wrote")
+    hint = "give a folder that a finished run or `vcell export` wrote, with its config.yaml intact"
+    if not path.is_file():
+        raise VCellError(f"{directory}: not a complete vcell model folder, it has no config.yaml", hint=hint)
+    tree = read_yaml_mapping(path)  # names the file when it is not valid YAML or not a mapping
+    if not tree:
+        raise VCellError(f"{path}: not a vcell config (the file is empty)", hint=hint)
     return VCellConfig.model_validate(as_saved(tree))
 
 
