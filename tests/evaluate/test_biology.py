@@ -157,6 +157,18 @@ def test_a_model_without_these_enhancements_writes_nothing(tmp_path):
     assert {entry.enhancement for entry in BIOLOGY_FILES} == {"regulatory", "temporal", "hierarchical", "memory"}
 
 
+def test_a_model_without_biology_removes_the_network_vcell_wrote_for_another_model(tmp_path):
+    # a run restarted as `base` under a `regulatory` run's name: the old grn_edges.tsv would pass for this model's
+    table = pd.DataFrame({"source": ["TF001"], "target": ["GENE0002"], "signed_weight": [0.5]})
+    ours, users = tmp_path / "ours" / "biology", tmp_path / "users" / "biology"
+    write_biology(ours, {"grn_edges.tsv": table}, {})
+    write_biology(users, {"grn_edges.tsv": table}, {})
+    (users / "my_notes.txt").write_text("mine")
+    assert write_biology(ours, {}, {}) == [] and not ours.exists()
+    assert write_biology(users, {}, {}) == [] and (users / "my_notes.txt").read_text() == "mine"
+    assert (users / "grn_edges.tsv").is_file()  # a folder with the user's files in it is never removed
+
+
 def test_an_export_carries_the_biology_and_says_what_it_could_not_compute(run_copy, tmp_path):
     out = export_run(run_copy, tmp_path / "export")
     assert {p.name for p in (out / "biology").iterdir()} == FILES | {"README.md"}

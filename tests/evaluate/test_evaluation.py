@@ -14,6 +14,7 @@ from vcell.cli import main
 from vcell.errors import VCellError
 from vcell.evaluate.predict import predict_run
 from vcell.evaluate.evaluation import evaluate_run, readable, summary_lines
+from vcell.evaluate.figures import PLOT_FILES
 from vcell.train.checkpoint import CheckpointStore
 
 from tests.train.test_checkpoint import fake_checkpoint
@@ -31,6 +32,10 @@ def evaluated(trained_folder, tmp_path_factory):
 
     folder = shutil.copytree(trained_folder, tmp_path_factory.mktemp("evaluated") / "tiny")
     (folder / "metrics.json").write_text(json.dumps({"run": "tiny", "steps": 60}))  # training's keys stay
+    # an earlier evaluation's figure this one does not draw (the folder has no history.csv), and the user's own
+    (folder / "plots").mkdir()
+    (folder / "plots" / "training_curves.png").write_bytes(b"an older model's curves")
+    (folder / "plots" / "my_figure.png").write_bytes(b"the user's")
     results = evaluate_run(folder, progress=False)
     return folder, results
 
@@ -77,7 +82,9 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
 def test_every_plot_is_written_and_readable(evaluated):
     folder, results = evaluated
     written = {path.split("/")[-1] for path in results["plots"]}
-    assert EXPECTED_PLOTS <= written
+    assert written == EXPECTED_PLOTS and PLOT_FILES == EXPECTED_PLOTS | {"training_curves.png"}
+    # the earlier evaluation's figure went (it would pass for this model's); the user's file stayed
+    assert {path.name for path in (folder / "plots").iterdir()} == written | {"my_figure.png"}
     for name in written:
         image = matplotlib.image.imread(folder / "plots" / name)
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0, name
@@ -189,6 +196,7 @@ def test_existing_plots_lists_what_was_written_in_the_order_asked(evaluated, tmp
     from vcell.evaluate.figures import existing_plots
 
     folder, results = evaluated
+    # vcell's figures only: the user's my_figure.png beside them is not one of the evaluation's
     assert [path.name for path in existing_plots(folder)] == sorted(path.split("/")[-1] for path in results["plots"])
     assert existing_plots(folder, "kinetics.png", "no_such.png", "embedding_pca.png") == [
         folder / "plots" / "kinetics.png", folder / "plots" / "embedding_pca.png"]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from vcell.config import load_config
+from vcell.errors import VCellError
 from vcell.data.memory import load_cells
 from vcell.evaluate.export import open_trained
 from vcell.evaluate.in_process import train_in_process
@@ -39,3 +41,22 @@ def test_in_process_run_folder_holds_model_history_and_metrics(evaluation_atlas,
     cells = load_cells(evaluation_atlas, run.config.loader, "test")
     with torch.no_grad():
         assert torch.equal(trained.model.embed(cells).latent, run.model.embed(cells).latent)
+
+
+def test_training_here_again_starts_the_run_over_but_never_replaces_a_vcell_train_run(evaluation_atlas, tmp_path):
+    overrides = ["name=twice", f"data.atlas={evaluation_atlas}", "model.size=tiny", "loader.split.holdout=[]",
+                 "loader.batch_size=64", "train.steps=2", f"scaling.storage_path={tmp_path}"]
+    first = train_in_process(load_config(None, [*overrides, "model.name=regulatory"]))
+    (first.directory / "plots").mkdir()
+    (first.directory / "plots" / "grn_edges_vs_truth.png").write_bytes(b"the regulatory model's network")
+    second = train_in_process(load_config(None, [*overrides, "model.name=base"]))
+    assert second.directory == first.directory and not (first.directory / "plots").exists()
+    assert open_trained(second.directory).config.model.name == "base"
+
+    manifest = first.directory / "checkpoints" / "step-00000002" / "manifest.json"  # as `vcell train` leaves it
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    before = sorted(path.name for path in first.directory.rglob("*"))
+    with pytest.raises(VCellError, match="checkpoints"):
+        train_in_process(load_config(None, overrides))
+    assert sorted(path.name for path in first.directory.rglob("*")) == before

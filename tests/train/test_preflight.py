@@ -1,5 +1,6 @@
-"""What `vcell train --dry-run` (and every real start, before Ray) catches without training, and
-that a start which failed before its first checkpoint does not block the corrected rerun."""
+"""What `vcell train --dry-run` (and every real start, before Ray) catches without training, that a
+start which failed before its first checkpoint does not block the corrected rerun, and that a
+restarted run keeps nothing of the old run's evaluation (but everything vcell did not write)."""
 
 from __future__ import annotations
 
@@ -63,3 +64,28 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_the_corr
     (directory / "checkpoints" / "step-00000004" / "manifest.json").write_text(json.dumps({}))
     with pytest.raises(VCellError, match="with a different config"):  # once it has saved progress, it is protected
         prepare_run(failed)
+
+
+def test_a_restart_removes_the_old_evaluation_but_not_the_users_files(train_atlas, tmp_path):
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+
+    from vcell.evaluate.biology import write_biology
+    from vcell.files import H5AD_WRITER_KEY
+
+    old = run_config(train_atlas, tmp_path, "again", "model.name=regulatory")
+    directory = prepare_run(old).directory
+    (directory / "plots").mkdir()
+    for name in ("grn_edges_vs_truth.png", "my_figure.png"):  # the old model's figure; the user's
+        (directory / "plots" / name).write_bytes(b"png")
+    write_biology(directory / "biology", {"grn_edges.tsv": pd.DataFrame({"source": ["TF001"], "weight": [0.5]})}, {})
+    ad.AnnData(np.zeros((2, 1), np.float32), uns={H5AD_WRITER_KEY: "vcell evaluate"}).write_h5ad(directory / "embeddings.h5ad")
+    (directory / "notes.txt").write_text("mine")
+
+    prepare_run(run_config(train_atlas, tmp_path, "again"), restart=True)  # the same name as `full`
+    assert sorted(path.name for path in directory.rglob("*")) == ["config.yaml", "my_figure.png", "notes.txt", "plots"]
+
+    ad.AnnData(np.zeros((2, 1), np.float32)).write_h5ad(directory / "embeddings.h5ad")  # not one vcell wrote
+    prepare_run(old, restart=True)
+    assert (directory / "embeddings.h5ad").is_file()

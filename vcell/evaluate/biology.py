@@ -18,6 +18,7 @@ export whose training atlas is gone gets the network only, and its README.md say
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from vcell.evaluate.perturbation import by_type, pure_rows
 from vcell.files import current_umask, foreign_entries, swap_into_place
 from vcell.models.inputs import Conditions
 
+log = logging.getLogger(__name__)
 BASAL_CELLS = 256
 HALF_TIME_HOURS = [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]  # the learning check's grid
 MEMORY_PULSE_HOURS = 24.0  # as the memory evaluation: a pulse one day before
@@ -221,8 +223,10 @@ def biology_not_ours(folder: Path) -> str | None:
 
 def write_biology(folder: Path, tables: dict[str, pd.DataFrame], skipped: dict[str, str]) -> list[Path]:
     """The tables and a README.md as `folder`, written beside it and renamed into place; a `folder`
-    that holds anything vcell did not write is refused. Nothing is written without a table."""
+    that holds anything vcell did not write is refused. Nothing is written without a table, and a
+    `folder` vcell wrote for another model is then removed (it would be taken for this model's)."""
     if not tables and not skipped:
+        remove_biology(folder)
         return []
     if folder.exists() and (reason := biology_not_ours(folder)) is not None:
         raise VCellError(f"{folder} exists and vcell may not replace it: {reason}",
@@ -239,3 +243,12 @@ def write_biology(folder: Path, tables: dict[str, pd.DataFrame], skipped: dict[s
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return [folder / name for name in tables]
+
+
+def remove_biology(folder: Path) -> bool:
+    """Delete `folder` if vcell wrote it and it holds nothing else; whether it did."""
+    if not folder.is_dir() or biology_not_ours(folder) is not None:
+        return False
+    shutil.rmtree(folder)
+    log.info("removed %s: it described another model (this one has no biology tables)", folder)
+    return True

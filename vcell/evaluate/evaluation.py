@@ -28,7 +28,7 @@ from vcell.evaluate.heldout import held_out_cells
 from vcell.evaluate.perturbation import perturbation_metrics
 from vcell.evaluate.representation import embedding_metrics, reconstruction_metrics
 from vcell.errors import VCellError
-from vcell.files import atomic_write
+from vcell.files import atomic_write, h5ad_not_ours
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,20 @@ def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: 
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_metrics(folder / "metrics.json", results)
     return results
+
+
+def forget_evaluation(folder: Path) -> None:
+    """Remove what an evaluation wrote into the run `folder` (figures, biology/, embeddings.h5ad),
+    when it restarts as another run: those describe the model that is gone. What vcell did not
+    write stays (each remover checks); metrics.json goes with the run's own files."""
+    from vcell.evaluate.biology import remove_biology
+    from vcell.evaluate.figures import remove_stale_plots
+
+    remove_stale_plots(folder / "plots")
+    remove_biology(folder / "biology")
+    embeddings = folder / "embeddings.h5ad"
+    if embeddings.is_file() and h5ad_not_ours(embeddings) is None:
+        embeddings.unlink()
 
 
 def say(progress: bool, message: str) -> None:

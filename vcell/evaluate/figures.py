@@ -6,6 +6,11 @@ Training curves; PCA and t-SNE of the held-out embeddings coloured by cell type,
 perturbation and time; model vs baselines; predicted vs observed perturbation deltas; and the
 model-specific views: pathway activity by cell type, GRN weights vs truth, response kinetics,
 variance decomposition, resource allocation, scale contributions and memory (primed - naive).
+
+plots/ afterwards holds this evaluation's figures only: a figure an earlier evaluation drew that
+this one did not (another model of the same run name, a read-out the model no longer has) is
+removed, so no PNG there describes a different model. Only the names in PLOT_FILES are vcell's;
+any other file in plots/ is the user's and stays.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ from vcell.train.tracking import read_history
 log = logging.getLogger(__name__)
 KINETIC_GENES = 6
 ALLOCATION_PATHWAYS = 8
+PLOT_FILES = frozenset({  # every figure an evaluation may write (tests check none is missing)
+    "training_curves.png", "embedding_pca.png", "embedding_tsne.png", "metrics_vs_baselines.png",
+    "perturbation_deltas.png", "pathway_activity.png", "grn_edges_vs_truth.png", "kinetics.png",
+    "variance_decomposition.png", "resource_allocation.png", "scale_contributions.png",
+    "memory_primed_minus_naive.png",
+})
 
 
 def colourings(data: HeldOut, rows: np.ndarray) -> dict[str, tuple[np.ndarray, list[str] | None]]:
@@ -223,7 +234,21 @@ def write_figures(data: HeldOut, results: dict, arrays: dict, directory: Path, s
                                          "(held-out cells)", directory / "metrics_vs_baselines.png"))
     paths += perturbation_figure(arrays.get("perturbation", {}), directory)
     paths += model_figures(data, arrays.get("enhancements", {}), directory)
+    remove_stale_plots(directory, {path.name for path in paths})
     return sorted(str(path.relative_to(directory.parent)) for path in paths)
+
+
+def remove_stale_plots(directory: Path, written: set[str] = frozenset()) -> list[str]:
+    """Delete vcell's figures in `directory` that are not in `written` (the folder too once empty);
+    the names deleted. Files vcell does not write are never touched."""
+    stale = sorted(path.name for path in directory.glob("*.png") if path.name in PLOT_FILES - written)
+    for name in stale:
+        (directory / name).unlink()
+    if stale:
+        log.info("removed figures of an earlier evaluation from %s: %s", directory, ", ".join(stale))
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
+    return stale
 
 
 def existing_plots(run_folder: str | Path, *names: str) -> list[Path]:
@@ -232,7 +257,7 @@ def existing_plots(run_folder: str | Path, *names: str) -> list[Path]:
     the model does not have) are left out and logged."""
     folder = Path(run_folder) / "plots"
     if not names:
-        return sorted(folder.glob("*.png"))
+        return sorted(path for path in folder.glob("*.png") if path.name in PLOT_FILES)
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         log.info("not in %s: %s (plots off, or not a read-out of this model)", folder, ", ".join(missing))

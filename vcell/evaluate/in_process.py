@@ -9,7 +9,9 @@ schedule and clipping and `config.loader.batch_size`. The folder, `<scaling.stor
 holds what `vcell train` writes apart from checkpoints and W&B: `config.yaml`, `history.csv`,
 `metrics.json` and `model/`, so `vcell evaluate`, `embed`, `export` and `predict` read it alike.
 `vcell train` with the same config on Ray is the way to scale the same run (it restarts a folder
-without checkpoints, see `vcell.train.run`).
+without checkpoints, see `vcell.train.run`). Training here again under the same name starts the
+run over (as `vcell train --restart`: the earlier model and what its evaluation wrote go, once the
+new one has trained); a folder with `vcell train`'s checkpoints is refused, never replaced.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from pathlib import Path
 import torch
 
 from vcell.atlas.store import open_atlas
-from vcell.config.loader import save_config
 from vcell.config.schema import VCellConfig
 from vcell.data.memory import load_cells
+from vcell.errors import VCellError
 from vcell.evaluate.export import save_trained
 from vcell.files import atomic_write
 from vcell.models.model import VirtualCell
 from vcell.models.zoo import build_model, count_parameters
 from vcell.train.plain import fit
-from vcell.train.run import run_directory
+from vcell.train.run import has_checkpoints, prepare_run, run_directory
 from vcell.train.tracking import History
 from vcell.train.training_plan import model_spec, with_model_inputs
 
@@ -45,6 +47,10 @@ class InProcessRun:
 
 def train_in_process(config: VCellConfig, *, progress_every: int = 0) -> InProcessRun:
     """Train `config`'s model on its atlas's training split here; the run folder as the module says."""
+    directory = run_directory(config)
+    if has_checkpoints(directory):  # before training, not after minutes of it
+        raise VCellError(f"{directory} holds a run that `vcell train` wrote (checkpoints/), which this one would replace",
+                         hint=f"give this run another name (name=...), or remove {directory} first")
     atlas = open_atlas(config.data.atlas)
     config = with_model_inputs(config, atlas)
     torch.manual_seed(config.seed)
@@ -57,9 +63,7 @@ def train_in_process(config: VCellConfig, *, progress_every: int = 0) -> InProce
                   weight_decay=settings.weight_decay, warmup_fraction=settings.warmup_fraction,
                   final_lr_fraction=settings.final_lr_fraction, progress_every=progress_every)
     seconds = time.perf_counter() - started
-    directory = run_directory(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_config(config, directory / "config.yaml")
+    directory = prepare_run(config, restart=True).directory  # an earlier run of this name, and its evaluation, go
     write_history(directory / "history.csv", history, config.loader.batch_size, seconds)
     save_trained(model, config, directory / "model", step=settings.steps)
     write_training_metrics(directory, config, history, count_parameters(model), seconds)

@@ -5,8 +5,9 @@
     run.config_hash      # sha256 of the resolved config, operational keys left out
 
 Re-running the same command finds the same folder and resumes. The same name with a different
-config is refused with the difference shown, unless the user restarts (the old run is deleted)
-or resumes with changes (e.g. more steps). An attempt that failed before its first checkpoint
+config is refused with the difference shown, unless the user restarts (the old run is deleted, with
+the figures, biology/ and embeddings its evaluation wrote; files vcell did not write stay) or
+resumes with changes (e.g. more steps). An attempt that failed before its first checkpoint
 protects nothing: a corrected config simply replaces it. Everything is written through temp files + rename.
 """
 
@@ -27,11 +28,15 @@ from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
 from vcell.files import atomic_write
+from vcell.models.registry import resolve
 from vcell.train.checkpoint import Checkpoint, CheckpointStore, resume_point
 from vcell.trees import flatten
 
 RUN_FILES = ("checkpoints", "model", "history.csv", "metrics.json", "audit", "wandb", "ray", "split.json",
              "split_codes.npy", "config.yaml")
+# what an evaluation wrote is removed on a restart too, by the evaluation layer (above this one, so
+# named by text), which knows its files: vcell's figures, biology/ and embeddings.h5ad, nothing else
+FORGET_EVALUATION = "vcell.evaluate.evaluation:forget_evaluation"
 
 
 def identity(config: VCellConfig | dict) -> dict[str, object]:
@@ -167,6 +172,7 @@ def prepare_run(config: VCellConfig, *, restart: bool = False, resume_with_chang
         for name in RUN_FILES:
             path = directory / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        resolve(FORGET_EVALUATION)(directory)  # the old model's figures and network must not pass for this one's
     probe_writable(directory, "the driver")
     text = dump_config(config).encode()
     atomic_write(directory / "config.yaml", lambda stream: stream.write(text))
