@@ -8,12 +8,14 @@ Every model is trained with the plain single-process loop on the same cells (the
 point held out for all); each row compares the enhancement's catalogue model with `base`
 (and, for memory, with `temporal` alone) and a random or naive reference, on held-out cells:
 
-  regulatory    AUPRC of the learned edge scores (|standardised weight|) over a noisy GRN prior
-                (all true edges plus twice as many decoys); base: mean |d reconstruction / d input|
-                (gradient attribution); baseline: the best of |co-expression|, |partial
-                correlation| and partial correlation plus each knockdown's effect on the targets of
-                the knocked-down regulator (Stouffer-combined z); AUROC and sign agreement of each
-                beside it; random: the share of true edges. An independent simulator (SERGIO):
+  regulatory    AUPRC of the learned edge scores (|standardised weight| against the regulator's
+                and the target's other edges) over a noisy GRN prior (all true edges plus twice as
+                many decoys); base: mean |d reconstruction / d input| (gradient attribution);
+                baseline: the best of |co-expression|, |partial correlation| and partial
+                correlation plus each knockdown's effect on the targets of the knocked-down
+                regulator (Stouffer-combined z), each also background-corrected as the model's
+                score is; AUROC and sign agreement of each beside it; random: the share of true
+                edges. An independent simulator (SERGIO):
                 benchmarks/independent.py.
   temporal      relative error of the predicted change at the held-out 4 h vs observed
                 held-out cells; base predicts no change (1.0); reference: interpolating the

@@ -52,13 +52,14 @@ def test_grn_edges_are_the_learned_weights_ranked_and_read_back_as_a_prior(evalu
     trained = open_trained(folder)
     spec, model = trained.model.spec, trained.model
     assert list(edges.columns) == ["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank",
-                                   "true_level_weight", "source_reliability"]
+                                   "true_level_weight", "source_reliability", "standardised_weight"]
+    assert np.array_equal(np.sign(edges["standardised_weight"]), edges["sign"])  # the weight in sds: same sign
     assert edges["source_reliability"].between(0, 1).all()
     floor = 1 - trained.config.model.regulatory.dilution_correction
     assert np.allclose(edges["true_level_weight"], edges["signed_weight"] / edges["source_reliability"].clip(lower=floor),
                        rtol=1e-4, atol=1e-7)  # %.6g
     assert len(edges) == len(spec.grn) and list(edges["rank"]) == list(range(1, len(edges) + 1))
-    assert np.all(np.diff(edges["score"]) <= 1e-6)  # strongest (standardised |weight|) first
+    assert np.all(np.diff(edges["score"]) <= 1e-6)  # strongest (background-corrected standardised |weight|) first
     assert edges["score"].max() == pytest.approx(1.0) and (edges["score"] >= 0).all()
     assert np.array_equal(edges["sign"], np.sign(edges["signed_weight"]))
     learned = model.describe(select(held_out_cells(trained, max_cells=50).test, torch.arange(2))).stats["edge_weight"]

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcell.evaluate.edges import combined_evidence, knockdown_effects
+from vcell.evaluate.edges import combined_evidence, knockdown_effects, with_background_corrected
 
 
 @settings(max_examples=30, deadline=None)
@@ -61,3 +61,19 @@ def test_the_interventional_baseline_reads_only_otherwise_basal_cells_and_needs_
     assert z[0] < -10 and abs(z[1]) < 4 and np.isnan(z[2])
     assert interventional_baseline(cells, spec)[0] > 0  # the target fell: a positive edge
     assert interventional_baseline({"x": x}, spec) is None
+
+
+def test_each_baseline_is_also_scored_background_corrected_with_its_sign():
+    import torch
+
+    from vcell.models.grn import background_corrected
+
+    source, target = np.array([0, 0, 1, 1, 2]), np.array([3, 4, 3, 4, 3])
+    partial = np.array([0.5, -0.1, -0.2, 0.0, 0.3])
+    scores = with_background_corrected({"partial correlation": partial}, source, target)
+    assert list(scores) == ["partial correlation", "partial correlation, background-corrected"]
+    assert scores["partial correlation"] is partial  # the raw values are kept as they are
+    corrected = scores["partial correlation, background-corrected"]
+    assert np.array_equal(np.sign(corrected), np.sign(partial))
+    expected = background_corrected(torch.tensor(np.abs(partial)), torch.tensor(source), torch.tensor(target)).numpy()
+    assert np.allclose(np.abs(corrected), expected)

@@ -1,8 +1,10 @@
-"""The network's helpers (vcell.models.grn): measurement reliability, gradient scaling, the edge table."""
+"""The network's helpers (vcell.models.grn): measurement reliability, gradient scaling, the background
+correction of edge scores, the edge table."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,7 +12,7 @@ from hypothesis import strategies as st
 
 from vcell.config.model import ModelConfig
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
-from vcell.models.grn import edge_table, measurement_reliability, scale_gradient
+from vcell.models.grn import background_corrected, edge_table, measurement_reliability, scale_gradient
 from vcell.models.spec import reference_spec
 
 
@@ -55,7 +57,7 @@ def test_edge_table_lists_every_prior_edge_strongest_first_with_the_learned_sign
     table = edge_table(propagation, spec)
     assert len(table) == len(spec.grn)
     assert list(table.columns) == ["source", "target", "prior_sign", "weight", "score", "true_level_weight",
-                                   "source_reliability"]
+                                   "source_reliability", "standardised_weight"]
     assert (table["score"].diff().dropna() <= 0).all()
     ids = np.asarray(spec.gene_ids)
     assert set(table["source"]) <= set(ids[spec.grn.source]) and set(table["target"]) <= set(ids[spec.grn.target])
@@ -107,5 +109,50 @@ def test_an_edge_into_a_target_that_barely_varies_does_not_top_the_ranking():
     score = propagation.edge_score().detach().numpy()
     into_quiet = np.asarray(spec.grn.target) == quiet
     assert score[into_quiet].max() < score[~into_quiet].min()
-    assert np.allclose(score[into_quiet], 1e-4 * 0.5 / (0.1 * 0.5), rtol=1e-4)  # its sd floored at 0.1 x median
-    assert np.allclose(score[~into_quiet], 0.3, rtol=1e-4)  # the others: |W| sd_s / sd_t as before
+    standardised = propagation.standardised_weight().detach().numpy()
+    assert np.allclose(standardised[into_quiet], 1e-4 * 0.5 / (0.1 * 0.5), rtol=1e-4)  # its sd floored at 0.1 x median
+    assert np.allclose(standardised[~into_quiet], 0.3, rtol=1e-4)  # the others: W sd_s / sd_t as before
+    assert np.allclose(edge_table(propagation, spec).sort_values(["source", "target"])["standardised_weight"],
+                       pd.DataFrame({"s": np.asarray(spec.gene_ids)[spec.grn.source], "t": np.asarray(spec.gene_ids)[
+                           spec.grn.target], "v": standardised}).sort_values(["s", "t"])["v"])
+
+
+@st.composite
+def networks(draw):
+    """(values, source, target) of a network of up to 40 edges among up to 12 genes, some values 0."""
+    size = draw(st.integers(1, 40))
+    genes = draw(st.integers(2, 12))
+    source = draw(st.lists(st.integers(0, genes - 1), min_size=size, max_size=size))
+    target = draw(st.lists(st.integers(0, genes - 1), min_size=size, max_size=size))
+    values = draw(st.lists(st.one_of(st.just(0.0), st.floats(1e-4, 1e3)), min_size=size, max_size=size))
+    as_tensor = lambda items, dtype: torch.tensor(items, dtype=dtype)  # noqa: E731
+    return as_tensor(values, torch.float64), as_tensor(source, torch.long), as_tensor(target, torch.long)
+
+
+@settings(max_examples=60, deadline=None)
+@given(network=networks(), scale=st.floats(1e-3, 1e3), seed=st.integers(0, 2**16))
+def test_background_correction_is_scale_free_order_free_and_zero_only_where_the_value_is(network, scale, seed):
+    values, source, target = network
+    corrected = background_corrected(values, source, target)
+    assert corrected.shape == values.shape and torch.isfinite(corrected).all() and (corrected >= 0).all()
+    assert torch.equal(corrected == 0, values == 0)
+    assert torch.allclose(background_corrected(values * scale, source, target), corrected, rtol=1e-9)
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(values)))
+    assert torch.allclose(background_corrected(values[order], source[order], target[order]), corrected[order])
+
+
+@given(regulator_scale=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=5),
+       target_scale=st.lists(st.floats(0.01, 100.0), min_size=1, max_size=6))
+def test_background_correction_halves_each_regulators_and_each_targets_own_scale(regulator_scale, target_scale):
+    """Every regulator -> target pair with value a_s x b_t (a regulator that acts strongly on all its
+    targets, a target every regulator moves a lot): the score is the geometric mean of the edge
+    against its regulator's edges and against its target's, sqrt(a_s b_t / (rms(a) rms(b))), so on a
+    log scale each node's own scale counts half (the correction that ranked best, see the module doc)."""
+    a, b = torch.tensor(regulator_scale, dtype=torch.float64), torch.tensor(target_scale, dtype=torch.float64)
+    source = torch.arange(len(a)).repeat_interleave(len(b))
+    target = torch.arange(len(b)).repeat(len(a))
+    corrected = background_corrected(a[source] * b[target], source, target)
+    rms = lambda values: values.pow(2).mean().sqrt()  # noqa: E731
+    assert torch.allclose(corrected, (a[source] * b[target] / (rms(a) * rms(b))).sqrt(), rtol=1e-9)
+    single = background_corrected(torch.tensor([0.3]), torch.tensor([0]), torch.tensor([1]))
+    assert torch.allclose(single, torch.tensor([1.0]))  # its regulator's and its target's only edge

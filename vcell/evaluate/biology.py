@@ -54,13 +54,15 @@ class BiologyFile:
 BIOLOGY_FILES = (
     BiologyFile("grn_edges.tsv", "regulatory",
                 "one prior edge a row, strongest first: source, target (gene IDs), signed_weight (learned effect of "
-                "the source's level on the target's, expression per expression), score (|signed_weight| standardised "
-                "by the source's and target's spread across cells, the target's at least a tenth of the median "
-                "gene's, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank, "
+                "the source's level on the target's, expression per expression), score (how far the edge stands out: "
+                "|standardised_weight| / the geometric mean of the root mean squares of the source's and the target's "
+                "prior edges, / the largest: 1 = strongest), sign (+1/-1/0 of the learned weight), prior_sign, rank, "
                 "true_level_weight (the effect of the source's true level: signed_weight / max(source_reliability, "
                 "1 - model.regulatory.dilution_correction); counting noise dilutes a slope fitted on measured levels, "
                 "and a perturbation moves the true level), source_reliability (the share of the source's variance "
-                "across basal cells that is not counting noise, 0-1; 1 for a model that reads no raw counts). "
+                "across basal cells that is not counting noise, 0-1; 1 for a model that reads no raw counts), "
+                "standardised_weight (signed_weight x the source's sd / the target's sd across cells, the target's at "
+                "least a tenth of the median gene's: target sds per source sd). "
                 "`pd.read_csv(f, sep='\\t')`; "
                 "as a prior for a new run: model.regulatory.edges=<file> (score is read as the edge weight)"),
     BiologyFile("response_half_times.tsv", "temporal",
@@ -109,16 +111,17 @@ def grn_edges(model) -> pd.DataFrame:
     from vcell.models.grn import edge_table
 
     propagation = next(module for module in model.modules() if isinstance(module, RegulatoryPropagation))
-    # edge_table ranks by the standardised |weight| (sd(source) / sd(target) x |w|): raw weights of
-    # regulators with different spreads are not comparable; the score is that, scaled to [0, 1]
+    # edge_table ranks by the edge score (the standardised |weight|, sd(source) / sd(target) x |w|, against
+    # its regulator's and target's other edges): raw weights of regulators with different spreads are
+    # not comparable; the score is that, scaled to [0, 1]
     table = edge_table(propagation, model.spec).rename(columns={"weight": "signed_weight"})
     strongest = float(table["score"].max()) if len(table) else 0.0
     table["score"] = table["score"] / strongest if strongest > 0 else 0.0
     table["sign"] = np.sign(table["signed_weight"]).astype(int)
     table["rank"] = np.arange(1, len(table) + 1)
-    # the two columns added after rank keep the older columns' positions for readers that index them
+    # the columns added after rank keep the older columns' positions for readers that index them
     return table[["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank", "true_level_weight",
-                  "source_reliability"]]
+                  "source_reliability", "standardised_weight"]]
 
 
 def basal_cells(data: HeldOut) -> list[tuple[str, dict[str, torch.Tensor]]] | str:

@@ -4,6 +4,7 @@ network-inference baselines every learned network is compared with.
     scores = score_edges(np.abs(w), w, labels, true_sign)   # EdgeScores(auprc, auroc, sign_agreement)
     edge_baselines(x, source, target)                       # |co-expression|, |partial correlation|
     knockdown_effects(x, perturbation, ...)                 # z of each knocked-down regulator's effect on each target
+    with_background_corrected(baselines, source, target)    # each, and each against its regulator's and target's edges
 
 `labels` (E,) marks which candidate edges are real; `true_sign` (E,) is +1/-1 on real edges.
 """
@@ -105,6 +106,20 @@ def combined_evidence(partial: np.ndarray, knockdown: np.ndarray, n_cells: int, 
     magnitude = np.where(tested, (observational + np.abs(np.nan_to_num(knockdown))) / np.sqrt(2), observational)
     sign = np.where(tested, -np.sign(np.nan_to_num(knockdown)), np.sign(partial))
     return sign * magnitude
+
+
+def with_background_corrected(scores: dict[str, np.ndarray], source: np.ndarray, target: np.ndarray) -> dict[str, np.ndarray]:
+    """`scores` (name -> signed (E,) values) and, for each, "<name>, background-corrected": its |value|
+    through the correction the learned network's edge score gets (`vcell.models.grn.background_corrected`),
+    sign kept. A baseline is scored both ways, so a ranking that gains from the correction gets it too."""
+    import torch
+
+    from vcell.models.grn import background_corrected
+
+    nodes = torch.as_tensor(np.asarray(source), dtype=torch.long), torch.as_tensor(np.asarray(target), dtype=torch.long)
+    corrected = {f"{name}, background-corrected": np.sign(value) * background_corrected(
+        torch.as_tensor(np.abs(np.asarray(value, dtype=np.float64))), *nodes).numpy() for name, value in scores.items()}
+    return {**scores, **corrected}
 
 
 def basal_rows(cells: dict) -> np.ndarray:

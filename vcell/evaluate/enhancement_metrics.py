@@ -31,6 +31,14 @@ from vcell.models.registry import get_enhancement, resolve
 NO_TRUTH = "skipped: needs the simulator's truth (a synthetic atlas)"
 COVERAGE_DRAWS = 50
 COVERAGE_CELLS = 512
+BASELINE_KEYS = {"co-expression": "coexpression", "partial correlation": "partial_correlation",  # in metrics.json
+                 "knockdown effect + partial correlation": "knockdown_effect_plus_partial"}
+
+
+def baseline_key(name: str) -> str:
+    """A network baseline's name (`vcell.evaluate.edges`) -> its key in metrics.json."""
+    base, _, corrected = name.partition(", ")  # "<name>, background-corrected"
+    return BASELINE_KEYS[base] + ("_background_corrected" if corrected else "")
 
 
 def statistics_of(data: HeldOut, cells: dict, name: str) -> np.ndarray:
@@ -38,7 +46,7 @@ def statistics_of(data: HeldOut, cells: dict, name: str) -> np.ndarray:
 
 
 def regulatory(data: HeldOut) -> tuple[dict, dict]:
-    from vcell.evaluate.edges import edge_baselines, interventional_baseline
+    from vcell.evaluate.edges import edge_baselines, interventional_baseline, with_background_corrected
 
     spec, truth = data.model.spec, data.truth
     cells = select(data.test, torch.arange(2))
@@ -66,16 +74,17 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
     section = {
         "definition": "learned edges on the prior's edges vs the simulator's signed weights: share of true edges with "
                       "the right sign, Spearman of the edge score with |true weight|; AUPRC and AUROC of true vs decoy "
-                      "edges when the prior has decoys. Model: standardised |weight| ranks, the signed weight gives the "
-                      "sign; baselines: Pearson r (co-expression) and partial correlation of the training cells, and "
-                      "partial correlation plus the knockdowns' effects where the regulator was knocked down (its sign "
-                      "from the knockdown)",
+                      "edges when the prior has decoys. Model: the edge score ranks (standardised |weight| against its "
+                      "regulator's and target's other edges), the signed weight gives the sign; baselines: Pearson r "
+                      "(co-expression) and partial correlation of the training cells, and partial correlation plus "
+                      "the knockdowns' effects where the regulator was knocked down (its sign from the knockdown); "
+                      "each also background-corrected as the model's score is",
         "edges": int(len(real)), "true_edges": int(real.sum()),
         "model": edge_scores(ranking, learned),
         "baselines": {
-            "coexpression": edge_scores(np.abs(baselines["co-expression"]), baselines["co-expression"]),
-            "partial_correlation": edge_scores(np.abs(baselines["partial correlation"]), baselines["partial correlation"]),
-            **({} if combined is None else {"knockdown_effect_plus_partial": edge_scores(np.abs(combined), combined)}),
+            **{baseline_key(name): edge_scores(np.abs(value), value) for name, value in with_background_corrected(
+                {**baselines, **({} if combined is None else {"knockdown effect + partial correlation": combined})},
+                spec.grn.source, spec.grn.target).items()},
             "random": {"sign_agreement": 0.5, "auprc_true_vs_decoy": float(real.mean()), "auroc_true_vs_decoy": 0.5},
         },
     }

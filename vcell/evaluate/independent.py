@@ -227,7 +227,7 @@ def sergio_atlas(directory: Path, seed: int, cells_per_condition: int) -> tuple[
 
 def score_network(models: dict, train: dict, test: dict, network: SergioNetwork, vocabulary: np.ndarray):
     """({method: EdgeScores}, labels) over the model's prior edges, matched to the truth by gene name."""
-    from vcell.evaluate.edges import edge_baselines, interventional_baseline
+    from vcell.evaluate.edges import edge_baselines, interventional_baseline, with_background_corrected
     from vcell.evaluate.science_checks import gradient_attribution
 
     spec = models["regulatory"].spec
@@ -242,10 +242,11 @@ def score_network(models: dict, train: dict, test: dict, network: SergioNetwork,
     baselines = edge_baselines(train["x"].numpy(), spec.grn.source, spec.grn.target, signed=True)
     combined = interventional_baseline({key: value.numpy() for key, value in train.items()}, spec,
                                        partial=baselines["partial correlation"])
+    signed = with_background_corrected({**baselines, "knockdown effect + partial correlation": combined},
+                                       spec.grn.source, spec.grn.target)
     scores = {
         "regulatory": score_edges(propagation.edge_score().detach().numpy(), learned, labels, signs),
         "base (attribution)": score_edges(attribution, None, labels, signs),
-        **{name: score_edges(np.abs(value), value, labels, signs) for name, value in baselines.items()},
-        "knockdown effect + partial correlation": score_edges(np.abs(combined), combined, labels, signs),
+        **{name: score_edges(np.abs(value), value, labels, signs) for name, value in signed.items()},
     }
     return scores, labels

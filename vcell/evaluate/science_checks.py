@@ -14,7 +14,9 @@ import zarr
 from vcell.atlas.store import open_atlas
 from vcell.atlas.synth_model import capacity_share, cell_rates, condition_states, expected_profiles
 from vcell.data.memory import batches_of, select
-from vcell.evaluate.edges import combined_evidence, edge_baselines, knockdowns_of, score_edges
+from vcell.evaluate.edges import (
+    combined_evidence, edge_baselines, knockdowns_of, score_edges, with_background_corrected,
+)
 from vcell.evaluate.metrics import (
     average_precision, column_correlations, roc_auc, discretized_normal_log_prob, moment_dispersion,
 )
@@ -45,14 +47,14 @@ def check_regulatory(setup: ScienceSetup) -> ScienceRow:
     signed = {"regulatory": propagation.edge_weight().detach().numpy(), **baselines}
     knockdown = knockdowns_of({key: value.numpy() for key, value in setup.train.items()}, spec)
     combined = combined_evidence(baselines["partial correlation"], knockdown, *x.shape)
-    unsigned = {**baselines, "knockdown effect + partial correlation": combined}
+    unsigned = with_background_corrected({**baselines, "knockdown effect + partial correlation": combined},
+                                         spec.grn.source, spec.grn.target)
     return ScienceRow(
         "regulatory", "AUPRC of prior edges (true vs decoy)", True,
         average_precision(learned, labels), average_precision(attribution, labels), *best_edge_baseline(unsigned, labels),
         {"edges": int(len(labels)), "true_edges": int(labels.sum()), "random": float(labels.mean()),
          "auroc_regulatory": roc_auc(learned, labels), "auroc_base": roc_auc(attribution, labels),
-         **{f"auroc_{name}": roc_auc(np.abs(value), labels) for name, value in baselines.items()},
-         "auroc_knockdown effect + partial correlation": roc_auc(np.abs(combined), labels),
+         **{f"auroc_{name}": roc_auc(np.abs(value), labels) for name, value in unsigned.items()},
          "sign_agreement_knockdown effect + partial correlation": score_edges(
              np.abs(combined), combined, labels, true_sign).sign_agreement,
          **{f"sign_agreement_{name}": score_edges(np.abs(value), value, labels, true_sign).sign_agreement
@@ -80,7 +82,7 @@ def best_edge_baseline(scores: dict[str, np.ndarray], labels: np.ndarray) -> tup
     """(AUPRC, name) of the best network-inference baseline on the prior's edges, ranked by |value|:
     co-expression and partial correlation of log expression over the training cells, and partial
     correlation with the knockdowns' effects added where the regulator was knocked down
-    (`combined_evidence`)."""
+    (`combined_evidence`), each also background-corrected (`with_background_corrected`)."""
     precisions = {name: average_precision(np.abs(value), labels) for name, value in scores.items()}
     best = max(precisions, key=precisions.get)
     return precisions[best], best

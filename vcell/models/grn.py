@@ -3,6 +3,7 @@
     reliability = measurement_reliability(counts, library)  # (G,) share of variance that is not counting noise
     weight = scale_gradient(weight, share)                  # same values, gradient x share
     table = edge_table(propagation, spec)                   # the learned network, strongest edge first
+    score = background_corrected(values, source, target)    # (E,) each edge against its regulator's and target's
 
 `vcell.models.enhancements.regulatory` uses the first two to balance the network's two kinds of
 evidence (see its module doc); `edge_table` is what `biology/grn_edges.tsv` and `vcell export`
@@ -23,6 +24,26 @@ def scale_gradient(value: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     return share * value + (1 - share) * value.detach()
 
 
+def background_corrected(values: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(E,) non-negative edge values (E,) of a network divided by the geometric mean of the root mean
+    square of their regulator's edges and of their target's: sqrt(v / rms_source x v / rms_target),
+    the geometric mean of how far the edge stands out among its regulator's edges and among its
+    target's. On a log scale each regulator's and each target's overall scale (nuisances for a
+    ranking across regulators) counts half; dividing it out whole ranked worse (see
+    `vcell.models.enhancements.regulatory`). Scale-free (values x c: the same result); an edge that is
+    its regulator's and its target's only edge is 1; the edges of an all-zero regulator or target are 0."""
+    squares = values.pow(2)
+
+    def mean_square(node: torch.Tensor) -> torch.Tensor:  # (E,) the mean square of the edges sharing each edge's node
+        size = int(node.max()) + 1 if len(node) else 0
+        total = squares.new_zeros(size).index_add_(0, node, squares)
+        count = squares.new_zeros(size).index_add_(0, node, torch.ones_like(squares))
+        return (total / count.clamp(min=1))[node]
+
+    background = (mean_square(source) * mean_square(target)).pow(0.25)
+    return torch.where(background > 0, values / background.clamp(min=torch.finfo(values.dtype).tiny), 0.0)
+
+
 def measurement_reliability(counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
     """(G,) the share of each gene's variance across cells (counts B x G, library sizes B) that is not
     counting noise, 1 - E[c / L^2] / var(c / L), in [0, 1]: Poisson capture alone gives a cell's
@@ -38,10 +59,11 @@ def measurement_reliability(counts: torch.Tensor, library: torch.Tensor) -> torc
 def edge_table(propagation, spec: ModelSpec) -> pd.DataFrame:
     """The learned network of a `RegulatoryPropagation` as a table: source, target (gene IDs),
     prior_sign, weight (signed, per unit of the source's measured level: what regressing measured
-    levels fits), score (|standardised weight|), true_level_weight (what the propagation applies to
-    a change of the source's true level: weight x the source's dilution boost, weight / max(r, floor)),
-    source_reliability (r, the share of the source's variance that is not counting noise), highest
-    score first; `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
+    levels fits), score (the edge's ranking: `edge_score`), true_level_weight (what the propagation
+    applies to a change of the source's true level: weight x the source's dilution boost,
+    weight / max(r, floor)), source_reliability (r, the share of the source's variance that is not
+    counting noise), standardised_weight (weight x sd_source / sd_target: target sds per source sd),
+    highest score first; `to_csv(path, sep="\t")` gives a file `model.regulatory.edges` can read back."""
     ids = np.asarray(spec.gene_ids)
     weight = propagation.edge_weight().detach().cpu().numpy()
     sign = spec.grn.sign if spec.grn.sign is not None else np.ones(len(weight), dtype=int)
@@ -51,5 +73,6 @@ def edge_table(propagation, spec: ModelSpec) -> pd.DataFrame:
         "score": propagation.edge_score().detach().cpu().numpy(),
         "true_level_weight": weight * propagation.dilution_boost().detach().cpu().numpy()[source],
         "source_reliability": propagation.level_reliability.detach().cpu().numpy()[source],
+        "standardised_weight": propagation.standardised_weight().detach().cpu().numpy(),
     })
     return table.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
