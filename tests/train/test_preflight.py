@@ -89,3 +89,14 @@ def test_a_restart_removes_the_old_evaluation_but_not_the_users_files(train_atla
     ad.AnnData(np.zeros((2, 1), np.float32)).write_h5ad(directory / "embeddings.h5ad")  # not one vcell wrote
     prepare_run(old, restart=True)
     assert (directory / "embeddings.h5ad").is_file()
+
+
+def test_a_run_folder_whose_config_yaml_is_broken_is_named_not_a_yaml_traceback(train_atlas, tmp_path):
+    config = run_config(train_atlas, tmp_path, "broken")
+    directory = prepare_run(config).directory
+    (directory / "config.yaml").write_text("model: {name: base\n")  # cut off mid-write by hand
+    with pytest.raises(VCellError, match=r"broken/config.yaml: not valid YAML"):
+        prepare_run(config)
+    (directory / "config.yaml").write_text("- a list\n")
+    with pytest.raises(VCellError, match=r"broken/config.yaml: a config file must be a mapping"):
+        prepare_run(config)

@@ -20,8 +20,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from vcell.config import dump_config
 from vcell.config.loader import read_yaml_mapping
 from vcell.config.schema import VCellConfig
@@ -91,9 +89,8 @@ def config_diff(saved: dict, current: VCellConfig, identity_of=identity) -> list
 
     A key the saved config lacks is no difference while the current value is the key's default:
     the key was added to vcell after the run was written, and its default keeps the old behaviour
-    (keys in BEFORE_THE_KEY read as their value there instead)."""
-    before, after, defaults = identity_of(saved), identity_of(current), identity_of(VCellConfig())
-    before.update({key: value for key, value in BEFORE_THE_KEY.items() if key in after and key not in before})
+    (keys in BEFORE_THE_KEY read as their value there instead: the saved tree is read `as_saved`)."""
+    before, after, defaults = identity_of(as_saved(saved)), identity_of(current), identity_of(VCellConfig())
     keys = sorted(set(before) | set(after))
     return [f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}"
             for key in keys if before.get(key) != after.get(key)
@@ -107,7 +104,7 @@ def accepted_hashes(config: VCellConfig) -> tuple[str, ...]:
     hashes = [config_hash(config)]
     saved_path = run_directory(config) / "config.yaml"
     if saved_path.is_file():
-        saved = yaml.safe_load(saved_path.read_text()) or {}
+        saved = read_yaml_mapping(saved_path)
         if not config_diff(saved, config):
             hashes.append(config_hash(saved))
     return tuple(dict.fromkeys(hashes))
@@ -140,7 +137,7 @@ def check_run(config: VCellConfig, *, restart: bool = False, resume_with_changes
     saved_path = run_directory(config) / "config.yaml"
     resumed = saved_path.is_file() and not restart
     if resumed:
-        differences = config_diff(yaml.safe_load(saved_path.read_text()) or {}, config)
+        differences = config_diff(read_yaml_mapping(saved_path), config)  # a broken file is named
         if differences and not has_checkpoints(saved_path.parent):
             return False  # an attempt that failed before its first checkpoint: nothing to resume or protect
         if differences and not resume_with_changes:

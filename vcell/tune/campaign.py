@@ -19,10 +19,8 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
-
 from vcell.cluster import local_resources, ray_cluster
-from vcell.config.loader import dump_config
+from vcell.config.loader import dump_config, read_yaml_mapping
 from vcell.config.schema import VCellConfig
 from vcell.config.train import OPERATIONAL
 from vcell.errors import VCellError
@@ -62,7 +60,7 @@ def prepare_campaign(directory: Path, config: VCellConfig, restart: bool) -> boo
         shutil.rmtree(directory)
     resuming = saved.is_file()
     if resuming:
-        differences = config_diff(yaml.safe_load(saved.read_text()) or {}, config, campaign_identity)
+        differences = config_diff(read_yaml_mapping(saved), config, campaign_identity)
         if differences:
             shown = "\n    ".join(differences)
             raise VCellError(f"campaign '{config.name}' exists in {directory} with a different config:\n    {shown}",

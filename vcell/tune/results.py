@@ -17,9 +17,7 @@ import json
 import math
 from pathlib import Path
 
-import yaml
-
-from vcell.config.loader import dump_config
+from vcell.config.loader import dump_config, read_yaml_mapping
 from vcell.config.schema import VCellConfig
 from vcell.files import atomic_write
 from vcell.train.run import as_saved
@@ -79,7 +77,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 def write_best_config(plan: CampaignPlan, best: dict, path: Path) -> Path:
     """The best trial's own config.yaml as a standalone run: named <campaign>-best, in the base's storage."""
-    tree = as_saved(yaml.safe_load((Path(best["run"]) / "config.yaml").read_text()))  # a campaign run by an older vcell
+    tree = as_saved(read_yaml_mapping(Path(best["run"]) / "config.yaml"))  # a campaign run by an older vcell
     tree.update(name=f"{plan.config.name}-best")
     tree["scaling"]["storage_path"] = plan.config.scaling.storage_path
     tree["wandb"]["group"] = plan.config.wandb.group
