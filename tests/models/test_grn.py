@@ -137,6 +137,8 @@ def test_background_correction_is_scale_free_order_free_and_zero_only_where_the_
     assert corrected.shape == values.shape and torch.isfinite(corrected).all() and (corrected >= 0).all()
     assert torch.equal(corrected == 0, values == 0)
     assert torch.allclose(background_corrected(values * scale, source, target), corrected, rtol=1e-9)
+    genes = int(max(source.max(), target.max())) + 1 + seed % 5  # the model passes its gene count
+    assert torch.equal(background_corrected(values, source, target, n_nodes=genes), corrected)
     order = torch.as_tensor(np.random.default_rng(seed).permutation(len(values)))
     assert torch.allclose(background_corrected(values[order], source[order], target[order]), corrected[order])
 

@@ -24,20 +24,24 @@ def scale_gradient(value: torch.Tensor, share: torch.Tensor) -> torch.Tensor:
     return share * value + (1 - share) * value.detach()
 
 
-def background_corrected(values: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def background_corrected(values: torch.Tensor, source: torch.Tensor, target: torch.Tensor,
+                         n_nodes: int | None = None) -> torch.Tensor:
     """(E,) non-negative edge values (E,) of a network divided by the geometric mean of the root mean
     square of their regulator's edges and of their target's: sqrt(v / rms_source x v / rms_target),
     the geometric mean of how far the edge stands out among its regulator's edges and among its
     target's. On a log scale each regulator's and each target's overall scale (nuisances for a
     ranking across regulators) counts half; dividing it out whole ranked worse (see
     `vcell.models.enhancements.regulatory`). Scale-free (values x c: the same result); an edge that is
-    its regulator's and its target's only edge is 1; the edges of an all-zero regulator or target are 0."""
+    its regulator's and its target's only edge is 1; the edges of an all-zero regulator or target are 0.
+    `n_nodes`: more than the largest gene index (the model passes its gene count: reading the largest
+    index off a GPU tensor would stall every training step)."""
     squares = values.pow(2)
+    if n_nodes is None:
+        n_nodes = int(max(source.max(), target.max())) + 1 if len(values) else 0
 
     def mean_square(node: torch.Tensor) -> torch.Tensor:  # (E,) the mean square of the edges sharing each edge's node
-        size = int(node.max()) + 1 if len(node) else 0
-        total = squares.new_zeros(size).index_add_(0, node, squares)
-        count = squares.new_zeros(size).index_add_(0, node, torch.ones_like(squares))
+        total = squares.new_zeros(n_nodes).index_add_(0, node, squares)
+        count = squares.new_zeros(n_nodes).index_add_(0, node, torch.ones_like(squares))
         return (total / count.clamp(min=1))[node]
 
     background = (mean_square(source) * mean_square(target)).pow(0.25)

@@ -252,7 +252,8 @@ class RegulatoryPropagation(nn.Module):
     def edge_score(self) -> torch.Tensor:
         """(E,) the ranking of the learned network: |standardised weight| against its regulator's and its
         target's other prior edges (`vcell.models.grn.background_corrected`, see the module doc)."""
-        return background_corrected(self.standardised_weight().abs(), self.edge_source, self.edge_target)
+        return background_corrected(self.standardised_weight().abs(), self.edge_source, self.edge_target,
+                                    n_nodes=len(self.level_sd))
 
     def outside_prior_penalty(self) -> torch.Tensor:
         if self.mode == "exclude":
