@@ -173,3 +173,32 @@ def test_interval_coverage_is_calibrated_for_the_true_distribution():
     observed = rng.normal(size=(200, 20))
     assert interval_coverage(rng.normal(size=(400, 200, 20)), observed, 0.9) == pytest.approx(0.9, abs=0.02)
     assert interval_coverage(0.2 * rng.normal(size=(400, 200, 20)), observed, 0.9) < 0.4
+
+
+@pytest.mark.parametrize("mean", [0.05, 0.3, 2.0, 40.0])
+def test_interval_coverage_is_calibrated_for_counts_sparse_or_not(mean):
+    """Counts from the draws' own distribution cover `level`, however many are 0; counts from a
+    wider distribution than the draws (overdispersed truth, Poisson draws) cover less, once the
+    counts are large enough to show their spread (at mean 0.05 the two differ in rare 1s only)."""
+    rng = np.random.default_rng(3)
+    draws = rng.poisson(mean, size=(200, 300, 30))
+    assert interval_coverage(draws, rng.poisson(mean, size=(300, 30)), 0.9) == pytest.approx(0.9, abs=0.015)
+    overdispersed = rng.negative_binomial(0.2, 0.2 / (0.2 + mean), size=(300, 30))
+    assert interval_coverage(draws, overdispersed, 0.9) < (0.915 if mean < 1 else 0.7)
+
+
+def test_interval_coverage_of_sparse_counts_is_not_the_share_of_zeros():
+    """Bounds-included quantile intervals of sparse counts start at 0 and contain every zero: a
+    distribution far narrower than the truth still 'covered' them. The PIT band does not."""
+    rng = np.random.default_rng(4)
+    truth = rng.negative_binomial(0.1, 0.1 / (0.1 + 0.5), size=(400, 40))  # ~85% zeros, bursty
+    too_narrow = rng.poisson(0.5, size=(200, 400, 40))
+    lower, upper = np.quantile(too_narrow, [0.05, 0.95], axis=0)
+    assert ((truth >= lower) & (truth <= upper)).mean() > 0.9  # what the old definition reported
+    assert interval_coverage(too_narrow, truth, 0.9) < 0.87
+
+
+def test_interval_coverage_is_seeded():
+    rng = np.random.default_rng(5)
+    draws, observed = rng.poisson(0.3, size=(50, 100, 10)), rng.poisson(0.3, size=(100, 10))
+    assert interval_coverage(draws, observed, seed=1) == interval_coverage(draws, observed, seed=1)

@@ -308,9 +308,21 @@ def de_overlap(predicted_delta: np.ndarray, true_genes: np.ndarray) -> float:
     return len(np.intersect1d(predicted_top, true_genes)) / len(true_genes)
 
 
-def interval_coverage(samples: np.ndarray, observed: np.ndarray, level: float = 0.9) -> float:
-    """Calibration of a predictive distribution: the fraction of (n, G) observed entries inside
-    the central `level` interval of (S, n, G) draws, i.e. between their (1 - level) / 2 and
-    (1 + level) / 2 quantiles (np.quantile), bounds included. About `level` when calibrated."""
-    lower, upper = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return float(((observed >= lower) & (observed <= upper)).mean())
+def interval_coverage(samples: np.ndarray, observed: np.ndarray, level: float = 0.9,
+                      seed: int | tuple[int, ...] = 0) -> float:
+    """Calibration of a predictive distribution: the share of (n, G) observed entries whose
+    randomised PIT under the (S, n, G) draws lies in the central `level` band. `level` when the
+    observations follow the draws' distribution, for counts as for continuous values.
+
+    The randomised probability integral transform (Czado, Gneiting & Held 2009, Biometrics) of an
+    observation y is F(y-) + V (F(y) - F(y-)), V uniform on [0, 1), with F the draws' empirical
+    CDF. For counts it replaces "y lies between the draws' quantiles, bounds included": when most
+    entries are 0 (93% on the demo atlas), an interval that starts at 0 contains every zero
+    whatever the distribution's shape, so that count exceeded `level` for any model (a calibrated
+    negative binomial scored 0.978, a Poisson that ignores the cell's state 0.946). Seeded: the
+    same inputs give the same value."""
+    below = (samples < observed[None]).mean(axis=0)
+    at_or_below = (samples <= observed[None]).mean(axis=0)
+    pit = below + np.random.default_rng(seed).random(observed.shape) * (at_or_below - below)
+    tail = (1 - level) / 2
+    return float(((pit >= tail) & (pit <= 1 - tail)).mean())
