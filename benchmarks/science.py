@@ -23,7 +23,8 @@ point held out for all); each row compares the enhancement's catalogue model wit
   hierarchical  mean Pearson r of per-cell pathway activity with the simulator's; base: gene-set
                 mean of its reconstruction; random: random gene sets of the same sizes.
   stochastic    held-out log-likelihood of raw counts (nats per cell): NB vs base's Gaussian
-                (discretised on the count scale); random: per-gene NB with library size only.
+                (discretised on the count scale); baseline: the better of per-gene NBs knowing the
+                library size, and the library size and cell type (fitted per type).
   resource      |error| of the predicted log shift of the other genes' total counts after
                 knocking down a highly expressed gene (truth: the simulator's mechanism);
                 base: composition at the cell's observed library size; random: no shift.

@@ -52,6 +52,7 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     reconstruction = evaluation["reconstruction"]
     assert {"gene_mean", "pca"} <= set(reconstruction["baselines"]) and reconstruction["hidden_entries"] > 0
     assert reconstruction["log_likelihood"]["model"] < 0
+    assert set(reconstruction["log_likelihood"]["baselines"]) == {"library_size_nb", "cell_type_nb"}
     perturbation = evaluation["perturbation"]
     unseen = perturbation["unseen_perturbations"]
     assert len(unseen["perturbations"]) == 1  # the one held out whole

@@ -53,6 +53,42 @@ def moment_dispersion(counts: np.ndarray, library: np.ndarray) -> tuple[np.ndarr
     return fraction, np.clip(theta, 1e-3, 1e6)
 
 
+MIN_GROUP_CELLS = 20  # reference cells a group needs for its own NB fit (else the fit on all cells)
+
+
+def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """(n,) log-likelihood per cell of (n, G) counts under NB(mean, inverse dispersion theta)."""
+    import torch
+
+    mean, theta = torch.as_tensor(mean + 1e-8), torch.as_tensor(np.broadcast_to(theta, mean.shape).copy())
+    distribution = torch.distributions.NegativeBinomial(theta, logits=torch.log(mean) - torch.log(theta))
+    return distribution.log_prob(torch.as_tensor(counts, dtype=mean.dtype)).sum(1).numpy()
+
+
+def library_size_nb(reference: tuple[np.ndarray, np.ndarray], cells: tuple[np.ndarray, np.ndarray],
+                    groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(n,) log-likelihood of held-out `cells` = (counts (n, G), library (n,)) under a per-gene NB
+    fitted to `reference` (counts, library) by the method of moments, knowing each cell's library
+    size only. With `groups` = (reference labels, held-out labels), a fit per group (what a cell
+    type alone says): each gene's share, smoothed by one cell of the overall composition, and its
+    dispersion; the fit on all reference cells for a group with under MIN_GROUP_CELLS of them and
+    for missing labels (< 0)."""
+    counts, library = cells
+    overall, theta = moment_dispersion(*reference)
+    scores = nb_log_likelihood(counts, library[:, None] * overall[None, :], theta)
+    if groups is None:
+        return scores
+    reference_groups, cell_groups = groups
+    pseudo_cell = float(reference[1].mean())  # a group's shares start from one cell of the overall composition
+    for group in np.unique(cell_groups[cell_groups >= 0]):
+        fitted, scored = reference_groups == group, cell_groups == group
+        if fitted.sum() >= MIN_GROUP_CELLS:
+            _, theta = moment_dispersion(reference[0][fitted], reference[1][fitted])
+            # a gene never counted in a group's reference cells would make any count of it ~impossible
+            share = (reference[0][fitted].sum(0) + pseudo_cell * overall) / (reference[1][fitted].sum() + pseudo_cell)
+            scores[scored] = nb_log_likelihood(counts[scored], library[scored, None] * share[None, :], theta)
+    return scores
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: P(a true edge scores above a decoy), ties count half."""
     from scipy.stats import rankdata

@@ -24,7 +24,7 @@ import torch
 
 from vcell.data.memory import batches_of
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import moment_dispersion
+from vcell.evaluate.metrics import library_size_nb
 from vcell.evaluate.mixing import ILISI_NEIGHBOURS, ILISI_PERPLEXITY, ilisi
 from vcell.evaluate.scores import adjusted_rand_index, kmeans, knn_accuracy, normalized_mutual_info, silhouette_labels
 
@@ -184,16 +184,20 @@ def reconstruction_metrics(data: HeldOut) -> dict:
 
 
 def count_log_likelihood(data: HeldOut) -> dict:
-    """Held-out cells' counts under the model (decoded from the whole cell) vs a per-gene NB that
-    knows only each cell's library size (method-of-moments dispersion on the reference)."""
+    """Held-out cells' counts under the model (decoded from the whole cell) vs per-gene NBs that
+    know only each cell's library size, and that and its cell type (method-of-moments fits on the
+    reference cells)."""
     model = data.model
     with torch.no_grad():
         ours = np.concatenate([model.head.likelihood.log_prob(batch["counts"], model.reconstruct(batch)).sum(1).numpy()
                                for batch in batches_of(data.test, 1024)])
-    fraction, theta = moment_dispersion(data.train["counts"].numpy(), data.train["library_size"].numpy())
-    counts, library = data.test["counts"], data.test["library_size"].numpy()
-    mean = torch.as_tensor(library[:, None] * fraction[None, :] + 1e-8)
-    theta = torch.as_tensor(theta)
-    reference = torch.distributions.NegativeBinomial(theta, logits=torch.log(mean) - torch.log(theta)).log_prob(counts)
-    return {"definition": "log-likelihood of held-out raw counts, nats per cell (higher is better)",
-            "model": float(ours.mean()), "baselines": {"library_size_nb": float(reference.sum(1).mean())}}
+    reference = (data.train["counts"].numpy(), data.train["library_size"].numpy())
+    cells = (data.test["counts"].numpy(), data.test["library_size"].numpy())
+    baselines = {"library_size_nb": float(library_size_nb(reference, cells).mean())}
+    label = data.column("context") or "cell_type"
+    if label in data.test and label in data.train:  # what the cell type alone says about its counts
+        groups = (data.train[label].numpy(), data.test[label].numpy())
+        baselines["cell_type_nb"] = float(library_size_nb(reference, cells, groups).mean())
+    return {"definition": "log-likelihood of held-out raw counts, nats per cell (higher is better); baselines: per-gene "
+                          "negative binomials knowing each cell's library size (cell_type_nb: and its cell type)",
+            "model": float(ours.mean()), "baselines": baselines}

@@ -18,7 +18,7 @@ from vcell.evaluate.edges import (
     combined_evidence, edge_baselines, knockdowns_of, score_edges, with_background_corrected,
 )
 from vcell.evaluate.metrics import (
-    average_precision, column_correlations, roc_auc, discretized_normal_log_prob, moment_dispersion,
+    average_precision, column_correlations, roc_auc, discretized_normal_log_prob, library_size_nb,
 )
 from vcell.evaluate.science import ScienceRow, ScienceSetup, codes, trained
 from vcell.evaluate.science_time import basal_cells_by_type
@@ -158,7 +158,8 @@ def true_pathway_activity(setup: ScienceSetup, rows: np.ndarray) -> np.ndarray:
 
 
 def check_stochastic(setup: ScienceSetup) -> ScienceRow:
-    """Held-out log-likelihood of raw counts per cell: NB (stochastic) vs Gaussian (base)."""
+    """Held-out log-likelihood of raw counts per cell: NB (stochastic) vs Gaussian (base) vs per-gene NBs
+    that know the library size, and it and the cell type (the stronger is the baseline)."""
     model, base = trained(setup, "stochastic"), trained(setup, "base")
     test, train = setup.test, setup.train
     counts, library = test["counts"].numpy(), test["library_size"].numpy()
@@ -171,14 +172,15 @@ def check_stochastic(setup: ScienceSetup) -> ScienceRow:
     train_mean = np.concatenate([base_counts(base, batch) for batch in batches_of(select(train, torch.arange(min(8192, len(train["x"])))), 1024)])
     sd = np.sqrt(((train["counts"][: len(train_mean)].numpy() - train_mean) ** 2).mean(0)).clip(min=0.5)  # per gene
     gaussian = discretized_normal_log_prob(counts, base_mean, sd[None, :]).sum(1).mean()
-    fraction, theta = moment_dispersion(train["counts"].numpy(), train["library_size"].numpy())
-    mean = library[:, None] * fraction[None, :]
-    reference = torch.distributions.NegativeBinomial(
-        torch.as_tensor(theta), logits=torch.as_tensor(np.log(mean + 1e-8) - np.log(theta))
-    ).log_prob(torch.as_tensor(counts)).sum(1).mean()
+    reference, cells = (train["counts"].numpy(), train["library_size"].numpy()), (counts, library)
+    baselines = {"per-gene NB with library size (no cell state)": library_size_nb(reference, cells).mean(),
+                 "per-gene NB with library size and cell type": library_size_nb(
+                     reference, cells, (train["cell_type"].numpy(), test["cell_type"].numpy())).mean()}
+    strongest = max(baselines, key=baselines.get)
     return ScienceRow(
         "stochastic", "held-out log-likelihood of counts (nats per cell)", True,
-        float(ours), float(gaussian), float(reference), "per-gene NB with library size (no cell state)",
+        float(ours), float(gaussian), float(baselines[strongest]), strongest,
+        reference={name: float(value) for name, value in baselines.items() if name != strongest},
     )
 
 
