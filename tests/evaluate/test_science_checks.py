@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcell.evaluate.science_checks import cell_type_means
+from vcell.evaluate.metrics import cell_type_means
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,12 +7,14 @@ import pytest
 from scipy.stats import false_discovery_control
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
-from sklearn.neighbors import KNeighborsClassifier
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from vcell.evaluate import scores
 from vcell.evaluate.scores import (
     adjusted_rand_index, benjamini_hochberg, de_overlap, differential_genes, discrimination_score,
-    interval_coverage, kmeans, knn_accuracy, normalized_mutual_info, silhouette_labels,
+    interval_coverage, kmeans, knn_accuracy, neighbour_means, normalized_mutual_info, silhouette_labels,
 )
 
 
@@ -202,3 +204,18 @@ def test_interval_coverage_is_seeded():
     rng = np.random.default_rng(5)
     draws, observed = rng.poisson(0.3, size=(50, 100, 10)), rng.poisson(0.3, size=(100, 10))
     assert interval_coverage(draws, observed, seed=1) == interval_coverage(draws, observed, seed=1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_reference=st.integers(1, 60), n_query=st.integers(0, 20), k=st.integers(1, 70), seed=st.integers(0, 10_000))
+def test_neighbour_means_average_the_k_nearest_reference_rows(n_reference, n_query, k, seed):
+    """The same neighbours as scikit-learn's brute-force search (k capped at the reference size)."""
+    rng = np.random.default_rng(seed)
+    reference, query = rng.normal(size=(n_reference, 3)), rng.normal(size=(n_query, 3))
+    values = rng.normal(size=(n_reference, 4))
+    means = neighbour_means(reference, values, query, k)
+    assert means.shape == (n_query, 4)
+    if n_query:
+        nearest = NearestNeighbors(n_neighbors=min(k, n_reference), algorithm="brute").fit(reference)
+        expected = values[nearest.kneighbors(query, return_distance=False)].mean(axis=1)
+        np.testing.assert_allclose(means, expected, atol=1e-12)

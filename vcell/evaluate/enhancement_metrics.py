@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 from vcell.data.memory import batches_of, select
 from vcell.evaluate.edges import score_edges
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import column_correlations, moment_dispersion, pearson, relative_error
+from vcell.evaluate.metrics import cell_type_means, column_correlations, moment_dispersion, pearson, relative_error
 from vcell.evaluate.scores import interval_coverage
 from vcell.evaluate.truth import true_expression
 from vcell.models.blocks import gene_set_means, gene_set_projector, project_on_gene_sets
@@ -93,8 +93,6 @@ def regulatory(data: HeldOut) -> tuple[dict, dict]:
 
 
 def hierarchical(data: HeldOut) -> tuple[dict, dict]:
-    from vcell.evaluate.science_checks import cell_type_means
-
     spec = data.model.spec
     activity = statistics_of(data, data.test, "pathway_activity")
     arrays = {"activity": activity}

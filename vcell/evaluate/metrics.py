@@ -53,6 +53,15 @@ def moment_dispersion(counts: np.ndarray, library: np.ndarray) -> tuple[np.ndarr
     return fraction, np.clip(theta, 1e-3, 1e6)
 
 
+def cell_type_means(reference: np.ndarray, reference_types: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """(n, k) each cell given the mean of `reference` (m, k) over the reference cells of its type
+    (the overall mean for a type the reference lacks): a per-cell read-out that keeps only what
+    the cell type explains."""
+    overall = reference.mean(0)
+    means = {int(t): reference[reference_types == t].mean(0) for t in np.unique(reference_types)}
+    return np.stack([means.get(int(t), overall) for t in types]) if len(types) else np.zeros((0, reference.shape[1]))
+
+
 MIN_GROUP_CELLS = 20  # reference cells a group needs for its own NB fit (else the fit on all cells)
 
 

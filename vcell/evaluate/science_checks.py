@@ -18,7 +18,7 @@ from vcell.evaluate.edges import (
     combined_evidence, edge_baselines, knockdowns_of, score_edges, with_background_corrected,
 )
 from vcell.evaluate.metrics import (
-    average_precision, column_correlations, roc_auc, discretized_normal_log_prob, library_size_nb,
+    average_precision, cell_type_means, column_correlations, roc_auc, discretized_normal_log_prob, library_size_nb,
 )
 from vcell.evaluate.science import ScienceRow, ScienceSetup, codes, trained
 from vcell.evaluate.science_time import basal_cells_by_type
@@ -139,15 +139,6 @@ def check_hierarchical(setup: ScienceSetup) -> ScienceRow:
          "gene_set_mean_of_observed": float(column_correlations(means, truth_activity).mean()),
          "random_gene_sets": float(column_correlations(random, truth_activity).mean())},
     )
-
-
-def cell_type_means(reference: np.ndarray, reference_types: np.ndarray, types: np.ndarray) -> np.ndarray:
-    """(n, k) each cell given the mean of `reference` (m, k) over the reference cells of its type
-    (the overall mean for a type the reference lacks): a per-cell read-out that keeps only what
-    the cell type explains."""
-    overall = reference.mean(0)
-    means = {int(t): reference[reference_types == t].mean(0) for t in np.unique(reference_types)}
-    return np.stack([means.get(int(t), overall) for t in types]) if len(types) else np.zeros((0, reference.shape[1]))
 
 
 def true_pathway_activity(setup: ScienceSetup, rows: np.ndarray) -> np.ndarray:

@@ -79,6 +79,20 @@ def nearest_reference(block: np.ndarray, reference: np.ndarray, reference_norms:
     return np.take_along_axis(nearest, order, axis=1)
 
 
+def neighbour_means(reference: np.ndarray, values: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """(n_query, G) the mean of `values` (n_reference, G) over each query's k nearest `reference`
+    rows (Euclidean, coordinates (n_reference, D) and (n_query, D)): kNN smoothing, the simplest
+    imputation. In blocks of queries, so memory stays near BLOCK_BYTES."""
+    reference, query = np.asarray(reference, dtype=np.float64), np.asarray(query, dtype=np.float64)
+    k = min(k, len(reference))
+    reference_norms = np.einsum("ij,ij->i", reference, reference)
+    step = block_rows(max(len(reference), k * values.shape[1]))
+    means = np.empty((len(query), values.shape[1]))
+    for start in range(0, len(query), step):
+        nearest = nearest_reference(query[start:start + step], reference, reference_norms, k)  # (block, k)
+        means[start:start + step] = values[nearest].mean(axis=1)  # (block, k, G) -> (block, G)
+    return means
+
 def majority_closest_first(codes: np.ndarray, n_classes: int) -> np.ndarray:
     """(rows,) most frequent code in each row of (rows, k) codes sorted by distance;
     a tie goes to the code that appears first (its neighbour is closest)."""
