@@ -98,6 +98,7 @@ def library_size_nb(reference: tuple[np.ndarray, np.ndarray], cells: tuple[np.nd
             scores[scored] = nb_log_likelihood(counts[scored], library[scored, None] * share[None, :], theta)
     return scores
 
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: P(a true edge scores above a decoy), ties count half."""
     from scipy.stats import rankdata

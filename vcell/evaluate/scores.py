@@ -93,6 +93,7 @@ def neighbour_means(reference: np.ndarray, values: np.ndarray, query: np.ndarray
         means[start:start + step] = values[nearest].mean(axis=1)  # (block, k, G) -> (block, G)
     return means
 
+
 def majority_closest_first(codes: np.ndarray, n_classes: int) -> np.ndarray:
     """(rows,) most frequent code in each row of (rows, k) codes sorted by distance;
     a tie goes to the code that appears first (its neighbour is closest)."""
