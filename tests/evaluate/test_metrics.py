@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
 from vcell.evaluate.metrics import (
-    average_precision, column_correlations, discretized_normal_log_prob, moment_dispersion, pearson, relative_error,
-    roc_auc,
+    average_precision, column_correlations, detected_means, discretized_normal_log_prob, moment_dispersion, pearson,
+    relative_error, roc_auc,
 )
 
 
@@ -65,3 +69,25 @@ def test_moment_dispersion_recovers_a_negative_binomial():
     estimated_fraction, estimated_theta = moment_dispersion(counts, library)
     np.testing.assert_allclose(estimated_fraction, fraction, rtol=0.03)
     np.testing.assert_allclose(estimated_theta, theta, rtol=0.15)
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=arrays(np.float64, st.tuples(st.integers(1, 12), st.integers(1, 5)),
+                     elements=st.sampled_from([0.0, 0.0, 0.5, 1.0, 2.5])),
+       data=st.data())
+def test_detected_means_average_each_types_non_zero_values(values, data):
+    """Against a loop: the mean over the reference cells of the query's type in which the gene is
+    > 0, else the gene's mean over all its detections, else 0."""
+    n, genes = values.shape
+    reference_types = np.array(data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    types = np.array(data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=6)))  # 3: a type the reference lacks
+    result = detected_means(values, reference_types, types)
+    assert result.shape == (len(types), genes)
+    for row, cell_type in enumerate(types):
+        for gene in range(genes):
+            own = values[(reference_types == cell_type) & (values[:, gene] > 0), gene]
+            if cell_type not in reference_types:
+                own = values[values[:, gene] > 0, gene]  # an unseen type: the overall composition
+            fallback = values[values[:, gene] > 0, gene]
+            expected = own.mean() if len(own) else (fallback.mean() if len(fallback) else 0.0)
+            assert result[row, gene] == pytest.approx(expected)

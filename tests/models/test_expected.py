@@ -77,3 +77,51 @@ def test_count_heads_measure_what_their_own_samples_average_to():
 def test_a_gaussian_head_already_predicts_the_measured_mean():
     prediction = Prediction(expression=torch.randn(3, 4))
     assert torch.equal(GaussianHead().measured(prediction), prediction.expression)
+
+
+def direct_detected(mean: float, scale: float, theta: float | None) -> float:
+    """E[log1p(scale K) | K > 0] from the direct sum and P(K = 0)."""
+    zero = math.exp(-mean) if theta is None else (theta / (theta + mean)) ** theta
+    return direct_sum(mean, scale, theta) / (1 - zero)
+
+
+@settings(max_examples=25, deadline=None)
+@given(log_mean=st.floats(math.log(1e-3), math.log(1000.0)), log_theta=st.floats(math.log(5e-3), math.log(20.0)),
+       scale=st.floats(0.5, 10.0), poisson=st.booleans())
+def test_detected_level_matches_a_direct_sum_over_the_detections(log_mean, log_theta, scale, poisson):
+    mean, theta = math.exp(log_mean), None if poisson else math.exp(log_theta)
+    value = float(expected_log1p(torch.tensor([[mean]]), torch.tensor([[scale]]),
+                                 None if theta is None else torch.tensor([theta]), detected=True)[0, 0])
+    assert abs(value - direct_detected(mean, scale, theta)) < 2e-3 * max(1.0, value)
+    assert value >= math.log1p(scale) - 1e-6  # a detected gene has at least one count
+
+
+def test_detected_level_of_a_gene_almost_never_detected_is_one_count_and_ignores_zero_inflation():
+    mean, scale = torch.tensor([[1e-12, 2.0]]), torch.full((1, 1), 3.0)
+    plain = expected_log1p(mean, scale, torch.ones(2), detected=True)
+    assert abs(float(plain[0, 0]) - math.log1p(3.0)) < 1e-6  # the division would have lost every digit
+    inflated = expected_log1p(mean, scale, torch.ones(2), zero_probability=torch.tensor([[0.5, 0.5]]), detected=True)
+    assert torch.allclose(inflated, plain)  # dropping detections does not change what a detected value is
+
+
+def test_count_heads_detected_level_is_what_their_non_zero_samples_average_to():
+    torch.manual_seed(1)
+    mean = torch.exp(torch.randn(3, 40) * 1.5)  # (cells, genes)
+    head = CountHead(LibraryMean(), NegativeBinomialLikelihood(40, 8, zero_inflated=False))
+    prediction = Prediction(expression=torch.log1p(1e4 * mean / mean.sum(-1, keepdim=True)), mean=mean)
+    with torch.no_grad():
+        detected = head.detected(prediction)
+        draws = torch.stack([head.likelihood.sample(prediction) for _ in range(4000)])  # (draws, cells, genes)
+    values = torch.log1p(1e4 * draws / mean.sum(-1, keepdim=True))
+    seen = (draws > 0).sum(0)  # (cells, genes)
+    sampled = values.sum(0) / seen.clamp(min=1)
+    spread = torch.sqrt(((values - sampled) ** 2 * (draws > 0)).sum(0) / seen.clamp(min=2)) / seen.clamp(min=1).sqrt()
+    usable = seen >= 100
+    assert usable.sum() > 60
+    assert ((detected - sampled).abs()[usable] < 5 * spread[usable] + 1e-3).all()
+    assert (detected >= head.measured(prediction) - 1e-6).all()
+
+
+def test_a_gaussian_head_has_no_model_of_detection():
+    prediction = Prediction(expression=torch.randn(3, 4))
+    assert torch.equal(GaussianHead().detected(prediction), prediction.expression)

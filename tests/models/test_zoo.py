@@ -275,6 +275,21 @@ def test_stochastic_model_samples_counts():
     assert torch.equal(counts, counts.round()) and counts.sum() > 0
 
 
+@pytest.mark.parametrize("name", ["base", "stochastic", "resource", "full"])
+def test_imputed_values_are_detected_levels_of_count_models_and_the_reconstruction_of_gaussian_ones(name):
+    """`impute`: a hidden gene's value were it detected. A count model's is at least its mean
+    measured value and at least one count per 10,000 of the cell; a Gaussian model's is its reconstruction."""
+    model, batch = tiny(name), random_batch(3)
+    imputed, reconstruction = model.impute(batch), model.reconstruct(batch)
+    assert imputed.shape == (N_CELLS, SPEC.n_genes) and torch.isfinite(imputed).all()
+    if model.head.likelihood is None:
+        assert torch.equal(imputed, reconstruction.expression)
+        return
+    one_count = torch.log1p(1e4 / reconstruction.mean.sum(-1, keepdim=True))  # (B, 1)
+    assert (imputed >= model.head.measured(reconstruction) - 1e-5).all()
+    assert (imputed >= one_count - 1e-4).all()
+
+
 def test_base_model_cannot_sample():
     with pytest.raises(ValueError, match="count model"):
         tiny("base").sample(random_batch())

@@ -74,29 +74,76 @@ def nb_log_likelihood(counts: np.ndarray, mean: np.ndarray, theta: np.ndarray) -
     return distribution.log_prob(torch.as_tensor(counts, dtype=mean.dtype)).sum(1).numpy()
 
 
+def library_size_nb_fits(reference: tuple[np.ndarray, np.ndarray], library: np.ndarray,
+                         groups: tuple[np.ndarray, np.ndarray] | None = None):
+    """Yield (rows, expected counts (rows, G), inverse dispersion (G,)): per-gene NBs fitted to
+    `reference` = (counts, library) by the method of moments for held-out cells of `library` (n,),
+    knowing each cell's library size only; together the rows cover every cell once. With `groups` =
+    (reference labels, held-out labels), a fit per group (what a cell type alone says): each gene's
+    share, smoothed by one cell of the overall composition (a gene never counted in a group's
+    reference cells would make any count of it ~impossible), and its dispersion; the fit on all
+    reference cells for a group with under MIN_GROUP_CELLS of them and for missing labels (< 0)."""
+    overall, theta = moment_dispersion(*reference)
+    own_fit = np.zeros(len(library), dtype=bool)
+    fits = []
+    if groups is not None:
+        reference_groups, cell_groups = groups
+        pseudo_cell = float(reference[1].mean())  # a group's shares start from one cell of the overall composition
+        for group in np.unique(cell_groups[cell_groups >= 0]):
+            fitted, scored = reference_groups == group, cell_groups == group
+            if fitted.sum() >= MIN_GROUP_CELLS:
+                _, group_theta = moment_dispersion(reference[0][fitted], reference[1][fitted])
+                share = (reference[0][fitted].sum(0) + pseudo_cell * overall) / (reference[1][fitted].sum() + pseudo_cell)
+                fits.append((np.flatnonzero(scored), share, group_theta))
+                own_fit |= scored
+    fits.insert(0, (np.flatnonzero(~own_fit), overall, theta))
+    for rows, share, dispersion in fits:
+        if len(rows):
+            yield rows, library[rows, None] * share[None, :], dispersion
+
+
 def library_size_nb(reference: tuple[np.ndarray, np.ndarray], cells: tuple[np.ndarray, np.ndarray],
                     groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(n,) log-likelihood of held-out `cells` = (counts (n, G), library (n,)) under a per-gene NB
-    fitted to `reference` (counts, library) by the method of moments, knowing each cell's library
-    size only. With `groups` = (reference labels, held-out labels), a fit per group (what a cell
-    type alone says): each gene's share, smoothed by one cell of the overall composition, and its
-    dispersion; the fit on all reference cells for a group with under MIN_GROUP_CELLS of them and
-    for missing labels (< 0)."""
+    """(n,) log-likelihood of held-out `cells` = (counts (n, G), library (n,)) under the NBs of
+    `library_size_nb_fits` (knowing each cell's library size, and with `groups` its group)."""
     counts, library = cells
-    overall, theta = moment_dispersion(*reference)
-    scores = nb_log_likelihood(counts, library[:, None] * overall[None, :], theta)
-    if groups is None:
-        return scores
-    reference_groups, cell_groups = groups
-    pseudo_cell = float(reference[1].mean())  # a group's shares start from one cell of the overall composition
-    for group in np.unique(cell_groups[cell_groups >= 0]):
-        fitted, scored = reference_groups == group, cell_groups == group
-        if fitted.sum() >= MIN_GROUP_CELLS:
-            _, theta = moment_dispersion(reference[0][fitted], reference[1][fitted])
-            # a gene never counted in a group's reference cells would make any count of it ~impossible
-            share = (reference[0][fitted].sum(0) + pseudo_cell * overall) / (reference[1][fitted].sum() + pseudo_cell)
-            scores[scored] = nb_log_likelihood(counts[scored], library[scored, None] * share[None, :], theta)
+    scores = np.zeros(len(library))
+    for rows, mean, theta in library_size_nb_fits(reference, library, groups):
+        scores[rows] = nb_log_likelihood(counts[rows], mean, theta)
     return scores
+
+
+LEVEL_CHUNK_ENTRIES = 2**22  # cells x genes per expectation: ~10 float64 arrays of 32 MB
+
+
+def detected_nb_levels(reference: tuple[np.ndarray, np.ndarray], library: np.ndarray,
+                       groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(n, G) E[log1p(counts per 10,000) | counts > 0] of each gene in held-out cells of `library`
+    (n,) under the NBs of `library_size_nb_fits`: a detected gene's value from the cell's depth
+    (and group) alone."""
+    import torch
+
+    from vcell.models.expected import expected_log1p
+
+    levels = np.zeros((len(library), reference[0].shape[1]))
+    step = max(1, LEVEL_CHUNK_ENTRIES // max(levels.shape[1], 1))  # the expectation holds ~10 such (rows, G) arrays
+    for rows, mean, theta in library_size_nb_fits(reference, library, groups):
+        for start in range(0, len(rows), step):
+            chunk = slice(start, start + step)
+            scale = torch.as_tensor(1e4 / np.maximum(library[rows[chunk]], 1.0))[:, None]  # (rows, 1)
+            levels[rows[chunk]] = expected_log1p(torch.as_tensor(mean[chunk]), scale, torch.as_tensor(theta),
+                                                 detected=True).numpy()
+    return levels
+
+
+def detected_means(values: np.ndarray, reference_types: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """(n, G) each gene's mean over the reference cells of each cell's type in which it is detected
+    (> 0), the overall such mean for a gene its type never shows (and 0 for a gene never detected):
+    `cell_type_means` of a hidden value known to be non-zero."""
+    detected = (values > 0).astype(values.dtype)
+    overall = values.sum(0) / np.maximum(detected.sum(0), 1)
+    sums, counts = cell_type_means(values, reference_types, types), cell_type_means(detected, reference_types, types)
+    return np.where(counts > 0, sums / np.maximum(counts, 1e-12), overall)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:

@@ -8,7 +8,11 @@ latent, fitted on the reference (training) cells: what a standard pipeline gets 
 Reconstruction hides a seeded 25% of each held-out cell's measured genes and scores the
 prediction at the hidden entries (per cell and per gene), against the reference's gene
 means, a PCA reconstruction from the same masked input, the mean of the reference cells nearest
-to it (kNN smoothing) and, with cell-type labels, the reference mean of its type.
+to it (kNN smoothing) and, with cell-type labels, the reference mean of its type. A hidden entry
+is a detected gene (its value is > 0), which every method may use: the model predicts the value
+of a gene were it detected (`VirtualCell.impute`), and the strongest baselines are the mean over
+the reference cells of the type in which the gene is detected and, with counts, the same under
+an NB per cell type that knows the cell's depth (one count is more per 10,000 in a shallow cell).
 
 Batch mixing (when the atlas has the `model.columns.batch` column with at least two batches):
 scib's graph iLISI of the held-out embedding (`vcell.evaluate.mixing`; 1 = mixed, 0 = separated)
@@ -25,7 +29,7 @@ import torch
 
 from vcell.data.memory import batches_of
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import cell_type_means, library_size_nb
+from vcell.evaluate.metrics import cell_type_means, detected_means, detected_nb_levels, library_size_nb
 from vcell.evaluate.mixing import ILISI_NEIGHBOURS, ILISI_PERPLEXITY, ilisi
 from vcell.evaluate.scores import (
     adjusted_rand_index, kmeans, knn_accuracy, neighbour_means, normalized_mutual_info, silhouette_labels,
@@ -141,9 +145,9 @@ def hidden_mask(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def masked_predictions(data: HeldOut, mask: torch.Tensor) -> np.ndarray:
-    """(n, G) the model's reconstruction of held-out cells from their masked input."""
+    """(n, G) the model's values of held-out cells' genes were they detected, from their masked input."""
     masked = dict(data.test, x=data.test["x"].masked_fill(mask, 0.0))
-    return np.concatenate([data.model.reconstruct(batch).expression.numpy() for batch in batches_of(masked, 2048)])
+    return np.concatenate([data.model.impute(batch).numpy() for batch in batches_of(masked, 1024)])
 
 
 def hidden_entry_correlations(predicted: np.ndarray, observed: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -178,12 +182,21 @@ def reconstruction_metrics(data: HeldOut) -> dict:
     }
     label = data.column("context") or "cell_type"
     if label in data.test and label in data.train:  # what the cell type alone says about a hidden gene
-        predictions["cell_type_mean"] = cell_type_means(reference, data.train[label].numpy(), data.test[label].numpy())
+        types = (data.train[label].numpy(), data.test[label].numpy())
+        predictions["cell_type_mean"] = cell_type_means(reference, *types)
+        predictions["cell_type_detected_mean"] = detected_means(reference, *types)
+        if "counts" in data.train and "library_size" in data.test:
+            depths = (data.train["counts"].numpy(), data.train["library_size"].numpy())
+            predictions["cell_type_nb_detected"] = detected_nb_levels(depths, data.test["library_size"].numpy(), types)
     section = {
         "definitions": f"a seeded {MASK_FRACTION:.0%} of each held-out cell's measured genes hidden (set to 0); "
                        "Pearson r between prediction and truth at the hidden entries, per cell and per gene; "
                        f"nearest_cells: the mean of the {IMPUTE_NEIGHBOURS} reference cells nearest to the masked cell in "
-                       "PCA space (kNN smoothing); cell_type_mean: the reference mean of the cell's type",
+                       "PCA space (kNN smoothing); cell_type_mean: the reference mean of the cell's type; "
+                       "cell_type_detected_mean: its mean over the type's reference cells in which the gene is detected "
+                       "(a hidden entry is > 0); cell_type_nb_detected: E[log1p(counts per 10,000) | counts > 0] under "
+                       "per-gene NBs of the cell's type at its library size; the model: its value of each gene were it "
+                       "detected (VirtualCell.impute)",
         "hidden_entries": int(hidden.sum()),
         "model": hidden_entry_correlations(masked_predictions(data, mask), observed, hidden),
         "baselines": {name: hidden_entry_correlations(value, observed, hidden) for name, value in predictions.items()},

@@ -107,8 +107,9 @@ class CountLikelihood(DeclaresStats, Protocol):
 
     def sample(self, prediction: Prediction) -> torch.Tensor: ...  # (B, G) counts
 
-    # (B, G) E[log1p(scale x counts)], scale (B, 1): the expected normalised expression (`vcell.models.expected`)
-    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor: ...
+    # (B, G) E[log1p(scale x counts)], scale (B, 1): the expected normalised expression (`vcell.models.expected`);
+    # detected: over the cells in which the gene is detected (counts > 0)
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False) -> torch.Tensor: ...
 
     def statistics(self, prediction: Prediction) -> Stats: ...
 
@@ -151,6 +152,9 @@ class Head(DeclaresStats, Protocol):
 
     # (B, G) the mean of measured log1p(counts per 10,000) of cells so predicted: what pseudobulks compare
     def measured(self, prediction: Prediction) -> torch.Tensor: ...
+
+    # (B, G) the same over the cells in which the gene is detected (counts > 0): a hidden gene's value
+    def detected(self, prediction: Prediction) -> torch.Tensor: ...
 
     def statistics(self, prediction: Prediction) -> Stats: ...
 

@@ -9,8 +9,10 @@ concave, so the plug-in overstates every gene seen as a few counts, and a change
 mean more still. On the demo atlas (`full`, seen perturbations against the simulator's truth) the
 plug-in's deltas were ~2x the true ones on lowly expressed genes and their MAE lost to predicting
 no change (0.00157 vs 0.00148); the expectation gives 0.00094. `VirtualCell.predict_measured`
-returns it; `expression` stays the plug-in, the cell's denoised level (what a single detected
-value and a pathway's activity are compared with).
+returns it; `expression` stays the plug-in, the cell's denoised level (what a pathway's activity
+is compared with). With `detected=True` the expectation is over the cells in which the gene is
+detected (K > 0): what a measured value that is known to be non-zero but is missing is (the hidden
+genes of the reconstruction metric, `VirtualCell.impute`).
 
 The first `EXACT_TERMS` counts are summed exactly (the probabilities by their recurrence); the
 rest, the tail, is an integral of the probability continued to real counts on a grid even in
@@ -30,11 +32,12 @@ TAIL_NODES = 48  # grid points over the rest (even in log count): within 3e-4 of
 
 def expected_log1p(
     mean: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor | None = None,
-    zero_probability: torch.Tensor | None = None, exact_terms: int = EXACT_TERMS,
+    zero_probability: torch.Tensor | None = None, exact_terms: int = EXACT_TERMS, detected: bool = False,
 ) -> torch.Tensor:
     """E[log1p(scale x K)] with K ~ NB(mean, theta) (Poisson where theta is None), set to 0 with
     `zero_probability` (zero inflation). mean (B, G) expected counts; scale (B, 1) or (B, G), e.g.
-    10,000 / the cell's total; theta (G,) or (B, G) inverse dispersion. Computed in float64,
+    10,000 / the cell's total; theta (G,) or (B, G) inverse dispersion. `detected`: E[... | K > 0]
+    instead (zero inflation then cancels out: it only removes detections). Computed in float64,
     returned in mean's dtype."""
     dtype = mean.dtype
     mean = mean.double().clamp(min=0.0)
@@ -54,6 +57,12 @@ def expected_log1p(
         # P(K = k + 1) from P(K = k): Poisson mean / (k + 1), NB (k + theta) / (k + 1) x mean / (theta + mean)
         probability = probability * (mean / (k + 1) if theta is None else (k + theta) / (k + 1) * odds)
     expectation += tail_term(mean, theta, scale.expand_as(mean), summed_mass, exact_terms)
+    if detected:
+        # log1p(scale x 0) = 0, so E[log1p(scale K) | K > 0] = E[log1p(scale K)] / P(K > 0); where a
+        # detection is so unlikely that the division loses its digits, K | K > 0 is 1
+        detection = -torch.expm1(log_zero)
+        single = torch.log1p(scale.expand_as(mean))
+        return torch.where(detection > 1e-8, expectation / detection.clamp(min=1e-8), single).to(dtype)
     if zero_probability is not None:
         expectation = (1 - zero_probability.double()) * expectation
     return expectation.to(dtype)

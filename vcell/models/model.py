@@ -223,6 +223,14 @@ class VirtualCell(nn.Module):
             return self.decode(z, z, cells.library, batch=cells.batch if batch_effect else None)
 
     @torch.no_grad()
+    def impute(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, G) each gene's value (log1p counts per 10,000) were it detected in the cell, from
+        the genes the cell shows: what a measured but missing (hidden) value is. A count model
+        takes the expectation over detections (counts > 0) under its likelihood; a Gaussian model
+        has no model of detection and gives its reconstruction."""
+        return self.head.detected(self.reconstruct(batch))
+
+    @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
         """(B, G) counts drawn from the model for the batch's cells (under `conditions`)."""
         if self.head.likelihood is None:

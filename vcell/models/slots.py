@@ -135,6 +135,9 @@ class GaussianHead(nn.Module):
     def measured(self, prediction: Prediction) -> torch.Tensor:
         return prediction.expression  # fitted by squared error to measured values: already their mean
 
+    def detected(self, prediction: Prediction) -> torch.Tensor:
+        return prediction.expression  # no model of detection: its mean over all cells is its best guess
+
     def statistics(self, prediction: Prediction) -> dict:
         return {}
 
@@ -164,8 +167,8 @@ class PoissonLikelihood(nn.Module):
     def sample(self, prediction: Prediction) -> torch.Tensor:
         return torch.poisson(prediction.mean)
 
-    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor:
-        return expected_log1p(prediction.mean, scale)
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False) -> torch.Tensor:
+        return expected_log1p(prediction.mean, scale, detected=detected)
 
     def statistics(self, prediction: Prediction) -> dict:
         return {}
@@ -205,8 +208,19 @@ class CountHead(nn.Module):
         `expression` is log1p of the expected counts per 10,000, the cell's denoised level; log1p is
         concave, so that overstates the measured mean of every gene seen as a few counts, and a
         change of such a gene's mean more still (`vcell.models.expected`)."""
-        scale = TARGET_SUM / prediction.mean.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, 1)
-        return self.likelihood.expected_log1p(prediction, scale)
+        return self.likelihood.expected_log1p(prediction, self.scale(prediction))
+
+    def detected(self, prediction: Prediction) -> torch.Tensor:
+        """(B, G) E[log1p(counts per 10,000) | counts > 0]: the value of a gene known to be detected
+        in the cell whose value is missing (a hidden gene). It exceeds `measured` most for genes
+        seen as a few counts, and depends on the cell's depth (one count is more per 10,000 in a
+        shallow cell)."""
+        return self.likelihood.expected_log1p(prediction, self.scale(prediction), detected=True)
+
+    @staticmethod
+    def scale(prediction: Prediction) -> torch.Tensor:
+        """(B, 1) counts -> counts per 10,000 of each predicted cell."""
+        return TARGET_SUM / prediction.mean.sum(-1, keepdim=True).clamp(min=1e-12)
 
     def statistics(self, prediction: Prediction) -> dict:
         return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}

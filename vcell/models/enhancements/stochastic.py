@@ -159,10 +159,10 @@ class NegativeBinomialLikelihood(nn.Module):
             counts = counts.masked_fill(dropped, 0.0)
         return counts
 
-    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor) -> torch.Tensor:
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False) -> torch.Tensor:
         zero_logits = prediction.extra.get("zero_logits")
         return expected_log1p(prediction.mean, scale, self().detach(),
-                              None if zero_logits is None else torch.sigmoid(zero_logits))
+                              None if zero_logits is None else torch.sigmoid(zero_logits), detected=detected)
 
     def statistics(self, prediction: Prediction) -> dict:
         theta, mean = self().detach(), prediction.mean.detach()
