@@ -86,12 +86,12 @@ def test_detected_levels_fall_back_like_the_log_likelihood_and_do_not_depend_on_
     plain = detected_nb_levels(reference, library)
     typed = detected_nb_levels(reference, library, (reference_types, cell_types))
     assert typed.shape == (len(cell_types), 30) and np.isfinite(typed).all()
-    assert (typed >= np.log1p(1e4 / library)[:, None] - 1e-6).all()  # at least one count
+    assert (typed >= np.log1p(1e4 / library)[:, None] - 1e-5).all()  # at least one count
     fitted = np.isin(cell_types, [t for t in range(n_types) if (reference_types == t).sum() >= MIN_GROUP_CELLS])
-    np.testing.assert_allclose(typed[~fitted], plain[~fitted], rtol=1e-12)  # rows computed in other groupings
+    np.testing.assert_allclose(typed[~fitted], plain[~fitted], rtol=1e-6)  # rows computed in other groupings
     original = metrics.LEVEL_CHUNK_ENTRIES
     try:
         metrics.LEVEL_CHUNK_ENTRIES = chunk * 30
-        np.testing.assert_allclose(detected_nb_levels(reference, library, (reference_types, cell_types)), typed)
+        np.testing.assert_allclose(detected_nb_levels(reference, library, (reference_types, cell_types)), typed, rtol=1e-6)
     finally:
         metrics.LEVEL_CHUNK_ENTRIES = original

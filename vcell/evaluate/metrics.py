@@ -125,7 +125,7 @@ def detected_nb_levels(reference: tuple[np.ndarray, np.ndarray], library: np.nda
 
     from vcell.models.expected import expected_log1p
 
-    levels = np.zeros((len(library), reference[0].shape[1]))
+    levels = np.zeros((len(library), reference[0].shape[1]), dtype=np.float32)  # as the expression it predicts
     step = max(1, LEVEL_CHUNK_ENTRIES // max(levels.shape[1], 1))  # the expectation holds ~10 such (rows, G) arrays
     for rows, mean, theta in library_size_nb_fits(reference, library, groups):
         for start in range(0, len(rows), step):
