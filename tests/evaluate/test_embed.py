@@ -6,6 +6,8 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vcell.atlas.store import open_atlas
 from vcell.cli import main
@@ -132,6 +134,7 @@ def test_ray_tasks_embed_spans_with_the_same_result(ray_cluster, embedded, train
     out = embed_run(trained_folder, evaluation_atlas, tmp_path / "parallel.h5ad", batch_size=128, tasks=2,
                     progress=False)
     parallel = ad.read_h5ad(out)
+    assert not parallel.layers
     assert list(parallel.obs_names) == list(embedded.obs_names)
     np.testing.assert_allclose(parallel.obsm["X_vcell"], embedded.obsm["X_vcell"], atol=1e-5)
     np.testing.assert_allclose(parallel.obs["vcell_capacity"], embedded.obs["vcell_capacity"], rtol=1e-5)
@@ -164,3 +167,96 @@ def test_a_pretrained_export_embeds_another_atlas_sharing_70_percent_of_its_gene
                  str(tmp_path / "refused.h5ad"), "--min-gene-overlap", "0.8"]) == 2
     assert "below the minimum overlap of 80%" in capsys.readouterr().err
     assert not (tmp_path / "refused.h5ad").exists()
+
+
+@pytest.fixture(scope="module")
+def expressed(trained_folder, evaluation_atlas, tmp_path_factory):
+    out = tmp_path_factory.mktemp("embed") / "expressed.h5ad"
+    embed_run(trained_folder, evaluation_atlas, out, batch_size=256, progress=False, expression=("denoised", "imputed"))
+    return ad.read_h5ad(out)
+
+
+def model_view(trained_folder, evaluation_atlas, view: str) -> np.ndarray:
+    """(n, G) `VirtualCell.<view>` of every atlas cell, batch by batch, straight from the model."""
+    from vcell.evaluate.cells import open_cells
+
+    trained = open_trained(trained_folder)
+    model = trained.model
+    views = {"denoise": model.denoise, "impute": model.impute,
+             "measured": lambda batch: model.head.measured(model.reconstruct(batch))}
+    stream = open_cells(evaluation_atlas, trained)
+    return np.concatenate([views[view](batch).numpy() for _, batch in stream.batches(500)])
+
+
+def test_expression_layers_are_the_models_denoised_and_imputed_cells(expressed, embedded, trained_folder,
+                                                                      evaluation_atlas):
+    n_genes = len(open_trained(trained_folder).model.spec.gene_ids)
+    assert list(expressed.obs_names) == list(embedded.obs_names)
+    np.testing.assert_allclose(expressed.obsm["X_vcell"], embedded.obsm["X_vcell"], atol=1e-6)  # layers change nothing else
+    assert set(expressed.layers) == {"vcell_denoised", "vcell_imputed"} and not embedded.layers
+    assert set(expressed.uns["vcell"]["layers"]) == {"vcell_denoised", "vcell_imputed"}
+    for view in ("denoise", "impute"):
+        layer = expressed.layers[f"vcell_{view.removesuffix('e')}ed"]
+        assert layer.shape == (expressed.n_obs, n_genes) and layer.dtype == np.float32
+        np.testing.assert_allclose(layer, model_view(trained_folder, evaluation_atlas, view), atol=1e-5)
+    # a detected gene has at least one count: its imputed value is above 0 in every cell, and at least
+    # the mean of what measuring the cell gives, which averages in the zeros of non-detection
+    imputed = expressed.layers["vcell_imputed"]
+    assert (imputed > 0).all()
+    assert (imputed >= model_view(trained_folder, evaluation_atlas, "measured") - 1e-5).all()
+
+
+def test_expression_layers_do_not_depend_on_the_batch_size(expressed, trained_folder, evaluation_atlas, tmp_path):
+    out = embed_run(trained_folder, evaluation_atlas, tmp_path / "b7.h5ad", batch_size=7, progress=False,
+                    expression=("imputed", "imputed"))
+    other = ad.read_h5ad(out)
+    assert set(other.layers) == {"vcell_imputed"}  # asked twice, written once
+    np.testing.assert_allclose(other.layers["vcell_imputed"], expressed.layers["vcell_imputed"], atol=1e-5)
+
+
+def test_an_unknown_expression_layer_is_refused_before_anything_is_written(trained_folder, evaluation_atlas, tmp_path):
+    with pytest.raises(VCellError, match="'raw' is not one vcell embed writes") as error:
+        embed_run(trained_folder, evaluation_atlas, tmp_path / "x.h5ad", progress=False, expression=("raw",))
+    assert "denoised, imputed" in error.value.hint
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_command_line_offers_every_expression_layer(trained_folder, evaluation_atlas, tmp_path, capsys):
+    from vcell.evaluate.embed import EXPRESSION_LAYERS
+
+    assert main(["embed", str(trained_folder), "--input", str(evaluation_atlas), "--out", str(tmp_path / "e.h5ad"),
+                 "--quiet", "--expression", "denoised", "--expression", "imputed"]) == 0
+    assert "layers['vcell_denoised'], layers['vcell_imputed']" in capsys.readouterr().out
+    assert set(ad.read_h5ad(tmp_path / "e.h5ad").layers) == {f"vcell_{name}" for name in EXPRESSION_LAYERS}
+
+
+@given(n_cells=st.integers(1, 5000), tasks=st.integers(2, 16), batch_size=st.integers(1, 2048),
+       layer_width=st.sampled_from([0, 1, 100, 20_000, 40_000]), max_cells=st.integers(1, 3000),
+       max_values=st.integers(1, 10**6))
+@settings(max_examples=200, deadline=None)
+def test_spans_cover_every_cell_once_within_both_bounds(n_cells, tasks, batch_size, layer_width, max_cells, max_values):
+    from vcell.evaluate import embed_parallel
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embed_parallel, "MAX_SPAN_CELLS", max_cells)
+        patch.setattr(embed_parallel, "MAX_SPAN_LAYER_VALUES", max_values)
+        spans = embed_parallel.spans(n_cells, tasks, batch_size, layer_width)
+    assert spans[0][0] == 0 and spans[-1][1] == n_cells
+    assert all(last == following for (_, last), (following, _) in zip(spans, spans[1:]))  # contiguous, in order
+    sizes = [last - first for first, last in spans]
+    assert min(sizes) >= 1 and max(sizes) <= max_cells
+    if layer_width:
+        assert max(sizes) <= max(1, max_values // layer_width)  # a span's layers fit, unless one cell does not
+
+
+def test_ray_tasks_write_the_same_expression_layers(ray_cluster, expressed, trained_folder, evaluation_atlas, tmp_path,
+                                                    monkeypatch):
+    from vcell.evaluate import embed_parallel
+
+    monkeypatch.setattr(embed_parallel, "MAX_SPAN_LAYER_VALUES", 2 * 100 * 350)  # spans of 350 cells: the layers bound them
+    out = embed_run(trained_folder, evaluation_atlas, tmp_path / "parallel.h5ad", batch_size=128, tasks=2,
+                    progress=False, expression=("denoised", "imputed"))
+    parallel = ad.read_h5ad(out)
+    assert list(parallel.obs_names) == list(expressed.obs_names)
+    for name in ("vcell_denoised", "vcell_imputed"):
+        np.testing.assert_allclose(parallel.layers[name], expressed.layers[name], atol=1e-5)

@@ -78,6 +78,7 @@ def test_read_outs_describe_the_cell_not_the_batch_it_was_measured_in(name):
     torch.testing.assert_close(seen.stats["compartment_activity"], unknown.stats["compartment_activity"])
     cell = model.reconstruct(batch, batch_effect=False).expression  # what the read-out projects
     torch.testing.assert_close(cell, unknown.expression)
+    torch.testing.assert_close(model.denoise(batch), unknown.expression)  # `vcell embed`'s denoised layer
     assert not torch.allclose(model.reconstruct(batch).expression, cell)
 
 

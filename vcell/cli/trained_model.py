@@ -2,7 +2,7 @@
 
     vcell export RUN --out DIR [--overwrite]
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--tasks N] [--layer L] [--gene-key K]
-                [--min-gene-overlap F]
+                [--min-gene-overlap F] [--expression denoised|imputed ...]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
@@ -29,9 +29,10 @@ def run_embed(args: argparse.Namespace) -> None:
 
     out = embed_run(args.run, args.input, args.out, batch_size=args.batch_size, layer=args.layer,
                     gene_key=args.gene_key, overwrite=args.overwrite, progress=not args.quiet, tasks=args.tasks,
-                    address=args.address,
+                    address=args.address, expression=args.expression or (),
                     **({} if args.min_gene_overlap is None else {"min_gene_overlap": args.min_gene_overlap}))
-    print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics; see uns['vcell'])")
+    layers = "".join(f", layers['vcell_{name}']" for name in dict.fromkeys(args.expression or ()))
+    print(f"wrote {out} (obsm['X_vcell'] and the model's per-cell statistics{layers}; see uns['vcell'])")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -74,6 +75,11 @@ def add_trained_model_parsers(commands) -> None:
     embed.add_argument("--min-gene-overlap", type=fraction,
                        help="refuse an input with fewer than this share of the model's genes (default 0.5); the "
                        "model's genes it lacks are read as unmeasured, its other genes are ignored")
+    # the names of vcell.evaluate.embed.EXPRESSION_LAYERS (not imported here: it loads torch)
+    embed.add_argument("--expression", action="append", choices=["denoised", "imputed"],
+                       help="also write each cell's expression as layers['vcell_NAME'] (cells x genes float32; "
+                            "repeat for both): denoised = free of counting noise and of the batch's offset; "
+                            "imputed = each gene's value were it detected (fills dropouts)")
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)

@@ -14,9 +14,12 @@ What the written `.h5ad` holds (n input cells, in input order; G = the model's g
 - `var`: the model's genes (index) with `vcell_<stat>` per-gene statistics
   (stochastic: `vcell_dispersion`, `vcell_extrinsic_variance_fraction`; temporal:
   `vcell_response_half_time` in hours; memory: `vcell_memory_retained_fraction`,
-  `vcell_memory_half_time`); no expression matrix;
-- `uns["vcell"]`: run, model, step, gene coverage of the input and the learned GRN edges
-  (`edges`: source, target, weight; regulatory);
+  `vcell_memory_half_time`); no `X`;
+- `layers["vcell_denoised"]`, `layers["vcell_imputed"]`: (n, G) expression, only when asked for
+  (`expression=("denoised", "imputed")`, `--expression`; each is n x G float32 on disk): see
+  `EXPRESSION_LAYERS`;
+- `uns["vcell"]`: run, model, step, gene coverage of the input, what each expression layer holds
+  (`layers`) and the learned GRN edges (`edges`: source, target, weight; regulatory);
   `uns["vcell_writer"]`: "vcell embed" (so `--overwrite` knows the file is ours to replace).
 
 Cells are streamed in batches: memory holds one batch of expression, and the outputs go
@@ -27,7 +30,8 @@ a temporary name and renamed when complete.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anndata as ad
@@ -45,17 +49,55 @@ from vcell.files import H5AD_WRITER_KEY, new_output_file, output_errors, staged_
 
 MIN_GENE_OVERLAP = 0.5  # default share of the model's genes an input must have (`--min-gene-overlap`)
 ARRAY_ENCODING = {"encoding-type": "array", "encoding-version": "0.2.0"}
+CHUNK_VALUES = 2**20  # floats per on-disk chunk (4 MiB), at most 4,096 rows
+# what `layers["vcell_<name>"]` holds, by name (log1p counts per 10,000, the run's normalisation)
+EXPRESSION_LAYERS = {
+    "denoised": "each cell's expression as its state gives it, free of counting noise and of its batch's "
+                "learned offset (`VirtualCell.denoise`; count models: log1p of expected counts per 10,000)",
+    "imputed": "each gene's value were it detected in the cell, as measured in its batch: what a missing "
+               "(dropped-out or unmeasured) value would be (`VirtualCell.impute`; a Gaussian model, which has "
+               "no model of detection, gives its reconstruction)",
+}
+
+
+@dataclass
+class Embedded:
+    """What a run of consecutive cells gives: latent (b, D); per-cell statistics (b,) or (b, k); the
+    last batch's statistics (per-gene ones are the same in every batch); expression layers (b, G)."""
+
+    latent: np.ndarray
+    per_cell: dict[str, np.ndarray]
+    stats: dict
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @staticmethod
+    def concatenate(parts: Sequence[Embedded]) -> Embedded:
+        def joined(key: str) -> dict[str, np.ndarray]:
+            return {name: np.concatenate([getattr(part, key)[name] for part in parts]) for name in getattr(parts[0], key)}
+
+        return Embedded(np.concatenate([part.latent for part in parts]), joined("per_cell"), parts[-1].stats,
+                        joined("layers"))
+
+
+def checked_expression(expression: Sequence[str]) -> tuple[str, ...]:
+    unknown = [name for name in expression if name not in EXPRESSION_LAYERS]
+    if unknown:
+        raise VCellError(f"expression layer {unknown[0]!r} is not one vcell embed writes",
+                         hint=f"choose from: {', '.join(EXPRESSION_LAYERS)}")
+    return tuple(dict.fromkeys(expression))  # each once, in the order asked
 
 
 def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *, batch_size: int = 1024,
               layer: str | None = None, gene_key: str | None = None, overwrite: bool = False,
               progress: bool = True, tasks: int = 0, address: str | None = None,
-              min_gene_overlap: float = MIN_GENE_OVERLAP) -> Path:
+              min_gene_overlap: float = MIN_GENE_OVERLAP, expression: Sequence[str] = ()) -> Path:
     """Embed every cell of `input_path` (default: the run's training atlas) into `out`; with
     `tasks` > 1, that many Ray tasks (a local cluster, or `address`) embed consecutive spans of cells.
-    An input sharing fewer than `min_gene_overlap` of the model's genes is refused."""
+    An input sharing fewer than `min_gene_overlap` of the model's genes is refused. `expression`:
+    names of `EXPRESSION_LAYERS` to write as (n, G) layers."""
     if batch_size < 1:  # the command line checks this in argparse; library callers get it here
         raise VCellError(f"batch_size={batch_size}: embed needs at least one cell per batch")
+    expression = checked_expression(expression)
     given = Path(out)
     out = new_output_file(given, ".h5ad", overwrite, inputs=[run, input_path])
     trained = open_trained(run)
@@ -71,9 +113,10 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
         from vcell.evaluate.embed_parallel import parallel_batches
 
         produced = parallel_batches(trained.directory, source, stream.n_cells, batch_size, tasks, layer, gene_key,
-                                    address)
+                                    address, expression, trained.model.spec.n_genes)
     with output_errors(given):
-        write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced)
+        write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced,
+                         expression=expression)
     return given
 
 
@@ -82,36 +125,44 @@ def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
     return {name: shape for name, shape in trained.model.stat_shapes().items() if shape[:1] == ("B",)}
 
 
-def embed_batch(trained: Trained, batch: dict[str, torch.Tensor]) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """(latent (b, D), per-cell statistics, every statistic as numpy) of one batch."""
-    output = trained.model.describe(batch)
+def embed_batch(trained: Trained, batch: dict[str, torch.Tensor], expression: Sequence[str] = ()) -> Embedded:
+    """One batch's latent, statistics and the expression layers named in `expression`."""
+    model = trained.model
+    output = model.describe(batch)
     stats = {name: value.detach().numpy() for name, value in output.stats.items()}
     per_cell = {name: stats[name] for name in cell_statistics(trained) if name in stats}
-    return output.latent.numpy(), per_cell, stats
+    # each layer decodes the cell once more: only what was asked for
+    views = {"denoised": model.denoise, "imputed": model.impute}
+    layers = {name: views[name](batch).numpy().astype(np.float32) for name in expression}
+    return Embedded(output.latent.numpy(), per_cell, stats, layers)
 
 
-def local_batches(trained: Trained, stream: CellStream, batch_size: int) -> Iterator[tuple[slice, np.ndarray, dict, dict]]:
+def local_batches(trained: Trained, stream: CellStream, batch_size: int,
+                  expression: Sequence[str] = ()) -> Iterator[tuple[slice, Embedded]]:
     for rows, batch in stream.batches(batch_size):
-        yield (rows, *embed_batch(trained, batch))
+        yield rows, embed_batch(trained, batch, expression)
 
 
 def write_embeddings(trained: Trained, stream: CellStream, out: Path, *, batch_size: int = 1024,
-                     progress: bool = True, produced: Iterator | None = None) -> Path:
-    """Write what `produced` yields ((rows, latent, per-cell stats, stats) in input order; default:
-    this process embeds `stream`) into `out`, batch by batch."""
-    produced = produced if produced is not None else local_batches(trained, stream, batch_size)
+                     progress: bool = True, produced: Iterator | None = None, expression: Sequence[str] = ()) -> Path:
+    """Write what `produced` yields ((rows, Embedded) in input order; default: this process embeds
+    `stream`) into `out`, batch by batch."""
+    produced = produced if produced is not None else local_batches(trained, stream, batch_size, expression)
     with staged_file(out) as temporary:
         skeleton(stream, trained).write_h5ad(temporary)
         scalars, last_stats = {}, {}
         with h5py.File(temporary, "a") as handle:
             bar = tqdm(total=stream.n_cells, unit="cells", desc="embed", disable=not progress, mininterval=2.0)
-            for rows, latent, per_cell, last_stats in produced:
-                write_rows(handle, "X_vcell", latent, rows, stream.n_cells)
-                for name, values in per_cell.items():
+            for rows, cells in produced:
+                write_rows(handle, "obsm/X_vcell", cells.latent, rows, stream.n_cells)
+                for name, values in cells.per_cell.items():
                     if values.ndim == 1:
                         scalars.setdefault(name, np.empty(stream.n_cells, np.float32))[rows] = values
                     else:
-                        write_rows(handle, f"vcell_{name}", values, rows, stream.n_cells)
+                        write_rows(handle, f"obsm/vcell_{name}", values, rows, stream.n_cells)
+                for name, values in cells.layers.items():
+                    write_rows(handle, f"layers/vcell_{name}", values, rows, stream.n_cells)
+                last_stats = cells.stats
                 bar.update(rows.stop - rows.start)
             bar.close()
             finish(handle, trained, stream, scalars, last_stats)
@@ -126,12 +177,13 @@ def skeleton(stream: CellStream, trained: Trained) -> ad.AnnData:
     return ad.AnnData(obs=obs, var=var)
 
 
-def write_rows(handle: h5py.File, key: str, values: np.ndarray, rows: slice, n_cells: int) -> None:
-    """obsm[key][rows] = values, creating the (n_cells, k) float32 dataset on first use."""
-    path = f"obsm/{key}"
+def write_rows(handle: h5py.File, path: str, values: np.ndarray, rows: slice, n_cells: int) -> None:
+    """handle[path][rows] = values (an obsm or layers entry), creating the (n_cells, k) float32
+    dataset on first use."""
     if path not in handle:
-        dataset = handle.create_dataset(path, shape=(n_cells, values.shape[1]), dtype=np.float32,
-                                        chunks=(min(n_cells, 4096), values.shape[1]))
+        width = values.shape[1]
+        chunk_rows = max(1, min(n_cells, 4096, CHUNK_VALUES // max(width, 1)))
+        dataset = handle.create_dataset(path, shape=(n_cells, width), dtype=np.float32, chunks=(chunk_rows, width))
         dataset.attrs.update(ARRAY_ENCODING)
     handle[path][rows] = values.astype(np.float32)
 
@@ -151,7 +203,9 @@ def finish(handle: h5py.File, trained: Trained, stream: CellStream, scalars: dic
         del handle[key]
         write_elem(handle, key, frame)
     del handle["uns"]
-    write_elem(handle, "uns", {"vcell": provenance(trained, stream, stats), H5AD_WRITER_KEY: "vcell embed"})
+    info = provenance(trained, stream, stats)
+    info["layers"] = {key: EXPRESSION_LAYERS[key.removeprefix("vcell_")] for key in handle["layers"]}
+    write_elem(handle, "uns", {"vcell": info, H5AD_WRITER_KEY: "vcell embed"})
 
 
 def provenance(trained: Trained, stream: CellStream, stats: dict) -> dict:

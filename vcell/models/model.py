@@ -223,6 +223,13 @@ class VirtualCell(nn.Module):
             return self.decode(z, z, cells.library, batch=cells.batch if batch_effect else None)
 
     @torch.no_grad()
+    def denoise(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, G) each cell's denoised expression (log1p per 10,000) without its batch's learned
+        offset: what the cell's state says, free of counting noise and of the batch it was measured
+        in (a count model: log1p of its expected counts per 10,000)."""
+        return self.reconstruct(batch, batch_effect=False).expression
+
+    @torch.no_grad()
     def impute(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, G) each gene's value (log1p counts per 10,000) were it detected in the cell, from
         the genes the cell shows: what a measured but missing (hidden) value is. A count model
