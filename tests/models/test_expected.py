@@ -125,3 +125,27 @@ def test_count_heads_detected_level_is_what_their_non_zero_samples_average_to():
 def test_a_gaussian_head_has_no_model_of_detection():
     prediction = Prediction(expression=torch.randn(3, 4))
     assert torch.equal(GaussianHead().detected(prediction), prediction.expression)
+
+
+@settings(max_examples=30, deadline=None)
+@given(cells=st.integers(1, 40), genes=st.integers(1, 12), chunk_entries=st.integers(1, 200),
+       per_cell_theta=st.booleans(), per_gene_scale=st.booleans(), inflated=st.booleans(), detected=st.booleans(),
+       poisson=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_few_cells_at_a_time_gives_what_one_pass_gives(cells, genes, chunk_entries, per_cell_theta, per_gene_scale,
+                                                         inflated, detected, poisson, seed):
+    """Memory is bounded by computing a few cells at a time; every per-cell argument follows its rows."""
+    from vcell.models import expected
+
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.exp(torch.randn(cells, genes, generator=generator) * 3)  # ~1e-4 .. 1e4 counts
+    scale = torch.rand(cells, genes if per_gene_scale else 1, generator=generator) * 10 + 0.1
+    theta = None if poisson else torch.rand(*((cells, genes) if per_cell_theta else (genes,)), generator=generator) + 0.05
+    zero = torch.rand(cells, genes, generator=generator) * 0.5 if inflated else None
+    whole = expected.expected_log1p_at_once(mean, scale, theta, zero, expected.EXACT_TERMS, detected)
+    saved = expected.ROW_CHUNK_ENTRIES
+    expected.ROW_CHUNK_ENTRIES = chunk_entries  # as few as one cell per pass
+    try:
+        chunked = expected.expected_log1p(mean, scale, theta, zero, detected=detected)
+    finally:
+        expected.ROW_CHUNK_ENTRIES = saved
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=0)

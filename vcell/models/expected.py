@@ -30,6 +30,11 @@ EXACT_TERMS = 32  # counts 0..31 summed exactly: the whole distribution of ~97% 
 TAIL_NODES = 48  # grid points over the rest (even in log count): within 3e-4 of 96 points, 3x faster
 
 
+# cells x genes entries computed at once: a pass holds ~a dozen float64 arrays of this size
+# (~8 MiB each); a whole batch of 1,024 cells x 20,000 genes at once needed GBs
+ROW_CHUNK_ENTRIES = 2**20
+
+
 def expected_log1p(
     mean: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor | None = None,
     zero_probability: torch.Tensor | None = None, exact_terms: int = EXACT_TERMS, detected: bool = False,
@@ -38,7 +43,24 @@ def expected_log1p(
     `zero_probability` (zero inflation). mean (B, G) expected counts; scale (B, 1) or (B, G), e.g.
     10,000 / the cell's total; theta (G,) or (B, G) inverse dispersion. `detected`: E[... | K > 0]
     instead (zero inflation then cancels out: it only removes detections). Computed in float64,
-    returned in mean's dtype."""
+    a few cells at a time (ROW_CHUNK_ENTRIES), returned in mean's dtype."""
+    rows = max(1, ROW_CHUNK_ENTRIES // max(mean.shape[-1], 1))
+    if mean.dim() != 2 or len(mean) <= rows:
+        return expected_log1p_at_once(mean, scale, theta, zero_probability, exact_terms, detected)
+
+    def cells_of(tensor: torch.Tensor | None, cells: slice) -> torch.Tensor | None:
+        """A per-cell argument's rows; a per-gene one (or one row for all) is shared."""
+        return tensor[cells] if tensor is not None and tensor.dim() == 2 and len(tensor) == len(mean) else tensor
+
+    return torch.cat([
+        expected_log1p_at_once(mean[cells], cells_of(scale, cells), cells_of(theta, cells),
+                               cells_of(zero_probability, cells), exact_terms, detected)
+        for cells in (slice(first, first + rows) for first in range(0, len(mean), rows))
+    ])
+
+
+def expected_log1p_at_once(mean, scale, theta, zero_probability, exact_terms: int, detected: bool) -> torch.Tensor:
+    """`expected_log1p` of every entry in one pass."""
     dtype = mean.dtype
     mean = mean.double().clamp(min=0.0)
     scale = scale.double()  # (B, 1) stays narrow: log1p(scale x k) is then one column per count
@@ -82,14 +104,29 @@ def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TA
     probability continued to real counts, by the trapezoid rule on a grid even in log(count) from
     12 sd below the mean (or the tail's start) to 40 decay lengths past it (sd; a heavy NB tail
     decays over mean / theta counts), normalised to the tail's exact mass. Computed only where
-    the tail holds any mass."""
+    the tail holds any mass, TAIL_CHUNK entries at a time."""
     mass = (1 - summed_mass).clamp(min=0.0)
     result = torch.zeros_like(mean)
     rows = mass > 1e-7  # below this the tail adds < 1e-5 (log1p of a count is < 20)
     if not bool(rows.any()):
         return result
-    mu, s = mean[rows], scale[rows]
+    mu, s = mean[rows], scale[rows]  # (T,) the entries with a tail
     th = None if theta is None else theta[rows]
+    value = torch.cat([
+        tail_expectation(mu[part], s[part], None if th is None else th[part], first_count, nodes)
+        for part in (slice(first, first + TAIL_CHUNK) for first in range(0, len(mu), TAIL_CHUNK))
+    ])
+    result[rows] = mass[rows] * value
+    return result
+
+
+# tail entries evaluated at once: the grid holds (nodes, chunk) float64 arrays, ~25 MB each, where a
+# whole batch of 1,024 cells x 20,000 genes would need GBs
+TAIL_CHUNK = 2**16
+
+
+def tail_expectation(mu, s, th, first_count: int, nodes: int) -> torch.Tensor:
+    """(T,) E[log1p(s K) | K >= first_count] of T entries (see `tail_term`)."""
     sd = torch.sqrt(mu if th is None else mu + mu.pow(2) / th)
     decay = sd if th is None else sd + mu / th  # a Gamma(theta) mixture's far tail falls over mean / theta counts
     start = torch.clamp(mu - 12 * sd, min=first_count - 0.5)
@@ -103,5 +140,4 @@ def tail_term(mean, theta, scale, summed_mass, first_count: int, nodes: int = TA
     weight[0] = weight[-1] = 0.5  # trapezoid
     total = (weight * density).sum(0)
     value = (weight * density * torch.log1p(s * count)).sum(0) / total.clamp(min=1e-300)
-    result[rows] = mass[rows] * torch.where(total > 0, value, torch.log1p(s * mu))
-    return result
+    return torch.where(total > 0, value, torch.log1p(s * mu))
