@@ -226,7 +226,9 @@ def test_the_command_line_offers_every_expression_layer(trained_folder, evaluati
 
     assert main(["embed", str(trained_folder), "--input", str(evaluation_atlas), "--out", str(tmp_path / "e.h5ad"),
                  "--quiet", "--expression", "denoised", "--expression", "imputed"]) == 0
-    assert "layers['vcell_denoised'], layers['vcell_imputed']" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "layers['vcell_denoised'], layers['vcell_imputed']" in printed
+    assert "no model of detection" not in printed  # a count model
     assert set(ad.read_h5ad(tmp_path / "e.h5ad").layers) == {f"vcell_{name}" for name in EXPRESSION_LAYERS}
 
 
@@ -260,3 +262,15 @@ def test_ray_tasks_write_the_same_expression_layers(ray_cluster, expressed, trai
     assert list(parallel.obs_names) == list(expressed.obs_names)
     for name in ("vcell_denoised", "vcell_imputed"):
         np.testing.assert_allclose(parallel.layers[name], expressed.layers[name], atol=1e-5)
+
+
+def test_imputing_with_a_gaussian_model_warns_that_it_has_no_model_of_detection(pretrained_folder, finetune_atlases,
+                                                                                tmp_path, capsys):
+    out = embed_run(pretrained_folder, finetune_atlases["b_h5ad"], tmp_path / "g.h5ad", progress=False,
+                    expression=("imputed",))
+    assert "has no count likelihood, so no model of detection" in capsys.readouterr().out
+    embedded = ad.read_h5ad(out)
+    assert embedded.layers["vcell_imputed"].shape == (1500, 100)
+    embed_run(pretrained_folder, finetune_atlases["b_h5ad"], tmp_path / "d.h5ad", progress=False,
+              expression=("denoised",))
+    assert "no model of detection" not in capsys.readouterr().out  # denoising needs none

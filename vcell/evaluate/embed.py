@@ -106,7 +106,7 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
     stream = open_cells(source, trained, layer=layer, gene_key=gene_key, min_gene_overlap=min_gene_overlap)
     if progress:
         print(coverage_line(stream.coverage))
-    for warning in stream.warnings:
+    for warning in [*stream.warnings, *expression_warnings(trained, expression)]:
         print(f"warning: {warning}")
     produced = None
     if tasks > 1:
@@ -118,6 +118,14 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
         write_embeddings(trained, stream, out, batch_size=batch_size, progress=progress, produced=produced,
                          expression=expression)
     return given
+
+
+def expression_warnings(trained: Trained, expression: Sequence[str]) -> list[str]:
+    if "imputed" not in expression or trained.model.head.likelihood is not None:
+        return []
+    return [f"model '{trained.config.model.name}' has no count likelihood, so no model of detection: its imputed "
+            "layer is its reconstruction, which simple baselines beat at filling missing values (README, "
+            "'Hidden-gene reconstruction'); impute with a model that has stochastic"]
 
 
 def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
