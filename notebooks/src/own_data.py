@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import torch
 from IPython.display import Image, display
@@ -98,14 +99,37 @@ print("\n".join(summary_lines(results)[:12]))
 # `vcell embed` reads any `.h5ad` (or atlas) with the training run's normalisation; genes are
 # matched by ID, then symbol, and missing ones read as zero counts (the coverage is reported).
 # The output keeps your obs and adds the latent state in `obsm["X_vcell"]` and the model's
-# statistics, ready for scanpy (`sc.pp.neighbors(adata, use_rep="X_vcell")`).
+# statistics, ready for scanpy (`sc.pp.neighbors(adata, use_rep="X_vcell")`). Asked for, it also
+# holds each cell's expression over the model's genes (log1p counts per 10,000):
+# `--expression denoised` (free of counting noise and of the batch's learned offset: for marker
+# plots and comparisons across batches) and `--expression imputed` (each gene's value were it
+# detected in the cell: fills dropouts; needs a count model such as this `stochastic`). Each is
+# cells x genes float32, so neither is written unless asked for.
 
 # %%
 EMBEDDED = WORK / "my_counts_vcell.h5ad"
-assert vcell(["embed", str(run.directory), "--input", str(MY_FILE), "--out", str(EMBEDDED), "--overwrite"]) == 0
+assert vcell(["embed", str(run.directory), "--input", str(MY_FILE), "--out", str(EMBEDDED), "--overwrite",
+              "--expression", "denoised", "--expression", "imputed"]) == 0
 embedded = ad.read_h5ad(EMBEDDED)
 print(embedded)
 print("gene coverage:", dict(embedded.uns["vcell"]["coverage"]))
+
+# %% [markdown]
+# One gene in a few cells: the measured value (0 where it was not detected), the denoised level
+# and the imputed value. A detected gene has at least one count, so the imputed value is at least
+# what one count per 10,000 of the cell's depth reads. Where the gene was not seen, it says what a
+# detection would read; where it was seen, it is still the model's estimate: a cell's one or two
+# counts are a noisy reading, and the model does not copy them.
+
+# %%
+counts = mine[embedded.obs_names].X  # the file's genes are the model's here (it was trained on this file)
+assert list(mine.var_names) == list(embedded.var_names)
+measured = counts.multiply(1e4 / counts.sum(1)).log1p().tocsc()
+gene = int(np.abs((measured > 0).mean(0).A1 - 0.5).argmin())  # detected in about half the cells
+print(pd.DataFrame({
+    "measured": measured[:8, gene].toarray().ravel(), "denoised": embedded.layers["vcell_denoised"][:8, gene],
+    "imputed": embedded.layers["vcell_imputed"][:8, gene],
+}, index=embedded.obs_names[:8]).round(2).rename_axis(f"gene {embedded.var_names[gene]}"))
 
 # %% [markdown]
 # ## 5. Plots
