@@ -85,6 +85,26 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     assert resource["observed_shift_standard_error"] is None or resource["observed_shift_standard_error"] > 0
 
 
+def test_a_gaussian_model_is_scored_against_the_count_baselines_too(pretrained_folder):
+    """`base` reads no counts, but its atlas has them: its hidden genes are scored against the type NB at
+    each cell's depth as well, and the counts in its batches change nothing it computes."""
+    import torch
+
+    from vcell.evaluate.export import open_trained
+    from vcell.evaluate.heldout import held_out_cells
+    from vcell.evaluate.representation import reconstruction_metrics
+
+    trained = open_trained(pretrained_folder)
+    assert trained.model.head.likelihood is None and "counts" not in trained.model.spec.inputs
+    data = held_out_cells(trained, max_cells=300, seed=0)
+    assert "counts" in data.test and "counts" in data.train
+    assert torch.equal(data.test["counts"].sum(1), data.test["library_size"])  # raw counts of every model gene
+    section = reconstruction_metrics(data)
+    assert "cell_type_nb_detected" in section["baselines"] and "log_likelihood" not in section
+    without = {key: value for key, value in data.test.items() if key != "counts"}
+    torch.testing.assert_close(trained.model.impute(data.test), trained.model.impute(without), rtol=0, atol=0)
+
+
 def test_every_plot_is_written_and_readable(evaluated):
     folder, results = evaluated
     written = {path.split("/")[-1] for path in results["plots"]}

@@ -75,16 +75,19 @@ def is_atlas(path: Path) -> bool:
 
 
 def open_cells(path: str | Path, trained: Trained, *, rows: np.ndarray | None = None, span: tuple[int, int] | None = None,
-               layer: str | None = None, gene_key: str | None = None, min_gene_overlap: float = 0.0) -> CellStream:
+               layer: str | None = None, gene_key: str | None = None, min_gene_overlap: float = 0.0,
+               counts: bool = False) -> CellStream:
     """A stream over an atlas (a directory with zarr.json) or an .h5ad/AnnData zarr file.
 
     `rows` (atlas rows, any order, repeats allowed) restricts an atlas to a subset; `span`
-    (first, last) restricts either kind to consecutive cells (one worker's share)."""
+    (first, last) restricts either kind to consecutive cells (one worker's share). Batches hold
+    raw `counts` when the model reads them, and with `counts` whenever an atlas holds them (the
+    evaluation's count baselines score every model)."""
     path = Path(path)
     if is_atlas(path):
         if span is not None:
             rows = np.arange(*span, dtype=np.int64)
-        stream = atlas_cells(open_atlas(path), trained, rows)
+        stream = atlas_cells(open_atlas(path), trained, rows, counts)
     elif rows is not None:
         raise VCellError("choosing rows is only supported for atlas inputs")
     else:
@@ -140,10 +143,10 @@ def category_recoder(input_categories: list[str], model_categories: list[str]) -
     return np.array([lookup.get(str(name), -1) for name in input_categories], dtype=np.int64)
 
 
-def make_assembler(trained: Trained, genes: np.ndarray, n_input_genes: int) -> BatchAssembler:
+def make_assembler(trained: Trained, genes: np.ndarray, n_input_genes: int, counts: bool = False) -> BatchAssembler:
     n_virtual = int((genes >= n_input_genes).sum())
     return BatchAssembler(n_input_genes + n_virtual, genes, trained.normalization, dense=True,
-                          keep_counts="counts" in trained.model.spec.inputs)
+                          keep_counts=counts or "counts" in trained.model.spec.inputs)
 
 
 def unmeasured_genes(genes: np.ndarray, n_input_genes: int) -> np.ndarray:
@@ -168,7 +171,7 @@ def check_counts(trained: Trained, holds_counts: bool, source: Path) -> None:
 
 
 # -- atlas inputs ----------------------------------------------------------------------------
-def atlas_cells(atlas: Atlas, trained: Trained, rows: np.ndarray | None) -> CellStream:
+def atlas_cells(atlas: Atlas, trained: Trained, rows: np.ndarray | None, counts: bool = False) -> CellStream:
     var = atlas_var(atlas)
     symbols = next((var[c] for c in SYMBOL_COLUMNS if c in var.columns), None)
     genes, coverage = align_genes(trained.model.spec.gene_ids, var.index, symbols, atlas.path)
@@ -193,7 +196,8 @@ def atlas_cells(atlas: Atlas, trained: Trained, rows: np.ndarray | None) -> Cell
             yield RowBlock(block.indptr, block.indices, block.data, labels)
 
     obs = atlas_obs(atlas).iloc[rows]
-    return CellStream(atlas.path, obs, coverage, chunks, make_assembler(trained, genes, atlas.n_genes),
+    assembler = make_assembler(trained, genes, atlas.n_genes, counts and atlas.attrs["values"] == "counts")
+    return CellStream(atlas.path, obs, coverage, chunks, assembler,
                       coverage_warnings(coverage), unmeasured_genes(genes, atlas.n_genes))
 
 

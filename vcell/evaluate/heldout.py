@@ -79,10 +79,11 @@ def sample_rows(candidates: np.ndarray, limit: int, seed: int, stream: int) -> n
     return np.sort(rng.choice(candidates, size=limit, replace=False))
 
 
-def read_cells(atlas: Path, trained: Trained, rows: np.ndarray, batch_size: int = 2048) -> tuple[dict[str, torch.Tensor], CellStream]:
+def read_cells(atlas: Path, trained: Trained, rows: np.ndarray, batch_size: int = 2048,
+               counts: bool = False) -> tuple[dict[str, torch.Tensor], CellStream]:
     """The chosen atlas rows in memory (model inputs, `cell_index` = atlas row), and their stream
-    (its obs and warnings)."""
-    stream = open_cells(atlas, trained, rows=rows)
+    (its obs and warnings); `counts`: with the atlas's raw counts whether or not the model reads them."""
+    stream = open_cells(atlas, trained, rows=rows, counts=counts)
     parts = [batch for _, batch in stream.batches(batch_size)]
     cells = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     cells["cell_index"] = torch.as_tensor(rows)
@@ -114,9 +115,10 @@ def held_out_cells(trained: Trained, atlas: str | Path | None = None, *, max_cel
     if len(test_rows) < len(held_out):
         notes.append(f"scored a random {len(test_rows):,} of {len(held_out):,} held-out cells")
     log.info("reading %d held-out and %d reference cells of %s", len(test_rows), len(train_rows), atlas_path)
-    test, stream = read_cells(atlas_path, trained, test_rows)
+    # raw counts for every model (where the atlas has them): the count baselines score Gaussian models too
+    test, stream = read_cells(atlas_path, trained, test_rows, counts=True)
     data = HeldOut(
-        trained, atlas_path, read_cells(atlas_path, trained, train_rows)[0], test, stream.obs, trained.categories, seed=seed, notes=notes + stream.warnings,
+        trained, atlas_path, read_cells(atlas_path, trained, train_rows, counts=True)[0], test, stream.obs, trained.categories, seed=seed, notes=notes + stream.warnings,
         description={"atlas": str(atlas_path), "held_out_cells": int(len(test_rows)),
                      "held_out_available": int(len(held_out)), "reference_cells": int(len(train_rows)),
                      "held_out_split": "test" if same_atlas and held_out_code == 2 else ("val" if same_atlas else "half")},
