@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-
 from vcell.cluster import ray_cluster
 from vcell.config.train import ScalingSection
 
