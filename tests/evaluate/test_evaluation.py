@@ -36,7 +36,7 @@ def evaluated(trained_folder, tmp_path_factory):
     (folder / "plots").mkdir()
     (folder / "plots" / "training_curves.png").write_bytes(b"an older model's curves")
     (folder / "plots" / "my_figure.png").write_bytes(b"the user's")
-    results = evaluate_run(folder, progress=False)
+    results = evaluate_run(folder, progress=False, overrides={"expression": ["imputed", "denoised"]})
     return folder, results
 
 
@@ -252,3 +252,28 @@ def test_small_values_keep_three_significant_digits_so_a_win_stays_visible():
     row = next(line for line in summary_lines(results) if line.startswith("seen perturbations vs truth: mae"))
     assert "0.00094" in row and "control 0.00148" in row
     assert readable(0.5) == "0.500" and readable(0.0) == "0.000" and readable(-0.004) == "-0.004"
+
+
+def test_the_evaluation_writes_the_expression_layers_asked_for(evaluated, evaluation_atlas):
+    from tests.evaluate.test_embed import model_view
+
+    folder, results = evaluated
+    table = ad.read_h5ad(folder / results["embeddings"])
+    assert set(table.layers) == {"vcell_imputed", "vcell_denoised"}
+    for layer, view in (("imputed", "impute"), ("denoised", "denoise")):
+        np.testing.assert_allclose(table.layers[f"vcell_{layer}"], model_view(folder, evaluation_atlas, view), atol=1e-5)
+
+
+def test_expression_layers_are_the_ones_embed_writes_and_need_an_embeddings_file(trained_folder):
+    from typing import get_args
+
+    from vcell.cli.trained_model import EXPRESSION_CHOICES
+    from vcell.config.evaluate import EvaluateConfig
+    from vcell.evaluate.embed import EXPRESSION_LAYERS
+
+    (literal,) = get_args(EvaluateConfig.model_fields["expression"].annotation)
+    assert list(get_args(literal)) == EXPRESSION_CHOICES == list(EXPRESSION_LAYERS)
+    with pytest.raises(VCellError, match="evaluate.embeddings=none writes none"):
+        evaluate_run(trained_folder, progress=False, overrides={"embeddings": "none", "expression": ["denoised"]})
+    with pytest.raises(VCellError, match="expression"):
+        evaluate_run(trained_folder, progress=False, overrides={"expression": ["raw"]})

@@ -4,6 +4,7 @@
     vcell embed RUN [--input ATLAS_OR_H5AD] --out FILE.h5ad [--batch-size N] [--tasks N] [--layer L] [--gene-key K]
                 [--min-gene-overlap F] [--expression denoised|imputed ...]
     vcell evaluate RUN [--atlas PATH] [--max-cells N] [--no-plots] [--embeddings all|held_out|none]
+                   [--expression denoised|imputed ...]
     vcell predict RUN --cell-type T [--perturbation GENE] [--time H] [--hours-since-pulse H] --out FILE.h5ad
 """
 
@@ -13,6 +14,12 @@ import argparse
 import json
 
 from vcell.cli.arguments import fraction, non_negative_hours, non_negative_int, positive_int, whole_number
+
+# the names of vcell.evaluate.embed.EXPRESSION_LAYERS (not imported here: it loads torch; a test checks)
+EXPRESSION_CHOICES = ["denoised", "imputed"]
+EXPRESSION_HELP = ("also write each cell's expression as layers['vcell_NAME'] (cells x genes float32; repeat for "
+                   "both): denoised = free of counting noise and of the batch's offset; imputed = each gene's value "
+                   "were it detected (fills dropouts)")
 
 
 def run_export(args: argparse.Namespace) -> None:
@@ -38,8 +45,8 @@ def run_embed(args: argparse.Namespace) -> None:
 def run_evaluate(args: argparse.Namespace) -> None:
     from vcell.evaluate.evaluation import evaluate_run, summary_lines
 
-    overrides = {key: value for key, value in (("max_cells", args.max_cells), ("embeddings", args.embeddings))
-                 if value is not None}
+    overrides = {key: value for key, value in (("max_cells", args.max_cells), ("embeddings", args.embeddings),
+                                               ("expression", args.expression)) if value is not None}
     if args.no_plots:
         overrides["plots"] = False
     results = evaluate_run(args.run, args.atlas, progress=not args.quiet, overrides=overrides)
@@ -75,11 +82,7 @@ def add_trained_model_parsers(commands) -> None:
     embed.add_argument("--min-gene-overlap", type=fraction,
                        help="refuse an input with fewer than this share of the model's genes (default 0.5); the "
                        "model's genes it lacks are read as unmeasured, its other genes are ignored")
-    # the names of vcell.evaluate.embed.EXPRESSION_LAYERS (not imported here: it loads torch)
-    embed.add_argument("--expression", action="append", choices=["denoised", "imputed"],
-                       help="also write each cell's expression as layers['vcell_NAME'] (cells x genes float32; "
-                            "repeat for both): denoised = free of counting noise and of the batch's offset; "
-                            "imputed = each gene's value were it detected (fills dropouts)")
+    embed.add_argument("--expression", action="append", choices=EXPRESSION_CHOICES, help=EXPRESSION_HELP)
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(handler=run_embed)
@@ -89,6 +92,8 @@ def add_trained_model_parsers(commands) -> None:
     evaluate.add_argument("--atlas", help="score on this atlas instead of the run's held-out cells")
     evaluate.add_argument("--max-cells", type=whole_number(100), help="held-out cells scored (evaluate.max_cells, >= 100)")
     evaluate.add_argument("--embeddings", choices=["all", "held_out", "none"], help="cells in embeddings.h5ad")
+    evaluate.add_argument("--expression", action="append", choices=EXPRESSION_CHOICES,
+                          help=EXPRESSION_HELP.replace("layers[", "embeddings.h5ad's layers[") + " (evaluate.expression)")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     evaluate.add_argument("--json", action="store_true", help="print the whole evaluation section as JSON")
     evaluate.add_argument("--quiet", action="store_true", help="no progress messages")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from vcell.evaluate.embed import write_embeddings
+from vcell.evaluate.embed import checked_expression, expression_warnings, write_embeddings
 from vcell.evaluate.enhancement_metrics import enhancement_metrics
 from vcell.evaluate.export import open_trained
 from vcell.evaluate.heldout import held_out_cells
@@ -65,7 +65,7 @@ def evaluate_run(run: str | Path, atlas: str | Path | None = None, *, progress: 
     if settings.plots:
         results["plots"] = write_figures_logged(data, results, arrays, folder, settings, progress)
     if settings.embeddings != "none":
-        results["embeddings"] = write_run_embeddings(trained, data, folder, settings.embeddings, progress)
+        results["embeddings"] = write_run_embeddings(trained, data, folder, settings, progress)
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_metrics(folder / "metrics.json", results)
     return results
@@ -115,12 +115,18 @@ def write_run_biology(trained, data, folder: Path, progress: bool) -> dict:
     return {"files": [str(path.relative_to(folder)) for path in paths], "skipped": skipped}
 
 
-def write_run_embeddings(trained, data, folder: Path, which: str, progress: bool) -> str:
+def write_run_embeddings(trained, data, folder: Path, settings: BaseModel, progress: bool) -> str:
+    """<run>/embeddings.h5ad: every atlas cell or the scored held-out ones (`settings.embeddings`),
+    with the expression layers `settings.expression` names."""
     from vcell.evaluate.cells import open_cells
 
-    rows = None if which == "all" else data.test["cell_index"].numpy()
+    rows = None if settings.embeddings == "all" else data.test["cell_index"].numpy()
     stream = open_cells(data.atlas, trained, rows=rows)
-    path = write_embeddings(trained, stream, folder / "embeddings.h5ad", progress=progress)
+    expression = checked_expression(settings.expression)
+    for warning in expression_warnings(trained, expression):
+        log.warning(warning)
+        data.notes.append(f"embeddings: {warning}")
+    path = write_embeddings(trained, stream, folder / "embeddings.h5ad", progress=progress, expression=expression)
     return str(path.relative_to(folder))
 
 
