@@ -208,6 +208,36 @@ def run_sergio_benchmark(
     return IndependentResult(scores, len(labels), int(labels.sum()), len(train["x"]) + len(test["x"]), len(vocabulary), steps)
 
 
+def evaluate_on_sergio(
+    directory: str | Path, configs: dict[str, Path], *, steps: int = 300, seed: int = 0, cells_per_condition: int = 200,
+    test_fraction: float = 0.3,
+) -> dict[str, dict]:
+    """The standard evaluation (`vcell evaluate`'s metrics and baselines) of catalogue models trained
+    on SERGIO cells: {model name: evaluation section}. `configs`: name -> its config file (the
+    catalogue's `configs/models/<name>.yaml`); each trains in process on the SERGIO atlas with
+    SERGIO's obs columns, the every-regulator prior and a random `test_fraction` of the cells held
+    out (SERGIO's truth is its network only: no 'vs truth' rows)."""
+    from vcell.config import load_config
+    from vcell.evaluate.evaluation import evaluate_run
+    from vcell.evaluate.in_process import train_in_process
+
+    directory = Path(directory)
+    atlas, _, prior = sergio_atlas(directory, seed, cells_per_condition)
+    results = {}
+    for name, path in configs.items():
+        overrides = [
+            f"name=sergio-{name}-{seed}", f"data.atlas={atlas}", f"seed={seed}", f"train.steps={steps}",
+            "model.columns.context=cell_type", "model.columns.perturbation=perturbation", "model.columns.control=control",
+            "loader.split.holdout=[]", f"loader.split.test_fraction={test_fraction}", "loader.split.val_fraction=0.0",
+            f"scaling.storage_path={directory / 'runs'}", "evaluate.plots=false", "evaluate.embeddings=none",
+        ]
+        if "regulatory" in load_config(path, overrides).model.enhancements:
+            overrides.append(f"model.regulatory.edges={prior}")
+        run = train_in_process(load_config(path, overrides))
+        results[name] = evaluate_run(run.directory, progress=False)
+    return results
+
+
 def sergio_atlas(directory: Path, seed: int, cells_per_condition: int) -> tuple[Path, SergioNetwork, Path]:
     """(atlas, true network, prior TSV): simulated and built on the first call, reused after."""
     directory.mkdir(parents=True, exist_ok=True)
