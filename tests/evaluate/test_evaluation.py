@@ -143,8 +143,14 @@ def test_a_comparison_the_noise_decides_is_flagged_in_the_summary():
     from vcell.evaluate.perturbation import noise_bound
 
     noisy = {"truth": {"pearson_delta": 0.03}, "mean_perturbation": {"pearson_delta": 0.06}}
-    assert "true delta itself scores 0.030" in noise_bound(noisy)
+    assert "true delta itself scores no better than a baseline on pearson_delta 0.030 vs mean_perturbation 0.060" in (
+        noise_bound(noisy))
     assert noise_bound({"truth": {"pearson_delta": 0.2}, "mean_perturbation": {"pearson_delta": 0.1}}) is None
+    # each metric on its own, lower MAE is better, a baseline's undefined score is no rival
+    mixed = {"truth": {"pearson_delta": 0.2, "mae": 0.15, "de_overlap": 0.05},
+             "control": {"pearson_delta": 0.0, "mae": 0.14, "de_overlap": float("nan")},
+             "linear": {"pearson_delta": 0.1, "mae": 0.16, "de_overlap": 0.04}}
+    assert noise_bound(mixed).count(" vs ") == 1 and "mae 0.150 vs control 0.140" in noise_bound(mixed)
     scores = {"model": {"pearson_delta": 0.1}, "baselines": {"mean_perturbation": {"pearson_delta": 0.06}}}
     results = {"data": {}, "perturbation": {"seen_perturbations": {"vs_observed": scores, "noise_bound": noise_bound(noisy)},
                                             "unseen_perturbations": {"vs_observed": scores}},
