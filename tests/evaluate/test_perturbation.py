@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.perturbation import DeltaBuilder, group_section
+from vcell.evaluate.perturbation import DeltaBuilder, group_section, reference_controls_note
 
 GENES, TYPES, PERTURBATIONS = 1000, 2, 20
 CATEGORIES = {"cell_type": ["alpha", "beta"], "perturbation": ["control", *(f"P{i}" for i in range(PERTURBATIONS))]}
@@ -56,8 +56,11 @@ def test_a_baseline_cannot_score_by_predicting_the_reference_controls_noise():
     scores = [mean_perturbation_score(null_held_out(held_out_controls=40, seed=seed))[0] for seed in range(3)]
     assert abs(np.mean(scores)) < 0.05, scores
     # with too few held-out controls the reference ones stand in: the shared noise shows, and is said
-    inflated, builder = mean_perturbation_score(null_held_out(held_out_controls=2))
+    data = null_held_out(held_out_controls=2)
+    inflated, builder = mean_perturbation_score(data)
     assert inflated > 0.2 and builder.reference_target_types == {0, 1}
+    note = reference_controls_note(data, builder.reference_target_types)
+    assert "fewer than 3 control cells of alpha, beta" in note and "inflated" in note
 
 
 def test_the_observed_delta_is_the_held_out_perturbed_mean_minus_the_held_out_controls_weighted_by_type():
