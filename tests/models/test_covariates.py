@@ -82,6 +82,17 @@ def test_read_outs_describe_the_cell_not_the_batch_it_was_measured_in(name):
     assert not torch.allclose(model.reconstruct(batch).expression, cell)
 
 
+@pytest.mark.parametrize("name", ["base", "stochastic", "full"])
+@pytest.mark.parametrize("reads_batch", [True, False])
+def test_describe_gives_the_denoised_and_imputed_cells_of_its_one_encoding(name, reads_batch):
+    model = batch_model(name, offsets=True) if reads_batch else build_model(ModelConfig(name=name, size="tiny"), SPEC)
+    batch = with_batches(3) if reads_batch else random_batch(3)
+    output = model.describe(batch, denoised=True, imputed=True)
+    torch.testing.assert_close(output.views["denoised"], model.denoise(batch))
+    torch.testing.assert_close(output.views["imputed"], model.impute(batch))
+    assert model.describe(batch).views == {} and set(model.describe(batch, imputed=True).views) == {"imputed"}
+
+
 def test_offsets_saved_before_the_step_scale_load_as_the_same_offsets():
     offset = BatchOffset(2, 3)
     legacy = torch.tensor([[0.1, -0.2, 0.3], [0.0, 0.5, -0.4]])

@@ -135,13 +135,11 @@ def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:
 
 def embed_batch(trained: Trained, batch: dict[str, torch.Tensor], expression: Sequence[str] = ()) -> Embedded:
     """One batch's latent, statistics and the expression layers named in `expression`."""
-    model = trained.model
-    output = model.describe(batch)
+    # one encoding of the batch for the latent, the statistics and the layers asked for
+    output = trained.model.describe(batch, denoised="denoised" in expression, imputed="imputed" in expression)
     stats = {name: value.detach().numpy() for name, value in output.stats.items()}
     per_cell = {name: stats[name] for name in cell_statistics(trained) if name in stats}
-    # each layer decodes the cell once more: only what was asked for
-    views = {"denoised": model.denoise, "imputed": model.impute}
-    layers = {name: views[name](batch).numpy().astype(np.float32) for name in expression}
+    layers = {name: output.views[name].numpy().astype(np.float32) for name in expression}
     return Embedded(output.latent.numpy(), per_cell, stats, layers)
 
 

@@ -116,6 +116,7 @@ class ModelOutput:
     expression: torch.Tensor
     losses: dict[str, torch.Tensor]
     stats: dict[str, torch.Tensor]
+    views: dict[str, torch.Tensor] = field(default_factory=dict)  # (B, G) "denoised" / "imputed", when asked for
 
     @property
     def loss(self) -> torch.Tensor:

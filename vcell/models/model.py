@@ -252,13 +252,21 @@ class VirtualCell(nn.Module):
             return self(batch)
 
     @torch.no_grad()
-    def describe(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
+    def describe(self, batch: dict[str, torch.Tensor], *, denoised: bool = False, imputed: bool = False) -> ModelOutput:
         """Latent, reconstruction and the per-cell and per-gene statistics of the batch's cells,
-        each cell on its own (no response pass): what `vcell embed` writes, ~10x cheaper than `embed`."""
+        each cell on its own (no response pass): what `vcell embed` writes, ~10x cheaper than `embed`.
+        `denoised` / `imputed`: also `views` of the same cells as `denoise` / `impute` give them, from
+        this one encoding (each of those methods encodes the cells again)."""
         with self.evaluating():
             cells = self.inputs(batch)
-            z, prediction, losses, stats = self.cell_pass(cells.x, cells)
-            return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
+            z, prediction, losses, stats = self.cell_pass(cells.x, cells)  # prediction: as `reconstruct` decodes
+            views = {}
+            if denoised:  # decoded without the batch's offset
+                cell = prediction if self.batch_offset is None else self.decode(z, z, cells.library)
+                views["denoised"] = cell.expression
+            if imputed:
+                views["imputed"] = self.head.detected(prediction)
+            return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats, views=views)
 
     def training_flops(self, output: ModelOutput) -> float:
         """FLOPs of the training step that gave `output` (forward + backward; `vcell.models.flops`),
