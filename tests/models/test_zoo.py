@@ -408,12 +408,13 @@ def test_describe_catalogue():
 
 
 def test_slot_table_accounts_for_every_parameter_once():
-    model = build_model(ModelConfig(name="full", size="tiny"), SPEC)
+    model = build_model(ModelConfig(name="full", size="tiny", regulatory={"residual_rank": 2}), SPEC)
     rows = {row["slot"]: row for row in slot_table(model)}
-    assert list(rows) == ["encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary"]
+    assert list(rows) == ["encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "residuals"]
     assert sum(row["parameters"] for row in rows.values()) == count_parameters(model)
     assert rows["encoder"]["modules"] == "MultiscaleEncoder"  # multiscale fills the encoder slot
     assert "RegulatoryPropagation" in rows["gene_terms"]["modules"]  # regulatory adds a per-gene term
+    assert rows["residuals"]["modules"] == "ConditionResidual"  # and, with a rank, a residual route
     base = {row["slot"]: row for row in slot_table(build_model(ModelConfig(name="base", size="tiny"), SPEC))}
     assert base["gene_terms"] == {"slot": "gene_terms", "modules": "-", "parameters": 0}
 

@@ -27,7 +27,7 @@ OPERATIONAL = (
     "model.columns.batch",  # read by evaluation only (batch mixing) unless model.batch_covariate (run.identity)
 )
 # the model's slots (`vcell.models.slots`) a fine-tune may freeze; tests check the model has these
-FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "readouts")
+FREEZABLE = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "readouts", "residuals")
 ZERO_STAGES = (1, 2, 3)  # configs/deepspeed/zero<stage>.json; also checked by train.deepspeed_cpu for direct callers
 ZeroStage = Literal[ZERO_STAGES]
 

@@ -98,6 +98,16 @@ class GeneTerm(DeclaresStats, Protocol):
 
 
 @runtime_checkable
+class Residual(DeclaresStats, Protocol):
+    """A residual route: conditions -> (B, G) a learned correction added to the gene scores of cells
+    under them (None when it has none for them). The model trains it only on what the rest of the
+    model leaves: its response loss scores the targets' detached scores plus the correction
+    (`vcell.models.residual`)."""
+
+    def __call__(self, conditions: Conditions | None) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
 class CountLikelihood(DeclaresStats, Protocol):
     """A distribution of raw counts around the head's expected counts `prediction.mean` (B, G)."""
 

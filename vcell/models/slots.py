@@ -8,6 +8,7 @@
     head      scores -> Prediction, losses, stats              GaussianHead or CountHead
     auxiliary [(z, cells) -> losses]                           (enhancements add losses)
     readouts  [(prediction, cells) -> stats]                   (enhancements add read-outs)
+    residuals [conditions -> gene scores (B, G) or None]       (enhancements add residual routes)
 
 An enhancement replaces or wraps a slot's module, or appends to a list slot. What a module in
 each slot must provide, its shapes and optional capabilities (`tick`, `likelihood`, a memory
@@ -26,7 +27,7 @@ from vcell.models.axes import Axis
 from vcell.models.blocks import MLP, poisson_log_prob
 from vcell.models.expected import expected_log1p
 from vcell.models.contracts import (
-    Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout,
+    Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout, Residual,
 )
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 
@@ -45,6 +46,7 @@ class Slots:
     gene_terms: list[GeneTerm] = field(default_factory=list)
     auxiliary: list[Auxiliary] = field(default_factory=list)
     readouts: list[Readout] = field(default_factory=list)
+    residuals: list[Residual] = field(default_factory=list)
 
 
 class MLPEncoder(nn.Module):

@@ -63,12 +63,12 @@ def describe_catalogue(n_genes: int = 2000, size: str = "small", encoder: str = 
     return rows
 
 
-SLOTS = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary")
+SLOTS = ("encoder", "latent", "dynamics", "decoder", "head", "gene_terms", "auxiliary", "residuals")
 
 
 def slot_table(model: VirtualCell) -> list[dict]:
     """The architecture as rows: each slot, the module(s) in it and their parameters
-    (encoder -> latent -> dynamics -> decoder -> head, then per-gene terms and auxiliary heads)."""
+    (encoder -> latent -> dynamics -> decoder -> head, then per-gene terms, auxiliary heads and residual routes)."""
     rows = []
     for slot in SLOTS:
         module = getattr(model, slot)

@@ -102,6 +102,7 @@ from vcell.models.blocks import EdgeLinear, load_rescaled
 from vcell.models.grn import background_corrected, measurement_reliability, scale_gradient
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import Enhancement
+from vcell.models.residual import ConditionResidual
 from vcell.models.slots import Slots, condition_shift
 from vcell.models.spec import ModelSpec
 
@@ -157,6 +158,12 @@ class RegulatoryConfig(Section):
                                      "measured level, move targets by W / r, r its measurement's reliability floored "
                                      "at 1 - this (0.8: at most x5), undoing the dilution of observed slopes by "
                                      "counting noise; 0 = off (see the module doc)"
+    )
+    residual_rank: int = Field(
+        0, ge=0, le=64, description="rank of a learned residual of each seen network-routed perturbation, fitted "
+                                    "only to what the network leaves (its gradient never reaches W); unseen "
+                                    "perturbations get none. It fits noise too: only for hundreds of cells per "
+                                    "seen perturbation (vcell.models.residual); 0 = off"
     )
     weight_gain: float = Field(
         10.0, gt=0, description="W = gain x its parameter: Adam moves a parameter ~ the learning rate per step, and "
@@ -365,7 +372,11 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     slots.gene_terms.insert(0, propagation)  # before other terms: they add to the network's output
     slots.auxiliary.append(RegulatoryPrior(propagation, config.regulatory))
     # perturbations of vocabulary genes travel along the GRN instead of the latent shift
-    condition_shift(slots.dynamics).route_elsewhere(spec.perturbation_gene >= 0)
+    routed = spec.perturbation_gene >= 0
+    condition_shift(slots.dynamics).route_elsewhere(routed)
+    rank = config.regulatory.residual_rank
+    if rank and spec.n_perturbations and routed.any():
+        slots.residuals.append(ConditionResidual(routed, spec.n_genes, rank))
 
 
 ENHANCEMENT = Enhancement(
