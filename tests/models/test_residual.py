@@ -4,11 +4,13 @@ learns from its response targets, and what it may not touch."""
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.models.test_zoo import SPEC, random_batch, tiny
 from vcell.models import contracts
 from vcell.models.inputs import Conditions
-from vcell.models.residual import ConditionResidual
+from vcell.models.residual import ConditionResidual, split_half_reliability
 
 CONTROL = SPEC.control_code
 
@@ -46,7 +48,8 @@ def test_unseen_and_control_cells_get_no_residual_and_seen_ones_get_theirs():
     (route,) = model.residuals
     assert isinstance(route, ConditionResidual) and isinstance(route, contracts.Residual)
     with torch.no_grad():
-        route.loading[2] = 1.0  # perturbation 2 was seen; every other loading is still at its start, 0
+        route.loading[:, 2] = 1.0  # perturbation 2 was seen; every other loading is still at its start, 0
+        route.basis[1] = route.basis[0]  # and both halves of its cells agree: nothing is shrunk
     batch = random_batch()
     n = len(batch["x"])
     predictions = {code: model.predict(batch, Conditions(perturbation=torch.full((n,), code))).expression
@@ -77,3 +80,68 @@ def test_a_network_routed_response_does_not_pull_the_start_cells_decoding():
     assert any(name.startswith("gene_terms.") for name in touched)
     base = tiny("base", response_basal_targets=False)
     assert any(name.startswith("decoder.") for name in gradients(base, base(batch).losses["response"]))
+
+
+def test_each_half_of_the_cells_trains_only_its_own_fit():
+    model = residual_model()
+    (route,) = model.residuals
+    with torch.no_grad():
+        route.loading.normal_()
+    conditions = Conditions(perturbation=torch.tensor([2, 2, 5, 5]))
+    half = torch.tensor([0, 1, 0, 1])
+    fitted = route(conditions, half)
+    (fitted[half == 0].sum()).backward()
+    assert route.loading.grad[1].abs().sum() == 0 and route.basis.grad[1].abs().sum() == 0
+    assert route.loading.grad[0, 2].abs().sum() > 0 and route.loading.grad[0, 5].abs().sum() > 0
+
+
+def test_split_halves_are_fixed_per_cell():
+    """The same cell is in the same half on every visit: by its atlas row, or without one by its expression."""
+    batch = random_batch()
+    cells = tiny("base").inputs(batch)
+    halves = cells.split_half()
+    assert set(halves.tolist()) == {0, 1}
+    rows = torch.randperm(len(batch["x"]))
+    torch.testing.assert_close(cells.take(rows).split_half(), halves[rows])
+    batch["cell_index"] = torch.arange(100, 100 + len(batch["x"]))
+    indexed = tiny("base").inputs(batch)
+    torch.testing.assert_close(indexed.split_half(), batch["cell_index"] % 2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(signal=st.floats(0.0, 3.0), noise=st.floats(0.1, 3.0), seed=st.integers(0, 10_000))
+def test_split_half_reliability_estimates_the_signals_share_of_the_average(signal, noise, seed):
+    """Two halves s + e1, s + e2 over many genes: the factor is |s|^2 / (|s|^2 + |e|^2 / 2), the
+    shrinkage that minimises the error of the halves' average (James-Stein's), within sampling error."""
+    generator = torch.Generator().manual_seed(seed)
+    genes = 20_000
+    truth = signal * torch.randn(1, genes, generator=generator, dtype=torch.float64)
+    first = truth + noise * torch.randn(1, genes, generator=generator, dtype=torch.float64)
+    second = truth + noise * torch.randn(1, genes, generator=generator, dtype=torch.float64)
+    factor = float(split_half_reliability(first, second))
+    ideal = signal ** 2 / (signal ** 2 + noise ** 2 / 2)
+    assert 0.0 <= factor <= 1.0
+    assert abs(factor - ideal) < 0.05, (factor, ideal)
+
+
+def test_halves_that_share_nothing_are_shrunk_away_and_identical_halves_kept():
+    generator = torch.Generator().manual_seed(0)
+    first, second = torch.randn(2, 3, 5000, generator=generator)
+    assert split_half_reliability(first, second).max() < 0.1
+    torch.testing.assert_close(split_half_reliability(first, first), torch.ones(3, 1))
+    torch.testing.assert_close(split_half_reliability(first, -first), torch.zeros(3, 1))
+
+
+def test_the_basis_learns_once_the_loadings_have_moved():
+    """Loadings start at 0 (unseen perturbations stay at none), so the first step moves only them;
+    from the second step on the basis learns too."""
+    model = residual_model()
+    (route,) = model.residuals
+    optimizer = torch.optim.SGD(route.parameters(), lr=0.01)
+    for step in range(2):
+        optimizer.zero_grad()
+        model(random_batch(seed=step)).losses["response_residual"].backward()
+        basis_moves = bool((route.basis.grad != 0).any())
+        assert basis_moves == (step == 1)
+        optimizer.step()
+    assert route.loading[:, 1:].abs().sum() > 0 and (route.loading[:, CONTROL] == 0).all()

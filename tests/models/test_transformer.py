@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from tests.models.test_contracts import SLOTS
-from tests.models.test_zoo import SPEC, check_statistics, random_batch
+from tests.models.test_zoo import SPEC, check_statistics, random_batch, without_gradient
 from vcell.config.model import ModelConfig
 from vcell.models.catalogue import CATALOGUE
 from vcell.models.inputs import CellInputs, Conditions
@@ -41,7 +41,7 @@ def test_every_catalogue_model_runs_with_the_transformer_encoder(name):
     assert {"reconstruction", "response", "masked_value"} <= set(output.losses)
     assert all(torch.isfinite(value) for value in output.losses.values())
     output.loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not (p.grad != 0).any()]
+    missing = without_gradient(model)
     assert not missing, f"no gradient reaches {missing}"
     check_statistics(model, output, len(output.latent))
     assert (output.stats["gene_tokens"] == TINY["context_length"]).all()  # these cells express more genes

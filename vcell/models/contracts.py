@@ -102,9 +102,10 @@ class Residual(DeclaresStats, Protocol):
     """A residual route: conditions -> (B, G) a learned correction added to the gene scores of cells
     under them (None when it has none for them). The model trains it only on what the rest of the
     model leaves: its response loss scores the targets' detached scores plus the correction
-    (`vcell.models.residual`)."""
+    (`vcell.models.residual`). In training `half` (B,) gives each target's half of a fixed split of
+    the cells (`CellInputs.split_half`), so a route can fit each half apart; None at prediction."""
 
-    def __call__(self, conditions: Conditions | None) -> torch.Tensor | None: ...
+    def __call__(self, conditions: Conditions | None, half: torch.Tensor | None = None) -> torch.Tensor | None: ...
 
 
 @runtime_checkable

@@ -60,6 +60,7 @@ class CellInputs:
     conditions: Conditions
     hidden: torch.Tensor | None = None
     batch: torch.Tensor | None = None  # (B,) int64 batch code (model.columns.batch), read by a batch covariate
+    index: torch.Tensor | None = None  # (B,) the cell's atlas row (the loader's cell_index): a stable identity
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig) -> CellInputs:
@@ -82,6 +83,7 @@ class CellInputs:
                 hours_since_pulse=column(columns.history, torch.float32),
             ),
             batch=column(columns.batch, torch.long),
+            index=None if batch.get("cell_index") is None else torch.as_tensor(batch["cell_index"], device=x.device),
         )
 
     def take(self, rows: torch.Tensor) -> CellInputs:
@@ -93,7 +95,16 @@ class CellInputs:
             conditions=self.conditions.take(rows),
             hidden=None if self.hidden is None else self.hidden[rows],
             batch=None if self.batch is None else self.batch[rows],
+            index=None if self.index is None else self.index[rows],
         )
+
+    def split_half(self) -> torch.Tensor:
+        """(B,) each cell's half (0 or 1) of a fixed split of the cells: the parity of its atlas row,
+        or without one a hash of its measured expression. The same cell lands in the same half on
+        every visit, so what two halves learn apart is measured on different cells."""
+        if self.index is not None:
+            return (self.index % 2).long()
+        return torch.floor(self.x.double().sum(-1) * 1e4).long() % 2
 
 
 @dataclass

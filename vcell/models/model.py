@@ -132,9 +132,10 @@ class VirtualCell(nn.Module):
         scores = scores if correction is None else scores + correction
         return scores if self.batch_offset is None else self.batch_offset(scores, batch)
 
-    def residual_scores(self, conditions: Conditions | None) -> torch.Tensor | None:
-        """(B, G) the residual routes' summed correction under `conditions`; None when there is none."""
-        parts = [part for part in (route(conditions) for route in self.residuals) if part is not None]
+    def residual_scores(self, conditions: Conditions | None, half: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(B, G) the residual routes' summed correction under `conditions`; None when there is none.
+        `half` (B,): each cell's half of the split the routes learn on (training); None: prediction."""
+        parts = [part for part in (route(conditions, half) for route in self.residuals) if part is not None]
         return torch.stack(parts).sum(0) if parts else None
 
     # -- training forward -----------------------------------------------------------------------
@@ -240,7 +241,7 @@ class VirtualCell(nn.Module):
         detached scores (R, G): its gradient reaches the routes and the head's own parameters, never
         the encoder, decoder, dynamics or gene terms, whose response loss is the one without them
         (see `vcell.models.residual`). None without residual routes or perturbations."""
-        correction = self.residual_scores(targets.conditions)
+        correction = self.residual_scores(targets.conditions, targets.split_half())
         if correction is None:
             return None
         corrected = scores.detach() + correction
