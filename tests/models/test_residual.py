@@ -15,7 +15,7 @@ from vcell.models.residual import ConditionResidual, split_half_reliability
 CONTROL = SPEC.control_code
 
 
-def residual_model(rank: int = 3):
+def residual_model(rank: int = 3):  # off (0) by default
     return tiny("regulatory", ["regulatory"], regulatory={"residual_rank": rank})
 
 
@@ -26,9 +26,9 @@ def gradients(model, loss: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def test_the_residual_learns_only_from_what_the_network_leaves():
-    """Its loss moves the residual (and the head's noise, none for a Gaussian head) only; every other
-    loss, and so every other parameter's training, is the model's without a residual."""
-    model, plain = residual_model(), tiny("regulatory", ["regulatory"])
+    """The second scoring moves the residual (and a count head's noise; none for a Gaussian head),
+    nothing else; the first, unchanged in value, never moves the residual."""
+    model, plain = residual_model(), residual_model(rank=0)
     batch = random_batch()
     torch.manual_seed(1)  # the same masks and pairs for both
     output = model(batch)
@@ -64,9 +64,9 @@ def test_unseen_and_control_cells_get_no_residual_and_seen_ones_get_theirs():
 
 
 def test_a_network_routed_response_does_not_pull_the_start_cells_decoding():
-    """Regulatory: a knocked-down target's response loss reaches the network, never the decoder or the
-    encoder that decode the control cell it starts from (the reconstruction's job); base's latent
-    shift does train the decoder from its targets."""
+    """Regulatory: a knocked-down target's response reaches the network, never the decoder or the
+    encoder that decode the control cell it starts from (the reconstruction's job); the residual
+    learns what the network leaves. Without a residual route the response trains them as before."""
     batch = random_batch()
     basal = slice(0, 9)  # random_batch's basal cells; every other cell is knocked down, unstimulated, naive
     batch["time"].zero_()
@@ -74,12 +74,13 @@ def test_a_network_routed_response_does_not_pull_the_start_cells_decoding():
     perturbation = batch["perturbation"]
     perturbation[9:] = torch.where(perturbation[9:] == CONTROL, 1, perturbation[9:])
     assert (perturbation[basal] == CONTROL).all()
-    regulatory = tiny("regulatory", ["regulatory"], response_basal_targets=False)
-    touched = gradients(regulatory, regulatory(batch).losses["response"])
+    regulatory = tiny("regulatory", ["regulatory"], response_basal_targets=False, regulatory={"residual_rank": 4})
+    output = regulatory(batch)
+    touched = gradients(regulatory, output.losses["response"])
     assert not any(name.startswith(("decoder.", "encoder.", "latent.")) for name in touched), sorted(touched)
     assert any(name.startswith("gene_terms.") for name in touched)
-    base = tiny("base", response_basal_targets=False)
-    assert any(name.startswith("decoder.") for name in gradients(base, base(batch).losses["response"]))
+    without = tiny("regulatory", ["regulatory"], response_basal_targets=False)  # the default: no residual
+    assert any(name.startswith("decoder.") for name in gradients(without, without(batch).losses["response"]))
 
 
 def test_each_half_of_the_cells_trains_only_its_own_fit():
@@ -140,8 +141,27 @@ def test_the_basis_learns_once_the_loadings_have_moved():
     optimizer = torch.optim.SGD(route.parameters(), lr=0.01)
     for step in range(2):
         optimizer.zero_grad()
-        model(random_batch(seed=step)).losses["response_residual"].backward()
+        model(random_batch()).losses["response_residual"].backward()
         basis_moves = bool((route.basis.grad != 0).any())
         assert basis_moves == (step == 1)
         optimizer.step()
     assert route.loading[:, 1:].abs().sum() > 0 and (route.loading[:, CONTROL] == 0).all()
+
+
+def test_a_perturbed_cell_under_a_stimulus_or_a_memory_is_left_to_the_mechanisms():
+    model = residual_model()
+    (route,) = model.residuals
+    nan = float("nan")
+    conditions = Conditions(perturbation=torch.tensor([CONTROL, 2, 2, 2, -1]), time=torch.tensor([0.0, 0.0, 4.0, 0.0, 0.0]),
+                            hours_since_pulse=torch.tensor([nan, nan, nan, 12.0, nan]))
+    assert route.covers(conditions).tolist() == [False, True, False, False, False]
+    assert route.covers(Conditions(perturbation=torch.tensor([2, CONTROL]))).tolist() == [True, False]
+
+
+def test_building_a_residual_route_draws_nothing_from_the_global_generator():
+    """So turning it on changes no mask or pairing the rest of the model would have drawn."""
+    draws = []
+    for rank in (0, 3):
+        residual_model(rank)  # seeds the global generator, then builds
+        draws.append(torch.rand(4))
+    torch.testing.assert_close(draws[0], draws[1])

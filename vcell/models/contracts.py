@@ -107,6 +107,9 @@ class Residual(DeclaresStats, Protocol):
 
     def __call__(self, conditions: Conditions | None, half: torch.Tensor | None = None) -> torch.Tensor | None: ...
 
+    def covers(self, conditions: Conditions | None) -> torch.Tensor:
+        """(B,) bool: the cells whose conditions this route corrects (the rows its loss is scored on)."""
+
 
 @runtime_checkable
 class CountLikelihood(DeclaresStats, Protocol):

@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -32,8 +31,7 @@ from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.slots import (
-    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, condition_shift, hide_genes,
-    pair_cells,
+    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
 )
 from vcell.models.spec import ModelSpec
 from vcell.models.transformer import TransformerEncoder
@@ -194,60 +192,42 @@ class VirtualCell(nn.Module):
         targets, basal_cells = cells.take(target_rows), cells.take(basal_rows)
         start = z[basal_rows] if unmasked else self.encode(basal_cells.x, basal_cells)[0]
         state, stats = self.dynamics(start, targets.conditions)
-        # decoded in the target's batch: the cell it is compared with was measured there; without
-        # the residual routes, which learn only from what this prediction leaves (`residual_loss`)
+        # decoded in the target's batch: the cell it is compared with was measured there
         scores = self.gene_scores(state, targets.conditions, targets.batch, residual=False)
-        scores, start_scores = self.change_only(scores, self.gene_scores(start, None, targets.batch), targets.conditions)
-        prediction = self.head.predict(scores, state, start_scores, targets.library)
+        covered = self.residual_rows(targets.conditions)
+        # the start's own decoding: for heads that predict the total from it, and for covered targets
+        needs_start = self.head.predicts_total or covered is not None
+        start_scores = self.gene_scores(start, None, targets.batch) if needs_start else scores
+        mechanism, anchored = split_start(scores, start_scores, covered)
+        prediction = self.head.predict(mechanism, state, anchored, targets.library)
         losses = {}
         reference = basal_log_library(cells, basal)[target_rows] if self.head.predicts_total else None
         if reference is not None:
             prediction, losses["response_total"] = at_observed_total(prediction, targets.library, reference)
         losses["response"] = self.head.loss(prediction, targets)
-        residual_loss = self.residual_loss(scores, start_scores, state, targets, reference)
-        if residual_loss is not None:
-            losses["response_residual"] = residual_loss
+        if covered is not None:
+            losses["response_residual"] = self.residual_loss(scores, start_scores, state, targets, reference, covered)
         return {name: self.config.response_weight * loss for name, loss in losses.items()}, stats
 
-    def change_only(
-        self, scores: torch.Tensor, start_scores: torch.Tensor, conditions: Conditions,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target scores, start scores), both (R, G), with the start's decoding detached for targets
-        whose perturbation gene terms carry instead of the latent shift (regulatory: along the
-        network), so their response teaches only the change the terms add.
-
-        The start's decoding is the reconstruction's to learn. A response target's gradient on it
-        pulls the control cell's decoded level towards the perturbed cells: on SERGIO, with 6 of 7
-        targets knocked down, `regulatory` decoded control cells at their type's mean over all
-        conditions (slope 0.9 of the gap), its seen deltas inherited that error (Pearson 0.75 vs the
-        training cells' 0.95) and its latent blurred knocked-down cells into controls. Only these
-        targets: detaching every non-basal target's start collapsed `full`'s demo embedding (ARI
-        1.00 -> 0.65, batch kNN 0.37 -> 0.53), whose stimuli and latent shifts do need the start."""
-        code = conditions.perturbation
-        carried = np.flatnonzero(~condition_shift(self.dynamics).routed)
-        if code is None or not len(carried):
-            return scores, start_scores
-        elsewhere = torch.isin(code, torch.as_tensor(carried, device=code.device)) & (code != self.control_code)
-        if not bool(elsewhere.any()):
-            return scores, start_scores
-        anchored = torch.where(elsewhere.unsqueeze(-1), start_scores.detach(), start_scores)  # (R, G)
-        return scores - start_scores + anchored, anchored
+    def residual_rows(self, conditions: Conditions) -> torch.Tensor | None:
+        """(n,) the response targets a residual route covers (None: none; `vcell.models.residual`)."""
+        covers = [route.covers(conditions) for route in self.residuals]
+        rows = torch.nonzero(torch.stack(covers).any(0))[:, 0] if covers and len(covers[0]) else None
+        return None if rows is None or not len(rows) else rows
 
     def residual_loss(
         self, scores: torch.Tensor, start_scores: torch.Tensor, state: torch.Tensor, targets: CellInputs,
-        reference: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """The response loss of the targets scored again with the residual routes added to their
-        detached scores (R, G): its gradient reaches the routes and the head's own parameters, never
-        the encoder, decoder, dynamics or gene terms, whose response loss is the one without them
-        (see `vcell.models.residual`). None without residual routes or perturbations."""
-        correction = self.residual_scores(targets.conditions, targets.split_half())
-        if correction is None:
-            return None
-        corrected = scores.detach() + correction
-        prediction = self.head.predict(corrected, state.detach(), start_scores.detach(), targets.library)
+        reference: torch.Tensor | None, rows: torch.Tensor,
+    ) -> torch.Tensor:
+        """The covered targets' response loss scored a second time (see `vcell.models.residual`):
+        their prediction (R, G), held fixed, plus the residual routes. Its gradient reaches the
+        routes and the head's own parameters only."""
+        correction = self.residual_scores(targets.conditions, targets.split_half())[rows]
+        corrected = scores[rows].detach() + correction
+        targets = targets.take(rows)
+        prediction = self.head.predict(corrected, state[rows].detach(), start_scores[rows].detach(), targets.library)
         if reference is not None:
-            prediction, _ = at_observed_total(prediction, targets.library, reference)
+            prediction, _ = at_observed_total(prediction, targets.library, reference[rows])
         return self.head.loss(prediction, targets)
 
     # -- inference ----------------------------------------------------------------------------
@@ -362,6 +342,29 @@ class VirtualCell(nn.Module):
             shapes.update(getattr(module, "STATS", {}))  # nn.Linear & co. declare nothing
         return shapes
 
+
+
+def split_start(
+    scores: torch.Tensor, start_scores: torch.Tensor, rows: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target scores, start scores), both (R, G), with the start's decoding detached at `rows`, the
+    targets a residual route covers (perturbed cells at rest whose perturbation a gene term
+    carries): their response teaches the mechanism only, and `residual_loss` what it leaves.
+    Unchanged without such rows.
+
+    Why: a response target's gradient on the start pulls the control cell's decoding towards the
+    target by whatever the mechanism leaves. On SERGIO, 6 of 7 targets knocked down and a network
+    that cannot carry its cascades, `regulatory` decoded control cells at their type's mean over
+    all conditions (slope 0.9 of the gap): the seen deltas inherited it and knocked-down cells were
+    embedded among controls; detached, slope 0.1. Letting those targets teach the start again in
+    the residual's scoring brought the pull back (slope 0.97: the decoder learns the leftover
+    common to all perturbations faster than each perturbation's residual does)."""
+    if rows is None:
+        return scores, start_scores
+    detached = torch.zeros(len(scores), 1, dtype=torch.bool, device=scores.device)
+    detached[rows] = True
+    anchored = torch.where(detached, start_scores.detach(), start_scores)
+    return scores - start_scores + anchored, anchored
 
 
 def at_observed_total(

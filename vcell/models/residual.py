@@ -27,10 +27,22 @@ and predicts the halves' average shrunk by how well they agree (`split_half_reli
 does not replicate across halves, a perturbation's real residual does. Halves that agree no
 better than chance give no residual at all (`NULL_SDS`).
 
-Measured (rank 4, 300 steps): SERGIO's seen perturbations, Pearson delta 0.816 / 0.786 -> 0.908 /
-0.900 over seeds 0 / 1 (their training cells 0.953 / 0.936; the halves' agreement 0.6-0.9); the demo's
-seen vs truth 0.873 -> 0.869 (every residual dropped: cosines 0-0.045 against a chance level of
-0.067); unseen perturbations and the network unchanged (demo unseen 0.841 vs truth either way).
+With a residual route the responses of the cells it covers (a routed perturbation on a cell at
+rest) no longer train the decoding of the control cells they start from (`split_start` in
+`vcell.models.model`): that pull is what the network leaves, and on SERGIO it made `regulatory`
+decode control cells at their type's mean over all conditions.
+
+Measured (`regulatory.residual_rank: 4`, 300 steps): SERGIO's seen perturbations, Pearson delta
+0.752 / 0.732 -> 0.912 / 0.908 over seeds 0 / 1 (0.816 / 0.786 from the detached start alone; their
+training cells 0.953 / 0.936), kNN accuracy 0.947 / 0.941 -> 0.959 / 0.962, the GRN unchanged. It is
+off by default because on the demo atlas (`full` in process, seed 0) it costs: without the
+start's pull from the perturbed cells the stimulus kinetics come out worse (temporal change Pearson
+0.795 -> 0.72-0.74, memory 0.758 -> 0.67-0.70; the pull carried signal there, where knock-downs
+barely move cells), and whether the halves' agreement clears chance varied with the seed (seen vs
+truth 0.870 -> 0.862 when no residual passed, 0.681 when some did, at 0.15-0.36 of their size:
+an agreement that is not the true deltas', probably training-time effects common to all
+perturbations). Turn it on where each seen perturbation has hundreds of cells and effects the
+network cannot carry.
 """
 
 from __future__ import annotations
@@ -66,7 +78,23 @@ class ConditionResidual(nn.Module):
         self.register_buffer("routed", torch.as_tensor(np.asarray(routed, dtype=bool)))
         # one factorisation per half of the cells; loadings 0: no residual until cells show one
         self.loading = nn.Parameter(torch.zeros(2, len(routed), rank))
-        self.basis = nn.Parameter(torch.randn(2, rank, n_genes) / (rank ** 0.5 * RESIDUAL_GAIN))
+        # a fixed generator: building the model draws nothing from the global one, so a model with
+        # residual routes trains on the same masks and pairs as one without
+        generator = torch.Generator().manual_seed(0)
+        basis = torch.randn(2, rank, n_genes, generator=generator) / (rank ** 0.5 * RESIDUAL_GAIN)
+        self.basis = nn.Parameter(basis.to(self.routed.device))
+
+    def covers(self, conditions: Conditions | None) -> torch.Tensor:
+        """(B,) bool: the cells this route corrects: a routed perturbation (seen or not) on a cell at
+        rest otherwise (unstimulated, naive). A perturbed cell under a stimulus or a memory is left to
+        the mechanisms: its response also trains the decoding of stimulated states, which the
+        model's second scoring would hold back (`VirtualCell.residual_loss`)."""
+        code = None if conditions is None else conditions.perturbation
+        if code is None:
+            return torch.zeros(0, dtype=torch.bool, device=self.routed.device)
+        routed = (code >= 0) & self.routed[code.clamp(min=0, max=len(self.routed) - 1)]
+        at_rest = Conditions(None, conditions.time, conditions.hours_since_pulse).is_basal(-1)
+        return routed if at_rest is None else routed & at_rest
 
     def forward(self, conditions: Conditions | None, half: torch.Tensor | None = None) -> torch.Tensor | None:
         """(B, G) the residual of each cell's perturbation, or None without perturbations. `half` (B,):
@@ -76,7 +104,7 @@ class ConditionResidual(nn.Module):
         if code is None:
             return None
         known = code.clamp(min=0, max=len(self.routed) - 1)
-        active = ((code >= 0) & self.routed[known]).unsqueeze(-1).to(self.loading.dtype)  # (B, 1)
+        active = self.covers(conditions).unsqueeze(-1).to(self.loading.dtype)  # (B, 1)
         first, second = ((RESIDUAL_GAIN * self.loading[h, known] * active) @ (RESIDUAL_GAIN * self.basis[h])
                          for h in (0, 1))  # (B, G) each
         if half is not None:

@@ -160,10 +160,12 @@ class RegulatoryConfig(Section):
                                      "counting noise; 0 = off (see the module doc)"
     )
     residual_rank: int = Field(
-        4, ge=0, le=64, description="rank of a learned residual of each seen network-routed perturbation: what its "
-                                    "cells show beyond the network, fitted only to what the network leaves (its "
-                                    "gradient never reaches W), on two halves of the cells and kept as far as they "
-                                    "agree (vcell.models.residual); unseen perturbations get none; 0 = off"
+        0, ge=0, le=64, description="rank of a learned residual of each seen network-routed perturbation: what its "
+                                    "cells at rest show beyond the network, fitted only to what the network leaves "
+                                    "(its gradient never reaches W), on two halves of the cells and kept as far as "
+                                    "they agree; their responses then no longer train the control cells' decoding. "
+                                    "For screens with hundreds of cells per perturbation and effects the network "
+                                    "cannot carry (SERGIO); it costs the demo atlas (vcell.models.residual); 0 = off"
     )
     weight_gain: float = Field(
         10.0, gt=0, description="W = gain x its parameter: Adam moves a parameter ~ the learning rate per step, and "
