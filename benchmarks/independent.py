@@ -4,6 +4,7 @@
     python benchmarks/independent.py                   # ~4,200 cells x 100 genes, 300 steps (a few minutes on 2 cores)
     python benchmarks/independent.py --steps 1500 --seed 1 --workdir benchmarks/.independent
     python benchmarks/independent.py --evaluate base,stochastic,regulatory   # + vcell evaluate's table per model
+    python benchmarks/independent.py --evaluate regulatory --set model.regulatory.residual_rank=4
 
 What is simulated, which prior the model gets and how knockdowns are made: see
 `vcell/evaluate/independent.py`. The table gives, over every regulator -> gene pair, the AUPRC
@@ -38,6 +39,9 @@ def main() -> None:
     parser.add_argument("--workdir", default="benchmarks/.independent", help="where the .h5ad, atlas and prior go")
     parser.add_argument("--evaluate", default="", help="comma-separated catalogue models to train and evaluate as "
                                                         "`vcell evaluate` does (e.g. base,stochastic,regulatory)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every --evaluate model, as on `vcell train` (repeatable; "
+                             "e.g. model.regulatory.residual_rank=4)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -48,7 +52,7 @@ def main() -> None:
     if names:
         configs = {name: CONFIGS / f"{name.replace('+', '_')}.yaml" for name in names}
         evaluated = evaluate_on_sergio(args.workdir, configs, steps=args.steps, seed=args.seed,
-                                       cells_per_condition=args.cells_per_condition)
+                                       cells_per_condition=args.cells_per_condition, overrides=args.set)
         for name, results in evaluated.items():
             print(f"\n{name} on SERGIO ({args.steps} steps, seed {args.seed})")
             print("\n".join(summary_lines(results)))

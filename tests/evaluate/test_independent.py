@@ -47,3 +47,20 @@ def test_full_prior_pairs_every_regulator_with_every_other_gene():
     source, target = full_prior(network)
     assert len(source) == 2 * 4 and not (source == target).any()
     assert set(zip(network.source, network.target)) <= set(zip(source, target))
+
+
+def test_the_regulatory_residual_fits_seen_knock_downs_the_network_cannot_carry(tmp_path):
+    """`regulatory.residual_rank` (opt-in): seen perturbations' Pearson delta against held-out cells
+    rises well past the network alone (SERGIO 200 cells per condition, seeds 0 / 1: 0.752 / 0.732 ->
+    0.912 / 0.908), and the overrides reach the run (its own name, its own config)."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "models" / "regulatory.yaml"
+    seen = {}
+    for overrides in ([], ["model.regulatory.residual_rank=4"]):
+        results = evaluate_on_sergio(tmp_path, {"regulatory": config}, steps=300, cells_per_condition=100,
+                                     overrides=overrides)["regulatory"]
+        seen[len(overrides)] = results["perturbation"]["seen_perturbations"]["vs_observed"]["model"]["pearson_delta"]
+    assert seen[1] > seen[0] + 0.05, seen
+    runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and runs[0] == "sergio-regulatory-0"

@@ -25,7 +25,9 @@ must find the ~1 in 10 pairs that are real edges.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,13 +212,14 @@ def run_sergio_benchmark(
 
 def evaluate_on_sergio(
     directory: str | Path, configs: dict[str, Path], *, steps: int = 300, seed: int = 0, cells_per_condition: int = 200,
-    test_fraction: float = 0.3,
+    test_fraction: float = 0.3, overrides: Sequence[str] = (),
 ) -> dict[str, dict]:
     """The standard evaluation (`vcell evaluate`'s metrics and baselines) of catalogue models trained
     on SERGIO cells: {model name: evaluation section}. `configs`: name -> its config file (the
     catalogue's `configs/models/<name>.yaml`); each trains in process on the SERGIO atlas with
     SERGIO's obs columns, the every-regulator prior and a random `test_fraction` of the cells held
-    out (SERGIO's truth is its network only: no 'vs truth' rows)."""
+    out (SERGIO's truth is its network only: no 'vs truth' rows); `overrides` (KEY=VALUE, as on the
+    command line) apply to every model, after the SERGIO settings."""
     from vcell.config import load_config
     from vcell.evaluate.evaluation import evaluate_run
     from vcell.evaluate.in_process import train_in_process
@@ -224,16 +227,18 @@ def evaluate_on_sergio(
     directory = Path(directory)
     atlas, _, prior = sergio_atlas(directory, seed, cells_per_condition)
     results = {}
+    variant = f"-{hashlib.sha1(' '.join(overrides).encode()).hexdigest()[:8]}" if overrides else ""
     for name, path in configs.items():
-        overrides = [
-            f"name=sergio-{name}-{seed}", f"data.atlas={atlas}", f"seed={seed}", f"train.steps={steps}",
+        settings = [
+            f"name=sergio-{name}-{seed}{variant}", f"data.atlas={atlas}", f"seed={seed}", f"train.steps={steps}",
             "model.columns.context=cell_type", "model.columns.perturbation=perturbation", "model.columns.control=control",
             "loader.split.holdout=[]", f"loader.split.test_fraction={test_fraction}", "loader.split.val_fraction=0.0",
             f"scaling.storage_path={directory / 'runs'}", "evaluate.plots=false", "evaluate.embeddings=none",
+            *overrides,
         ]
-        if "regulatory" in load_config(path, overrides).model.enhancements:
-            overrides.append(f"model.regulatory.edges={prior}")
-        run = train_in_process(load_config(path, overrides))
+        if "regulatory" in load_config(path, settings).model.enhancements:
+            settings.append(f"model.regulatory.edges={prior}")
+        run = train_in_process(load_config(path, settings))
         results[name] = evaluate_run(run.directory, progress=False)
     return results
 
