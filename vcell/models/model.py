@@ -107,13 +107,7 @@ class VirtualCell(nn.Module):
         model.batch_covariate; None: no batch offset); `basal` (B, D) is the state before any
         condition (z itself when decoding a cell as it is): heads that predict how the total
         counts move (resource) compare the two cells' gene scores."""
-        return self.measure(self.gene_scores(z, conditions, batch), z, basal, library, conditions, batch)
-
-    def measure(
-        self, scores: torch.Tensor, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor,
-        conditions: Conditions | None, batch: torch.Tensor | None,
-    ) -> Prediction:
-        """The head's prediction from the gene scores (B, G) of states z (`decode`'s second half)."""
+        scores = self.gene_scores(z, conditions, batch)
         needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
         basal_scores = self.gene_scores(basal, None, batch) if needs_basal else scores
         return self.head.predict(scores, z, basal_scores, library)
@@ -222,9 +216,8 @@ class VirtualCell(nn.Module):
         """The covered targets' response loss scored a second time (see `vcell.models.residual`):
         their prediction (R, G), held fixed, plus the residual routes. Its gradient reaches the
         routes and the head's own parameters only."""
-        correction = self.residual_scores(targets.conditions, targets.split_half())[rows]
-        corrected = scores[rows].detach() + correction
         targets = targets.take(rows)
+        corrected = scores[rows].detach() + self.residual_scores(targets.conditions, targets.split_half())
         prediction = self.head.predict(corrected, state[rows].detach(), start_scores[rows].detach(), targets.library)
         if reference is not None:
             prediction, _ = at_observed_total(prediction, targets.library, reference[rows])
