@@ -79,9 +79,10 @@ class ConditionResidual(nn.Module):
         # one factorisation per half of the cells; loadings 0: no residual until cells show one
         self.loading = nn.Parameter(torch.zeros(2, len(routed), rank))
         # a fixed generator: building the model draws nothing from the global one, so a model with
-        # residual routes trains on the same masks and pairs as one without
+        # residual routes trains on the same masks and pairs as one without (drawn on the CPU, where the
+        # generator lives, whatever device the model is built on, then moved)
         generator = torch.Generator().manual_seed(0)
-        basis = torch.randn(2, rank, n_genes, generator=generator) / (rank ** 0.5 * RESIDUAL_GAIN)
+        basis = torch.randn(2, rank, n_genes, generator=generator, device="cpu") / (rank ** 0.5 * RESIDUAL_GAIN)
         self.basis = nn.Parameter(basis.to(self.routed.device))
 
     def covers(self, conditions: Conditions | None) -> torch.Tensor:
