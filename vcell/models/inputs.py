@@ -30,6 +30,19 @@ class Conditions:
     def take(self, rows: torch.Tensor) -> Conditions:
         return Conditions(*(None if (value := getattr(self, f.name)) is None else value[rows] for f in fields(self)))
 
+    def at_rest(self) -> torch.Tensor | None:
+        """(B,) bool: unstimulated and naive, whatever the perturbation (None: no such columns)."""
+        return Conditions(None, self.time, self.hours_since_pulse).is_basal(-1)
+
+    def perturbed_at_rest(self, control_code: int) -> torch.Tensor | None:
+        """(B,) bool: perturbed (a code other than the control's) and otherwise at rest (None: no
+        perturbation column)."""
+        if self.perturbation is None:
+            return None
+        perturbed = (self.perturbation >= 0) & (self.perturbation != control_code)
+        at_rest = self.at_rest()
+        return perturbed if at_rest is None else perturbed & at_rest
+
     def is_basal(self, control_code: int) -> torch.Tensor | None:
         """(B,) bool: unperturbed, unstimulated and naive (missing information counts as basal)."""
         flags = []

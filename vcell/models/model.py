@@ -199,6 +199,9 @@ class VirtualCell(nn.Module):
         if reference is not None:
             prediction, losses["response_total"] = at_observed_total(prediction, targets.library, reference)
         losses["response"] = self.head.loss(prediction, targets)
+        moved = targets.conditions.perturbed_at_rest(self.control_code) if self.config.latent_response_weight else None
+        if moved is not None:
+            losses["response_latent"] = self.config.latent_response_weight * latent_gap(z[target_rows], state, moved)
         if covered is not None:
             losses["response_residual"] = self.residual_loss(scores, start_scores, state, targets, reference, covered)
         return {name: self.config.response_weight * loss for name, loss in losses.items()}, stats
@@ -358,6 +361,22 @@ def split_start(
     detached[rows] = True
     anchored = torch.where(detached, start_scores.detach(), start_scores)
     return scores - start_scores + anchored, anchored
+
+
+def latent_gap(target_latent: torch.Tensor, state: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the targets' own encodings (R, D) and the states (R, D) the
+    mechanism moved their starts to, over the `moved` (R,) targets (`model.latent_response_weight`:
+    perturbed cells at rest); 0 without any.
+
+    Why: the response loss scores a target only after decoding, so nothing asks a perturbed cell's
+    encoding to agree with the state the mechanism gives its context's control cells (a latent
+    shift, or none where the network carries the perturbation). On SERGIO knocked-down cells were
+    embedded among other cell types. Basal targets are left out (their pull would cluster cells by
+    the context label alone), and so are stimulated and primed ones: pulling them cost the demo
+    atlas's kinetics and memory read-outs."""
+    if not moved.any():
+        return 0.0 * (target_latent.sum() + state.sum())  # in the graph, so every rank's loss has the same terms
+    return (target_latent[moved] - state[moved]).pow(2).sum(-1).mean()
 
 
 def at_observed_total(

@@ -94,7 +94,7 @@ class ConditionResidual(nn.Module):
         if code is None:
             return torch.zeros(0, dtype=torch.bool, device=self.routed.device)
         routed = (code >= 0) & self.routed[code.clamp(min=0, max=len(self.routed) - 1)]
-        at_rest = Conditions(None, conditions.time, conditions.hours_since_pulse).is_basal(-1)
+        at_rest = conditions.at_rest()
         return routed if at_rest is None else routed & at_rest
 
     def forward(self, conditions: Conditions | None, half: torch.Tensor | None = None) -> torch.Tensor | None:
