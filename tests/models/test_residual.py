@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.models.test_zoo import SPEC, random_batch, tiny
+from tests.models.test_zoo import SPEC, random_batch, tiny, with_one_more_loss
 from vcell.models import contracts
 from vcell.models.inputs import Conditions
 from vcell.models.residual import NULL_SDS, ConditionResidual, split_half_reliability
@@ -29,14 +29,7 @@ def test_the_residual_learns_only_from_what_the_network_leaves():
     """The second scoring moves the residual (and a count head's noise; none for a Gaussian head),
     nothing else; the first, unchanged in value, never moves the residual."""
     model, plain = residual_model(), residual_model(rank=0)
-    batch = random_batch()
-    torch.manual_seed(1)  # the same masks and pairs for both
-    output = model(batch)
-    torch.manual_seed(1)
-    reference = plain(batch)
-    assert set(output.losses) == set(reference.losses) | {"response_residual"}
-    for name, loss in reference.losses.items():
-        torch.testing.assert_close(output.losses[name], loss)
+    output = with_one_more_loss(model, plain, random_batch(), "response_residual")
     touched = gradients(model, output.losses["response_residual"])
     assert touched and all(name.startswith("residuals.") for name in touched), sorted(touched)
     others = gradients(model, sum(loss for name, loss in output.losses.items() if name != "response_residual"))

@@ -61,6 +61,19 @@ def random_batch(seed: int = 0, n_cells: int = N_CELLS) -> dict[str, torch.Tenso
     }
 
 
+def with_one_more_loss(model: VirtualCell, plain: VirtualCell, batch: dict[str, torch.Tensor], added: str):
+    """`model`'s output on `batch`, checked against `plain`'s (the same masks and pairs for both):
+    it has the one loss `added` more, and every other term is exactly the plain model's."""
+    torch.manual_seed(1)
+    output = model(batch)
+    torch.manual_seed(1)
+    reference = plain(batch)
+    assert set(output.losses) == set(reference.losses) | {added}
+    for name, loss in reference.losses.items():
+        torch.testing.assert_close(output.losses[name], loss)
+    return output
+
+
 def without_gradient(model: VirtualCell) -> list[str]:
     """The trainable parameters the last backward pass gave no gradient. A residual route's basis is
     exempt while every loading is 0, its start (`vcell.models.residual`): it learns from the step after."""
