@@ -1,5 +1,5 @@
-"""The latent response loss: a perturbed or stimulated target's own encoding is asked to sit where
-the mechanism moved its control cell's state (`vcell.models.model.latent_gap`)."""
+"""The latent response loss (`model.latent_response_weight`): a perturbed target at rest is asked to
+be encoded where the mechanism moved its control cell's state (`vcell.models.model.latent_gap`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_the_latent_loss_trains_the_encoder_and_the_mechanism_and_is_off_at_zero
 def test_only_perturbed_targets_at_rest_are_pulled(monkeypatch):
     """Basal cells paired with basal cells (response_basal_targets) are not pulled together: that
     pull would cluster cells by their context label alone. Stimulated and primed cells are left to
-    their mechanisms (pulling them cost the demo's kinetics and memory read-outs)."""
+    their mechanisms (temporal, memory), which read the state the pull would move."""
     import vcell.models.model as model_module
 
     seen = []
