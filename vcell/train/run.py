@@ -51,8 +51,16 @@ def config_hash(config: VCellConfig | dict) -> str:
     return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Keys added with a default that does not keep the old behaviour: what a run saved without them did.
-BEFORE_THE_KEY = {"model.batch_covariate": False, "model.regulatory.dilution_correction": 0.0}
+# Keys added with a default that does not keep the old behaviour: what a run saved without them did
+# (tests/train/test_saved_keys.py fails on a new key until it is listed there or here).
+BEFORE_THE_KEY = {
+    "model.batch_covariate": False,
+    "model.response_basal_targets": False,  # before it, only perturbed or stimulated cells were response targets
+    "model.regulatory.reliability_weighting": False,  # the regression's gradient was not weighted
+    "model.regulatory.saturation": None,  # linear propagation (its default became 1.0 without a BEFORE_THE_KEY entry)
+    "model.regulatory.dilution_correction": 0.0,
+    "model.stochastic.variational": True,  # the stochastic enhancement always installed its variational latent
+}
 
 
 def as_saved(tree: dict) -> dict:
