@@ -51,8 +51,9 @@ def config_hash(config: VCellConfig | dict) -> str:
     return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Keys added with a default that does not keep the old behaviour: what a run saved without them did
-# (tests/train/test_saved_keys.py fails on a new key until it is listed there or here).
+# Keys added with a default that does not keep the old behaviour: what a run saved without them did.
+# A new key fails tests/train/test_saved_keys.py until it is listed in tests/train/saved_keys.txt,
+# whose header asks whether it belongs here too.
 BEFORE_THE_KEY = {
     "model.batch_covariate": False,
     "model.response_basal_targets": False,  # before it, only perturbed or stimulated cells were response targets
