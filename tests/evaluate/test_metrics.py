@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vcell.evaluate.metrics import (
-    average_precision, column_correlations, detected_means, discretized_normal_log_prob, moment_dispersion, pearson,
-    relative_error, roc_auc,
+    average_precision, cell_type_means, column_correlations, detected_means, discretized_normal_log_prob,
+    moment_dispersion, pearson, project_on_members, relative_error, roc_auc, type_mean_with_deviation,
 )
 
 
@@ -91,3 +91,32 @@ def test_detected_means_average_each_types_non_zero_values(values, data):
             fallback = values[values[:, gene] > 0, gene]
             expected = own.mean() if len(own) else (fallback.mean() if len(fallback) else 0.0)
             assert result[row, gene] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("shift_sd", [0.0, 0.5])
+def test_type_mean_with_deviation_adds_the_reliable_part_of_a_cells_own_gene_set_shift(shift_sd):
+    """Cells = their type's gene means + a shift shared by each gene set's members (s.d. shift_sd)
+    + noise: with no shift the baseline is the type mean (reliability ~0); with one it follows each
+    cell's own shift, better than the type mean and than the noisy projection of the cell."""
+    rng = np.random.default_rng(0)
+    gene, group = np.arange(60), np.repeat(np.arange(3), 20)
+
+    def cells(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        types = rng.integers(0, 4, n)
+        shift = rng.normal(0.0, shift_sd, (n, 3))
+        x = 2.0 * type_means[types] + shift[:, group] + rng.normal(0.0, 2.0, (n, 60))
+        return x, types, shift
+
+    type_means = rng.normal(0.0, 1.0, (4, 60))
+    (reference_x, reference_types, _), (x, types, shift) = cells(20000), cells(3000)
+    activity = type_mean_with_deviation((reference_x, reference_types), (x, types), gene, group)
+    type_mean = cell_type_means(project_on_members(reference_x, gene, group), reference_types, types)
+    assert activity.shape == (3000, 3)
+    if shift_sd == 0.0:
+        np.testing.assert_allclose(activity, type_mean, atol=0.05)  # reliability ~0.01: sampling error only
+        return
+    within = lambda values: column_correlations(values - cell_type_means(values, types, types), shift).mean()  # noqa: E731
+    assert within(activity) > 0.7  # reliability 0.25 / (0.25 + 4 / 20) = 0.56, so r = sqrt(0.56) = 0.75
+    truth = 2.0 * project_on_members(type_means[types], gene, group) + shift
+    score = lambda values: column_correlations(values, truth).mean()  # noqa: E731
+    assert score(activity) > max(score(type_mean), score(project_on_members(x, gene, group))) + 0.02

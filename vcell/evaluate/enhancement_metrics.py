@@ -21,7 +21,9 @@ from scipy.stats import spearmanr
 from vcell.data.memory import batches_of, select
 from vcell.evaluate.edges import score_edges
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import cell_type_means, column_correlations, moment_dispersion, pearson, relative_error
+from vcell.evaluate.metrics import (
+    cell_type_means, column_correlations, moment_dispersion, pearson, relative_error, type_mean_with_deviation,
+)
 from vcell.evaluate.scores import interval_coverage
 from vcell.evaluate.truth import true_expression
 from vcell.models.blocks import gene_set_means, gene_set_projector, project_on_gene_sets
@@ -109,13 +111,19 @@ def hierarchical(data: HeldOut) -> tuple[dict, dict]:
     context = data.column("context")
     if context is not None and context in data.test:
         reference = project_on_gene_sets(data.train["x"], gene, group, projector).numpy()
-        baselines["cell_type_mean_of_projection"] = cell_type_means(
-            reference, data.train[context].numpy(), data.test[context].numpy())
+        types = (data.train[context].numpy(), data.test[context].numpy())
+        baselines["cell_type_mean_of_projection"] = cell_type_means(reference, *types)
+        baselines["cell_type_mean_plus_shrunk_deviation"] = type_mean_with_deviation(
+            (data.train["x"].numpy(), types[0]), (data.test["x"].numpy(), types[1]),
+            spec.gene_pathway.source, spec.gene_pathway.target)
     section = {
         "definition": "mean over pathways of the Pearson r between per-cell pathway activity and the simulator's; "
                       "the model projects its reconstruction on the annotated member genes (joint least squares), "
-                      "the baselines are that projection of the observed cells, its mean over the reference cells of "
-                      "each cell's type, and plain gene-set means of the observed cells",
+                      "plus what it left of the measured cell, shrunk by its reliability (hierarchical.observed_deviation, "
+                      "the default); the baselines are that "
+                      "projection of the observed cells, its mean over the reference cells of each cell's type, that "
+                      "mean plus the cell's own deviation shrunk the same way, and plain gene-set means of the "
+                      "observed cells",
         "pathways": len(order),
         "model": {"pathway_pearson": float(np.nanmean(column_correlations(activity, observed)))},
         "baselines": {name: {"pathway_pearson": float(np.nanmean(column_correlations(value, observed)))}

@@ -62,6 +62,45 @@ def cell_type_means(reference: np.ndarray, reference_types: np.ndarray, types: n
     return np.stack([means.get(int(t), overall) for t in types]) if len(types) else np.zeros((0, reference.shape[1]))
 
 
+def project_on_members(values, gene: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """(n, P) joint least-squares coordinates of (n, G) values on 0/1 gene sets given as (gene, group) pairs
+    (`vcell.models.blocks.project_on_gene_sets`, for arrays)."""
+    import torch
+
+    from vcell.models.blocks import gene_set_projector, project_on_gene_sets
+
+    projector = gene_set_projector(gene, group, int(np.max(group)) + 1)
+    values = torch.as_tensor(np.asarray(values), dtype=torch.float32)
+    return project_on_gene_sets(values, torch.as_tensor(gene, dtype=torch.long), torch.as_tensor(group, dtype=torch.long),
+                                projector).numpy()
+
+
+def member_reliability(residuals, gene: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """(P,) the hierarchical read-out's reliability (`MemberDeviation`) of each gene set's shared
+    deviation, from the whole sample of (m, G) reference residuals at once."""
+    import torch
+
+    from vcell.models.enhancements.hierarchical import MemberDeviation
+
+    moments = MemberDeviation(gene, group, np.asarray(residuals).shape[1], int(np.max(group)) + 1)
+    moments.update(torch.as_tensor(np.asarray(residuals), dtype=torch.float32))  # the first update: the sample's moments
+    return moments.reliability().numpy()
+
+
+def type_mean_with_deviation(
+    reference: tuple[np.ndarray, np.ndarray], cells: tuple[np.ndarray, np.ndarray], gene: np.ndarray, group: np.ndarray,
+) -> np.ndarray:
+    """(n, P) gene-set activity: each cell's type mean of the projection on the member genes plus the
+    projection of its own deviation from its type's gene means, shrunk by its reliability: the
+    hierarchical read-out's shrinkage applied to the cell-type mean baseline. `reference` and `cells`
+    are ((m, G) expression, (m,) types); the reliability is estimated on the reference cells'
+    deviations (never on the cells scored). `gene`, `group`: the membership pairs."""
+    (reference_x, reference_types), (x, types) = reference, cells
+    reliability = member_reliability(reference_x - cell_type_means(reference_x, reference_types, reference_types), gene, group)
+    mean = cell_type_means(project_on_members(reference_x, gene, group), reference_types, types)
+    return mean + reliability * project_on_members(x - cell_type_means(reference_x, reference_types, types), gene, group)
+
+
 MIN_GROUP_CELLS = 20  # reference cells a group needs for its own NB fit (else the fit on all cells)
 
 

@@ -19,6 +19,7 @@ from vcell.evaluate.edges import (
 )
 from vcell.evaluate.metrics import (
     average_precision, cell_type_means, column_correlations, roc_auc, discretized_normal_log_prob, library_size_nb,
+    member_reliability, project_on_members, type_mean_with_deviation,
 )
 from vcell.evaluate.science import ScienceRow, ScienceSetup, codes, trained
 from vcell.evaluate.science_time import basal_cells_by_type
@@ -106,8 +107,10 @@ def check_hierarchical(setup: ScienceSetup) -> ScienceRow:
     """Mean Pearson r between per-cell pathway activity and the true pathway activity.
 
     Everyone is read out the same way: the joint projection on the annotated member genes (what
-    the hierarchical model reports) of base's reconstruction and of the observed cells; plain
-    gene-set means of the observed cells are reported beside them."""
+    the hierarchical model reports) of base's reconstruction plus its shrunk measured deviation (as
+    the hierarchical read-out adds its own), and of the observed cells, of their cell type's mean, and
+    that mean plus the cell's deviation shrunk the same way; plain gene-set means of the observed
+    cells are reported beside them."""
     model, base = trained(setup, "hierarchical"), trained(setup, "base")
     spec, test = model.spec, setup.test
     truth_activity = true_pathway_activity(setup, test["cell_index"].numpy())
@@ -117,28 +120,44 @@ def check_hierarchical(setup: ScienceSetup) -> ScienceRow:
     group = torch.as_tensor(spec.gene_pathway.target)
     size = torch.bincount(group).float()
     projector = gene_set_projector(gene, group, len(size))
-    ours, base_scores = [], []
-    for batch in batches_of(test, 1024):
-        ours.append(model.embed(batch).stats["pathway_activity"])
-        cell = base.reconstruct(batch, batch_effect=False).expression  # as the read-out: without the batch's offset
-        base_scores.append(project_on_gene_sets(cell, gene, group, projector))
+    ours = [model.embed(batch).stats["pathway_activity"] for batch in batches_of(test, 1024)]
+    base_scores = read_out_like_hierarchical(base, setup, spec.gene_pathway.source, spec.gene_pathway.target)
     observed = project_on_gene_sets(test["x"], gene, group, projector).numpy()
     type_means = cell_type_means(project_on_gene_sets(setup.train["x"], gene, group, projector).numpy(),
                                  setup.train["cell_type"].numpy(), test["cell_type"].numpy())
     means = gene_set_means(test["x"], gene, group, size).numpy()
     shuffled = torch.as_tensor(np.random.default_rng(setup.seed).permutation(spec.n_genes))[gene]
     random = gene_set_means(test["x"], shuffled, group, size).numpy()
-    baselines = {"projection of observed": observed, "cell-type mean of projection": type_means}
+    shrunk = type_mean_with_deviation(
+        (setup.train["x"].numpy(), setup.train["cell_type"].numpy()), (test["x"].numpy(), test["cell_type"].numpy()),
+        spec.gene_pathway.source, spec.gene_pathway.target)
+    baselines = {"projection of observed": observed, "cell-type mean of projection": type_means,
+                 "cell-type mean plus its shrunk deviation": shrunk}
     scores = {name: float(column_correlations(value, truth_activity).mean()) for name, value in baselines.items()}
     best = max(scores, key=scores.get)
     return ScienceRow(
         "hierarchical", "mean Pearson r, pathway activity vs truth (held-out cells)", True,
         float(column_correlations(torch.cat(ours).numpy(), truth_activity).mean()),
-        float(column_correlations(torch.cat(base_scores).numpy(), truth_activity).mean()), scores[best], best,
+        float(column_correlations(base_scores, truth_activity).mean()), scores[best], best,
         {**{name.replace(" ", "_").replace("-", "_"): value for name, value in scores.items()},
          "gene_set_mean_of_observed": float(column_correlations(means, truth_activity).mean()),
          "random_gene_sets": float(column_correlations(random, truth_activity).mean())},
     )
+
+
+def read_out_like_hierarchical(model, setup: ScienceSetup, gene: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """(n_test, P) pathway activity of a model without the hierarchical read-out, read as that one
+    reads itself: the projection of the cell decoded without its batch's offset, plus the projection
+    of its measured residual shrunk by the reliability of training cells' residuals."""
+    def decoded_and_residual(cells: dict[str, torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            measured = model.head.measured(model.reconstruct(cells))
+            return model.reconstruct(cells, batch_effect=False).expression.numpy(), (cells["x"] - measured).numpy()
+
+    reference = select(setup.train, torch.arange(min(8192, len(setup.train["x"]))))
+    reliability = member_reliability(np.concatenate([decoded_and_residual(b)[1] for b in batches_of(reference, 1024)]), gene, group)
+    decoded, residual = (np.concatenate(part) for part in zip(*(decoded_and_residual(b) for b in batches_of(setup.test, 1024))))
+    return project_on_members(decoded, gene, group) + reliability * project_on_members(residual, gene, group)
 
 
 def true_pathway_activity(setup: ScienceSetup, rows: np.ndarray) -> np.ndarray:

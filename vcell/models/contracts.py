@@ -183,6 +183,8 @@ class Auxiliary(DeclaresStats, Protocol):
 @runtime_checkable
 class Readout(DeclaresStats, Protocol):
     """Statistics read off each cell's own reconstruction (no losses, no parameters a loss trains):
-    (prediction, cells) -> stats. Pathway activity as a projection of the decoded expression is one."""
+    (prediction, cells, residual) -> stats. Pathway activity as a projection of the decoded expression
+    is one. `residual` (B, G) is the measured cell minus its reconstruction as measured, given to a
+    read-out whose `reads_residual` is true (None otherwise)."""
 
-    def __call__(self, prediction: Prediction, cells: CellInputs) -> Stats: ...
+    def __call__(self, prediction: Prediction, cells: CellInputs, residual: torch.Tensor | None = None) -> Stats: ...

@@ -166,8 +166,11 @@ class VirtualCell(nn.Module):
             # batch's offset (science atlas, pathway activity vs truth: 0.599 with it, 0.611 without)
             with torch.no_grad():
                 cell = prediction if measured is scores else self.head.predict(scores, z, scores, cells.library)
+                # what the decoder left of the measured cell (B, G), for read-outs that shrink it in
+                wanted = any(getattr(readout, "reads_residual", False) for readout in self.readouts)
+                residual = cells.x - self.head.measured(prediction) if wanted else None
             for readout in self.readouts:
-                stats.update(readout(cell, cells))
+                stats.update(readout(cell, cells, residual))
         return z, prediction, losses, stats
 
     def response(self, z: torch.Tensor, unmasked: bool, cells: CellInputs) -> tuple[dict, dict]:

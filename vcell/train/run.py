@@ -56,6 +56,7 @@ def config_hash(config: VCellConfig | dict) -> str:
 # whose header asks whether it belongs here too.
 BEFORE_THE_KEY = {
     "model.batch_covariate": False,
+    "model.hierarchical.observed_deviation": False,  # pathway activity was the decoded cell's projection alone
     "model.response_basal_targets": False,  # before it, only perturbed or stimulated cells were response targets
     "model.regulatory.reliability_weighting": False,  # the regression's gradient was not weighted
     "model.regulatory.saturation": None,  # linear propagation (its default became 1.0 without a BEFORE_THE_KEY entry)

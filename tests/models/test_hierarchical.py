@@ -1,0 +1,117 @@
+"""Hierarchical read-out: pathway activity = the decoded cell's projection on the member genes plus the
+measured deviation's projection shrunk by its reliability; the reliability estimator on residuals
+with a known shared shift; training moves the moments, evaluation never does; older runs read out
+as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.models.test_zoo import SPEC, random_batch
+from vcell.config.model import ModelConfig
+from vcell.models.blocks import project_on_gene_sets
+from vcell.models.enhancements.hierarchical import MemberDeviation, PathwayActivity
+from vcell.models.zoo import build_model
+
+
+def read_out_of(model) -> PathwayActivity:
+    return next(readout for readout in model.readouts if isinstance(readout, PathwayActivity))
+
+
+def memberships(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(gene, pathway) pairs of disjoint pathways of the given sizes."""
+    gene = np.arange(sum(sizes))
+    return gene, np.repeat(np.arange(len(sizes)), sizes)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(3, 40), min_size=1, max_size=4),
+    shift_sd=st.floats(0.0, 2.0),
+    noise_sd=st.floats(0.2, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_reliability_is_the_shared_shifts_share_of_the_members_mean(sizes, shift_sd, noise_sd, seed):
+    """Residuals r_g = s + e_g on each pathway's members (s shared, var S; e_g own, var t^2): the
+    reliability is S / (S + t^2 / n), the weight that best predicts s from the members' mean."""
+    rng = np.random.default_rng(seed)
+    gene, pathway = memberships(sizes)
+    cells = 20000
+    shift = rng.normal(0.0, shift_sd, (cells, len(sizes)))
+    residual = shift[:, pathway] + rng.normal(0.0, noise_sd, (cells, len(gene))) + rng.normal(0, 1, len(gene))  # + gene means
+    moments = MemberDeviation(gene, pathway, len(gene), len(sizes))
+    assert moments.reliability().tolist() == [0.0] * len(sizes)  # no moments yet: the decoded projection alone
+    moments.update(torch.as_tensor(residual, dtype=torch.float32))
+    n = np.asarray(sizes, dtype=float)
+    expected = shift_sd**2 / (shift_sd**2 + noise_sd**2 / n)
+    # sampling error of the pair covariance: ~ t^2 / sqrt(cells) against var(mean) (loose: 6 sd)
+    tolerance = 6 * (noise_sd**2 + shift_sd**2) / np.sqrt(cells) / (shift_sd**2 + noise_sd**2 / n) + 1e-4
+    reliability = moments.reliability().numpy()
+    assert ((reliability >= 0) & (reliability <= 1)).all()
+    np.testing.assert_array_less(np.abs(reliability - expected), tolerance)
+
+
+def test_moments_follow_training_batches_with_an_exponential_memory():
+    gene, pathway = memberships([4, 6])
+    moments = MemberDeviation(gene, pathway, 10, 2)
+    first, second = torch.randn(64, 10), torch.randn(64, 10) + 1.0
+    moments.update(first)
+    torch.testing.assert_close(moments.residual_mean, first.mean(0))
+    moments.update(second)
+    torch.testing.assert_close(moments.residual_mean, 0.98 * first.mean(0) + 0.02 * second.mean(0))
+    assert int(moments.updates) == 2
+
+
+def trained_hierarchical(steps: int = 3, **overrides):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="hierarchical", size="tiny", **overrides), SPEC)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(steps):
+        model.train()
+        output = model(random_batch(step))
+        optimiser.zero_grad()
+        output.loss.backward()
+        optimiser.step()
+    return model
+
+
+def test_activity_is_the_decoded_projection_plus_the_shrunk_measured_deviation():
+    model = trained_hierarchical()
+    readout = read_out_of(model)
+    assert int(readout.deviation.updates) == 3  # every training step folded its batch in
+    before = {name: value.clone() for name, value in readout.deviation.state_dict().items()}
+    batch = random_batch(7)
+    stats = model.describe(batch).stats
+    for name, value in readout.deviation.state_dict().items():  # evaluation leaves the moments alone
+        torch.testing.assert_close(value, before[name])
+    reliability = readout.deviation.reliability()
+    assert reliability.gt(0).any()  # a random batch's members share some deviation
+    measured = model.reconstruct(batch)
+    residual = batch["x"] - model.head.measured(measured)
+    decoded = model.reconstruct(batch, batch_effect=False).expression
+    project = lambda values: project_on_gene_sets(values, readout.gene, readout.member_of, readout.projector)  # noqa: E731
+    torch.testing.assert_close(stats["pathway_activity"], project(decoded) + reliability * project(residual))
+    # the read-out of a cell does not depend on the cells that share its batch
+    alone = model.describe({name: value[:5] for name, value in batch.items()}).stats["pathway_activity"]
+    torch.testing.assert_close(alone, stats["pathway_activity"][:5])
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "full"])
+def test_without_observed_deviation_the_read_out_is_the_decoded_projection_and_older_weights_load(name):
+    """Runs saved before `hierarchical.observed_deviation` read it as false (BEFORE_THE_KEY): no moments
+    in their weights, the read-out they had."""
+    torch.manual_seed(0)
+    old = build_model(ModelConfig(name=name, size="tiny", hierarchical={"observed_deviation": False}), SPEC)
+    assert not any("deviation" in key for key in old.state_dict())
+    readout = read_out_of(old)
+    assert readout.deviation is None and not readout.reads_residual
+    batch = random_batch(3)
+    decoded = old.reconstruct(batch, batch_effect=False).expression
+    expected = project_on_gene_sets(decoded, readout.gene, readout.member_of, readout.projector)
+    torch.testing.assert_close(old.describe(batch).stats["pathway_activity"], expected)
+    reloaded = build_model(ModelConfig(name=name, size="tiny", hierarchical={"observed_deviation": False}), SPEC)
+    reloaded.load_state_dict(old.state_dict())  # strict: nothing missing, nothing left over
