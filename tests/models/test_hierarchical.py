@@ -115,3 +115,17 @@ def test_without_observed_deviation_the_read_out_is_the_decoded_projection_and_o
     torch.testing.assert_close(old.describe(batch).stats["pathway_activity"], expected)
     reloaded = build_model(ModelConfig(name=name, size="tiny", hierarchical={"observed_deviation": False}), SPEC)
     reloaded.load_state_dict(old.state_dict())  # strict: nothing missing, nothing left over
+
+
+def test_moments_stay_float32_when_the_model_is_cast_to_bf16():
+    """DeepSpeed's bf16 casts every buffer; the moments' difference would cancel in bf16."""
+    model = trained_hierarchical(steps=2)
+    readout = read_out_of(model)
+    reliability = readout.deviation.reliability()
+    model.to(torch.bfloat16)
+    assert readout.deviation.sum_square.dtype == torch.float32
+    assert readout.projector.dtype == torch.bfloat16  # the rest of the model is cast as asked
+    torch.testing.assert_close(readout.deviation.reliability(), reliability)
+    readout.deviation.update(torch.randn(16, SPEC.n_genes, dtype=torch.bfloat16))  # a bf16 model's residual
+    assert readout.deviation.sum_square.dtype == torch.float32 and int(readout.deviation.updates) == 3
+    assert torch.isfinite(readout.deviation.reliability()).all()

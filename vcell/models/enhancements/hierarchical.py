@@ -198,7 +198,7 @@ class PathwayActivity(nn.Module):
             if self.deviation is not None and residual is not None:
                 if self.training:
                     self.deviation.update(residual)
-                reliability = self.deviation.reliability()  # (P,)
+                reliability = self.deviation.reliability().to(activity.dtype)  # (P,)
                 activity = activity + reliability * project_on_gene_sets(residual, self.gene, self.member_of, self.projector)
         else:
             loadings = self.view[0].to_genes.weight  # (G, P)
@@ -237,12 +237,25 @@ class MemberDeviation(nn.Module):
         self.register_buffer("square_sum", torch.zeros(n_pathway))  # E[sum over members of r_g^2]
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moves with the model, but the moments stay float32 when the model is cast (DeepSpeed's bf16
+        casts every buffer): reliability is a difference of two close moments, which bf16's 8-bit
+        mantissa would cancel to noise."""
+        kept = {name: getattr(self, name) for name in ("members", "residual_mean", "sum_square", "square_sum")}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:  # the device as asked, the values as they were
+                setattr(self, name, before.to(device=after.device))
+        return self
+
     def member_sums(self, values: torch.Tensor) -> torch.Tensor:
         """(..., P) sums over each pathway's members of values (..., G)."""
         return values.new_zeros(*values.shape[:-1], len(self.members)).index_add_(-1, self.member_of, values[..., self.gene])
 
     def update(self, residual: torch.Tensor) -> None:
         """Fold a batch's residuals (B, G) into the moments."""
+        residual = residual.float()
         sums = self.member_sums(residual)  # (B, P)
         batch = (residual.mean(0), sums.pow(2).mean(0), self.member_sums(residual.pow(2)).mean(0))
         decay = DEVIATION_DECAY if int(self.updates) else 0.0
