@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.models.test_zoo import SPEC, random_batch
 from vcell.config.model import ModelConfig
 from vcell.models.blocks import project_on_gene_sets
-from vcell.models.enhancements.hierarchical import MemberDeviation, PathwayActivity
+from vcell.models.enhancements.hierarchical import DEVIATION_DECAY, DEVIATION_EVERY, MemberDeviation, PathwayActivity
 from vcell.models.zoo import build_model
 
 
@@ -62,7 +62,8 @@ def test_moments_follow_training_batches_with_an_exponential_memory():
     moments.update(first)
     torch.testing.assert_close(moments.residual_mean, first.mean(0))
     moments.update(second)
-    torch.testing.assert_close(moments.residual_mean, 0.98 * first.mean(0) + 0.02 * second.mean(0))
+    expected = DEVIATION_DECAY * first.mean(0) + (1 - DEVIATION_DECAY) * second.mean(0)
+    torch.testing.assert_close(moments.residual_mean, expected)
     assert int(moments.updates) == 2
 
 
@@ -80,9 +81,9 @@ def trained_hierarchical(steps: int = 3, **overrides):
 
 
 def test_activity_is_the_decoded_projection_plus_the_shrunk_measured_deviation():
-    model = trained_hierarchical()
+    model = trained_hierarchical(steps=DEVIATION_EVERY + 1)
     readout = read_out_of(model)
-    assert int(readout.deviation.updates) == 3  # every training step folded its batch in
+    assert int(readout.deviation.updates) == 2  # the first step and every DEVIATION_EVERY-th fold their batch in
     before = {name: value.clone() for name, value in readout.deviation.state_dict().items()}
     batch = random_batch(7)
     stats = model.describe(batch).stats
@@ -119,7 +120,7 @@ def test_without_observed_deviation_the_read_out_is_the_decoded_projection_and_o
 
 def test_moments_stay_float32_when_the_model_is_cast_to_bf16():
     """DeepSpeed's bf16 casts every buffer; the moments' difference would cancel in bf16."""
-    model = trained_hierarchical(steps=2)
+    model = trained_hierarchical(steps=DEVIATION_EVERY + 1)
     readout = read_out_of(model)
     reliability = readout.deviation.reliability()
     model.to(torch.bfloat16)
@@ -129,3 +130,17 @@ def test_moments_stay_float32_when_the_model_is_cast_to_bf16():
     readout.deviation.update(torch.randn(16, SPEC.n_genes, dtype=torch.bfloat16))  # a bf16 model's residual
     assert readout.deviation.sum_square.dtype == torch.float32 and int(readout.deviation.updates) == 3
     assert torch.isfinite(readout.deviation.reliability()).all()
+
+
+def test_training_asks_for_the_residual_only_on_the_steps_that_update_the_moments():
+    model = trained_hierarchical(steps=0)
+    readout = read_out_of(model)
+    model.train()
+    asked = []
+    for step in range(2 * DEVIATION_EVERY):
+        asked.append(readout.reads_residual)
+        model(random_batch(step))
+    assert [index for index, wanted in enumerate(asked) if wanted] == [0, DEVIATION_EVERY]
+    assert int(readout.deviation.updates) == 2
+    model.eval()
+    assert readout.reads_residual  # evaluation always reads it

@@ -32,9 +32,13 @@ from vcell.models.spec import ModelSpec
 
 
 ANNOTATION_START = 0.01  # the annotation features' share of the encoder's usual random start (start_as_inner)
-# memory of the deviation moments, in training steps (~1 / (1 - decay)): short enough to follow the
-# model as it fits (its residuals shrink), long enough that the reliabilities do not follow one batch
-DEVIATION_DECAY = 0.98
+# The deviation moments are updated on every DEVIATION_EVERY-th training step: a count model's
+# residual needs its expected measured expression, which is exact and costly (`vcell.models.expected`:
+# every step it made `full`'s training steps 1.4-1.7x slower, every 8th ~1.08x). Their memory is ~1 /
+# (1 - decay) updates (~80 steps, ~5,000 cells at 512 a step): short enough to follow the model as it
+# fits (its residuals shrink), long enough that the reliabilities do not follow one batch.
+DEVIATION_EVERY = 8
+DEVIATION_DECAY = 0.9
 
 
 class HierarchicalConfig(Section):
@@ -180,7 +184,6 @@ class PathwayActivity(nn.Module):
             self.register_buffer("projector", gene_set_projector(gene, member_of, n_pathway), persistent=False)
             if observed_deviation:
                 self.deviation = MemberDeviation(gene, member_of, spec.n_genes, n_pathway)
-        self.reads_residual = self.deviation is not None  # the model hands the read-out the measured residual
         n_compartment = len(spec.compartment_names) or max(1, n_pathway // 8)
         if spec.pathway_compartment is not None:
             pathway, compartment = spec.pathway_compartment.source, spec.pathway_compartment.target
@@ -190,14 +193,20 @@ class PathwayActivity(nn.Module):
         for name, value in (("pathway", pathway), ("compartment", compartment), ("size", size)):
             self.register_buffer(name, torch.as_tensor(value))
 
+    @property
+    def reads_residual(self) -> bool:
+        """Whether the model should hand this call the measured residual: always in evaluation, on the
+        steps that update the moments in training (training read-outs are not reported)."""
+        return self.deviation is not None and (not self.training or self.deviation.due())
+
     @torch.no_grad()
     def forward(self, prediction: Prediction, cells: CellInputs, residual: torch.Tensor | None = None) -> dict:
         expression = prediction.expression  # (B, G)
         if self.annotated:
             activity = project_on_gene_sets(expression, self.gene, self.member_of, self.projector)
+            if self.deviation is not None and self.training:
+                self.deviation.step(residual)
             if self.deviation is not None and residual is not None:
-                if self.training:
-                    self.deviation.update(residual)
                 reliability = self.deviation.reliability().to(activity.dtype)  # (P,)
                 activity = activity + reliability * project_on_gene_sets(residual, self.gene, self.member_of, self.projector)
         else:
@@ -220,8 +229,8 @@ class MemberDeviation(nn.Module):
     Stein / BLUP shrinkage) weighs it by reliability = S / var(mean), in [0, 1]: near 0 where the
     members' residuals are counting noise, near 1 where the shift dominates them.
 
-    The moments come from training batches (exponential average, `DEVIATION_DECAY`): no loss trains
-    them and evaluation leaves them as they are, so a cell's activity does not depend on which
+    The moments come from training batches (every `DEVIATION_EVERY`-th, exponential average): no loss
+    trains them and evaluation leaves them as they are, so a cell's activity does not depend on which
     cells share its batch. A model never trained has none: reliability 0, the decoded projection."""
 
     STATS: dict = {}
@@ -236,6 +245,17 @@ class MemberDeviation(nn.Module):
         self.register_buffer("sum_square", torch.zeros(n_pathway))  # E[(sum over members of r_g)^2]
         self.register_buffer("square_sum", torch.zeros(n_pathway))  # E[sum over members of r_g^2]
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.calls = 0  # training steps seen by this process (DEVIATION_EVERY); restarts with it
+
+    def due(self) -> bool:
+        """Whether this training step updates the moments."""
+        return self.calls % DEVIATION_EVERY == 0
+
+    def step(self, residual: torch.Tensor | None) -> None:
+        """A training step: fold in its residuals (B, G) when it is due and has them."""
+        if residual is not None and self.due():
+            self.update(residual)
+        self.calls += 1
 
     def _apply(self, fn, recurse: bool = True):
         """Moves with the model, but the moments stay float32 when the model is cast (DeepSpeed's bf16
