@@ -144,3 +144,23 @@ def test_training_asks_for_the_residual_only_on_the_steps_that_update_the_moment
     assert int(readout.deviation.updates) == 2
     model.eval()
     assert readout.reads_residual  # evaluation always reads it
+
+
+class TwoArgumentReadout(torch.nn.Module):
+    """A read-out written against the (prediction, cells) protocol, as an enhancement outside vcell may be."""
+
+    STATS = {"mean_expression": ("B",)}
+
+    def forward(self, prediction, cells) -> dict:
+        return {"mean_expression": prediction.expression.mean(-1)}
+
+
+def test_read_outs_that_do_not_ask_for_the_residual_are_called_as_before():
+    model = trained_hierarchical(steps=1)
+    model.readouts.append(TwoArgumentReadout())
+    batch = random_batch(4)
+    stats = model.describe(batch).stats
+    torch.testing.assert_close(stats["mean_expression"], model.reconstruct(batch, batch_effect=False).expression.mean(-1))
+    assert stats["pathway_activity"].shape == (len(batch["x"]), len(SPEC.pathway_names))
+    model.train()
+    model(random_batch(5))  # a training step that does not update the moments calls both as well

@@ -184,7 +184,7 @@ class Auxiliary(DeclaresStats, Protocol):
 class Readout(DeclaresStats, Protocol):
     """Statistics read off each cell's own reconstruction (no losses, no parameters a loss trains):
     (prediction, cells, residual) -> stats. Pathway activity as a projection of the decoded expression
-    is one. `residual` (B, G) is the measured cell minus its reconstruction as measured, given to a
-    read-out whose `reads_residual` is true (None otherwise)."""
+    is one. A read-out whose `reads_residual` is true at the call is also handed `residual` (B, G), the
+    measured cell minus its reconstruction as measured; others are called with the first two."""
 
     def __call__(self, prediction: Prediction, cells: CellInputs, residual: torch.Tensor | None = None) -> Stats: ...

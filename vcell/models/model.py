@@ -167,10 +167,11 @@ class VirtualCell(nn.Module):
             with torch.no_grad():
                 cell = prediction if measured is scores else self.head.predict(scores, z, scores, cells.library)
                 # what the decoder left of the measured cell (B, G), for read-outs that shrink it in
-                wanted = any(getattr(readout, "reads_residual", False) for readout in self.readouts)
-                residual = cells.x - self.head.measured(prediction) if wanted else None
-            for readout in self.readouts:
-                stats.update(readout(cell, cells, residual))
+                # (only they are handed it: a read-out written as (prediction, cells) still works)
+                asking = [getattr(readout, "reads_residual", False) for readout in self.readouts]
+                residual = cells.x - self.head.measured(prediction) if any(asking) else None
+            for readout, asks in zip(self.readouts, asking):
+                stats.update(readout(cell, cells, residual) if asks else readout(cell, cells))
         return z, prediction, losses, stats
 
     def response(self, z: torch.Tensor, unmasked: bool, cells: CellInputs) -> tuple[dict, dict]:
