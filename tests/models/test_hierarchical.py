@@ -164,3 +164,26 @@ def test_read_outs_that_do_not_ask_for_the_residual_are_called_as_before():
     assert stats["pathway_activity"].shape == (len(batch["x"]), len(SPEC.pathway_names))
     model.train()
     model(random_batch(5))  # a training step that does not update the moments calls both as well
+
+
+def test_a_model_restored_from_its_weights_updates_the_moments_on_the_same_steps():
+    """Resume parity: the step count travels with the weights, so stopping after 5 steps and going on
+    from the saved state gives the moments of an uninterrupted run, bit for bit."""
+    def train(model, steps: range) -> None:
+        model.train()
+        for step in steps:
+            torch.manual_seed(step)  # the masks of step `step`, as a resumed run restores its random state
+            model(random_batch(step))  # no optimiser: the moments are what is compared
+
+    torch.manual_seed(0)
+    uninterrupted = build_model(ModelConfig(name="hierarchical", size="tiny"), SPEC)
+    saved = {name: value.clone() for name, value in uninterrupted.state_dict().items()}
+    train(uninterrupted, range(2 * DEVIATION_EVERY + 3))
+    stopped = build_model(ModelConfig(name="hierarchical", size="tiny"), SPEC)
+    stopped.load_state_dict(saved)
+    train(stopped, range(5))
+    resumed = build_model(ModelConfig(name="hierarchical", size="tiny"), SPEC)
+    resumed.load_state_dict(stopped.state_dict())
+    train(resumed, range(5, 2 * DEVIATION_EVERY + 3))
+    for name, value in read_out_of(uninterrupted).deviation.state_dict().items():
+        assert torch.equal(read_out_of(resumed).deviation.state_dict()[name], value), name

@@ -245,17 +245,19 @@ class MemberDeviation(nn.Module):
         self.register_buffer("sum_square", torch.zeros(n_pathway))  # E[(sum over members of r_g)^2]
         self.register_buffer("square_sum", torch.zeros(n_pathway))  # E[sum over members of r_g^2]
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
-        self.calls = 0  # training steps seen by this process (DEVIATION_EVERY); restarts with it
+        # training steps seen: saved with the weights, so a resumed run updates on the steps an
+        # uninterrupted one does (and its moments are the same, bit for bit)
+        self.register_buffer("training_steps", torch.zeros((), dtype=torch.long))
 
     def due(self) -> bool:
         """Whether this training step updates the moments."""
-        return self.calls % DEVIATION_EVERY == 0
+        return int(self.training_steps) % DEVIATION_EVERY == 0
 
     def step(self, residual: torch.Tensor | None) -> None:
         """A training step: fold in its residuals (B, G) when it is due and has them."""
         if residual is not None and self.due():
             self.update(residual)
-        self.calls += 1
+        self.training_steps += 1
 
     def _apply(self, fn, recurse: bool = True):
         """Moves with the model, but the moments stay float32 when the model is cast (DeepSpeed's bf16
