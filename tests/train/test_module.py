@@ -137,3 +137,9 @@ def test_running_statistics_are_the_regulatory_buffers_and_stay_as_they_are_on_o
     assert all(torch.equal(a, b) for a, b in zip(before, buffers))
     base = load_config(None, ["model.size=tiny", "model.name=base", "model.enhancements=[]"])
     assert running_statistics(VCellModule(base.model, SPEC, base.train).model) == []  # nothing to average
+    # the hierarchical read-out's deviation moments are averaged too (the step counts agree on every rank)
+    hierarchical = load_config(None, ["model.size=tiny", "model.name=hierarchical"])
+    model = VCellModule(hierarchical.model, SPEC, hierarchical.train).model
+    moments = next(m for m in model.modules() if hasattr(m, "sum_square"))
+    assert [id(b) for b in running_statistics(model)] == [id(moments.residual_mean), id(moments.sum_square),
+                                                          id(moments.square_sum)]

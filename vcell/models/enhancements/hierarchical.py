@@ -234,6 +234,9 @@ class MemberDeviation(nn.Module):
     cells share its batch. A model never trained has none: reliability 0, the decoded projection."""
 
     STATS: dict = {}
+    # each rank folds in its own cells: the trainer averages these across ranks after every step (an
+    # average of exponential averages updated in step is the exponential average of the global batch)
+    RUNNING_STATISTICS = ("residual_mean", "sum_square", "square_sum")
 
     def __init__(self, gene, member_of, n_genes: int, n_pathway: int) -> None:
         super().__init__()
