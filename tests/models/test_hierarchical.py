@@ -5,6 +5,8 @@ as before."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +189,31 @@ def test_a_model_restored_from_its_weights_updates_the_moments_on_the_same_steps
     train(resumed, range(5, 2 * DEVIATION_EVERY + 3))
     for name, value in read_out_of(uninterrupted).deviation.state_dict().items():
         assert torch.equal(read_out_of(resumed).deviation.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("name", ["hierarchical", "full"])
+def test_training_moments_come_from_whole_cells_as_evaluation_decodes_them(name):
+    """The reliability weighs the residual of a whole, evaluated cell, so it is estimated on those: a
+    training step's masked encoding (and `full`'s sampled latent) would leave more shared deviation. The
+    extra decoding changes nothing else: the loss, the random stream and the training mode are as before."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, size="tiny", mask_fraction=0.5), SPEC)
+    twin = copy.deepcopy(model)
+    batch = random_batch(11)
+    model.eval()
+    whole = batch["x"] - model.head.measured(model.reconstruct(batch))
+    model.train()
+    folded = []
+    read_out_of(model).deviation.update = folded.append  # the residual a due step folds in
+    torch.manual_seed(5)
+    loss = model(batch).loss
+    after = torch.rand(1)
+    assert all(module.training for module in model.modules())
+    torch.testing.assert_close(folded[0], whole)
+    # the twin hands its read-out the masked step's own residual, as before: the same masks, draws and loss
+    twin.whole_residual = lambda cells, prediction: cells.x - twin.head.measured(prediction)
+    twin.train()
+    torch.manual_seed(5)
+    torch.testing.assert_close(twin(batch).loss, loss, rtol=0, atol=0)
+    assert torch.equal(torch.rand(1), after)
+    assert not torch.allclose(read_out_of(twin).deviation.sum_square, folded[0].new_zeros(()))  # it did fold one in

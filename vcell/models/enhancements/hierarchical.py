@@ -34,7 +34,8 @@ from vcell.models.spec import ModelSpec
 ANNOTATION_START = 0.01  # the annotation features' share of the encoder's usual random start (start_as_inner)
 # The deviation moments are updated on every DEVIATION_EVERY-th training step: a count model's
 # residual needs its expected measured expression, which is exact and costly (`vcell.models.expected`:
-# every step it made `full`'s training steps 1.4-1.7x slower, every 8th ~1.08x). Their memory is ~1 /
+# every step it made `full`'s training steps 1.4-1.7x slower, every 8th ~1.08x; decoding the whole cells
+# for it, `VirtualCell.whole_residual`, ~4% more). Their memory is ~1 /
 # (1 - decay) updates (~80 steps, ~5,000 cells at 512 a step): short enough to follow the model as it
 # fits (its residuals shrink), long enough that the reliabilities do not follow one batch.
 DEVIATION_EVERY = 8
@@ -229,7 +230,8 @@ class MemberDeviation(nn.Module):
     Stein / BLUP shrinkage) weighs it by reliability = S / var(mean), in [0, 1]: near 0 where the
     members' residuals are counting noise, near 1 where the shift dominates them.
 
-    The moments come from training batches (every `DEVIATION_EVERY`-th, exponential average): no loss
+    The moments come from training batches (every `DEVIATION_EVERY`-th, exponential average), each
+    cell decoded from its whole expression as in evaluation (`VirtualCell.whole_residual`): no loss
     trains them and evaluation leaves them as they are, so a cell's activity does not depend on which
     cells share its batch. A model never trained has none: reliability 0, the decoded projection."""
 
