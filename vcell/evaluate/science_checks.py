@@ -23,7 +23,7 @@ from vcell.evaluate.metrics import (
 )
 from vcell.evaluate.science import ScienceRow, ScienceSetup, codes, trained
 from vcell.evaluate.science_time import basal_cells_by_type
-from vcell.models.blocks import gene_set_means, gene_set_projector, project_on_gene_sets
+from vcell.models.blocks import gene_set_means
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
 from vcell.models.inputs import CellInputs, Conditions
 from vcell.models.registry import RegistryView, enhancements, resolve
@@ -116,21 +116,20 @@ def check_hierarchical(setup: ScienceSetup) -> ScienceRow:
     truth_activity = true_pathway_activity(setup, test["cell_index"].numpy())
     order = [list(setup.truth.pathway_names).index(name) for name in spec.pathway_names]
     truth_activity = truth_activity[:, order]
-    gene = torch.as_tensor(spec.gene_pathway.source)
-    group = torch.as_tensor(spec.gene_pathway.target)
-    size = torch.bincount(group).float()
-    projector = gene_set_projector(gene, group, len(size))
+    member, pathway = spec.gene_pathway.source, spec.gene_pathway.target
     ours = [model.embed(batch).stats["pathway_activity"] for batch in batches_of(test, 1024)]
-    base_scores = read_out_like_hierarchical(base, setup, spec.gene_pathway.source, spec.gene_pathway.target)
-    observed = project_on_gene_sets(test["x"], gene, group, projector).numpy()
-    type_means = cell_type_means(project_on_gene_sets(setup.train["x"], gene, group, projector).numpy(),
+    base_scores = read_out_like_hierarchical(base, setup, member, pathway)
+    observed = project_on_members(test["x"], member, pathway)
+    type_means = cell_type_means(project_on_members(setup.train["x"], member, pathway),
                                  setup.train["cell_type"].numpy(), test["cell_type"].numpy())
+    gene, group = torch.as_tensor(member), torch.as_tensor(pathway)
+    size = torch.bincount(group).float()
     means = gene_set_means(test["x"], gene, group, size).numpy()
     shuffled = torch.as_tensor(np.random.default_rng(setup.seed).permutation(spec.n_genes))[gene]
     random = gene_set_means(test["x"], shuffled, group, size).numpy()
     shrunk = type_mean_with_deviation(
         (setup.train["x"].numpy(), setup.train["cell_type"].numpy()), (test["x"].numpy(), test["cell_type"].numpy()),
-        spec.gene_pathway.source, spec.gene_pathway.target)
+        member, pathway)
     baselines = {"projection of observed": observed, "cell-type mean of projection": type_means,
                  "cell-type mean plus its shrunk deviation": shrunk}
     scores = {name: float(column_correlations(value, truth_activity).mean()) for name, value in baselines.items()}
