@@ -126,8 +126,9 @@ def test_bad_holdouts_are_explained(atlas_path):
         AtlasLoader(atlas_path, loader_config(split={"holdout": [{"column": "perturbation", "test": ["KO_Z"]}]}))
     with pytest.raises(VCellError, match="no cell has time"):
         AtlasLoader(atlas_path, loader_config(split={"holdout": [{"column": "time", "test": [2.5]}]}))
-    with pytest.raises(VCellError, match="no obs column 'dose'"):
+    with pytest.raises(VCellError, match="loader.split.holdout: column 'dose' is not an obs column") as missing:
         AtlasLoader(atlas_path, loader_config(split={"holdout": [{"column": "dose", "test": ["1"]}]}))
+    assert "loader.split.holdout=[]" in missing.value.hint and "perturbation" in missing.value.hint  # how to fix it
 
 
 def test_numpy_fallback_densifies_identically(atlas_path, monkeypatch):

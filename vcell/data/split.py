@@ -49,6 +49,12 @@ def assign_splits(atlas: Atlas, config: SplitConfig) -> np.ndarray | None:
 
 def held_out_cells(atlas: Atlas, holdout: HoldoutConfig, groups: list) -> np.ndarray:
     """Boolean mask of the cells whose `holdout.column` value is one of `groups`."""
+    known = atlas.attrs["obs_columns"]
+    if holdout.column not in known:  # e.g. a config written for perturbation screens, on an atlas without any
+        raise VCellError(
+            f"loader.split.holdout: column '{holdout.column}' is not an obs column of {atlas.path}",
+            hint=f"set loader.split.holdout=[] to hold out no group, or name one of its columns: {', '.join(sorted(known))}",
+        )
     reader = AtlasReader(atlas, [holdout.column])
     values = reader.read_labels(holdout.column)
     if reader.kinds[holdout.column] == "category":
