@@ -121,11 +121,12 @@ def embed_run(run: str | Path, input_path: str | Path | None, out: str | Path, *
 
 
 def expression_warnings(trained: Trained, expression: Sequence[str]) -> list[str]:
-    if "imputed" not in expression or trained.model.head.likelihood is not None:
+    head = trained.model.head
+    if "imputed" not in expression or head.likelihood is not None or getattr(head, "detected_level", None) is not None:
         return []
-    return [f"model '{trained.config.model.name}' has no count likelihood, so no model of detection: its imputed "
-            "layer is its reconstruction, which simple baselines beat at filling missing values (README, "
-            "'Hidden-gene reconstruction'); impute with a model that has stochastic"]
+    return [f"model '{trained.config.model.name}' was trained before squared-error models learned a detected level "
+            "(model.detected_level): its imputed layer is its reconstruction, which simple baselines beat at filling "
+            "missing values (README, 'Hidden-gene reconstruction'); retrain it, or impute with a count model"]
 
 
 def cell_statistics(trained: Trained) -> dict[str, tuple[str, ...]]:

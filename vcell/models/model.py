@@ -48,7 +48,7 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
         latent=DeterministicLatent(hidden, latent),
         dynamics=ConditionShift(spec.n_perturbations, latent, control_code),
         decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout, output_axis="gene"),
-        head=GaussianHead(),
+        head=GaussianHead(spec.n_genes if config.detected_level else 0),
     )
 
 
@@ -156,6 +156,8 @@ class VirtualCell(nn.Module):
         measured = scores if self.batch_offset is None else self.batch_offset(scores, cells.batch)
         prediction = self.head.predict(measured, z, measured, cells.library)
         losses["reconstruction"] = self.head.loss(prediction, cells)
+        if self.training:
+            self.head.fit_detected(prediction, cells)
         stats.update(self.head.statistics(prediction))
         for auxiliary in self.auxiliary:
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)

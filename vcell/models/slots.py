@@ -121,24 +121,127 @@ class ConditionShift(nn.Module):
         return self.shift(z, conditions), {}
 
 
+DETECTED_DECAY = 0.98  # per training step: a ~50-step memory, so the fit follows the model as it learns
+# a gene's coefficients are shrunk as if this many hidden entries had slope 1 and no depth effect
+DETECTED_PRIOR_ENTRIES = 10.0
+
+
+class DetectedLevel(nn.Module):
+    """Each gene's value where it is detected: offset_g + slope_g x its reconstruction + depth_g x
+    log(the cell's library size), by least squares over the genes hidden in training (all detected:
+    `hide_genes` hides only non-zero values).
+
+    Why the depth: a detected gene has at least one count, and one count is more per 10,000 in a
+    shallow cell, so among cells like this one a gene that is detected reads higher the shallower the
+    cell (the per-cell-type NB baseline at the cell's depth knows this). Why a line in the
+    reconstruction: it is the gene's mean over cells like this one, dropouts included, so a gene
+    known to be detected sits above it, by more where it is often missed.
+
+    Closed form from running sums over the hidden entries (exponential, per training step), not
+    parameters: a parameter's gradient would join the model's in the global gradient-norm clip, and
+    one large enough to learn the levels in a few hundred steps clipped the rest of the model
+    (science atlas: every squared-error row moved). The coefficients are ridge estimates shrunk
+    towards slope 1 and no depth effect (DETECTED_PRIOR_ENTRIES); the slope is never below 0 (it
+    would turn the model's ranking of cells for that gene upside down); a gene never hidden keeps
+    its reconstruction."""
+
+    STATS: dict = {}
+    # each rank sums its own cells: averaged across ranks after every step (their ratios are unchanged)
+    RUNNING_STATISTICS = ("sums",)
+    TERMS = ("count", "x", "p", "l", "pp", "ll", "pl", "xp", "xl")  # x measured, p reconstructed, l log depth
+
+    def __init__(self, n_genes: int) -> None:
+        super().__init__()
+        self.register_buffer("sums", torch.zeros(len(self.TERMS), n_genes))  # over hidden entries
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moves with the model but stays float32 under a bf16 cast: variances are differences of sums."""
+        before = self.sums
+        super()._apply(fn, recurse)
+        if self.sums.dtype != before.dtype:
+            self.sums = before.to(device=self.sums.device)
+        return self
+
+    @torch.no_grad()
+    def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Fold in a training batch's hidden entries: reconstruction and measured x (B, G), library
+        sizes (B,), hidden mask (B, G)."""
+        w, p, x = hidden.float(), reconstruction.float(), x.float()
+        log_depth = torch.log(library.float().clamp(min=1.0)).unsqueeze(-1).expand_as(p)  # (B, G)
+        terms = {"count": w, "x": w * x, "p": w * p, "l": w * log_depth, "pp": w * p * p, "ll": w * log_depth.pow(2),
+                 "pl": w * p * log_depth, "xp": w * x * p, "xl": w * x * log_depth}
+        self.sums.mul_(DETECTED_DECAY).add_(torch.stack([terms[name].sum(0) for name in self.TERMS]))
+
+    def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(G,) offset, slope, depth coefficient and the mean log depth of the hidden entries."""
+        moments = dict(zip(self.TERMS, self.sums))
+        count = moments["count"]
+        n = count.clamp(min=1e-12)
+        mean = {name: moments[name] / n for name in ("x", "p", "l")}
+        centred = {a + b: moments[a + b] / n - mean[a] * mean[b] for a, b in (("p", "p"), ("l", "l"), ("p", "l"),
+                                                                          ("x", "p"), ("x", "l"))}
+        vpp, vll = centred["pp"].clamp(min=1e-8), centred["ll"].clamp(min=1e-8)
+        prior = DETECTED_PRIOR_ENTRIES
+        # ridge normal equations (slope towards 1, depth towards 0), each prior term in its variable's units
+        a11, a12, a22 = (count + prior) * vpp, count * centred["pl"], (count + prior) * vll
+        b1, b2 = count * centred["xp"] + prior * vpp, count * centred["xl"]
+        determinant = (a11 * a22 - a12 * a12).clamp(min=1e-12)
+        slope = (b1 * a22 - b2 * a12) / determinant
+        depth = (a11 * b2 - a12 * b1) / determinant
+        falling = slope < 0  # refit the depth alone with the slope at 0
+        slope = torch.where(falling, torch.zeros_like(slope), slope)
+        depth = torch.where(falling, b2 / a22, depth)
+        seen = count > 0
+        slope = torch.where(seen, slope, torch.ones_like(slope))
+        depth = torch.where(seen, depth, torch.zeros_like(depth))
+        offset = torch.where(seen, mean["x"] - slope * mean["p"], torch.zeros_like(slope))
+        return offset, slope, depth, mean["l"]
+
+    def forward(self, reconstruction: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
+        """(B, G) the detected level of each gene of reconstructed cells (B, G) of library sizes (B,)."""
+        offset, slope, depth, mean_log_depth = self.coefficients()
+        log_depth = torch.log(library.float().clamp(min=1.0)).unsqueeze(-1)  # (B, 1)
+        level = offset + slope * reconstruction.float() + depth * (log_depth - mean_log_depth)
+        return level.to(reconstruction.dtype)
+
+
 class GaussianHead(nn.Module):
-    """Base likelihood: squared error on normalised log expression (scores are expression)."""
+    """Base likelihood: squared error on normalised log expression (scores are expression).
+
+    With `n_genes` (model.detected_level) it also keeps each gene's value where it is detected
+    (`DetectedLevel`): the reconstruction is the gene's mean over cells like this one, its dropouts
+    included, so a gene known to be detected (a hidden measured gene) sits above it."""
 
     STATS: dict[str, tuple[str, ...]] = {}
     likelihood: CountLikelihood | None = None  # no count model: it cannot sample counts
     predicts_total = False
 
+    def __init__(self, n_genes: int = 0) -> None:
+        super().__init__()
+        self.detected_level = DetectedLevel(n_genes) if n_genes else None
+
     def predict(self, scores: torch.Tensor, z: torch.Tensor, basal_scores: torch.Tensor, library: torch.Tensor) -> Prediction:
-        return Prediction(expression=scores)
+        # the library size rides along for the detected level (the expression does not depend on it)
+        return Prediction(expression=scores, extra={"library": library} if self.detected_level is not None else {})
 
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         return (prediction.expression - target.x).pow(2).mean()
+
+    def fit_detected(self, prediction: Prediction, cells: CellInputs) -> None:
+        """A training step's reconstruction of its own cells, from their masked input: fold the hidden
+        genes into the detected level."""
+        if self.detected_level is not None and cells.hidden is not None:
+            self.detected_level.update(prediction.expression.detach(), cells.x, cells.library, cells.hidden)
 
     def measured(self, prediction: Prediction) -> torch.Tensor:
         return prediction.expression  # fitted by squared error to measured values: already their mean
 
     def detected(self, prediction: Prediction) -> torch.Tensor:
-        return prediction.expression  # no model of detection: its mean over all cells is its best guess
+        """(B, G) each gene's value were it detected: the learned detected level, or (without one) the
+        reconstruction, the mean over all cells being the best guess a model of no detection has."""
+        if self.detected_level is None:
+            return prediction.expression
+        return self.detected_level(prediction.expression, prediction.extra["library"])
 
     def statistics(self, prediction: Prediction) -> dict:
         return {}
@@ -211,6 +314,9 @@ class CountHead(nn.Module):
         concave, so that overstates the measured mean of every gene seen as a few counts, and a
         change of such a gene's mean more still (`vcell.models.expected`)."""
         return self.likelihood.expected_log1p(prediction, self.scale(prediction))
+
+    def fit_detected(self, prediction: Prediction, cells: CellInputs) -> None:
+        """Nothing to fit: the detected level follows from the likelihood (`detected`)."""
 
     def detected(self, prediction: Prediction) -> torch.Tensor:
         """(B, G) E[log1p(counts per 10,000) | counts > 0]: the value of a gene known to be detected

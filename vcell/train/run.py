@@ -56,6 +56,7 @@ def config_hash(config: VCellConfig | dict) -> str:
 # whose header asks whether it belongs here too.
 BEFORE_THE_KEY = {
     "model.batch_covariate": False,
+    "model.detected_level": False,  # a squared-error model imputed a hidden gene as its reconstruction
     "model.hierarchical.observed_deviation": False,  # pathway activity was the decoded cell's projection alone
     "model.response_basal_targets": False,  # before it, only perturbed or stimulated cells were response targets
     "model.regulatory.reliability_weighting": False,  # the regression's gradient was not weighted

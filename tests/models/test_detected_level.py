@@ -1,0 +1,98 @@
+"""A squared-error model's detected level (`model.detected_level`): each gene's value where it is detected,
+offset + slope x reconstruction + depth x log library size, by ridge least squares over the genes hidden
+in training."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.models.test_zoo import SPEC, random_batch
+from vcell.config.model import ModelConfig
+from vcell.models.slots import DETECTED_DECAY, DetectedLevel
+from vcell.models.zoo import build_model
+
+
+def as_tensors(*arrays):
+    return [torch.as_tensor(a, dtype=torch.float32) for a in arrays]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_genes=st.integers(1, 5), offset=st.floats(-2, 2), slope=st.floats(0.2, 3), depth=st.floats(-1, 1),
+       seed=st.integers(0, 2**16))
+def test_the_level_is_the_least_squares_fit_through_the_hidden_entries(n_genes, offset, slope, depth, seed):
+    """Many hidden entries: the ridge's pull is negligible and the fit recovers the generating plane,
+    whatever the correlation between the reconstruction and the depth; entries not hidden do not count."""
+    rng = np.random.default_rng(seed)
+    cells = 20000
+    log_library = rng.normal(8.0, 0.5, cells)
+    reconstruction = rng.normal(1.0, 0.5, (cells, n_genes)) - 0.3 * (log_library[:, None] - 8.0)  # correlated
+    x = offset + slope * reconstruction + depth * log_library[:, None] + rng.normal(0, 0.1, reconstruction.shape)
+    hidden = rng.random(reconstruction.shape) < 0.3
+    level = DetectedLevel(n_genes)
+    level.update(*as_tensors(reconstruction, np.where(hidden, x, 123.0), np.exp(log_library), hidden))
+    probe_p, probe_l = rng.normal(1.0, 0.5, (50, n_genes)), rng.normal(8.0, 0.5, 50)
+    expected = offset + slope * probe_p + depth * probe_l[:, None]
+    fitted = level(*as_tensors(probe_p, np.exp(probe_l))).numpy()
+    np.testing.assert_allclose(fitted, expected, atol=0.05)
+
+
+def test_few_entries_stay_near_the_reconstruction_and_the_slope_never_falls():
+    rng = np.random.default_rng(0)
+    level = DetectedLevel(2)
+    p = rng.normal(1.0, 0.5, (4, 2))
+    x = 1.0 - 3.0 * p  # a steeply falling relation on 4 entries of each gene
+    level.update(*as_tensors(p, x, np.full(4, 1000.0), np.ones((4, 2))))
+    offset, slope, depth, _ = level.coefficients()
+    assert (slope >= 0).all()  # never turns the model's ranking of cells upside down
+    torch.testing.assert_close(level(*as_tensors(p.mean(0, keepdims=True), [1000.0]))[0], torch.as_tensor(x.mean(0), dtype=torch.float32))
+
+
+def test_a_gene_never_hidden_keeps_its_reconstruction_and_the_sums_decay():
+    level = DetectedLevel(3)
+    values, library = torch.rand(5, 3), torch.full((5,), 500.0)
+    torch.testing.assert_close(level(values, library), values)  # nothing seen: the reconstruction
+    hidden = torch.zeros(5, 3, dtype=torch.bool)
+    hidden[:, 0] = True
+    level.update(values, values + 1.0, library, hidden)
+    torch.testing.assert_close(level(values, library)[:, 1:], values[:, 1:])
+    torch.testing.assert_close(level(values, library)[:, 0], values[:, 0] + 1.0)
+    before = level.sums.clone()
+    level.update(values, values, library, torch.zeros_like(hidden))
+    torch.testing.assert_close(level.sums, before * DETECTED_DECAY)
+
+
+def test_training_fits_it_on_hidden_genes_only_and_leaves_the_model_as_it_was():
+    """The level changes what `impute` returns; the loss, gradients and random stream are untouched."""
+    torch.manual_seed(0)
+    with_level = build_model(ModelConfig(name="base", size="tiny", mask_fraction=0.5), SPEC)
+    without = build_model(ModelConfig(name="base", size="tiny", mask_fraction=0.5, detected_level=False), SPEC)
+    assert set(with_level.state_dict()) - set(without.state_dict()) == {"head.detected_level.sums"}
+    without.load_state_dict({k: v for k, v in with_level.state_dict().items() if "detected_level" not in k})
+    for model in (with_level, without):
+        model.train()
+        torch.manual_seed(3)
+        model(random_batch(1)).loss.backward()
+    for mine, theirs in zip(with_level.parameters(), without.parameters()):
+        assert torch.equal(mine.grad, theirs.grad)
+    assert with_level.head.detected_level.sums[0].sum() > 0  # hidden entries were counted
+    batch = random_batch(2)
+    with_level.eval(), without.eval()
+    frozen = with_level.head.detected_level.sums.clone()
+    imputed, plain = with_level.impute(batch), without.impute(batch)
+    assert torch.equal(with_level.head.detected_level.sums, frozen)  # evaluation does not move it
+    torch.testing.assert_close(plain, without.reconstruct(batch).expression)
+    assert not torch.allclose(imputed, plain)
+
+
+def test_it_stays_float32_under_a_bf16_cast_and_count_models_have_none():
+    model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    model.to(torch.bfloat16)
+    assert model.head.detected_level.sums.dtype == torch.float32
+    copy.deepcopy(model)  # a cast model still copies (Ray and checkpoints do)
+    counting = build_model(ModelConfig(name="stochastic", size="tiny"), SPEC)
+    assert not any("detected_level" in key for key in counting.state_dict())
