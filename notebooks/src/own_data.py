@@ -103,7 +103,8 @@ print("\n".join(summary_lines(results)[:12]))
 # holds each cell's expression over the model's genes (log1p counts per 10,000):
 # `--expression denoised` (free of counting noise and of the batch's learned offset: for marker
 # plots and comparisons across batches) and `--expression imputed` (each gene's value were it
-# detected in the cell: fills dropouts; needs a count model such as this `stochastic`). Each is
+# detected in the cell: fills dropouts; this `stochastic` takes it from its count likelihood, a
+# squared-error model from its learned detected level, `model.detected_level`). Each is
 # cells x genes float32, so neither is written unless asked for.
 
 # %%
