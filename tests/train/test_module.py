@@ -130,16 +130,20 @@ def test_running_statistics_are_the_regulatory_buffers_and_stay_as_they_are_on_o
     module = VCellModule(config.model, SPEC, config.train)
     buffers = running_statistics(module.model)
     propagation = next(m for m in module.model.modules() if hasattr(m, "level_reliability"))
-    assert [id(b) for b in buffers] == [id(propagation.level_sd), id(propagation.level_reliability),
+    detected = module.model.head.detected_level.sums  # a squared-error model's detected level (its running sums)
+    assert [id(b) for b in buffers] == [id(detected), id(propagation.level_sd), id(propagation.level_reliability),
                                         id(propagation.intervened)]
     before = [b.clone() for b in buffers]
     average_across_ranks(buffers)  # no process group: a plain single-process run is untouched
     assert all(torch.equal(a, b) for a, b in zip(before, buffers))
     base = load_config(None, ["model.size=tiny", "model.name=base", "model.enhancements=[]"])
-    assert running_statistics(VCellModule(base.model, SPEC, base.train).model) == []  # nothing to average
+    base_model = VCellModule(base.model, SPEC, base.train).model
+    assert [id(b) for b in running_statistics(base_model)] == [id(base_model.head.detected_level.sums)]
+    counting = load_config(None, ["model.size=tiny", "model.name=stochastic"])
+    assert running_statistics(VCellModule(counting.model, SPEC, counting.train).model) == []  # nothing to average
     # the hierarchical read-out's deviation moments are averaged too (the step counts agree on every rank)
     hierarchical = load_config(None, ["model.size=tiny", "model.name=hierarchical"])
     model = VCellModule(hierarchical.model, SPEC, hierarchical.train).model
     moments = next(m for m in model.modules() if hasattr(m, "sum_square"))
-    assert [id(b) for b in running_statistics(model)] == [id(moments.residual_mean), id(moments.sum_square),
-                                                          id(moments.square_sum)]
+    assert [id(b) for b in running_statistics(model)] == [id(model.head.detected_level.sums), id(moments.residual_mean),
+                                                          id(moments.sum_square), id(moments.square_sum)]
