@@ -44,6 +44,23 @@ class MLP(nn.Sequential):
             self.AXES["0.weight"] = (first, Axis(input_axis))
 
 
+class Float32Statistics(nn.Module):
+    """A module of running statistics (its `FLOAT32_BUFFERS`) that move with the model but stay
+    float32 when the model is cast: DeepSpeed's bf16 casts every buffer, and these statistics are
+    read as differences of close sums or moments, which bf16's 8-bit mantissa cancels to noise."""
+
+    FLOAT32_BUFFERS: tuple[str, ...] = ()
+
+    def _apply(self, fn, recurse: bool = True):
+        kept = {name: getattr(self, name) for name in self.FLOAT32_BUFFERS}
+        super()._apply(fn, recurse)
+        for name, before in kept.items():
+            after = getattr(self, name)
+            if after.dtype != before.dtype:  # the device as asked, the values as they were
+                setattr(self, name, before.to(device=after.device))
+        return self
+
+
 class EdgeLinear(nn.Module):
     """y[:, dst] += w_e * x[:, src] for each annotated edge e: a linear map with weights only on
     the pairs an annotation allows (gene -> pathway, pathway -> compartment, TF -> target).

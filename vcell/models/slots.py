@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from vcell.models.axes import Axis
-from vcell.models.blocks import MLP, poisson_log_prob
+from vcell.models.blocks import MLP, Float32Statistics, poisson_log_prob
 from vcell.models.expected import expected_log1p
 from vcell.models.contracts import (
     Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout, Residual,
@@ -126,7 +126,7 @@ DETECTED_DECAY = 0.98  # per training step: a ~50-step memory, so the fit follow
 DETECTED_PRIOR_ENTRIES = 10.0
 
 
-class DetectedLevel(nn.Module):
+class DetectedLevel(Float32Statistics):
     """Each gene's value where it is detected: offset_g + slope_g x its reconstruction + depth_g x
     log(the cell's library size), by least squares over the genes hidden in training (all detected:
     `hide_genes` hides only non-zero values).
@@ -148,19 +148,12 @@ class DetectedLevel(nn.Module):
     STATS: dict = {}
     # each rank sums its own cells: averaged across ranks after every step (their ratios are unchanged)
     RUNNING_STATISTICS = ("sums",)
+    FLOAT32_BUFFERS = ("sums",)  # variances are differences of sums: float32 under a bf16 cast
     TERMS = ("count", "x", "p", "l", "pp", "ll", "pl", "xp", "xl")  # x measured, p reconstructed, l log depth
 
     def __init__(self, n_genes: int) -> None:
         super().__init__()
         self.register_buffer("sums", torch.zeros(len(self.TERMS), n_genes))  # over hidden entries
-
-    def _apply(self, fn, recurse: bool = True):
-        """Moves with the model but stays float32 under a bf16 cast: variances are differences of sums."""
-        before = self.sums
-        super()._apply(fn, recurse)
-        if self.sums.dtype != before.dtype:
-            self.sums = before.to(device=self.sums.device)
-        return self
 
     @torch.no_grad()
     def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor) -> None:

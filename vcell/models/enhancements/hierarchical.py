@@ -24,7 +24,9 @@ from torch import nn
 from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis, Stacked
-from vcell.models.blocks import PROJECTION_RIDGE, EdgeLinear, gene_set_means, gene_set_projector, project_on_gene_sets
+from vcell.models.blocks import (
+    PROJECTION_RIDGE, EdgeLinear, Float32Statistics, gene_set_means, gene_set_projector, project_on_gene_sets,
+)
 from vcell.models.inputs import CellInputs, Conditions, Prediction
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots
@@ -220,7 +222,7 @@ class PathwayActivity(nn.Module):
         }
 
 
-class MemberDeviation(nn.Module):
+class MemberDeviation(Float32Statistics):
     """How much of a pathway's measured deviation from the decoded cell is shared by its members.
 
     A cell's residual r_g (measured minus decoded, per gene) on the members of a pathway is a shift
@@ -239,6 +241,8 @@ class MemberDeviation(nn.Module):
     # each rank folds in its own cells: the trainer averages these across ranks after every step (an
     # average of exponential averages updated in step is the exponential average of the global batch)
     RUNNING_STATISTICS = ("residual_mean", "sum_square", "square_sum")
+    # reliability is a difference of two close moments: kept float32 under DeepSpeed's bf16 cast
+    FLOAT32_BUFFERS = ("members", "residual_mean", "sum_square", "square_sum")
 
     def __init__(self, gene, member_of, n_genes: int, n_pathway: int) -> None:
         super().__init__()
@@ -263,18 +267,6 @@ class MemberDeviation(nn.Module):
         if residual is not None and self.due():
             self.update(residual)
         self.training_steps += 1
-
-    def _apply(self, fn, recurse: bool = True):
-        """Moves with the model, but the moments stay float32 when the model is cast (DeepSpeed's bf16
-        casts every buffer): reliability is a difference of two close moments, which bf16's 8-bit
-        mantissa would cancel to noise."""
-        kept = {name: getattr(self, name) for name in ("members", "residual_mean", "sum_square", "square_sum")}
-        super()._apply(fn, recurse)
-        for name, before in kept.items():
-            after = getattr(self, name)
-            if after.dtype != before.dtype:  # the device as asked, the values as they were
-                setattr(self, name, before.to(device=after.device))
-        return self
 
     def member_sums(self, values: torch.Tensor) -> torch.Tensor:
         """(..., P) sums over each pathway's members of values (..., G)."""
