@@ -54,6 +54,26 @@ def test_an_all_padding_batch_gives_a_zero_loss_and_zero_gradients(name, strateg
     assert module.cells_in_step == 0
 
 
+@pytest.mark.parametrize("name", ["base", "hierarchical", "regulatory"])
+def test_an_all_padding_batch_leaves_the_running_statistics_as_they_were(name):
+    """Its rows are cells wrapped around from the start of the rank's slice: counted once already."""
+    after = {}
+    for padding in (False, True):
+        torch.manual_seed(0)
+        module = VCellModule(ModelConfig(name=name, size="tiny"), SPEC, TrainConfig())
+        before = [buffer.clone() for buffer in running_statistics(module.model)]
+        batch = random_batch()
+        batch["valid"] = torch.full((len(batch["x"]),), not padding)
+        module.training_step(batch, 0)  # the first step: every statistic is due
+        after[padding] = running_statistics(module.model)
+        deviation = getattr(module.model.readouts[0], "deviation", None) if name == "hierarchical" else None
+        if deviation is not None:
+            assert int(deviation.training_steps) == 1  # the step still counts (resume parity)
+            assert int(deviation.updates) == (0 if padding else 1)
+    assert not all(torch.equal(a, b) for a, b in zip(before, after[False]))  # real cells move them
+    assert all(torch.equal(a, b) for a, b in zip(before, after[True]))
+
+
 def test_padding_rows_are_left_out_of_a_partly_padded_batch():
     torch.manual_seed(0)
     module = VCellModule(ModelConfig(name="base", size="tiny"), SPEC, TrainConfig())

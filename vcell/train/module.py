@@ -11,6 +11,9 @@ every cell counts exactly once per epoch. Nothing here knows about Ray.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytorch_lightning as pl
 import torch
 
@@ -52,6 +55,25 @@ def every_parameter_term(model: torch.nn.Module) -> torch.Tensor:
 def running_statistics(model: torch.nn.Module) -> list[torch.Tensor]:
     """The buffers a model updates from each training batch's cells (each module's RUNNING_STATISTICS)."""
     return [getattr(module, name) for module in model.modules() for name in getattr(module, "RUNNING_STATISTICS", ())]
+
+
+@contextlib.contextmanager
+def statistics_kept(model: torch.nn.Module) -> Iterator[None]:
+    """Leaves the running statistics (and the update counters that go with them, RUNNING_COUNTERS)
+    as they were before the block.
+
+    Why: an all-padding batch's rows are real cells, wrapped around from the start of the rank's
+    slice; its forward must run (for DDP's gradient reduction) but must not fold those cells into
+    the statistics a second time this epoch."""
+    buffers = running_statistics(model) + [getattr(module, name) for module in model.modules()
+                                           for name in getattr(module, "RUNNING_COUNTERS", ())]
+    saved = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved):
+                buffer.copy_(value)
 
 
 @torch.no_grad()
@@ -96,9 +118,11 @@ class VCellModule(pl.LightningModule):
         if count_valid(batch) == 0:
             # All padding: this rank's share of the epoch ended a batch before the longest rank's.
             # Its step must still run backward (DDP reduces every rank's gradients), so it
-            # contributes a zero loss with the graph intact; a mean over no rows would be NaN.
+            # contributes a zero loss with the graph intact (a mean over no rows would be NaN), and
+            # leaves the running statistics alone (its rows are cells this epoch already counted).
             self.cells_in_step, self.tokens_in_step, self.flops_in_step = 0, 0, 0.0
-            loss = self.model(batch).loss * 0.0
+            with statistics_kept(self.model):
+                loss = self.model(batch).loss * 0.0
         else:
             batch = valid_rows(batch)
             self.cells_in_step = len(batch["x"])

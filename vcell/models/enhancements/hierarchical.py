@@ -241,6 +241,8 @@ class MemberDeviation(Float32Statistics):
     # each rank folds in its own cells: the trainer averages these across ranks after every step (an
     # average of exponential averages updated in step is the exponential average of the global batch)
     RUNNING_STATISTICS = ("residual_mean", "sum_square", "square_sum")
+    # moves with them (the first update replaces the zeros): kept with them when a step must not update
+    RUNNING_COUNTERS = ("updates",)
     # reliability is a difference of two close moments: kept float32 under DeepSpeed's bf16 cast
     FLOAT32_BUFFERS = ("members", "residual_mean", "sum_square", "square_sum")
 
