@@ -16,7 +16,8 @@ Then the hidden genes, as `vcell evaluate` scores them: a seeded 25% of each hel
 detected genes hidden from the encoder, the model's value of each were it detected
 (`VirtualCell.impute`) against the strongest baselines that apply without counts: the mean over
 the reference cells of the cell's type in which the gene is detected, and the mean of the 50
-reference cells nearest in PCA space (per-cell r, per-gene r, squared error).
+reference cells nearest in PCA space, over all of them and over those in which the gene is
+detected (per-cell r, per-gene r, squared error).
 """
 
 from __future__ import annotations
@@ -90,9 +91,10 @@ def hidden_gene_scores(model, train: dict, test: dict, pca: PCA, seed: int) -> d
     predictions = {
         "model": np.concatenate([model.impute(batch).numpy() for batch in batches_of(masked, 1024)]),
         "type_detected_mean": detected_means(reference, train[LABEL].numpy(), test[LABEL].numpy()),
-        "nearest_cells": neighbour_means(pca.transform(reference), reference, pca.transform(masked["x"].numpy()),
-                                         IMPUTE_NEIGHBOURS),
     }
+    for name, detected_only in (("nearest_cells", False), ("nearest_detected", True)):
+        predictions[name] = neighbour_means(pca.transform(reference), reference, pca.transform(masked["x"].numpy()),
+                                            IMPUTE_NEIGHBOURS, detected_only=detected_only)
     return {name: hidden_entry_correlations(value, observed, hidden) for name, value in predictions.items()}
 
 

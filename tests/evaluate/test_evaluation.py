@@ -50,8 +50,8 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
         "knn_accuracy", "ari", "nmi", "silhouette", "ilisi", "batch_knn_accuracy"}  # the simulator has batches
     assert all(0 <= v <= 1 for v in embedding["baselines"]["pca"].values())
     reconstruction = evaluation["reconstruction"]
-    assert set(reconstruction["baselines"]) == {"gene_mean", "pca", "nearest_cells", "cell_type_mean",
-                                                "cell_type_detected_mean", "cell_type_nb_detected"}
+    assert set(reconstruction["baselines"]) == {"gene_mean", "pca", "nearest_cells", "nearest_cells_detected",
+                                                "cell_type_mean", "cell_type_detected_mean", "cell_type_nb_detected"}
     assert reconstruction["hidden_entries"] > 0
     assert reconstruction["log_likelihood"]["model"] < 0
     assert set(reconstruction["log_likelihood"]["baselines"]) == {"library_size_nb", "cell_type_nb"}

@@ -219,3 +219,23 @@ def test_neighbour_means_average_the_k_nearest_reference_rows(n_reference, n_que
         nearest = NearestNeighbors(n_neighbors=min(k, n_reference), algorithm="brute").fit(reference)
         expected = values[nearest.kneighbors(query, return_distance=False)].mean(axis=1)
         np.testing.assert_allclose(means, expected, atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_reference=st.integers(1, 40), n_query=st.integers(0, 10), k=st.integers(1, 50), seed=st.integers(0, 10_000))
+def test_detected_neighbour_means_average_each_gene_over_the_neighbours_that_detect_it(n_reference, n_query, k, seed):
+    """Per gene, the mean over the k nearest rows where it is > 0; where none is, its mean over
+    every reference row that detects it (0 for a gene nothing detects)."""
+    rng = np.random.default_rng(seed)
+    reference, query = rng.normal(size=(n_reference, 3)), rng.normal(size=(n_query, 3))
+    values = np.where(rng.random((n_reference, 5)) < 0.4, rng.gamma(2.0, size=(n_reference, 5)), 0.0)
+    values[:, 4] = 0.0  # a gene no cell detects
+    means = neighbour_means(reference, values, query, k, detected_only=True)
+    assert means.shape == (n_query, 5)
+    nearest = NearestNeighbors(n_neighbors=min(k, n_reference), algorithm="brute").fit(reference)
+    for row, neighbours in enumerate(nearest.kneighbors(query, return_distance=False) if n_query else []):
+        for gene in range(5):
+            found = values[neighbours, gene][values[neighbours, gene] > 0]
+            everywhere = values[:, gene][values[:, gene] > 0]
+            expected = found.mean() if len(found) else (everywhere.mean() if len(everywhere) else 0.0)
+            assert means[row, gene] == pytest.approx(expected, abs=1e-12)

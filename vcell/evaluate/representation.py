@@ -180,6 +180,8 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         "gene_mean": lambda: np.broadcast_to(reference.mean(0), observed.shape),
         "pca": lambda: pca.reconstruct(masked),
         "nearest_cells": lambda: neighbour_means(pca.transform(reference), reference, pca.transform(masked), IMPUTE_NEIGHBOURS),
+        "nearest_cells_detected": lambda: neighbour_means(pca.transform(reference), reference, pca.transform(masked),
+                                                          IMPUTE_NEIGHBOURS, detected_only=True),
     }
     label = data.column("context") or "cell_type"
     if label in data.test and label in data.train:  # what the cell type alone says about a hidden gene
@@ -193,7 +195,7 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         "definitions": f"a seeded {MASK_FRACTION:.0%} of each held-out cell's measured genes hidden (set to 0); "
                        "Pearson r between prediction and truth at the hidden entries, per cell and per gene; "
                        f"nearest_cells: the mean of the {IMPUTE_NEIGHBOURS} reference cells nearest to the masked cell in "
-                       "PCA space (kNN smoothing); cell_type_mean: the reference mean of the cell's type; "
+                       "PCA space (kNN smoothing); nearest_cells_detected: their mean where the gene is detected; cell_type_mean: the reference mean of the cell's type; "
                        "cell_type_detected_mean: its mean over the type's reference cells in which the gene is detected "
                        "(a hidden entry is > 0); cell_type_nb_detected: E[log1p(counts per 10,000) | counts > 0] under "
                        "per-gene NBs of the cell's type at its library size; the model: its value of each gene were it "
