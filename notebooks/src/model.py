@@ -226,8 +226,9 @@ show(training_curves(pd.read_csv(RUN / "history.csv").to_dict("records"), RUN / 
 #
 # `evaluate_run` (what `vcell evaluate` and the end of `vcell train` call) scores held-out cells:
 # the embedding (kNN accuracy, ARI, NMI, batch mixing) against PCA; hidden genes (detected genes
-# whose values the encoder did not see) imputed against gene means, PCA, kNN smoothing, the
-# cell type's means (over all its cells, and over those in which the gene is detected) and, where
+# whose values the encoder did not see) imputed against gene means, PCA, kNN smoothing (the
+# nearest cells' mean, and their mean where the gene is detected), the cell type's means (over
+# all its cells, and over those in which the gene is detected) and, where
 # the atlas holds counts, the detected level under an NB per cell type at the cell's depth; perturbation
 # responses (unseen and seen) against the control, the mean perturbation and a linear model; and
 # each enhancement against its own baselines and the simulator's truth. It writes `metrics.json`,
