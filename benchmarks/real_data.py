@@ -86,7 +86,7 @@ def score(atlas: Path, model_name: str, steps: int, seed: int) -> dict[str, dict
 def hidden_gene_scores(model, train: dict, test: dict, pca: PCA, seed: int) -> dict[str, dict[str, float]]:
     """Model vs baselines on a seeded 25% of each held-out cell's detected genes (as `vcell evaluate`)."""
     mask = hidden_mask(test["x"], seed)
-    masked = dict(test, x=test["x"].masked_fill(mask, 0.0))
+    masked = dict(test, x=test["x"].masked_fill(mask, 0.0), withheld=mask)
     reference, observed, hidden = train["x"].numpy(), test["x"].numpy(), mask.numpy()
     predictions = {
         "model": np.concatenate([model.impute(batch).numpy() for batch in batches_of(masked, 1024)]),

@@ -1,6 +1,6 @@
 """A squared-error model's detected level (`model.detected_level`): each gene's value where it is detected,
-offset + slope x reconstruction + depth x log library size, by ridge least squares over the genes hidden
-in training."""
+offset + slope x reconstruction + depth x log library size + breadth x log detected genes, by ridge least
+squares over the genes hidden in training."""
 
 from __future__ import annotations
 
@@ -23,21 +23,29 @@ def as_tensors(*arrays):
 
 @settings(max_examples=25, deadline=None)
 @given(n_genes=st.integers(1, 5), offset=st.floats(-2, 2), slope=st.floats(0.2, 3), depth=st.floats(-1, 1),
-       seed=st.integers(0, 2**16))
-def test_the_level_is_the_least_squares_fit_through_the_hidden_entries(n_genes, offset, slope, depth, seed):
+       breadth=st.floats(-1, 1), seed=st.integers(0, 2**16))
+def test_the_level_is_the_least_squares_fit_through_the_hidden_entries(n_genes, offset, slope, depth, breadth, seed):
     """Many hidden entries: the ridge's pull is negligible and the fit recovers the generating plane,
-    whatever the correlation between the reconstruction and the depth; entries not hidden do not count."""
+    whatever the correlations between the reconstruction, the depth and the breadth; entries not
+    hidden do not count (except that a measured value is a detected gene)."""
     rng = np.random.default_rng(seed)
-    cells = 20000
+    cells, extra = 20000, 40  # genes besides the fitted ones: they make each cell's breadth
     log_library = rng.normal(8.0, 0.5, cells)
     reconstruction = rng.normal(1.0, 0.5, (cells, n_genes)) - 0.3 * (log_library[:, None] - 8.0)  # correlated
-    x = offset + slope * reconstruction + depth * log_library[:, None] + rng.normal(0, 0.1, reconstruction.shape)
+    shown = rng.random((cells, extra)) < np.clip(0.5 + 0.3 * (log_library[:, None] - 8.0), 0.05, 0.95)  # deeper: more genes
+    log_breadth = np.log(np.maximum(n_genes + shown.sum(1), 1))
+    offset = offset + 30.0  # a hidden value is detected (> 0), as in real data
+    x = (offset + slope * reconstruction + depth * log_library[:, None] + breadth * log_breadth[:, None]
+         + rng.normal(0, 0.1, reconstruction.shape))
     hidden = rng.random(reconstruction.shape) < 0.3
-    level = DetectedLevel(n_genes)
-    level.update(*as_tensors(reconstruction, np.where(hidden, x, 123.0), np.exp(log_library), hidden))
-    probe_p, probe_l = rng.normal(1.0, 0.5, (50, n_genes)), rng.normal(8.0, 0.5, 50)
-    expected = offset + slope * probe_p + depth * probe_l[:, None]
-    fitted = level(*as_tensors(probe_p, np.exp(probe_l))).numpy()
+    level = DetectedLevel(n_genes + extra)
+    measured = np.concatenate([np.where(hidden, x, 123.0), np.where(shown, 1.0, 0.0)], 1)  # every fitted gene detected
+    padded = np.concatenate([reconstruction, np.zeros((cells, extra))], 1)
+    level.update(*as_tensors(padded, measured, np.exp(log_library), np.concatenate([hidden, np.zeros_like(shown)], 1)))
+    probe_p, probe_l, probe_n = rng.normal(1.0, 0.5, (50, n_genes)), rng.normal(8.0, 0.5, 50), rng.normal(3.1, 0.1, 50)
+    expected = offset + slope * probe_p + depth * probe_l[:, None] + breadth * probe_n[:, None]
+    probe = np.concatenate([probe_p, np.zeros((50, extra))], 1)
+    fitted = level(*as_tensors(probe, np.exp(probe_l), np.exp(probe_n))).numpy()[:, :n_genes]
     np.testing.assert_allclose(fitted, expected, atol=0.05)
 
 
@@ -47,20 +55,21 @@ def test_few_entries_stay_near_the_reconstruction_and_the_slope_never_falls():
     p = rng.normal(1.0, 0.5, (4, 2))
     x = 1.0 - 3.0 * p  # a steeply falling relation on 4 entries of each gene
     level.update(*as_tensors(p, x, np.full(4, 1000.0), np.ones((4, 2))))
-    offset, slope, depth, _ = level.coefficients()
-    assert (slope >= 0).all()  # never turns the model's ranking of cells upside down
-    torch.testing.assert_close(level(*as_tensors(p.mean(0, keepdims=True), [1000.0]))[0], torch.as_tensor(x.mean(0), dtype=torch.float32))
+    _, weights, _ = level.coefficients()
+    assert (weights[:, 0] >= 0).all()  # never turns the model's ranking of cells upside down
+    mean_cell = level(*as_tensors(p.mean(0, keepdims=True), [1000.0], [2.0]))[0]
+    torch.testing.assert_close(mean_cell, torch.as_tensor(x.mean(0), dtype=torch.float32))
 
 
 def test_a_gene_never_hidden_keeps_its_reconstruction_and_the_sums_decay():
     level = DetectedLevel(3)
-    values, library = torch.rand(5, 3), torch.full((5,), 500.0)
-    torch.testing.assert_close(level(values, library), values)  # nothing seen: the reconstruction
+    values, library, breadth = torch.rand(5, 3), torch.full((5,), 500.0), torch.full((5,), 3.0)
+    torch.testing.assert_close(level(values, library, breadth), values)  # nothing seen: the reconstruction
     hidden = torch.zeros(5, 3, dtype=torch.bool)
     hidden[:, 0] = True
     level.update(values, values + 1.0, library, hidden)
-    torch.testing.assert_close(level(values, library)[:, 1:], values[:, 1:])
-    torch.testing.assert_close(level(values, library)[:, 0], values[:, 0] + 1.0)
+    torch.testing.assert_close(level(values, library, breadth)[:, 1:], values[:, 1:])
+    torch.testing.assert_close(level(values, library, breadth)[:, 0], values[:, 0] + 1.0)
     before = level.sums.clone()
     level.update(values, values, library, torch.zeros_like(hidden))
     torch.testing.assert_close(level.sums, before * DETECTED_DECAY)
@@ -96,3 +105,29 @@ def test_it_stays_float32_under_a_bf16_cast_and_count_models_have_none():
     copy.deepcopy(model)  # a cast model still copies (Ray and checkpoints do)
     counting = build_model(ModelConfig(name="stochastic", size="tiny"), SPEC)
     assert not any("detected_level" in key for key in counting.state_dict())
+
+
+def test_sums_saved_before_the_breadth_term_load_and_give_the_same_levels():
+    """A run saved with nine sums per gene (library size only) imputes as it did."""
+    rng = np.random.default_rng(1)
+    p, library = rng.normal(1.0, 0.5, (300, 2)), np.exp(rng.normal(8.0, 0.5, 300))
+    x = 0.5 + 0.8 * p - 0.4 * np.log(library)[:, None] + rng.normal(0, 0.1, p.shape)
+    level = DetectedLevel(2)
+    level.update(*as_tensors(p, x, library, np.ones((300, 2))))
+    old = DetectedLevel(2)
+    old.load_state_dict({"sums": level.sums[:DetectedLevel.SAVED_BEFORE_BREADTH].clone()})
+    _, weights, _ = old.coefficients()
+    assert torch.equal(weights[:, 2], torch.zeros(2))  # no breadth term
+    two_term = old(*as_tensors(p[:5], library[:5], [7.0] * 5))
+    torch.testing.assert_close(two_term, old(*as_tensors(p[:5], library[:5], [70.0] * 5)))  # breadth not read
+
+
+def test_impute_counts_withheld_genes_as_detected():
+    """Evaluation hides genes by zeroing them: `withheld` keeps the cell's breadth what it was."""
+    from vcell.models.model import detected_genes
+
+    x = torch.tensor([[1.0, 0.0, 2.0, 0.5], [0.0, 0.0, 3.0, 0.0]])
+    withheld = torch.tensor([[False, True, False, False], [True, False, False, False]])
+    assert detected_genes({"x": x}).tolist() == [3, 1]
+    assert detected_genes({"x": x, "withheld": withheld}).tolist() == [4, 2]
+    assert detected_genes({"x": x.to_sparse_csr()}).tolist() == [3, 1]

@@ -124,7 +124,7 @@ def test_count_heads_detected_level_is_what_their_non_zero_samples_average_to():
 
 def test_a_gaussian_head_has_no_model_of_detection():
     prediction = Prediction(expression=torch.randn(3, 4))
-    assert torch.equal(GaussianHead().detected(prediction), prediction.expression)
+    assert torch.equal(GaussianHead().detected(prediction, torch.full((3,), 4)), prediction.expression)
 
 
 @settings(max_examples=30, deadline=None)

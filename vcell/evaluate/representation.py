@@ -146,7 +146,7 @@ def hidden_mask(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def masked_predictions(data: HeldOut, mask: torch.Tensor) -> np.ndarray:
     """(n, G) the model's values of held-out cells' genes were they detected, from their masked input."""
-    masked = dict(data.test, x=data.test["x"].masked_fill(mask, 0.0))
+    masked = dict(data.test, x=data.test["x"].masked_fill(mask, 0.0), withheld=mask)  # still counted as detected
     return np.concatenate([data.model.impute(batch).numpy() for batch in batches_of(masked, 1024)])
 
 

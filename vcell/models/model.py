@@ -52,6 +52,15 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
+def detected_genes(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) how many genes each cell of the batch shows (x > 0), counting those `batch["withheld"]`
+    marks (measured, but set to 0 before the model sees them, as evaluation hides genes)."""
+    x = batch["x"]
+    shown = (x.to_dense() if x.layout != torch.strided else x) > 0
+    withheld = batch.get("withheld")
+    return (shown if withheld is None else shown | withheld.to(shown.device)).sum(-1)
+
+
 def start_decoder_at(decoder: MLP, start) -> None:
     """Start the decoder's scores (B, G) at each gene's typical value (G,): its mean where scores
     are expression (a Gaussian head), the log of its typical share of the counts where they are log
@@ -299,8 +308,10 @@ class VirtualCell(nn.Module):
         """(B, G) each gene's value (log1p counts per 10,000) were it detected in the cell, from
         the genes the cell shows: what a measured but missing (hidden) value is. A count model
         takes the expectation over detections (counts > 0) under its likelihood; a Gaussian model
-        has no model of detection and gives its reconstruction."""
-        return self.head.detected(self.reconstruct(batch))
+        has no model of detection and gives its reconstruction (or, with model.detected_level, its
+        learned detected level). `batch["withheld"]` (B, G) bool, optional: measured genes withheld
+        from the model (their x set to 0), which the cell still counts among its detected genes."""
+        return self.head.detected(self.reconstruct(batch), detected_genes(batch))
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
@@ -330,7 +341,7 @@ class VirtualCell(nn.Module):
                 cell = prediction if self.batch_offset is None else self.decode(z, z, cells.library)
                 views["denoised"] = cell.expression
             if imputed:
-                views["imputed"] = self.head.detected(prediction)
+                views["imputed"] = self.head.detected(prediction, detected_genes(batch))
             return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats, views=views)
 
     def training_flops(self, output: ModelOutput) -> float:
