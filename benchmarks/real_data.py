@@ -15,7 +15,8 @@ make one seed's kNN accuracy move in steps of 0.007, so a single seed decides no
 Then the hidden genes, as `vcell evaluate` scores them: a seeded 25% of each held-out cell's
 detected genes hidden from the encoder, the model's value of each were it detected
 (`VirtualCell.impute`) against the strongest baselines that apply without counts: the mean over
-the reference cells of the cell's type in which the gene is detected, and the mean of the 50
+the reference cells of the cell's type in which the gene is detected (also moved, per gene, along
+the cell's depth: its detected genes and library size), and the mean of the 50
 reference cells nearest in PCA space, over all of them and over those in which the gene is
 detected (per-cell r, per-gene r, squared error).
 """
@@ -88,14 +89,40 @@ def hidden_gene_scores(model, train: dict, test: dict, pca: PCA, seed: int) -> d
     mask = hidden_mask(test["x"], seed)
     masked = dict(test, x=test["x"].masked_fill(mask, 0.0), withheld=mask)
     reference, observed, hidden = train["x"].numpy(), test["x"].numpy(), mask.numpy()
+    types = (train[LABEL].numpy(), test[LABEL].numpy())
     predictions = {
         "model": np.concatenate([model.impute(batch).numpy() for batch in batches_of(masked, 1024)]),
-        "type_detected_mean": detected_means(reference, train[LABEL].numpy(), test[LABEL].numpy()),
+        "type_detected_mean": detected_means(reference, *types),
+        "type_and_depth": type_and_depth(train, test, types),
     }
     for name, detected_only in (("nearest_cells", False), ("nearest_detected", True)):
         predictions[name] = neighbour_means(pca.transform(reference), reference, pca.transform(masked["x"].numpy()),
                                             IMPUTE_NEIGHBOURS, detected_only=detected_only)
     return {name: hidden_entry_correlations(value, observed, hidden) for name, value in predictions.items()}
+
+
+def type_and_depth(train: dict, test: dict, types: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(n, G) the type's mean over detections, each gene moved along its depth: per gene, least
+    squares of a detected reference value on [1, its type's mean over detections, log detected genes,
+    log library size] over the reference cells that detect it; a held-out cell's depth is its own
+    (hidden genes count as detected, as they do for the model)."""
+    reference, observed = train["x"].numpy(), test["x"].numpy()
+    fitted_means, held_out_means = detected_means(reference, types[0], types[0]), detected_means(reference, *types)
+
+    def design(means: np.ndarray, x: np.ndarray, library: np.ndarray) -> np.ndarray:  # (n, G, 4)
+        per_cell = [np.log(np.maximum((x > 0).sum(1), 1)), np.log(np.maximum(library, 1.0))]
+        return np.stack([np.ones_like(means), means, *[np.broadcast_to(v[:, None], means.shape) for v in per_cell]], -1)
+
+    fitted = design(fitted_means, reference, train["library_size"].numpy())
+    held_out = design(held_out_means, observed, test["library_size"].numpy())
+    prediction = held_out_means.copy()
+    for gene in range(reference.shape[1]):
+        detected = reference[:, gene] > 0
+        if detected.sum() >= 5:  # four coefficients, and a little to spare
+            rows = fitted[detected, gene]
+            coefficients = np.linalg.solve(rows.T @ rows + 1e-6 * np.eye(4), rows.T @ reference[detected, gene])
+            prediction[:, gene] = held_out[:, gene] @ coefficients
+    return prediction
 
 
 def main() -> None:

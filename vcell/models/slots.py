@@ -125,6 +125,11 @@ class ConditionShift(nn.Module):
 DETECTED_DECAY = 0.98  # per training step: a ~50-step memory, so the fit follows the model as it learns
 # a gene's coefficients are shrunk as if this many hidden entries had slope 1 and no depth effect
 DETECTED_PRIOR_ENTRIES = 10.0
+# the breadth's coefficient is shrunk harder: where the library size is a count depth the two say
+# much the same, and a free second depth term cost the demo's per-gene r (0.793 -> 0.789 at 10
+# entries; 0.792 at 30); on pbmc68k_reduced, whose library size is no depth, it kept most of its
+# gain at 30 (per-gene r 0.277 -> 0.429 at 10, 0.423 at 30, 0.403 at 100)
+DETECTED_BREADTH_PRIOR_ENTRIES = 30.0
 
 
 class DetectedLevel(Float32Statistics):
@@ -146,7 +151,7 @@ class DetectedLevel(Float32Statistics):
     parameters: a parameter's gradient would join the model's in the global gradient-norm clip, and
     one large enough to learn the levels in a few hundred steps clipped the rest of the model
     (science atlas: every squared-error row moved). The coefficients are ridge estimates shrunk
-    towards slope 1 and no depth or breadth effect (DETECTED_PRIOR_ENTRIES); the slope is never
+    towards slope 1 and no depth or breadth effect (DETECTED_PRIOR_ENTRIES, DETECTED_BREADTH_PRIOR_ENTRIES); the slope is never
     below 0 (it would turn the model's ranking of cells for that gene upside down); a gene never
     hidden keeps its reconstruction."""
 
@@ -201,7 +206,7 @@ class DetectedLevel(Float32Statistics):
 
         names = self.VARIABLES
         variances = torch.stack([centred(v, v).clamp(min=1e-8) for v in names], -1)  # (G, 3)
-        prior = DETECTED_PRIOR_ENTRIES
+        prior = torch.tensor([DETECTED_PRIOR_ENTRIES, DETECTED_PRIOR_ENTRIES, DETECTED_BREADTH_PRIOR_ENTRIES], device=count.device)
         # ridge normal equations (slope towards 1, the others towards 0), each prior term in its variable's units
         matrix = count[:, None, None] * torch.stack([torch.stack([centred(a, b) for b in names], -1) for a in names], -2)
         matrix = matrix + torch.diag_embed(prior * variances + 1e-12)  # (G, 3, 3)
