@@ -128,6 +128,6 @@ def test_impute_counts_withheld_genes_as_detected():
 
     x = torch.tensor([[1.0, 0.0, 2.0, 0.5], [0.0, 0.0, 3.0, 0.0]])
     withheld = torch.tensor([[False, True, False, False], [True, False, False, False]])
-    assert detected_genes({"x": x}).tolist() == [3, 1]
-    assert detected_genes({"x": x, "withheld": withheld}).tolist() == [4, 2]
-    assert detected_genes({"x": x.to_sparse_csr()}).tolist() == [3, 1]
+    assert detected_genes(x).tolist() == [3, 1]
+    assert detected_genes(x, withheld).tolist() == [4, 2]
+    assert detected_genes(x.to_sparse_csr()).tolist() == [3, 1]

@@ -52,12 +52,11 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
-def detected_genes(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B,) how many genes each cell of the batch shows (x > 0), counting those `batch["withheld"]`
-    marks (measured, but set to 0 before the model sees them, as evaluation hides genes)."""
-    x = batch["x"]
+def detected_genes(x: torch.Tensor, withheld: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) how many genes each cell of x (B, G; dense or the loader's CSR) shows (x > 0), counting
+    those `withheld` (B, G) marks (measured, but set to 0 before the model sees them, as evaluation
+    hides genes)."""
     shown = (x.to_dense() if x.layout != torch.strided else x) > 0
-    withheld = batch.get("withheld")
     return (shown if withheld is None else shown | withheld.to(shown.device)).sum(-1)
 
 
@@ -311,7 +310,7 @@ class VirtualCell(nn.Module):
         has no model of detection and gives its reconstruction (or, with model.detected_level, its
         learned detected level). `batch["withheld"]` (B, G) bool, optional: measured genes withheld
         from the model (their x set to 0), which the cell still counts among its detected genes."""
-        return self.head.detected(self.reconstruct(batch), detected_genes(batch))
+        return self.head.detected(self.reconstruct(batch), detected_genes(batch["x"], batch.get("withheld")))
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
@@ -341,7 +340,7 @@ class VirtualCell(nn.Module):
                 cell = prediction if self.batch_offset is None else self.decode(z, z, cells.library)
                 views["denoised"] = cell.expression
             if imputed:
-                views["imputed"] = self.head.detected(prediction, detected_genes(batch))
+                views["imputed"] = self.head.detected(prediction, detected_genes(cells.x, batch.get("withheld")))  # x densified once
             return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats, views=views)
 
     def training_flops(self, output: ModelOutput) -> float:
