@@ -185,6 +185,8 @@ def test_config_refuses_impossible_combinations():
         loader_config(split={"val_fraction": 0.5, "test_fraction": 0.5})
     with pytest.raises(ValueError, match="clip"):
         loader_config(normalize={"clip": 10})
+    with pytest.raises(ValueError, match="sparse=true with normalize.zscore"):  # its unstored zeros would read as 0
+        loader_config(sparse=True, normalize={"zscore": True})
     with pytest.raises(ValueError, match="genes.names"):
         loader_config(genes={"select": "list"})
 

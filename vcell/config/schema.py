@@ -271,7 +271,8 @@ class LoaderConfig(Section):
     labels: list[str] = Field(
         default_factory=list, description="obs columns put in each batch (categories as global codes)"
     )
-    sparse: bool = Field(False, description="expression as a sparse CSR tensor instead of dense float32")
+    sparse: bool = Field(False, description="expression as a sparse CSR tensor instead of dense float32 (not with "
+                         "normalize.zscore: a z-scored zero is not 0)")
     keep_counts: bool = Field(False, description="also put raw counts in each batch (count likelihoods)")
     threads: int | Literal["auto"] = Field(
         "auto",
@@ -309,6 +310,10 @@ class LoaderConfig(Section):
             )
         if self.normalize.clip is not None and not self.normalize.zscore:
             raise ValueError("normalize.clip clips z-scores: it needs normalize.zscore=true")
+        if self.sparse and self.normalize.zscore:  # a sparse batch's unstored entries read as 0
+            raise ValueError("loader.sparse=true with normalize.zscore=true: a z-scored zero count is the gene's "
+                             "-mean/sd, not 0, so the batch has no zeros to leave out; set loader.sparse=false "
+                             "(or normalize.zscore=false)")
         return self
 
 
