@@ -121,3 +121,25 @@ def test_genes_the_input_lacks_enter_as_unmeasured_even_with_z_scores(trained, h
     assert bool((batch["x"][:, kept][torch.as_tensor(zeros)] == -2.0).all())  # (0 - 1) x 2 for measured zeros
     with pytest.raises(VCellError, match=r"only 34 of the model's 100 genes are in the input \(34%\), below the minimum"):
         open_cells(tmp_path / "third.h5ad", zscored, min_gene_overlap=0.5)
+
+
+def test_a_saved_z_scored_model_detects_against_its_zero_level(trained_folder, tmp_path):
+    """A model folder does not store the zero level: it follows from the saved normalisation, so a
+    model trained on z-scores takes a zero count's z-score, not 0, as 'not detected' when reopened."""
+    import json
+    import shutil
+
+    from vcell.evaluate.representation import hidden_mask
+
+    folder = shutil.copytree(trained_folder / "model", tmp_path / "model")
+    saved = json.loads((folder / "normalization.json").read_text())
+    n_genes = len(json.loads((folder / "spec.json").read_text())["gene_ids"])
+    saved.update(gene_mean=[1.0] * n_genes, gene_scale=[2.0] * n_genes, clip=None)
+    (folder / "normalization.json").write_text(json.dumps(saved))
+    model = open_trained(folder).model
+    assert torch.equal(model.zero_level, torch.full((n_genes,), -2.0)) and model.spec.zero_level is not None
+    x = torch.tensor([[-2.0, 0.0, 1.5] + [-2.0] * (n_genes - 3)] * 64)  # a zero count, a value at the mean, one above
+    assert model.inputs({"x": x}).detected[0, :3].tolist() == [False, True, True]
+    mask = hidden_mask(x, seed=0, zero_level=model.spec.zero_level)
+    assert mask[:, 1:3].any() and not mask[:, 0].any() and not mask[:, 3:].any()
+    assert open_trained(trained_folder).model.spec.zero_level is None  # no z-score: 0, as before

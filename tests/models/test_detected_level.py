@@ -41,7 +41,8 @@ def test_the_level_is_the_least_squares_fit_through_the_hidden_entries(n_genes, 
     level = DetectedLevel(n_genes + extra)
     measured = np.concatenate([np.where(hidden, x, 123.0), np.where(shown, 1.0, 0.0)], 1)  # every fitted gene detected
     padded = np.concatenate([reconstruction, np.zeros((cells, extra))], 1)
-    level.update(*as_tensors(padded, measured, np.exp(log_library), np.concatenate([hidden, np.zeros_like(shown)], 1)))
+    level.update(*as_tensors(padded, measured, np.exp(log_library), np.concatenate([hidden, np.zeros_like(shown)], 1),
+                             (measured != 0).sum(1)))
     probe_p, probe_l, probe_n = rng.normal(1.0, 0.5, (50, n_genes)), rng.normal(8.0, 0.5, 50), rng.normal(3.1, 0.1, 50)
     expected = offset + slope * probe_p + depth * probe_l[:, None] + breadth * probe_n[:, None]
     probe = np.concatenate([probe_p, np.zeros((50, extra))], 1)
@@ -54,7 +55,7 @@ def test_few_entries_stay_near_the_reconstruction_and_the_slope_never_falls():
     level = DetectedLevel(2)
     p = rng.normal(1.0, 0.5, (4, 2))
     x = 1.0 - 3.0 * p  # a steeply falling relation on 4 entries of each gene
-    level.update(*as_tensors(p, x, np.full(4, 1000.0), np.ones((4, 2))))
+    level.update(*as_tensors(p, x, np.full(4, 1000.0), np.ones((4, 2)), np.full(4, 2.0)))
     _, weights, _ = level.coefficients()
     assert (weights[:, 0] >= 0).all()  # never turns the model's ranking of cells upside down
     mean_cell = level(*as_tensors(p.mean(0, keepdims=True), [1000.0], [2.0]))[0]
@@ -67,11 +68,11 @@ def test_a_gene_never_hidden_keeps_its_reconstruction_and_the_sums_decay():
     torch.testing.assert_close(level(values, library, breadth), values)  # nothing seen: the reconstruction
     hidden = torch.zeros(5, 3, dtype=torch.bool)
     hidden[:, 0] = True
-    level.update(values, values + 1.0, library, hidden)
+    level.update(values, values + 1.0, library, hidden, breadth)
     torch.testing.assert_close(level(values, library, breadth)[:, 1:], values[:, 1:])
     torch.testing.assert_close(level(values, library, breadth)[:, 0], values[:, 0] + 1.0)
     before = level.sums.clone()
-    level.update(values, values, library, torch.zeros_like(hidden))
+    level.update(values, values, library, torch.zeros_like(hidden), breadth)
     torch.testing.assert_close(level.sums, before * DETECTED_DECAY)
 
 
@@ -113,7 +114,7 @@ def test_sums_saved_before_the_breadth_term_load_and_give_the_same_levels():
     p, library = rng.normal(1.0, 0.5, (300, 2)), np.exp(rng.normal(8.0, 0.5, 300))
     x = 0.5 + 0.8 * p - 0.4 * np.log(library)[:, None] + rng.normal(0, 0.1, p.shape)
     level = DetectedLevel(2)
-    level.update(*as_tensors(p, x, library, np.ones((300, 2))))
+    level.update(*as_tensors(p, x, library, np.ones((300, 2)), np.full(300, 2.0)))
     old = DetectedLevel(2)
     old.load_state_dict({"sums": level.sums[:DetectedLevel.SAVED_BEFORE_BREADTH].clone()})
     _, weights, _ = old.coefficients()
@@ -124,10 +125,13 @@ def test_sums_saved_before_the_breadth_term_load_and_give_the_same_levels():
 
 def test_impute_counts_withheld_genes_as_detected():
     """Evaluation hides genes by zeroing them: `withheld` keeps the cell's breadth what it was."""
-    from vcell.models.model import detected_genes
+    from vcell.models.inputs import CellInputs
+    from vcell.models.slots import detected_genes
 
     x = torch.tensor([[1.0, 0.0, 2.0, 0.5], [0.0, 0.0, 3.0, 0.0]])
     withheld = torch.tensor([[False, True, False, False], [True, False, False, False]])
-    assert detected_genes(x).tolist() == [3, 1]
-    assert detected_genes(x, withheld).tolist() == [4, 2]
-    assert detected_genes(x.to_sparse_csr()).tolist() == [3, 1]
+    columns = ModelConfig().columns
+    cells = CellInputs.from_batch({"x": x}, columns)
+    assert detected_genes(cells).tolist() == [3, 1]
+    assert detected_genes(cells, withheld).tolist() == [4, 2]
+    assert detected_genes(CellInputs.from_batch({"x": x.to_sparse_csr()}, columns)).tolist() == [3, 1]

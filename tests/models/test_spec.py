@@ -269,6 +269,54 @@ def test_gene_means_only_where_the_atlas_statistics_describe_the_values(atlas, n
         np.testing.assert_array_equal(gene_mean, np.zeros(atlas.n_genes))
 
 
+# -- detection: a gene is detected where its value is not a zero count's ---------------------------
+@pytest.mark.parametrize("normalize", [{}, {"zscore": True}, {"zscore": True, "target_sum": 1000.0, "log1p": False}],
+                         ids=["log1p", "zscore", "zscore-of-a-cp1k-atlas-refused"])
+@pytest.mark.parametrize("selected", [None, "highly_variable"])
+def test_the_model_detects_exactly_the_genes_with_counts_under_any_normalisation(atlas, normalize, selected):
+    """Under a z-score a zero count reads as the gene's -mean/sd, not 0 (so `x > 0` counted only the
+    values above the gene's mean): the spec's zero level makes the model's detection (the genes it hides
+    in training, counts among a cell's genes, makes tokens of) the genes with counts > 0, as without one,
+    and keeps it exact under a bf16 cast."""
+    genes = {"select": "highly_variable", "n_top": 50} if selected else {}
+    loader = LoaderConfig(batch_size=64, buffer_cells=128, block_cells=64, threads=0, keep_counts=True,
+                          normalize=normalize, genes=genes, split={"val_fraction": 0.0, "test_fraction": 0.0})
+    if normalize.get("log1p") is False:  # the atlas's statistics are of log1p(cp10k): no z-score of cp1k
+        with pytest.raises(VCellError, match="loader.normalize.zscore"):
+            spec_from_atlas(atlas, ModelConfig(name="base"), counts=True, normalize=loader.normalize)
+        return
+    cells = load_cells(atlas, loader, "train")
+    from vcell.data.resolve import select_genes
+    spec = spec_from_atlas(atlas, ModelConfig(name="base"), select_genes(atlas, loader.genes), counts=True,
+                           normalize=loader.normalize)
+    assert spec.n_genes == cells["x"].shape[1]
+    model = build_model(ModelConfig(name="base", size="tiny"), spec)
+    counted = cells["counts"] > 0
+    assert torch.equal(model.inputs(cells).detected, counted)
+    if normalize.get("zscore"):
+        assert (spec.zero_level < 0).all() and not torch.equal(cells["x"] > 0, counted)  # what x > 0 got wrong
+    else:
+        assert spec.zero_level is None
+    model.train()
+    from vcell.models.slots import detected_genes, hide_genes
+    x_in, hidden = hide_genes(model.inputs(cells), 0.5, training=True)
+    assert hidden.any() and not (hidden & ~counted).any() and torch.equal(x_in[hidden], torch.zeros(int(hidden.sum())))
+    torch.testing.assert_close(detected_genes(model.inputs(cells)), counted.sum(1))
+    model.to(torch.bfloat16)
+    assert model.zero_level.dtype == torch.float32 and torch.equal(model.inputs(cells).detected, counted)
+
+
+def test_count_models_refuse_a_loader_that_delivers_other_units(atlas):
+    """A count model predicts log1p(counts per 10,000): beside z-scores or cp1k its predictions would be
+    compared with values in other units, silently."""
+    for settings, named in (({"zscore": True}, "loader.normalize.zscore=True"),
+                            ({"target_sum": 1000.0}, "loader.normalize.target_sum=1000.0")):
+        with pytest.raises(VCellError, match=rf"\['stochastic'\] model raw counts .*{named}"):
+            spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True, normalize=NormalizeConfig(**settings))
+    spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True, normalize=NormalizeConfig())  # the defaults
+    spec_from_atlas(atlas, ModelConfig(name="base"), counts=True, normalize=NormalizeConfig(zscore=True))  # squared error
+
+
 def test_a_decoder_starts_at_the_gene_means_or_at_the_genes_count_shares(atlas, atlas_path):
     normalize = NormalizeConfig()
     spec = spec_from_atlas(atlas, ModelConfig(name="full"), counts=True, normalize=normalize)

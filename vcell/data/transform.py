@@ -53,6 +53,18 @@ class Normalization:
     clip: float | None
 
 
+def zero_count_values(normalization: Normalization) -> np.ndarray | None:
+    """(genes out,) float32: the value a zero count takes as the loader delivers it, its z-score
+    under a z-score (None: 0 without one). A gene is detected in a cell where its value is above
+    this; the model's detection (`ModelSpec.zero_level`) compares with these exact values."""
+    if normalization.gene_mean is None:
+        return None
+    zero = (-normalization.gene_mean * normalization.gene_scale).astype(np.float32)
+    if normalization.clip is not None:
+        np.clip(zero, -normalization.clip, normalization.clip, out=zero)
+    return zero
+
+
 class BatchAssembler:
     """`assembler(window, rows)` -> dict of numpy arrays for the batch (see `vcell.data.loader`)."""
 
@@ -71,10 +83,7 @@ class BatchAssembler:
         # Dense batches and shuffled windows are recycled once nobody holds them
         # (`vcell.data.buffers`): fresh 32 MiB arrays cost more in page faults than densifying does.
         self.pool = ArrayPool(pooled_arrays)
-        if normalization.gene_mean is not None:
-            self.zero_row = (-normalization.gene_mean * normalization.gene_scale).astype(np.float32)
-            if normalization.clip is not None:
-                np.clip(self.zero_row, -normalization.clip, normalization.clip, out=self.zero_row)
+        self.zero_row = zero_count_values(normalization)
 
     def shuffle(self, window: RowBlock, order: np.ndarray) -> tuple[RowBlock, np.ndarray]:
         """The window's rows in `order` as float32 CSR, and their library sizes (once per window).

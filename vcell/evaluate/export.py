@@ -20,7 +20,7 @@ from pathlib import Path
 
 from vcell.config.schema import VCellConfig
 from vcell.data.resolve import normalization_from_dict
-from vcell.data.transform import Normalization
+from vcell.data.transform import Normalization, zero_count_values
 from vcell.errors import VCellError
 from vcell.files import OutputKind, claim_output, current_umask, foreign_entries, output_errors, swap_into_place
 from vcell.models.model import VirtualCell
@@ -81,11 +81,12 @@ def open_trained(path: str | Path) -> Trained:
         raise VCellError(f"{directory}: incomplete model folder, missing {', '.join(missing)}",
                          hint="re-export it with this vcell version (`vcell export RUN --out DIR`), or rerun training")
     config = read_saved_config(directory)
+    normalization = normalization_from_dict(json.loads((directory / "normalization.json").read_text()))
     spec = spec_from_dict(json.loads((directory / "spec.json").read_text()))
+    spec.zero_level = zero_count_values(normalization)  # what a zero count reads as: detection, as in training
     model = build_model(config.model, spec)
     model.load_state_dict(weights, strict=True)
     categories = json.loads((directory / "categories.json").read_text())
-    normalization = normalization_from_dict(json.loads((directory / "normalization.json").read_text()))
     return Trained(directory, config, model.eval(), categories, normalization)
 
 

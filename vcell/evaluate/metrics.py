@@ -156,8 +156,8 @@ LEVEL_CHUNK_ENTRIES = 2**22  # cells x genes per expectation: ~10 float64 arrays
 
 
 def detected_nb_levels(reference: tuple[np.ndarray, np.ndarray], library: np.ndarray,
-                       groups: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(n, G) E[log1p(counts per 10,000) | counts > 0] of each gene in held-out cells of `library`
+                       groups: tuple[np.ndarray, np.ndarray] | None = None, target_sum: float = 1e4) -> np.ndarray:
+    """(n, G) E[log1p(counts per target_sum) | counts > 0] of each gene in held-out cells of `library`
     (n,) under the NBs of `library_size_nb_fits`: a detected gene's value from the cell's depth
     (and group) alone."""
     import torch
@@ -169,17 +169,21 @@ def detected_nb_levels(reference: tuple[np.ndarray, np.ndarray], library: np.nda
     for rows, mean, theta in library_size_nb_fits(reference, library, groups):
         for start in range(0, len(rows), step):
             chunk = slice(start, start + step)
-            scale = torch.as_tensor(1e4 / np.maximum(library[rows[chunk]], 1.0))[:, None]  # (rows, 1)
+            scale = torch.as_tensor(target_sum / np.maximum(library[rows[chunk]], 1.0))[:, None]  # (rows, 1)
             levels[rows[chunk]] = expected_log1p(torch.as_tensor(mean[chunk]), scale, torch.as_tensor(theta),
                                                  detected=True).numpy()
     return levels
 
 
-def detected_means(values: np.ndarray, reference_types: np.ndarray, types: np.ndarray) -> np.ndarray:
+def detected_means(values: np.ndarray, reference_types: np.ndarray, types: np.ndarray,
+                   zero_level: np.ndarray | None = None) -> np.ndarray:
     """(n, G) each gene's mean over the reference cells of each cell's type in which it is detected
-    (> 0), the overall such mean for a gene its type never shows (and 0 for a gene never detected):
-    `cell_type_means` of a hidden value known to be non-zero."""
-    detected = (values > 0).astype(values.dtype)
+    (`detected_entries` at `zero_level`), the overall such mean for a gene its type never shows (and 0
+    for a gene never detected): `cell_type_means` of a hidden value known to be detected."""
+    from vcell.models.inputs import detected_entries
+
+    detected = detected_entries(values, zero_level).astype(values.dtype)
+    values = values * detected  # a zero count's value (its z-score under a z-score) is no detection's
     overall = values.sum(0) / np.maximum(detected.sum(0), 1)
     sums, counts = cell_type_means(values, reference_types, types), cell_type_means(detected, reference_types, types)
     return np.where(counts > 0, sums / np.maximum(counts, 1e-12), overall)

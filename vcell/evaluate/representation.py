@@ -9,7 +9,7 @@ Reconstruction hides a seeded 25% of each held-out cell's measured genes and sco
 prediction at the hidden entries (per cell and per gene), against the reference's gene
 means, a PCA reconstruction from the same masked input, the mean of the reference cells nearest
 to it (kNN smoothing) and, with cell-type labels, the reference mean of its type. A hidden entry
-is a detected gene (its value is > 0), which every method may use: the model predicts the value
+is a detected gene (its value is not a zero count's), which every method may use: the model predicts the value
 of a gene were it detected (`VirtualCell.impute`), and the strongest baselines are the mean over
 the reference cells of the type in which the gene is detected and, with counts, the same under
 an NB per cell type that knows the cell's depth (one count is more per 10,000 in a shallow cell).
@@ -34,6 +34,8 @@ from vcell.evaluate.mixing import ILISI_NEIGHBOURS, ILISI_PERPLEXITY, ilisi
 from vcell.evaluate.scores import (
     adjusted_rand_index, kmeans, knn_accuracy, neighbour_means, normalized_mutual_info, silhouette_labels,
 )
+from vcell.evaluate.truth import standardised
+from vcell.models.inputs import detected_entries
 
 MASK_FRACTION = 0.25
 MASK_STREAM = 17
@@ -138,10 +140,12 @@ def batch_codes(data: HeldOut) -> tuple[np.ndarray, np.ndarray] | str:
     return codes[data.train["cell_index"].numpy()], codes[data.test["cell_index"].numpy()]
 
 
-def hidden_mask(x: torch.Tensor, seed: int) -> torch.Tensor:
-    """(n, G) bool: a seeded MASK_FRACTION of each cell's measured (x > 0) entries."""
+def hidden_mask(x: torch.Tensor, seed: int, zero_level: np.ndarray | None = None) -> torch.Tensor:
+    """(n, G) bool: a seeded MASK_FRACTION of each cell's detected entries (`detected_entries` at
+    `zero_level`, the model's `spec.zero_level`)."""
     generator = torch.Generator().manual_seed(seed * 1000 + MASK_STREAM)
-    return (x > 0) & (torch.rand(x.shape, generator=generator) < MASK_FRACTION)
+    level = None if zero_level is None else torch.as_tensor(zero_level)
+    return detected_entries(x, level) & (torch.rand(x.shape, generator=generator) < MASK_FRACTION)
 
 
 def masked_predictions(data: HeldOut, mask: torch.Tensor) -> np.ndarray:
@@ -170,8 +174,8 @@ def hidden_entry_correlations(predicted: np.ndarray, observed: np.ndarray, mask:
 
 
 def reconstruction_metrics(data: HeldOut) -> dict:
-    x = data.test["x"]
-    mask = hidden_mask(x, data.seed)
+    x, zero_level = data.test["x"], data.model.spec.zero_level
+    mask = hidden_mask(x, data.seed, zero_level)
     observed, hidden = x.numpy(), mask.numpy()
     reference, masked = data.train["x"].numpy(), np.where(hidden, 0.0, observed)
     pca = PCA(reference, data.trained.config.model.dimensions()[2])
@@ -181,23 +185,25 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         "pca": lambda: pca.reconstruct(masked),
         "nearest_cells": lambda: neighbour_means(pca.transform(reference), reference, pca.transform(masked), IMPUTE_NEIGHBOURS),
         "nearest_cells_detected": lambda: neighbour_means(pca.transform(reference), reference, pca.transform(masked),
-                                                          IMPUTE_NEIGHBOURS, detected_only=True),
+                                                          IMPUTE_NEIGHBOURS, detected_only=True, zero_level=zero_level),
     }
     label = data.column("context") or "cell_type"
     if label in data.test and label in data.train:  # what the cell type alone says about a hidden gene
         types = (data.train[label].numpy(), data.test[label].numpy())
         predictions["cell_type_mean"] = lambda: cell_type_means(reference, *types)
-        predictions["cell_type_detected_mean"] = lambda: detected_means(reference, *types)
-        if "counts" in data.train and "library_size" in data.test:
+        predictions["cell_type_detected_mean"] = lambda: detected_means(reference, *types, zero_level)
+        normalization = data.trained.normalization
+        if "counts" in data.train and "library_size" in data.test and normalization.log1p and normalization.target_sum:
             depths = (data.train["counts"].numpy(), data.train["library_size"].numpy())
-            predictions["cell_type_nb_detected"] = lambda: detected_nb_levels(depths, data.test["library_size"].numpy(), types)
+            predictions["cell_type_nb_detected"] = lambda: standardised(detected_nb_levels(
+                depths, data.test["library_size"].numpy(), types, normalization.target_sum), normalization)
     section = {
         "definitions": f"a seeded {MASK_FRACTION:.0%} of each held-out cell's measured genes hidden (set to 0); "
                        "Pearson r between prediction and truth at the hidden entries, per cell and per gene; "
                        f"nearest_cells: the mean of the {IMPUTE_NEIGHBOURS} reference cells nearest to the masked cell in "
                        "PCA space (kNN smoothing); nearest_cells_detected: their mean where the gene is detected; cell_type_mean: the reference mean of the cell's type; "
                        "cell_type_detected_mean: its mean over the type's reference cells in which the gene is detected "
-                       "(a hidden entry is > 0); cell_type_nb_detected: E[log1p(counts per 10,000) | counts > 0] under "
+                       "(a hidden entry is detected); cell_type_nb_detected: E[log1p(counts per target_sum) | counts > 0] under "
                        "per-gene NBs of the cell's type at its library size; the model: its value of each gene were it "
                        "detected (VirtualCell.impute)",
         "hidden_entries": int(hidden.sum()),

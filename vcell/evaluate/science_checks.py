@@ -25,7 +25,7 @@ from vcell.evaluate.science import ScienceRow, ScienceSetup, codes, trained
 from vcell.evaluate.science_time import basal_cells_by_type
 from vcell.models.blocks import gene_set_means
 from vcell.models.enhancements.regulatory import RegulatoryPropagation
-from vcell.models.inputs import CellInputs, Conditions
+from vcell.models.inputs import Conditions
 from vcell.models.registry import RegistryView, enhancements, resolve
 
 ATTRIBUTION_CELLS = 128
@@ -92,7 +92,7 @@ def best_edge_baseline(scores: dict[str, np.ndarray], labels: np.ndarray) -> tup
 def gradient_attribution(model, cells: dict[str, torch.Tensor]) -> np.ndarray:
     """(G_out, G_in) mean |d reconstruction_t / d x_s| over held-out cells."""
     batch = select(cells, torch.arange(min(ATTRIBUTION_CELLS, len(cells["x"]))))
-    inputs = CellInputs.from_batch(batch, model.config.columns)
+    inputs = model.inputs(batch)
     model.eval()
 
     def summed_expression(x: torch.Tensor) -> torch.Tensor:

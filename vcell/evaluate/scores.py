@@ -80,11 +80,11 @@ def nearest_reference(block: np.ndarray, reference: np.ndarray, reference_norms:
 
 
 def neighbour_means(reference: np.ndarray, values: np.ndarray, query: np.ndarray, k: int,
-                    detected_only: bool = False) -> np.ndarray:
+                    detected_only: bool = False, zero_level: np.ndarray | None = None) -> np.ndarray:
     """(n_query, G) the mean of `values` (n_reference, G) over each query's k nearest `reference`
     rows (Euclidean, coordinates (n_reference, D) and (n_query, D)): kNN smoothing, the simplest
     imputation. `detected_only`: each gene's mean over the neighbours in which it is detected
-    (value > 0; where none is, its mean over every reference row that detects it, else 0), the
+    (`detected_entries` at `zero_level`; where none is, its mean over every reference row that detects it, else 0), the
     estimate of a value known to be non-zero. In blocks of queries, so memory stays near BLOCK_BYTES."""
     reference, query = np.asarray(reference, dtype=np.float64), np.asarray(query, dtype=np.float64)
     k = min(k, len(reference))
@@ -93,13 +93,15 @@ def neighbour_means(reference: np.ndarray, values: np.ndarray, query: np.ndarray
     step = block_rows(max(len(reference), k * values.shape[1]), 17 if detected_only else 8)
     means = np.empty((len(query), values.shape[1]))
     if detected_only:
-        detected = values > 0
+        from vcell.models.inputs import detected_entries
+
+        detected = detected_entries(values, zero_level)
         overall = np.where(detected, values, 0).sum(0) / np.maximum(detected.sum(0), 1)  # (G,)
     for start in range(0, len(query), step):
         nearest = nearest_reference(query[start:start + step], reference, reference_norms, k)  # (block, k)
         neighbours = values[nearest]  # (block, k, G)
         if detected_only:
-            found = neighbours > 0
+            found = detected[nearest]  # (block, k, G)
             counts = found.sum(axis=1)  # (block, G)
             sums = np.where(found, neighbours, 0).sum(axis=1)
             means[start:start + step] = np.where(counts > 0, sums / np.maximum(counts, 1), overall)

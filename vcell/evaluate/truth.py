@@ -25,6 +25,15 @@ def normalise_counts(counts: np.ndarray, normalization) -> np.ndarray:
     return np.log1p(values) if normalization.log1p else values
 
 
+def standardised(values: np.ndarray, normalization) -> np.ndarray:
+    """(n, G) normalised values of the loader's genes -> z-scored and clipped as the loader does
+    (unchanged without loader.normalize.zscore)."""
+    if normalization.gene_mean is None:
+        return values
+    values = (values - normalization.gene_mean) * normalization.gene_scale
+    return values if normalization.clip is None else np.clip(values, -normalization.clip, normalization.clip)
+
+
 def true_expression(data, cell_type: int, *, perturbation: int = 0, time: float = 0.0,
                     hours_since_pulse: float = float("nan"), cells: int = TRUTH_CELLS) -> np.ndarray:
     """(G,) mean normalised expression of simulated cells, in the model's gene order."""
@@ -35,12 +44,7 @@ def true_expression(data, cell_type: int, *, perturbation: int = 0, time: float 
         counts = sample_condition(data.truth, cell_type, cells, rng, perturbation=perturbation, time=time,
                                   hours_since_pulse=hours_since_pulse, basal_cache=basal_cache(data))
         normalization = data.trained.normalization
-        values = normalise_counts(counts, normalization)[:, data.truth_order]
-        if normalization.gene_mean is not None:
-            values = (values - normalization.gene_mean) * normalization.gene_scale
-            if normalization.clip is not None:
-                values = np.clip(values, -normalization.clip, normalization.clip)
-        cache[key] = values.mean(0)
+        cache[key] = standardised(normalise_counts(counts, normalization)[:, data.truth_order], normalization).mean(0)
     return cache[key]
 
 

@@ -60,11 +60,20 @@ class Conditions:
         return basal
 
 
+def detected_entries(values, zero_level=None):
+    """(n, G) bool: the entries of values (n, G; torch or numpy, as zero_level) that are detections,
+    those not at the value a zero count takes as the loader delivers it (`ModelSpec.zero_level`,
+    (G,) or None: 0). Under loader.normalize.zscore a zero count reads as the gene's -mean/sd, so
+    "x > 0" would count only the values above the gene's mean."""
+    return values != (0 if zero_level is None else zero_level)
+
+
 @dataclass
 class CellInputs:
     """One batch as the model sees it: x (B, G) normalised expression, counts (B, G) raw or
     None, library (B,) total counts, context (B,) pairing group code or None, conditions;
-    hidden (B, G) bool: the genes hidden from the encoder in this pass (None: none)."""
+    hidden (B, G) bool: the genes hidden from the encoder in this pass (None: none); detected (B, G)
+    bool: the genes the cell shows (`detected_entries`)."""
 
     x: torch.Tensor
     counts: torch.Tensor | None
@@ -74,9 +83,12 @@ class CellInputs:
     hidden: torch.Tensor | None = None
     batch: torch.Tensor | None = None  # (B,) int64 batch code (model.columns.batch), read by a batch covariate
     index: torch.Tensor | None = None  # (B,) the cell's atlas row (the loader's cell_index): a stable identity
+    detected: torch.Tensor | None = None  # (B, G) bool, filled by `from_batch`
 
     @classmethod
-    def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig) -> CellInputs:
+    def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig,
+                   zero_level: torch.Tensor | None = None) -> CellInputs:
+        """The loader's dict of tensors; `zero_level` (G,): what a zero count reads as (`detected_entries`)."""
         x = batch["x"]
         if x.layout != torch.strided:  # the loader's sparse CSR option
             x = x.to_dense()
@@ -97,6 +109,7 @@ class CellInputs:
             ),
             batch=column(columns.batch, torch.long),
             index=None if batch.get("cell_index") is None else torch.as_tensor(batch["cell_index"], device=x.device),
+            detected=detected_entries(x, zero_level),
         )
 
     def take(self, rows: torch.Tensor) -> CellInputs:
@@ -109,6 +122,7 @@ class CellInputs:
             hidden=None if self.hidden is None else self.hidden[rows],
             batch=None if self.batch is None else self.batch[rows],
             index=None if self.index is None else self.index[rows],
+            detected=None if self.detected is None else self.detected[rows],
         )
 
     def split_half(self) -> torch.Tensor:

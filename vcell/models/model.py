@@ -25,13 +25,14 @@ from torch import nn
 
 from vcell.config.model import ModelConfig
 from vcell.errors import VCellError
-from vcell.models.blocks import MLP
+from vcell.models.blocks import MLP, Float32Statistics
 from vcell.models.covariates import BatchOffset
 from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
 from vcell.models.slots import (
-    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, hide_genes, pair_cells,
+    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, detected_genes, hide_genes,
+    pair_cells,
 )
 from vcell.models.spec import ModelSpec
 from vcell.models.transformer import TransformerEncoder
@@ -52,14 +53,6 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
     )
 
 
-def detected_genes(x: torch.Tensor, withheld: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) how many genes each cell of x (B, G; dense or the loader's CSR) shows (x > 0), counting
-    those `withheld` (B, G) marks (measured, but set to 0 before the model sees them, as evaluation
-    hides genes)."""
-    shown = (x.to_dense() if x.layout != torch.strided else x) > 0
-    return (shown if withheld is None else shown | withheld.to(shown.device)).sum(-1)
-
-
 def start_decoder_at(decoder: MLP, start) -> None:
     """Start the decoder's scores (B, G) at each gene's typical value (G,): its mean where scores
     are expression (a Gaussian head), the log of its typical share of the counts where they are log
@@ -77,8 +70,15 @@ def start_decoder_at(decoder: MLP, start) -> None:
         decoder[-1].bias.copy_(torch.as_tensor(start, dtype=decoder[-1].bias.dtype))
 
 
-class VirtualCell(nn.Module):
-    """The composable model (see module doc). Single-device: no distributed code in here."""
+class VirtualCell(Float32Statistics):
+    """The composable model (see module doc). Single-device: no distributed code in here.
+
+    `zero_level` (G,): what a zero count reads as in the loader's values (`ModelSpec.zero_level`; 0
+    without a z-score), against which `CellInputs.detected` is taken. Not saved (the spec, or a saved
+    model's normalisation, gives it) and float32 under a bf16 cast (`Float32Statistics`): the comparison
+    with the loader's float32 values must stay exact."""
+
+    FLOAT32_BUFFERS = ("zero_level",)
 
     def __init__(self, config: ModelConfig, spec: ModelSpec) -> None:
         super().__init__()
@@ -97,6 +97,8 @@ class VirtualCell(nn.Module):
         self.residuals = nn.ModuleList(slots.residuals)
         reads_batch = config.batch_covariate and spec.n_batches > 0  # auto: the spec has batches where the atlas does
         self.batch_offset = BatchOffset(spec.n_batches, spec.n_genes) if reads_batch else None
+        zero = torch.zeros(spec.n_genes) if spec.zero_level is None else torch.as_tensor(spec.zero_level, dtype=torch.float32)
+        self.register_buffer("zero_level", zero, persistent=False)
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
@@ -140,13 +142,13 @@ class VirtualCell(nn.Module):
 
     # -- training forward -----------------------------------------------------------------------
     def inputs(self, batch: dict[str, torch.Tensor]) -> CellInputs:
-        cells = CellInputs.from_batch(batch, self.config.columns)
+        cells = CellInputs.from_batch(batch, self.config.columns, self.zero_level)
         check_conditions(cells.conditions, self.spec)
         return cells
 
     def forward(self, batch: dict[str, torch.Tensor]) -> ModelOutput:
         cells = self.inputs(batch)
-        x_in, hidden = hide_genes(cells.x, self.config.mask_fraction, self.training)
+        x_in, hidden = hide_genes(cells, self.config.mask_fraction, self.training)
         z, prediction, losses, stats = self.cell_pass(x_in, dataclasses.replace(cells, hidden=hidden))
         response_losses, response_stats = self.response(z, x_in is cells.x, cells)
         if self.training:
@@ -290,10 +292,15 @@ class VirtualCell(nn.Module):
     def reconstruct(self, batch: dict[str, torch.Tensor], *, batch_effect: bool = True) -> Prediction:
         """The batch's cells decoded from their own (unmasked) state: as measured in their batch, or
         with `batch_effect=False` without its learned offset (what read-outs describe)."""
+        return self.decoded(batch, batch_effect)[1]
+
+    @torch.no_grad()
+    def decoded(self, batch: dict[str, torch.Tensor], batch_effect: bool = True) -> tuple[CellInputs, Prediction]:
+        """`reconstruct`, with the cells as the model read them."""
         with self.evaluating():
             cells = self.inputs(batch)
             z, _, _ = self.encode(cells.x, cells)
-            return self.decode(z, z, cells.library, batch=cells.batch if batch_effect else None)
+            return cells, self.decode(z, z, cells.library, batch=cells.batch if batch_effect else None)
 
     @torch.no_grad()
     def denoise(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -310,7 +317,8 @@ class VirtualCell(nn.Module):
         has no model of detection and gives its reconstruction (or, with model.detected_level, its
         learned detected level). `batch["withheld"]` (B, G) bool, optional: measured genes withheld
         from the model (their x set to 0), which the cell still counts among its detected genes."""
-        return self.head.detected(self.reconstruct(batch), detected_genes(batch["x"], batch.get("withheld")))
+        cells, prediction = self.decoded(batch)
+        return self.head.detected(prediction, detected_genes(cells, batch.get("withheld")))
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
@@ -340,7 +348,7 @@ class VirtualCell(nn.Module):
                 cell = prediction if self.batch_offset is None else self.decode(z, z, cells.library)
                 views["denoised"] = cell.expression
             if imputed:
-                views["imputed"] = self.head.detected(prediction, detected_genes(cells.x, batch.get("withheld")))  # x densified once
+                views["imputed"] = self.head.detected(prediction, detected_genes(cells, batch.get("withheld")))
             return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats, views=views)
 
     def training_flops(self, output: ModelOutput) -> float:

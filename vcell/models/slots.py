@@ -135,8 +135,8 @@ DETECTED_BREADTH_PRIOR_ENTRIES = 30.0
 class DetectedLevel(Float32Statistics):
     """Each gene's value where it is detected: offset_g + slope_g x its reconstruction + depth_g x
     log(the cell's library size) + breadth_g x log(the number of genes detected in the cell), by
-    least squares over the genes hidden in training (all detected: `hide_genes` hides only non-zero
-    values).
+    least squares over the genes hidden in training (all detected: `hide_genes` hides only detected
+    genes).
 
     Why the depth: a detected gene has at least one count, and one count is more per 10,000 in a
     shallow cell, so among cells like this one a gene that is detected reads higher the shallower the
@@ -183,12 +183,12 @@ class DetectedLevel(Float32Statistics):
         return {"p": reconstruction.float(), "l": per_cell(library), "n": per_cell(detected_genes)}
 
     @torch.no_grad()
-    def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor) -> None:
+    def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor,
+               detected_genes: torch.Tensor) -> None:
         """Fold in a training batch's hidden entries: reconstruction and measured x (B, G), library
-        sizes (B,), hidden mask (B, G). x holds every measured value, hidden ones too, so the
-        genes it shows are the cell's detected genes."""
+        sizes (B,), hidden mask (B, G), and how many genes each cell shows (B,), hidden ones included."""
         w, x = hidden.float(), x.float()
-        values = {"x": x, **self.regressors(reconstruction, library, (x > 0).sum(-1))}
+        values = {"x": x, **self.regressors(reconstruction, library, detected_genes)}
         terms = [w] + [w * math.prod(values[letter] for letter in name) for name in self.TERMS[1:]]
         self.sums.mul_(DETECTED_DECAY).add_(torch.stack([term.sum(0) for term in terms]))
 
@@ -259,7 +259,8 @@ class GaussianHead(nn.Module):
         """A training step's reconstruction of its own cells, from their masked input: fold the hidden
         genes into the detected level."""
         if self.detected_level is not None and cells.hidden is not None:
-            self.detected_level.update(prediction.expression.detach(), cells.x, cells.library, cells.hidden)
+            self.detected_level.update(prediction.expression.detach(), cells.x, cells.library, cells.hidden,
+                                       detected_genes(cells))
 
     def measured(self, prediction: Prediction) -> torch.Tensor:
         return prediction.expression  # fitted by squared error to measured values: already their mean
@@ -363,17 +364,24 @@ class CountHead(nn.Module):
         return {**self.mean_model.statistics(prediction), **self.likelihood.statistics(prediction)}
 
 
-def hide_genes(x: torch.Tensor, fraction: float, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(x with, in training, each measured (non-zero) gene hidden (set to 0) with `fraction`,
-    the (B, G) mask of hidden genes or None when nothing is hidden).
+def hide_genes(cells: CellInputs, fraction: float, training: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the cells' x with, in training, each detected gene (`CellInputs.detected`) hidden (set to 0)
+    with `fraction`, the (B, G) mask of hidden genes or None when nothing is hidden).
 
     The loss then covers every gene, hidden ones included: a hidden gene reads as 0 to the MLP
     encoder, like a true zero, so a loss on hidden genes alone would teach it to fill in every
     zero. The transformer encoder reads the mask: a hidden gene is a token without its value."""
     if not training or fraction <= 0:
-        return x, None
-    hidden = (x > 0) & (torch.rand_like(x) < fraction)
-    return x.masked_fill(hidden, 0.0), hidden
+        return cells.x, None
+    hidden = cells.detected & (torch.rand_like(cells.x) < fraction)
+    return cells.x.masked_fill(hidden, 0.0), hidden
+
+
+def detected_genes(cells: CellInputs, withheld: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) how many genes each cell shows, counting those `withheld` (B, G) marks (measured, but set
+    to 0 before the model sees them, as evaluation hides genes)."""
+    shown = cells.detected
+    return (shown if withheld is None else shown | withheld.to(shown.device)).sum(-1)
 
 
 def pair_cells(

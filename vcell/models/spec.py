@@ -22,7 +22,8 @@ from vcell.atlas.sources import strip_ensembl_version
 from vcell.atlas.store import Atlas
 from vcell.config.model import ModelConfig
 from vcell.config.schema import NormalizeConfig
-from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var, count_log_shares, delivered_gene_means
+from vcell.data.resolve import SYMBOL_COLUMNS, atlas_var, count_log_shares, delivered_gene_means, resolve_normalization
+from vcell.data.transform import zero_count_values
 from vcell.errors import VCellError
 from vcell.models.catalogue import NEEDS
 from vcell.models.priors import Edges, add_grn, add_pathways, unique_edges
@@ -53,6 +54,11 @@ class ModelSpec:
     # (G,) log of each gene's typical share of a cell's counts (count atlases whose statistics tell,
     # else None): where a count model's decoder starts. Not exported, like gene_mean
     gene_log_share: np.ndarray | None = None
+    # (G,) the value a zero count takes as the loader delivers it: its z-score under
+    # loader.normalize.zscore, else None (0). A gene is detected where its value is above it (what
+    # the model hides in training and counts as the cell's genes). Not exported: a saved model's
+    # normalisation (normalization.json) gives it again (`vcell.evaluate.export.open_trained`)
+    zero_level: np.ndarray | None = None
 
     @property
     def n_genes(self) -> int:
@@ -85,10 +91,12 @@ def spec_from_atlas(
     mean_library = float(atlas.attrs.get("library_size", {}).get("mean") or 1000.0)
     gene_mean = None if normalize is None else delivered_gene_means(atlas, normalize, genes)
     gene_log_share = count_log_shares(atlas, genes) if "counts" in inputs else None
+    zero_level = None if normalize is None else zero_count_values(resolve_normalization(atlas, normalize, genes))
     spec = ModelSpec(gene_ids=gene_ids, inputs=frozenset(inputs), mean_library=mean_library, gene_mean=gene_mean,
-                     gene_log_share=gene_log_share)
+                     gene_log_share=gene_log_share, zero_level=zero_level)
     needs = set().union(*(NEEDS[name] for name in config.enhancements))
     check_inputs(atlas, config, needs, spec.inputs, counts)
+    check_count_units(config, needs, normalize)
     if "gene_sets" in needs:
         add_pathways(spec, config, atlas.path)
     if "grn" in needs:
@@ -128,6 +136,26 @@ def batch_categories(atlas: Atlas, config: ModelConfig) -> list[str]:
             "(donor, lane, dataset), or model.batch_covariate=false",
         )
     return [str(name) for name in categories[column]]
+
+
+COUNT_UNITS = {"target_sum": 10000.0, "log1p": True, "zscore": False}  # what a count model predicts: log1p(cp10k)
+
+
+def check_count_units(config: ModelConfig, needs: set[str], normalize: NormalizeConfig | None) -> None:
+    """A count model predicts log1p(counts per 10,000) (`CountHead`), and evaluation, `impute` and
+    `predict` set those beside the loader's values: a VCellError unless the loader delivers the same units."""
+    if "counts" not in needs or normalize is None:
+        return
+    differ = {key: getattr(normalize, key) for key, value in COUNT_UNITS.items() if getattr(normalize, key) != value}
+    if differ:
+        users = [name for name in config.enhancements if "counts" in NEEDS[name]]
+        settings = ", ".join(f"loader.normalize.{key}={value}" for key, value in differ.items())
+        raise VCellError(
+            f"model: {users} model raw counts and predict log1p(counts per 10,000), but {settings}: the "
+            "model's predictions and the loader's values would be in different units (evaluation, impute, predict)",
+            hint="keep loader.normalize at target_sum=10000, log1p=true, zscore=false (the defaults), "
+            "or drop these enhancements for a squared-error model of the normalised values",
+        )
 
 
 def check_inputs(atlas: Atlas, config: ModelConfig, needs: set[str], inputs: frozenset[str], counts: bool) -> None:

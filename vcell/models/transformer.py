@@ -11,7 +11,7 @@ is `scaled_dot_product_attention` with a padding mask: on GPU the memory-efficie
 flash kernel takes no mask; a batch without padding passes none and may take it), on CPU torch's
 fused flash-style kernel; none keeps T x T attention maps for backward.
 
-Which genes become tokens (`select_tokens`): the expressed ones (value != 0), at most
+Which genes become tokens (`select_tokens`): the expressed ones (`CellInputs.detected`), at most
 `context_length` per cell, the top by value; zeros are never tokens (a cell with fewer expressed
 genes is padded, and padding is masked out of attention). A cell with more expressed genes than
 the context loses its lowest-expressed ones: the encoder never sees them, though the decoder
@@ -38,15 +38,16 @@ from vcell.models.inputs import CellInputs
 
 
 def select_tokens(
-    x: torch.Tensor, hidden: torch.Tensor | None, context_length: int
+    x: torch.Tensor, hidden: torch.Tensor | None, context_length: int, detected: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(genes (B, T) int64, values (B, T), is_hidden (B, T), is_token (B, T)) of each cell's tokens.
 
     x (B, G) is what the encoder may see (hidden genes already 0); `hidden` (B, G) marks the
-    hidden genes or is None. T = min(context_length, most tokens of any cell in the batch); rows
+    hidden genes or is None; `detected` (B, G) the genes the cells show (`CellInputs.detected`;
+    None: x != 0). T = min(context_length, most tokens of any cell in the batch); rows
     with fewer tokens are padded (is_token False, gene 0, value 0)."""
     hidden = torch.zeros_like(x, dtype=torch.bool) if hidden is None else hidden
-    visible = (x != 0) & ~hidden
+    visible = (x != 0 if detected is None else detected) & ~hidden
     top = torch.where(visible, x, x.new_zeros(())).amax(dim=1, keepdim=True).clamp(min=1e-6)
     # hidden genes: a random rank within the visible range (their own value must not decide)
     key = torch.where(hidden, torch.rand_like(x) * top, x)
@@ -108,7 +109,7 @@ class TransformerEncoder(nn.Module):
         self.value_head = nn.Linear(width, 1)  # a hidden gene's token -> its value
 
     def forward(self, x: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
-        genes, values, is_hidden, is_token = select_tokens(x, cells.hidden, self.config.context_length)
+        genes, values, is_hidden, is_token = select_tokens(x, cells.hidden, self.config.context_length, cells.detected)
         value = self.value_embedding(values.unsqueeze(-1))  # (B, T, 1) -> (B, T, W)
         value = torch.where(is_hidden.unsqueeze(-1), self.mask_value.to(value.dtype), value)
         tokens = self.gene_embedding(genes) + value
