@@ -38,7 +38,7 @@ from vcell.config.model import ModelConfig  # noqa: E402
 from vcell.config.schema import LoaderConfig  # noqa: E402
 from vcell.data.memory import load_cells  # noqa: E402
 from vcell.data.memory import batches_of  # noqa: E402
-from vcell.evaluate.metrics import detected_means  # noqa: E402
+from vcell.evaluate.metrics import detected_means, detected_means_with_depth  # noqa: E402
 from vcell.evaluate.representation import (  # noqa: E402
     IMPUTE_NEIGHBOURS, PCA, embedding_scores, hidden_entry_correlations, hidden_mask, latent_of,
 )
@@ -93,36 +93,13 @@ def hidden_gene_scores(model, train: dict, test: dict, pca: PCA, seed: int) -> d
     predictions = {
         "model": np.concatenate([model.impute(batch).numpy() for batch in batches_of(masked, 1024)]),
         "type_detected_mean": detected_means(reference, *types),
-        "type_and_depth": type_and_depth(train, test, types),
+        "type_and_depth": detected_means_with_depth((reference, train["library_size"].numpy()),
+                                                    (observed, test["library_size"].numpy()), types),
     }
     for name, detected_only in (("nearest_cells", False), ("nearest_detected", True)):
         predictions[name] = neighbour_means(pca.transform(reference), reference, pca.transform(masked["x"].numpy()),
                                             IMPUTE_NEIGHBOURS, detected_only=detected_only)
     return {name: hidden_entry_correlations(value, observed, hidden) for name, value in predictions.items()}
-
-
-def type_and_depth(train: dict, test: dict, types: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """(n, G) the type's mean over detections, each gene moved along its depth: per gene, least
-    squares of a detected reference value on [1, its type's mean over detections, log detected genes,
-    log library size] over the reference cells that detect it; a held-out cell's depth is its own
-    (hidden genes count as detected, as they do for the model)."""
-    reference, observed = train["x"].numpy(), test["x"].numpy()
-    fitted_means, held_out_means = detected_means(reference, types[0], types[0]), detected_means(reference, *types)
-
-    def design(means: np.ndarray, x: np.ndarray, library: np.ndarray) -> np.ndarray:  # (n, G, 4)
-        per_cell = [np.log(np.maximum((x > 0).sum(1), 1)), np.log(np.maximum(library, 1.0))]
-        return np.stack([np.ones_like(means), means, *[np.broadcast_to(v[:, None], means.shape) for v in per_cell]], -1)
-
-    fitted = design(fitted_means, reference, train["library_size"].numpy())
-    held_out = design(held_out_means, observed, test["library_size"].numpy())
-    prediction = held_out_means.copy()
-    for gene in range(reference.shape[1]):
-        detected = reference[:, gene] > 0
-        if detected.sum() >= 5:  # four coefficients, and a little to spare
-            rows = fitted[detected, gene]
-            coefficients = np.linalg.solve(rows.T @ rows + 1e-6 * np.eye(4), rows.T @ reference[detected, gene])
-            prediction[:, gene] = held_out[:, gene] @ coefficients
-    return prediction
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vcell.evaluate.metrics import (
-    average_precision, cell_type_means, column_correlations, detected_means, discretized_normal_log_prob,
+    DEPTH_FIT_MINIMUM, average_precision, cell_type_means, column_correlations, detected_means,
+    detected_means_with_depth, discretized_normal_log_prob,
     moment_dispersion, pearson, project_on_members, relative_error, roc_auc, type_mean_with_deviation,
 )
 
@@ -91,6 +92,50 @@ def test_detected_means_average_each_types_non_zero_values(values, data):
             fallback = values[values[:, gene] > 0, gene]
             expected = own.mean() if len(own) else (fallback.mean() if len(fallback) else 0.0)
             assert result[row, gene] == pytest.approx(expected)
+    # under a z-score a zero count reads as a per-gene level: the same means, shifted by it
+    level = -np.arange(1.0, genes + 1)
+    shifted = detected_means(values + level, reference_types, types, zero_level=level)
+    seen = (values > 0).any(0)
+    np.testing.assert_allclose(shifted[:, seen], result[:, seen] + level[seen])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**16), n_genes=st.integers(1, 4), shifted=st.booleans())
+def test_detected_means_with_depth_is_each_genes_least_squares_over_its_detections(seed, n_genes, shifted):
+    """Against a per-gene loop (numpy's lstsq on the design of the cells that detect the gene), with
+    a hidden gene of a held-out cell still counted in its breadth and genes too rarely detected
+    left at the type's mean; under a z-score (a per-gene zero level) the same, shifted."""
+    rng = np.random.default_rng(seed)
+    m, n, extra = 60, 7, 6
+    reference_types, types = rng.integers(0, 3, m), rng.integers(0, 3, n)
+
+    def cells(count):
+        values = np.where(rng.random((count, n_genes + extra)) < 0.6, rng.gamma(2.0, 1.0, (count, n_genes + extra)), 0.0)
+        if count == m:  # the last gene: detected in two reference cells, too few for a fit
+            values[:, -1] = 0.0
+            values[:2, -1] = [1.0, 2.0]
+        return values, np.exp(rng.normal(7.0, 0.5, count))
+    reference, held_out = cells(m), cells(n)
+    result = detected_means_with_depth(reference, held_out, (reference_types, types))
+    plain = detected_means(reference[0], reference_types, types)
+    type_means = detected_means(reference[0], reference_types, reference_types)
+
+    def design(values, library, means, gene):
+        return np.stack([np.ones(len(values)), means[:, gene], np.log(np.maximum((values > 0).sum(1), 1)),
+                         np.log(library)], 1)
+    for gene in range(n_genes + extra):
+        detected = reference[0][:, gene] > 0
+        if detected.sum() < DEPTH_FIT_MINIMUM:
+            np.testing.assert_allclose(result[:, gene], plain[:, gene])
+            continue
+        rows = design(*reference, type_means, gene)[detected]
+        coefficients = np.linalg.lstsq(rows, reference[0][detected, gene], rcond=None)[0]
+        np.testing.assert_allclose(result[:, gene], design(*held_out, plain, gene) @ coefficients, rtol=1e-4, atol=1e-4)
+    if shifted:
+        level = -rng.random(n_genes + extra) - 0.5
+        moved = detected_means_with_depth((reference[0] + level, reference[1]), (held_out[0] + level, held_out[1]),
+                                          (reference_types, types), zero_level=level)
+        np.testing.assert_allclose(moved, result + level, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("shift_sd", [0.0, 0.5])

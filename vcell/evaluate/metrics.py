@@ -189,6 +189,50 @@ def detected_means(values: np.ndarray, reference_types: np.ndarray, types: np.nd
     return np.where(counts > 0, sums / np.maximum(counts, 1e-12), overall)
 
 
+DEPTH_FIT_MINIMUM = 5  # a gene's detections in the reference: four coefficients, and a little to spare
+
+
+def detected_means_with_depth(reference: tuple[np.ndarray, np.ndarray], cells: tuple[np.ndarray, np.ndarray],
+                              types: tuple[np.ndarray, np.ndarray], zero_level: np.ndarray | None = None) -> np.ndarray:
+    """(n, G) `detected_means` moved along each cell's depth: per gene, least squares of a detected
+    reference value on [1, its type's mean over detections, log(genes the cell detects), log library
+    size] over the reference cells that detect it, read at each cell's own type and depth.
+
+    `reference`, `cells`: (values (., G), library sizes (.,)); the cells' values whole, so a hidden
+    gene still counts among the genes its cell detects (as it does for the model). A gene detected in
+    fewer than DEPTH_FIT_MINIMUM reference cells keeps its type's mean. What the model's detected level
+    knows (type, library size, breadth) without counts; with counts, the per-type NB at the cell's
+    depth (`detected_nb_levels`) plays this part. Row blocks keep memory near (block, G, 4) floats."""
+    from vcell.models.inputs import detected_entries
+
+    values, library = reference
+    fitted_means = detected_means(values, types[0], types[0], zero_level)  # (m, G) each reference cell's type's
+    means = detected_means(values, *types, zero_level)  # (n, G)
+
+    def design(rows: slice, type_means: np.ndarray, x: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """(block, G, 4) [1, type mean, log breadth, log library size] of a block of cells."""
+        block = type_means[rows]
+        breadth = np.log(np.maximum(detected_entries(x[rows], zero_level).sum(1), 1.0))
+        per_cell = [np.broadcast_to(v[:, None], block.shape) for v in (breadth, np.log(np.maximum(depth[rows], 1.0)))]
+        return np.stack([np.ones_like(block), block, *per_cell], -1).astype(np.float64)
+
+    n_genes = values.shape[1]
+    gram, target, step = np.zeros((n_genes, 4, 4)), np.zeros((n_genes, 4)), max(1, (1 << 22) // max(4 * n_genes, 1))
+    for start in range(0, len(values), step):
+        rows = slice(start, start + step)
+        columns = design(rows, fitted_means, values, library)
+        weighted = columns * detected_entries(values[rows], zero_level)[..., None]  # only where detected
+        gram += np.matmul(weighted.transpose(1, 2, 0), columns.transpose(1, 0, 2))  # (G, 4, block) @ (G, block, 4)
+        target += np.einsum("bgi,bg->gi", weighted, values[rows])
+    fitted = detected_entries(values, zero_level).sum(0) >= DEPTH_FIT_MINIMUM
+    coefficients = np.linalg.solve(gram + 1e-6 * np.eye(4), target[..., None])[..., 0]  # (G, 4)
+    for start in range(0, len(means), step):
+        rows = slice(start, start + step)
+        moved = np.einsum("bgi,gi->bg", design(rows, means, *cells), coefficients)
+        means[rows] = np.where(fitted, moved, means[rows])
+    return means
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve: P(a true edge scores above a decoy), ties count half."""
     from scipy.stats import rankdata

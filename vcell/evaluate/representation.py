@@ -11,8 +11,10 @@ means, a PCA reconstruction from the same masked input, the mean of the referenc
 to it (kNN smoothing) and, with cell-type labels, the reference mean of its type. A hidden entry
 is a detected gene (its value is not a zero count's), which every method may use: the model predicts the value
 of a gene were it detected (`VirtualCell.impute`), and the strongest baselines are the mean over
-the reference cells of the type in which the gene is detected and, with counts, the same under
-an NB per cell type that knows the cell's depth (one count is more per 10,000 in a shallow cell).
+the reference cells of the type in which the gene is detected, that mean moved along the cell's
+depth (library size and how many genes it detects, fitted per gene: what the model's detected
+level knows, without counts) and, with counts, the same under an NB per cell type that knows the
+cell's depth (one count is more per 10,000 in a shallow cell).
 
 Batch mixing (when the atlas has the `model.columns.batch` column with at least two batches):
 scib's graph iLISI of the held-out embedding (`vcell.evaluate.mixing`; 1 = mixed, 0 = separated)
@@ -29,7 +31,9 @@ import torch
 
 from vcell.data.memory import batches_of
 from vcell.evaluate.heldout import HeldOut
-from vcell.evaluate.metrics import cell_type_means, detected_means, detected_nb_levels, library_size_nb
+from vcell.evaluate.metrics import (
+    cell_type_means, detected_means, detected_means_with_depth, detected_nb_levels, library_size_nb,
+)
 from vcell.evaluate.mixing import ILISI_NEIGHBOURS, ILISI_PERPLEXITY, ilisi
 from vcell.evaluate.scores import (
     adjusted_rand_index, kmeans, knn_accuracy, neighbour_means, normalized_mutual_info, silhouette_labels,
@@ -192,6 +196,8 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         types = (data.train[label].numpy(), data.test[label].numpy())
         predictions["cell_type_mean"] = lambda: cell_type_means(reference, *types)
         predictions["cell_type_detected_mean"] = lambda: detected_means(reference, *types, zero_level)
+        depths = ((reference, data.train["library_size"].numpy()), (observed, data.test["library_size"].numpy()))
+        predictions["cell_type_detected_depth"] = lambda: detected_means_with_depth(*depths, types, zero_level)
         normalization = data.trained.normalization
         if "counts" in data.train and "library_size" in data.test and normalization.log1p and normalization.target_sum:
             depths = (data.train["counts"].numpy(), data.train["library_size"].numpy())
@@ -203,7 +209,9 @@ def reconstruction_metrics(data: HeldOut) -> dict:
                        f"nearest_cells: the mean of the {IMPUTE_NEIGHBOURS} reference cells nearest to the masked cell in "
                        "PCA space (kNN smoothing); nearest_cells_detected: their mean where the gene is detected; cell_type_mean: the reference mean of the cell's type; "
                        "cell_type_detected_mean: its mean over the type's reference cells in which the gene is detected "
-                       "(a hidden entry is detected); cell_type_nb_detected: E[log1p(counts per target_sum) | counts > 0] under "
+                       "(a hidden entry is detected); cell_type_detected_depth: that mean moved per gene by least squares "
+                       "on [1, it, log genes the cell detects, log library size] over the reference cells that detect "
+                       "the gene; cell_type_nb_detected: E[log1p(counts per target_sum) | counts > 0] under "
                        "per-gene NBs of the cell's type at its library size; the model: its value of each gene were it "
                        "detected (VirtualCell.impute)",
         "hidden_entries": int(hidden.sum()),
