@@ -196,8 +196,8 @@ def reconstruction_metrics(data: HeldOut) -> dict:
         types = (data.train[label].numpy(), data.test[label].numpy())
         predictions["cell_type_mean"] = lambda: cell_type_means(reference, *types)
         predictions["cell_type_detected_mean"] = lambda: detected_means(reference, *types, zero_level)
-        depths = ((reference, data.train["library_size"].numpy()), (observed, data.test["library_size"].numpy()))
-        predictions["cell_type_detected_depth"] = lambda: detected_means_with_depth(*depths, types, zero_level)
+        sizes = ((reference, data.train["library_size"].numpy()), (observed, data.test["library_size"].numpy()))
+        predictions["cell_type_detected_depth"] = lambda: detected_means_with_depth(*sizes, types, zero_level)
         normalization = data.trained.normalization
         if "counts" in data.train and "library_size" in data.test and normalization.log1p and normalization.target_sum:
             depths = (data.train["counts"].numpy(), data.train["library_size"].numpy())
