@@ -51,7 +51,8 @@ def test_metrics_json_has_every_section_with_baselines(evaluated):
     assert all(0 <= v <= 1 for v in embedding["baselines"]["pca"].values())
     reconstruction = evaluation["reconstruction"]
     assert set(reconstruction["baselines"]) == {"gene_mean", "pca", "nearest_cells", "nearest_cells_detected",
-                                                "cell_type_mean", "cell_type_detected_mean", "cell_type_nb_detected"}
+                                                "cell_type_mean", "cell_type_detected_mean", "cell_type_detected_depth",
+                                                "cell_type_nb_detected"}
     assert reconstruction["hidden_entries"] > 0
     assert reconstruction["log_likelihood"]["model"] < 0
     assert set(reconstruction["log_likelihood"]["baselines"]) == {"library_size_nb", "cell_type_nb"}
