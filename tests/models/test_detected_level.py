@@ -5,6 +5,7 @@ squares over the genes hidden in training."""
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -135,3 +136,20 @@ def test_impute_counts_withheld_genes_as_detected():
     assert detected_genes(cells).tolist() == [3, 1]
     assert detected_genes(cells, withheld).tolist() == [4, 2]
     assert detected_genes(CellInputs.from_batch({"x": x.to_sparse_csr()}, columns)).tolist() == [3, 1]
+
+
+def test_each_running_sum_is_its_product_summed_over_the_hidden_entries():
+    """The update sums per-cell factors by a matrix product: each sum must equal the plain definition."""
+    generator = torch.Generator().manual_seed(4)
+    reconstruction, x = torch.rand(32, 6, generator=generator), torch.rand(32, 6, generator=generator) * 3
+    hidden = torch.rand(32, 6, generator=generator) < 0.4
+    library, breadth = torch.rand(32, generator=generator) * 1e4 + 50, torch.randint(1, 400, (32,), generator=generator)
+    level = DetectedLevel(6)
+    level.update(reconstruction, x, library, hidden, breadth)
+    level.update(reconstruction, x, library, hidden, breadth)
+    values = {"x": x, "p": reconstruction, "l": torch.log(library)[:, None].expand(-1, 6),
+              "n": torch.log(breadth.float())[:, None].expand(-1, 6)}
+    for row, name in enumerate(DetectedLevel.TERMS):  # "" = the count, "lpx" = l x p x x, ...
+        product = math.prod((values[letter] for letter in name), start=torch.ones(32, 6))
+        once = (hidden.float() * product).sum(0)
+        torch.testing.assert_close(level.sums[row], once * (1 + DETECTED_DECAY), rtol=1e-5, atol=1e-3)

@@ -132,6 +132,11 @@ DETECTED_PRIOR_ENTRIES = 10.0
 DETECTED_BREADTH_PRIOR_ENTRIES = 30.0
 
 
+def letters(*names: str) -> str:
+    """The running sum of a product of variables, named by its letters in order ("" = the count)."""
+    return "".join(sorted("".join(names)))
+
+
 class DetectedLevel(Float32Statistics):
     """Each gene's value where it is detected: offset_g + slope_g x its reconstruction + depth_g x
     log(the cell's library size) + breadth_g x log(the number of genes detected in the cell), by
@@ -159,10 +164,16 @@ class DetectedLevel(Float32Statistics):
     # each rank sums its own cells: averaged across ranks after every step (their ratios are unchanged)
     RUNNING_STATISTICS = ("sums",)
     FLOAT32_BUFFERS = ("sums",)  # variances are differences of sums: float32 under a bf16 cast
-    # x measured; the regressors: p reconstructed, l log library size, n log detected genes
+    # x measured; the regressors, products of p reconstructed (per gene), l log library size and
+    # n log detected genes (per cell); each shrunk towards PRIOR_SLOPE's value by its prior entries
     VARIABLES = ("p", "l", "n")
-    TERMS = ("count", "x", "p", "l", "pp", "ll", "pl", "xp", "xl", "n", "nn", "pn", "ln", "xn")
-    SAVED_BEFORE_BREADTH = 9  # the first TERMS: sums saved before the breadth term read with its sums at 0
+    PRIOR_ENTRIES = (DETECTED_PRIOR_ENTRIES, DETECTED_PRIOR_ENTRIES, DETECTED_BREADTH_PRIOR_ENTRIES)
+    PRIOR_SLOPE = (1.0, 0.0, 0.0)
+    # the sums a least-squares fit needs (the count, x, each variable, x times each, each product of
+    # two), named by their letters; in the order saved since the breadth term, whose first 9 are the
+    # layout saved before it (read with the breadth's sums at 0: breadth 0)
+    TERMS = ("", "x", "p", "l", "pp", "ll", "lp", "px", "lx", "n", "nn", "np", "ln", "nx")
+    SAVED_BEFORE_BREADTH = 9
 
     def __init__(self, n_genes: int) -> None:
         super().__init__()
@@ -176,42 +187,49 @@ class DetectedLevel(Float32Statistics):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
-    def regressors(reconstruction: torch.Tensor, library: torch.Tensor, detected_genes: torch.Tensor) -> dict:
-        """{variable: (B, G)} of reconstructed cells (B, G), their library sizes and detected genes (B,)."""
-        def per_cell(values: torch.Tensor) -> torch.Tensor:
-            return torch.log(values.float().clamp(min=1.0)).unsqueeze(-1).expand_as(reconstruction)
-        return {"p": reconstruction.float(), "l": per_cell(library), "n": per_cell(detected_genes)}
+    def per_cell(library: torch.Tensor, detected_genes: torch.Tensor) -> dict:
+        """{"l": (B,), "n": (B,)} log library size and log detected genes."""
+        return {"l": torch.log(library.float().clamp(min=1.0)), "n": torch.log(detected_genes.float().clamp(min=1.0))}
 
     @torch.no_grad()
     def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor,
                detected_genes: torch.Tensor) -> None:
         """Fold in a training batch's hidden entries: reconstruction and measured x (B, G), library
         sizes (B,), hidden mask (B, G), and how many genes each cell shows (B,), hidden ones included."""
-        w, x = hidden.float(), x.float()
-        values = {"x": x, **self.regressors(reconstruction, library, detected_genes)}
-        terms = [w] + [w * math.prod(values[letter] for letter in name) for name in self.TERMS[1:]]
-        self.sums.mul_(DETECTED_DECAY).add_(torch.stack([term.sum(0) for term in terms]))
+        genes = {"x": x.float(), "p": reconstruction.float()}
+        cells = self.per_cell(library, detected_genes)
+        added = torch.empty_like(self.sums)
+        # a term = its per-gene letters (x, p: a (B, G) product) x its per-cell letters (l, n: a (B,)
+        # product): summed over cells as one matrix product per per-gene part
+        by_gene_part: dict[str, list[int]] = {}
+        for index, name in enumerate(self.TERMS):
+            by_gene_part.setdefault("".join(c for c in name if c in genes), []).append(index)
+        weight = hidden.float()
+        for part, indices in by_gene_part.items():
+            values = weight * math.prod((genes[c] for c in part), start=torch.ones_like(weight))  # (B, G)
+            monomials = torch.stack([math.prod((cells[c] for c in self.TERMS[i] if c in cells),
+                                               start=torch.ones_like(cells["l"])) for i in indices])  # (K, B)
+            added[indices] = monomials @ values  # (K, B) @ (B, G)
+        self.sums.mul_(DETECTED_DECAY).add_(added)
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """offset (G,), each gene's coefficients (G, 3) on VARIABLES and their means over its hidden
-        entries (G, 3): the level is offset + coefficients . (variables - means)."""
+        """offset (G,), each gene's coefficients (G, V) on VARIABLES and their means over its hidden
+        entries (G, V): the level is offset + coefficients . (variables - means)."""
         moments = dict(zip(self.TERMS, self.sums))
-        count = moments["count"]
+        count = moments[""]
         n = count.clamp(min=1e-12)
-        mean = {name: moments[name] / n for name in ("x", *self.VARIABLES)}
 
         def centred(a: str, b: str) -> torch.Tensor:
-            name = a + b if a + b in moments else b + a
-            return moments[name] / n - mean[a] * mean[b]
+            return moments[letters(a, b)] / n - (moments[a] / n) * (moments[b] / n)
 
-        names = self.VARIABLES
-        variances = torch.stack([centred(v, v).clamp(min=1e-8) for v in names], -1)  # (G, 3)
-        prior = torch.tensor([DETECTED_PRIOR_ENTRIES, DETECTED_PRIOR_ENTRIES, DETECTED_BREADTH_PRIOR_ENTRIES], device=count.device)
-        # ridge normal equations (slope towards 1, the others towards 0), each prior term in its variable's units
+        names, device = self.VARIABLES, count.device
+        variances = torch.stack([centred(v, v).clamp(min=1e-8) for v in names], -1)  # (G, V)
+        prior = torch.tensor(self.PRIOR_ENTRIES, device=device) * variances  # each prior term in its variable's units
+        slope = torch.tensor(self.PRIOR_SLOPE, device=device)
+        # ridge normal equations: each coefficient shrunk towards PRIOR_SLOPE's value
         matrix = count[:, None, None] * torch.stack([torch.stack([centred(a, b) for b in names], -1) for a in names], -2)
-        matrix = matrix + torch.diag_embed(prior * variances + 1e-12)  # (G, 3, 3)
-        target = count[:, None] * torch.stack([centred("x", v) for v in names], -1)  # (G, 3)
-        target = target + prior * variances * torch.tensor([1.0, 0.0, 0.0], device=count.device)
+        matrix = matrix + torch.diag_embed(prior + 1e-12)  # (G, V, V)
+        target = count[:, None] * torch.stack([centred("x", v) for v in names], -1) + prior * slope  # (G, V)
         weights = torch.linalg.solve(matrix, target)
         # slope below 0: refit the others with the slope held at 0 (its row and column made the identity's)
         held = matrix.clone()
@@ -219,17 +237,20 @@ class DetectedLevel(Float32Statistics):
         refit = torch.linalg.solve(held, torch.cat([torch.zeros_like(target[:, :1]), target[:, 1:]], -1))
         weights = torch.where((weights[:, :1] < 0), refit, weights)
         seen = (count > 0)[:, None]
-        weights = torch.where(seen, weights, torch.tensor([1.0, 0.0, 0.0], device=count.device))
-        means = torch.stack([mean[v] for v in names], -1)
-        offset = torch.where(seen[:, 0], mean["x"], torch.zeros_like(count))
+        weights = torch.where(seen, weights, slope)
+        means = torch.stack([moments[v] / n for v in names], -1)
+        offset = torch.where(seen[:, 0], moments["x"] / n, torch.zeros_like(count))
         return offset, weights, torch.where(seen, means, torch.zeros_like(means))
 
     def forward(self, reconstruction: torch.Tensor, library: torch.Tensor, detected_genes: torch.Tensor) -> torch.Tensor:
         """(B, G) the detected level of each gene of reconstructed cells (B, G) with library sizes and
         detected genes (B,) (a gene withheld from the model but measured counts as detected)."""
         offset, weights, means = self.coefficients()
-        values = self.regressors(reconstruction, library, detected_genes)
-        level = offset + sum(weights[:, i] * (values[v] - means[:, i]) for i, v in enumerate(self.VARIABLES))
+        cells = {name: value[:, None] for name, value in self.per_cell(library, detected_genes).items()}  # (B, 1)
+        values = {"p": reconstruction.float(), **cells}
+        level = offset
+        for i, variable in enumerate(self.VARIABLES):
+            level = level + weights[:, i] * (math.prod(values[c] for c in variable) - means[:, i])
         return level.to(reconstruction.dtype)
 
 
