@@ -143,3 +143,26 @@ def test_a_saved_z_scored_model_detects_against_its_zero_level(trained_folder, t
     mask = hidden_mask(x, seed=0, zero_level=model.spec.zero_level)
     assert mask[:, 1:3].any() and not mask[:, 0].any() and not mask[:, 3:].any()
     assert open_trained(trained_folder).model.spec.zero_level is None  # no z-score: 0, as before
+
+
+def test_an_input_lacking_genes_marks_them_and_keeps_each_cells_breadth(trained, h5ad_input, tmp_path):
+    """Genes the input lacks are marked `unmeasured`: never detected, and a cell's count of detected
+    genes (the detected level's breadth, a depth measure) is scaled up from the genes it has, so a
+    cell read from a partial panel is not taken for a shallow one."""
+    from vcell.models.slots import detected_genes
+
+    table = ad.read_h5ad(h5ad_input)
+    n_genes = len(trained.model.spec.gene_ids)
+    kept = np.sort(np.random.default_rng(0).choice(n_genes, n_genes // 2, replace=False))
+    table[:, kept].copy().write_h5ad(tmp_path / "half.h5ad")
+    (_, whole), = list(open_cells(h5ad_input, trained).batches(table.n_obs))
+    (_, half), = list(open_cells(tmp_path / "half.h5ad", trained).batches(table.n_obs))
+    assert "unmeasured" not in whole
+    missing = np.setdiff1d(np.arange(n_genes), kept)
+    assert bool(half["unmeasured"][:, missing].all()) and not bool(half["unmeasured"][:, kept].any())
+    cells = trained.model.inputs(half)
+    assert not bool(cells.detected[:, missing].any())
+    full_count, scaled = detected_genes(trained.model.inputs(whole)).double(), detected_genes(cells).double()
+    unscaled = cells.detected.sum(1).double()
+    assert abs(float((scaled / full_count).mean()) - 1) < 0.1  # about the whole input's count
+    assert float((unscaled / full_count).mean()) < 0.6  # what counting only the measured genes gave

@@ -8,7 +8,8 @@
 Genes are matched to the model's vocabulary by ID, then by symbol; model genes the input
 lacks are unmeasured: they enter the model as a gene hidden in training does (0 in its input
 space; zero counts before normalisation, so with `normalize.zscore` they are not the z-score of
-a zero). Input genes the model does not know are otherwise ignored but still count towards each
+a zero), and `batch["unmeasured"]` marks them: the model takes them as neither detected nor not
+(`vcell.models.slots.detected_genes`). Input genes the model does not know are otherwise ignored but still count towards each
 cell's library size, exactly as the training loader does. `min_gene_overlap` refuses an input
 sharing fewer than that share of the model's genes. Normalisation (z-score statistics included) is the training run's,
 from the model folder, not the new input's. Category columns are re-coded to the model's
@@ -66,6 +67,8 @@ class CellStream:
             batch = to_tensors(self.assembler(window, library, 0, size), self.assembler.n_out)
             if len(self.unmeasured):
                 batch["x"][:, torch.as_tensor(self.unmeasured)] = 0.0  # what a hidden gene reads as in training
+                batch["unmeasured"] = torch.zeros(batch["x"].shape, dtype=torch.bool)
+                batch["unmeasured"][:, torch.as_tensor(self.unmeasured)] = True  # not detected, nor counted as such
             yield slice(position, position + size), batch
             position += size
 

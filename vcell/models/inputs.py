@@ -68,12 +68,25 @@ def detected_entries(values, zero_level=None):
     return values != (0 if zero_level is None else zero_level)
 
 
+def known_entries(shown: torch.Tensor, withheld: torch.Tensor | None, unmeasured: torch.Tensor | None) -> dict:
+    """CellInputs' detected, withheld and unmeasured masks: a withheld or unmeasured gene reads as 0,
+    which under a z-score is no zero count's value, so it is never among the genes the cell shows."""
+    masks = {"withheld": withheld, "unmeasured": unmeasured}
+    masks = {name: None if mask is None else mask.to(device=shown.device, dtype=torch.bool) for name, mask in masks.items()}
+    for mask in masks.values():
+        shown = shown if mask is None else shown & ~mask
+    return {"detected": shown, **masks}
+
+
 @dataclass
 class CellInputs:
     """One batch as the model sees it: x (B, G) normalised expression, counts (B, G) raw or
     None, library (B,) total counts, context (B,) pairing group code or None, conditions;
     hidden (B, G) bool: the genes hidden from the encoder in this pass (None: none); detected (B, G)
-    bool: the genes the cell shows (`detected_entries`)."""
+    bool: the genes the cell shows (`detected_entries`), neither withheld nor unmeasured; withheld
+    (B, G) bool or None: measured genes set to 0 before the model sees them (as evaluation hides
+    genes): detected, their values unknown; unmeasured (B, G) bool or None: genes the input lacks
+    (`vcell.evaluate.cells`): nothing known."""
 
     x: torch.Tensor
     counts: torch.Tensor | None
@@ -84,11 +97,14 @@ class CellInputs:
     batch: torch.Tensor | None = None  # (B,) int64 batch code (model.columns.batch), read by a batch covariate
     index: torch.Tensor | None = None  # (B,) the cell's atlas row (the loader's cell_index): a stable identity
     detected: torch.Tensor | None = None  # (B, G) bool, filled by `from_batch`
+    withheld: torch.Tensor | None = None  # (B, G) bool: batch["withheld"]
+    unmeasured: torch.Tensor | None = None  # (B, G) bool: batch["unmeasured"]
 
     @classmethod
     def from_batch(cls, batch: dict[str, torch.Tensor], columns: ColumnsConfig,
                    zero_level: torch.Tensor | None = None) -> CellInputs:
-        """The loader's dict of tensors; `zero_level` (G,): what a zero count reads as (`detected_entries`)."""
+        """The loader's dict of tensors (optional "withheld" and "unmeasured" masks, see the class doc);
+        `zero_level` (G,): what a zero count reads as (`detected_entries`)."""
         x = batch["x"]
         if x.layout != torch.strided:  # the loader's sparse CSR option
             x = x.to_dense()
@@ -109,7 +125,7 @@ class CellInputs:
             ),
             batch=column(columns.batch, torch.long),
             index=None if batch.get("cell_index") is None else torch.as_tensor(batch["cell_index"], device=x.device),
-            detected=detected_entries(x, zero_level),
+            **known_entries(detected_entries(x, zero_level), batch.get("withheld"), batch.get("unmeasured")),
         )
 
     def take(self, rows: torch.Tensor) -> CellInputs:
@@ -122,7 +138,8 @@ class CellInputs:
             hidden=None if self.hidden is None else self.hidden[rows],
             batch=None if self.batch is None else self.batch[rows],
             index=None if self.index is None else self.index[rows],
-            detected=None if self.detected is None else self.detected[rows],
+            **{name: None if getattr(self, name) is None else getattr(self, name)[rows]
+               for name in ("detected", "withheld", "unmeasured")},
         )
 
     def split_half(self) -> torch.Tensor:

@@ -316,9 +316,10 @@ class VirtualCell(Float32Statistics):
         takes the expectation over detections (counts > 0) under its likelihood; a Gaussian model
         has no model of detection and gives its reconstruction (or, with model.detected_level, its
         learned detected level). `batch["withheld"]` (B, G) bool, optional: measured genes withheld
-        from the model (their x set to 0), which the cell still counts among its detected genes."""
+        from the model (their x set to 0), which the cell still counts among its detected genes;
+        `batch["unmeasured"]`: genes the input lacks (`vcell.evaluate.cells`; see `detected_genes`)."""
         cells, prediction = self.decoded(batch)
-        return self.head.detected(prediction, detected_genes(cells, batch.get("withheld")))
+        return self.head.detected(prediction, detected_genes(cells))
 
     @torch.no_grad()
     def sample(self, batch: dict[str, torch.Tensor], conditions: Conditions | None = None) -> torch.Tensor:
@@ -348,7 +349,7 @@ class VirtualCell(Float32Statistics):
                 cell = prediction if self.batch_offset is None else self.decode(z, z, cells.library)
                 views["denoised"] = cell.expression
             if imputed:
-                views["imputed"] = self.head.detected(prediction, detected_genes(cells, batch.get("withheld")))
+                views["imputed"] = self.head.detected(prediction, detected_genes(cells))
             return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats, views=views)
 
     def training_flops(self, output: ModelOutput) -> float:

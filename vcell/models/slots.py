@@ -196,21 +196,10 @@ class DetectedLevel(Float32Statistics):
                detected_genes: torch.Tensor) -> None:
         """Fold in a training batch's hidden entries: reconstruction and measured x (B, G), library
         sizes (B,), hidden mask (B, G), and how many genes each cell shows (B,), hidden ones included."""
-        genes = {"x": x.float(), "p": reconstruction.float()}
-        cells = self.per_cell(library, detected_genes)
-        added = torch.empty_like(self.sums)
-        # a term = its per-gene letters (x, p: a (B, G) product) x its per-cell letters (l, n: a (B,)
-        # product): summed over cells as one matrix product per per-gene part
-        by_gene_part: dict[str, list[int]] = {}
-        for index, name in enumerate(self.TERMS):
-            by_gene_part.setdefault("".join(c for c in name if c in genes), []).append(index)
-        weight = hidden.float()
-        for part, indices in by_gene_part.items():
-            values = weight * math.prod((genes[c] for c in part), start=torch.ones_like(weight))  # (B, G)
-            monomials = torch.stack([math.prod((cells[c] for c in self.TERMS[i] if c in cells),
-                                               start=torch.ones_like(cells["l"])) for i in indices])  # (K, B)
-            added[indices] = monomials @ values  # (K, B) @ (B, G)
-        self.sums.mul_(DETECTED_DECAY).add_(added)
+        cells = {name: value[:, None] for name, value in self.per_cell(library, detected_genes).items()}  # (B, 1)
+        values, weight = {"x": x.float(), "p": reconstruction.float(), **cells}, hidden.float()
+        terms = [(weight * math.prod((values[letter] for letter in name), start=1.0)).sum(0) for name in self.TERMS]
+        self.sums.mul_(DETECTED_DECAY).add_(torch.stack(terms))
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """offset (G,), each gene's coefficients (G, V) on VARIABLES and their means over its hidden
@@ -398,11 +387,17 @@ def hide_genes(cells: CellInputs, fraction: float, training: bool) -> tuple[torc
     return cells.x.masked_fill(hidden, 0.0), hidden
 
 
-def detected_genes(cells: CellInputs, withheld: torch.Tensor | None = None) -> torch.Tensor:
-    """(B,) how many genes each cell shows, counting those `withheld` (B, G) marks (measured, but set
-    to 0 before the model sees them, as evaluation hides genes)."""
-    shown = cells.detected
-    return (shown if withheld is None else shown | withheld.to(shown.device)).sum(-1)
+def detected_genes(cells: CellInputs) -> torch.Tensor:
+    """(B,) how many genes each cell detects: those it shows and those withheld (measured, detected,
+    set to 0 before the model sees them, as evaluation hides genes); where the input lacks some genes
+    (`cells.unmeasured`), scaled up to all G at the rate of the measured ones (counted as they are, a
+    cell from an input with 60% of the genes would read as a shallow cell)."""
+    count = (cells.detected if cells.withheld is None else cells.detected | cells.withheld).sum(-1)
+    if cells.unmeasured is None:
+        return count
+    n_genes = cells.unmeasured.shape[-1]
+    measured = (n_genes - cells.unmeasured.sum(-1)).clamp(min=1)
+    return count * n_genes / measured
 
 
 def pair_cells(
