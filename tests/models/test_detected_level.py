@@ -8,6 +8,7 @@ import copy
 import math
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -80,11 +81,12 @@ def test_a_gene_never_hidden_keeps_its_reconstruction_and_the_sums_decay():
     torch.testing.assert_close(level.sums, before * DETECTED_DECAY)
 
 
-def test_training_fits_it_on_hidden_genes_only_and_leaves_the_model_as_it_was():
+@pytest.mark.parametrize("name", ["base", "stochastic"])
+def test_training_fits_it_on_hidden_genes_only_and_leaves_the_model_as_it_was(name):
     """The level changes what `impute` returns; the loss, gradients and random stream are untouched."""
     torch.manual_seed(0)
-    with_level = build_model(ModelConfig(name="base", size="tiny", mask_fraction=0.5), SPEC)
-    without = build_model(ModelConfig(name="base", size="tiny", mask_fraction=0.5, detected_level=False), SPEC)
+    with_level = build_model(ModelConfig(name=name, size="tiny", mask_fraction=0.5), SPEC)
+    without = build_model(ModelConfig(name=name, size="tiny", mask_fraction=0.5, detected_level=False), SPEC)
     assert set(with_level.state_dict()) - set(without.state_dict()) == {"head.detected_level.sums"}
     without.load_state_dict({k: v for k, v in with_level.state_dict().items() if "detected_level" not in k})
     for model in (with_level, without):
@@ -99,17 +101,45 @@ def test_training_fits_it_on_hidden_genes_only_and_leaves_the_model_as_it_was():
     frozen = with_level.head.detected_level.sums.clone()
     imputed, plain = with_level.impute(batch), without.impute(batch)
     assert torch.equal(with_level.head.detected_level.sums, frozen)  # evaluation does not move it
-    torch.testing.assert_close(plain, without.reconstruct(batch).expression)
+    decoded = without.reconstruct(batch)  # without a level: the reconstruction, or the likelihood's expectation
+    head = without.head
+    torch.testing.assert_close(plain, decoded.expression if name == "base" else
+                               head.likelihood.expected_log1p(decoded, head.scale(decoded), detected=True))
     assert not torch.allclose(imputed, plain)
 
 
-def test_it_stays_float32_under_a_bf16_cast_and_count_models_have_none():
+def test_it_stays_float32_under_a_bf16_cast():
     model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
     model.to(torch.bfloat16)
     assert model.head.detected_level.sums.dtype == torch.float32
     copy.deepcopy(model)  # a cast model still copies (Ray and checkpoints do)
-    counting = build_model(ModelConfig(name="stochastic", size="tiny"), SPEC)
-    assert not any("detected_level" in key for key in counting.state_dict())
+
+
+@pytest.mark.parametrize("name", ["stochastic", "resource"])
+def test_count_models_fit_it_on_hidden_genes_and_keep_their_likelihood_for_the_others(name):
+    """A count model's imputed value of a gene hidden in training is the level fitted on its expression;
+    a gene never hidden, and every gene of a model saved before count models kept a level, takes the
+    expectation over detections under its likelihood, as before."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, size="tiny", mask_fraction=0.5), SPEC)
+    batch = random_batch(1)
+    model.eval()
+    before = model.impute(batch)  # nothing fitted: the likelihood's expectation
+    prediction = model.reconstruct(batch)
+    torch.testing.assert_close(before, model.head.likelihood.expected_log1p(prediction, model.head.scale(prediction),
+                                                                           detected=True))
+    saved = {key: value for key, value in model.state_dict().items() if "detected_level" not in key}
+    model.train()
+    model(batch)  # one training step's statistics
+    model.eval()
+    fitted = model.head.detected_level.sums[0] > 0
+    assert fitted.any() and not fitted.all()
+    after = model.impute(batch)
+    torch.testing.assert_close(after[:, ~fitted], before[:, ~fitted])
+    assert not torch.allclose(after[:, fitted], before[:, fitted])
+    old = build_model(ModelConfig(name=name, size="tiny", mask_fraction=0.5), SPEC)
+    old.load_state_dict(saved)  # strict: the missing sums load as zeros
+    torch.testing.assert_close(old.eval().impute(batch), before)
 
 
 def test_sums_saved_before_the_breadth_term_load_and_give_the_same_levels():

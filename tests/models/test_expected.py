@@ -149,3 +149,20 @@ def test_a_few_cells_at_a_time_gives_what_one_pass_gives(cells, genes, chunk_ent
     finally:
         expected.ROW_CHUNK_ENTRIES = saved
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
+def test_the_expectation_at_chosen_entries_is_the_whole_ones_there():
+    """A training step asks for its hidden genes only: the same values as the whole batch's, there."""
+    from vcell.models.expected import at_entries
+
+    generator = torch.Generator().manual_seed(2)
+    mean = torch.rand(6, 9, generator=generator) * 30
+    scale = torch.rand(6, 1, generator=generator) * 5 + 0.5
+    theta = torch.rand(9, generator=generator) * 5 + 0.1
+    zero = torch.rand(6, 9, generator=generator) * 0.3
+    entries = torch.rand(6, 9, generator=generator) < 0.3
+    for detected in (False, True):
+        whole = expected_log1p(mean, scale, theta, zero, detected=detected)
+        torch.testing.assert_close(expected_log1p(*at_entries(entries, mean, scale, theta, zero), detected=detected),
+                                   whole[entries])
+    assert at_entries(None, mean, scale, theta, None) == (mean, scale, theta, None)

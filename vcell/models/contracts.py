@@ -123,7 +123,8 @@ class CountLikelihood(DeclaresStats, Protocol):
 
     # (B, G) E[log1p(scale x counts)], scale (B, 1): the expected normalised expression (`vcell.models.expected`);
     # detected: over the cells in which the gene is detected (counts > 0)
-    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False) -> torch.Tensor: ...
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False,
+                       entries: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def statistics(self, prediction: Prediction) -> Stats: ...
 

@@ -312,10 +312,11 @@ class VirtualCell(Float32Statistics):
     @torch.no_grad()
     def impute(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, G) each gene's value (log1p counts per 10,000) were it detected in the cell, from
-        the genes the cell shows: what a measured but missing (hidden) value is. A count model
-        takes the expectation over detections (counts > 0) under its likelihood; a Gaussian model
-        has no model of detection and gives its reconstruction (or, with model.detected_level, its
-        learned detected level). `batch["withheld"]` (B, G) bool, optional: measured genes withheld
+        the genes the cell shows: what a measured but missing (hidden) value is. With
+        model.detected_level, the learned detected level (`DetectedLevel`; a count model: for the
+        genes hidden in training, `CountHead.detected`); without one, a count model takes the
+        expectation over detections (counts > 0) under its likelihood, and a Gaussian model, which
+        has no model of detection, gives its reconstruction. `batch["withheld"]` (B, G) bool, optional: measured genes withheld
         from the model (their x set to 0), which the cell still counts among its detected genes;
         `batch["unmeasured"]`: genes the input lacks (`vcell.evaluate.cells`; see `detected_genes`)."""
         cells, prediction = self.decoded(batch)

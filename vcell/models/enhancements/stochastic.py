@@ -31,7 +31,7 @@ from vcell.config.model import ModelConfig
 from vcell.config.section import Section
 from vcell.models.axes import Axis
 from vcell.models.blocks import load_rescaled, negative_binomial_log_prob, zero_inflated_negative_binomial_log_prob
-from vcell.models.expected import expected_log1p
+from vcell.models.expected import at_entries, expected_log1p
 from vcell.models.inputs import Prediction
 from vcell.models.registry import Enhancement
 from vcell.models.slots import Slots, count_head
@@ -159,10 +159,12 @@ class NegativeBinomialLikelihood(nn.Module):
             counts = counts.masked_fill(dropped, 0.0)
         return counts
 
-    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False) -> torch.Tensor:
+    def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False,
+                       entries: torch.Tensor | None = None) -> torch.Tensor:
         zero_logits = prediction.extra.get("zero_logits")
-        return expected_log1p(prediction.mean, scale, self().detach(),
-                              None if zero_logits is None else torch.sigmoid(zero_logits), detected=detected)
+        zero_probability = None if zero_logits is None else torch.sigmoid(zero_logits)
+        return expected_log1p(*at_entries(entries, prediction.mean, scale, self().detach(), zero_probability),
+                              detected=detected)
 
     def statistics(self, prediction: Prediction) -> dict:
         theta, mean = self().detach(), prediction.mean.detach()
