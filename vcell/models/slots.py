@@ -392,7 +392,10 @@ class CountHead(nn.Module):
             return expected
         # genes hidden in training: the level fitted on them (none in a model saved before count models had one)
         fitted = self.detected_level.sums[0] > 0
-        return torch.where(fitted, self.detected_level(expected, prediction.extra["library"], detected_genes), expected)
+        level = self.detected_level(expected, prediction.extra["library"], detected_genes)
+        # a line extrapolates: never below what a detection is at least, the mean of all measurements
+        # (E[x] = P(detected) E[x | detected] for x >= 0; a tiny model put 3% of entries up to 1.8 below it)
+        return torch.where(fitted, torch.maximum(level, self.measured(prediction)), expected)
 
     @staticmethod
     def scale(prediction: Prediction) -> torch.Tensor:
