@@ -384,9 +384,10 @@ class CountHead(nn.Module):
         for the others. The expectation alone inherits the likelihood's misfit (a dispersion, a mean
         off for rare genes) and lost on squared error to the type's detected mean moved along the
         cell's depth (tutorial atlas: full 0.811, stochastic 0.834, resource 0.986 against 0.801);
-        corrected by the level: 0.789, 0.798, 0.806, per-cell and per-gene r up too. (The level on
-        the plug-in `expression` instead, which costs nothing in training, lost the demo's per-gene
-        r: 0.794 -> 0.786.)"""
+        corrected by the level: 0.790, 0.799, 0.866, per-cell and per-gene r up too (but resource's
+        per-cell r, 0.669 against 0.675: its floor, the mean below, is its Poisson's; 0.806 and
+        0.675 without the floor). (The level on the plug-in `expression` instead, which costs
+        nothing in training, lost the demo's per-gene r: 0.794 -> 0.786.)"""
         expected = self.likelihood.expected_log1p(prediction, self.scale(prediction), detected=True)
         if self.detected_level is None or detected_genes is None:
             return expected
