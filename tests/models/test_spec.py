@@ -309,10 +309,10 @@ def test_the_model_detects_exactly_the_genes_with_counts_under_any_normalisation
 def test_count_models_refuse_a_loader_that_delivers_other_units(atlas):
     """A count model predicts log1p(counts per 10,000): beside z-scores or cp1k its predictions would be
     compared with values in other units, silently."""
-    for settings, named in (({"zscore": True}, "loader.normalize.zscore=True"),
-                            ({"target_sum": 1000.0}, "loader.normalize.target_sum=1000.0")):
+    for normalize, named in (({"zscore": True}, "loader.normalize.zscore=True"),
+                             ({"target_sum": 1000.0}, "loader.normalize.target_sum=1000.0")):
         with pytest.raises(VCellError, match=rf"\['stochastic'\] model raw counts .*{named}"):
-            spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True, normalize=NormalizeConfig(**settings))
+            spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True, normalize=NormalizeConfig(**normalize))
     spec_from_atlas(atlas, ModelConfig(name="stochastic"), counts=True, normalize=NormalizeConfig())  # the defaults
     spec_from_atlas(atlas, ModelConfig(name="base"), counts=True, normalize=NormalizeConfig(zscore=True))  # squared error
 
