@@ -133,7 +133,8 @@ DETECTED_BREADTH_PRIOR_ENTRIES = 30.0
 
 
 def letters(*names: str) -> str:
-    """The running sum of a product of variables, named by its letters in order ("" = the count)."""
+    """The running sum of a product of variables (x and the regressors), named by its letters in
+    order ("" = the count, "px" = reconstruction x measured value)."""
     return "".join(sorted("".join(names)))
 
 
@@ -164,8 +165,8 @@ class DetectedLevel(Float32Statistics):
     # each rank sums its own cells: averaged across ranks after every step (their ratios are unchanged)
     RUNNING_STATISTICS = ("sums",)
     FLOAT32_BUFFERS = ("sums",)  # variances are differences of sums: float32 under a bf16 cast
-    # x measured; the regressors, products of p reconstructed (per gene), l log library size and
-    # n log detected genes (per cell); each shrunk towards PRIOR_SLOPE's value by its prior entries
+    # x measured; the regressors: p reconstructed (per gene), l log library size and n log detected
+    # genes (per cell); each shrunk towards PRIOR_SLOPE's value by its prior entries
     VARIABLES = ("p", "l", "n")
     PRIOR_ENTRIES = (DETECTED_PRIOR_ENTRIES, DETECTED_PRIOR_ENTRIES, DETECTED_BREADTH_PRIOR_ENTRIES)
     PRIOR_SLOPE = (1.0, 0.0, 0.0)
@@ -190,17 +191,18 @@ class DetectedLevel(Float32Statistics):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
-    def per_cell(library: torch.Tensor, detected_genes: torch.Tensor) -> dict:
-        """{"l": (B,), "n": (B,)} log library size and log detected genes."""
-        return {"l": torch.log(library.float().clamp(min=1.0)), "n": torch.log(detected_genes.float().clamp(min=1.0))}
+    def regressors(reconstruction: torch.Tensor, library: torch.Tensor, detected_genes: torch.Tensor) -> dict:
+        """{"p": (B, G) the reconstruction, "l": (B, 1) log library size, "n": (B, 1) log detected genes}."""
+        def per_cell(values: torch.Tensor) -> torch.Tensor:
+            return torch.log(values.float().clamp(min=1.0))[:, None]
+        return {"p": reconstruction.float(), "l": per_cell(library), "n": per_cell(detected_genes)}
 
     @torch.no_grad()
     def update(self, reconstruction: torch.Tensor, x: torch.Tensor, library: torch.Tensor, hidden: torch.Tensor,
                detected_genes: torch.Tensor) -> None:
         """Fold in a training batch's hidden entries: reconstruction and measured x (B, G), library
         sizes (B,), hidden mask (B, G), and how many genes each cell shows (B,), hidden ones included."""
-        cells = {name: value[:, None] for name, value in self.per_cell(library, detected_genes).items()}  # (B, 1)
-        values, weight = {"x": x.float(), "p": reconstruction.float(), **cells}, hidden.float()
+        values, weight = {"x": x.float(), **self.regressors(reconstruction, library, detected_genes)}, hidden.float()
         terms = [(weight * math.prod((values[letter] for letter in name), start=1.0)).sum(0) for name in self.TERMS]
         self.sums.mul_(DETECTED_DECAY).add_(torch.stack(terms))
 
@@ -238,11 +240,8 @@ class DetectedLevel(Float32Statistics):
         """(B, G) the detected level of each gene of reconstructed cells (B, G) with library sizes and
         detected genes (B,) (a gene withheld from the model but measured counts as detected)."""
         offset, weights, means = self.coefficients()
-        cells = {name: value[:, None] for name, value in self.per_cell(library, detected_genes).items()}  # (B, 1)
-        values = {"p": reconstruction.float(), **cells}
-        level = offset
-        for i, variable in enumerate(self.VARIABLES):
-            level = level + weights[:, i] * (math.prod(values[c] for c in variable) - means[:, i])
+        values = self.regressors(reconstruction, library, detected_genes)
+        level = offset + sum(weights[:, i] * (values[v] - means[:, i]) for i, v in enumerate(self.VARIABLES))
         return level.to(reconstruction.dtype)
 
 
@@ -393,6 +392,8 @@ class CountHead(nn.Module):
             return expected
         # genes hidden in training: the level fitted on them (none in a model saved before count models had one)
         fitted = self.detected_level.sums[0] > 0
+        if not bool(fitted.any()):
+            return expected
         level = self.detected_level(expected, prediction.extra["library"], detected_genes)
         # a line extrapolates: never below what a detection is at least, the mean of all measurements
         # (E[x] = P(detected) E[x | detected] for x >= 0; a tiny model put 3% of entries up to 1.8 below it)
