@@ -65,6 +65,21 @@ def test_the_batch_moves_the_decoded_cell_and_the_encoder_reads_it_with_its_offs
     torch.testing.assert_close(model.describe(unknown).latent, model.describe(batch).latent)
 
 
+def test_under_a_z_score_the_encoder_takes_the_offset_off_the_genes_a_cell_shows_only():
+    """A z-scored zero count is not 0 (`ModelSpec.zero_level`): it is no measurement either, so the
+    batch's offset stays on it, as on a zero without a z-score."""
+    model = batch_model("base", offsets=True)
+    level = -torch.linspace(0.5, 1.5, model.spec.n_genes)
+    model.zero_level.copy_(level)
+    batch = with_batches(0)
+    zero = batch["x"] == 0
+    batch["x"] = torch.where(zero, level.expand_as(batch["x"]), batch["x"])  # zero counts as the z-score gives them
+    offsets = OFFSET_STEP_SCALE * model.batch_offset.scaled_offset.detach()[batch["batch"]]
+    corrected = batch["x"] - offsets * ~zero
+    unknown = {**batch, "batch": torch.full_like(batch["batch"], -1)}
+    torch.testing.assert_close(model.describe(batch).latent, model.describe({**unknown, "x": corrected}).latent)
+
+
 @pytest.mark.parametrize("name", ["hierarchical", "full"])
 def test_read_outs_describe_the_cell_not_the_batch_it_was_measured_in(name):
     model = batch_model(name, offsets=True)

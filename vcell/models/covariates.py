@@ -55,13 +55,16 @@ class BatchOffset(nn.Module):
         rows = OFFSET_STEP_SCALE * self.scaled_offset[batch.clamp(0, len(self.scaled_offset) - 1)]
         return rows * known.unsqueeze(-1).to(rows.dtype)
 
-    def forward(self, values: torch.Tensor, batch: torch.Tensor | None, encoder_input: bool = False) -> torch.Tensor:
+    def forward(self, values: torch.Tensor, batch: torch.Tensor | None, encoder_input: bool = False,
+                shown: torch.Tensor | None = None) -> torch.Tensor:
         """Decoded scores (B, G) plus their batch's offset; with `encoder_input`, the encoder's input
-        (B, G) with the offset taken off its measured (non-zero) values, the offset read but not
-        trained there (see the module doc). Always through a call: engines that shard parameters
-        (DeepSpeed ZeRO-3) gather them only around a module's forward."""
+        (B, G) with the offset taken off the values it shows (`shown` (B, G) bool; None: the non-zero
+        ones, which under a z-score are all), the offset read but not trained there (see the module
+        doc). Always through a call: engines that shard parameters (DeepSpeed ZeRO-3) gather them
+        only around a module's forward."""
         if batch is None:
             return values
         if encoder_input:
-            return values - self.rows(batch).detach().to(values.dtype) * (values != 0).to(values.dtype)
+            shown = values != 0 if shown is None else shown
+            return values - self.rows(batch).detach().to(values.dtype) * shown.to(values.dtype)
         return values + self.rows(batch)

@@ -104,7 +104,8 @@ class VirtualCell(Float32Statistics):
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
         """(z (B, D), losses, stats) of cells whose visible expression is x_in."""
         if self.batch_offset is not None:
-            x_in = self.batch_offset(x_in, cells.batch, encoder_input=True)  # the batch's learned effect taken off
+            shown = cells.detected if cells.hidden is None or cells.detected is None else cells.detected & ~cells.hidden
+            x_in = self.batch_offset(x_in, cells.batch, encoder_input=True, shown=shown)  # the batch's learned effect taken off
         h, losses, stats = self.encoder(x_in, cells)
         z, latent_losses, latent_stats = self.latent(h)
         return z, {**losses, **latent_losses}, {**stats, **latent_stats}
