@@ -49,7 +49,10 @@ def test_the_level_is_the_least_squares_fit_through_the_hidden_entries(n_genes, 
     expected = offset + slope * probe_p + depth * probe_l[:, None] + breadth * probe_n[:, None]
     probe = np.concatenate([probe_p, np.zeros((50, extra))], 1)
     fitted = level(*as_tensors(probe, np.exp(probe_l), np.exp(probe_n))).numpy()[:, :n_genes]
-    np.testing.assert_allclose(fitted, expected, atol=0.05)
+    # 0.08: the breadth varies little across cells (log sd ~0.13), so its 30-entry prior still pulls a
+    # little; the worst draw seen, n_genes=5, slope=1, depth=0, breadth=-1, seed=4469, is 0.055 off
+    # (0.033 without the priors), which failed the 0.05 this test had since that prior came in
+    np.testing.assert_allclose(fitted, expected, atol=0.08)
 
 
 def test_few_entries_stay_near_the_reconstruction_and_the_slope_never_falls():

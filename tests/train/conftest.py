@@ -59,11 +59,15 @@ def strategy_weight_differences(first: dict, second: dict, atlas) -> list[str]:
     cells: within 1e-3 (measured 6e-6 in 12 steps, 6e-4 before the running statistics were
     averaged across ranks, when DeepSpeed ranks each ran with their own; 3e-4 across a ZeRO-2 run
     resumed on 1 worker from a universal checkpoint); the rest, barely constrained by their counts:
-    within 5e-3 (measured 1e-3)."""
+    within 5e-3 (measured 1e-3). The detected level's running sums: within 1e-3 of their size."""
     from vcell.atlas.store import open_atlas
 
-    different = weights_not_close({k: v for k, v in first.items() if k != DISPERSION},
-                                  {k: v for k, v in second.items() if k != DISPERSION}, atol=1e-4)
+    sums = {key for key in first.keys() | second.keys() if key.endswith("detected_level.sums")}
+    different = weights_not_close({k: v for k, v in first.items() if k != DISPERSION and k not in sums},
+                                  {k: v for k, v in second.items() if k != DISPERSION and k not in sums}, atol=1e-4)
+    # the detected level's running sums add up hundreds of hidden values per gene and, in a count
+    # model, read the dispersions: agreement relative to their size
+    different += [key for key in sorted(sums) if not torch.allclose(first[key], second[key], rtol=1e-3, atol=1e-3)]
     if DISPERSION in first.keys() | second.keys():
         informed = torch.as_tensor(open_atlas(atlas).root["stats/gene_detection_rate"][:] >= 0.01)
         gap = (first[DISPERSION] - second[DISPERSION]).abs()

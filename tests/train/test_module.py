@@ -160,7 +160,8 @@ def test_running_statistics_are_the_regulatory_buffers_and_stay_as_they_are_on_o
     base_model = VCellModule(base.model, SPEC, base.train).model
     assert [id(b) for b in running_statistics(base_model)] == [id(base_model.head.detected_level.sums)]
     counting = load_config(None, ["model.size=tiny", "model.name=stochastic"])
-    assert running_statistics(VCellModule(counting.model, SPEC, counting.train).model) == []  # nothing to average
+    counting_model = VCellModule(counting.model, SPEC, counting.train).model  # count models keep a detected level too
+    assert [id(b) for b in running_statistics(counting_model)] == [id(counting_model.head.detected_level.sums)]
     # the hierarchical read-out's deviation moments are averaged too (the step counts agree on every rank)
     hierarchical = load_config(None, ["model.size=tiny", "model.name=hierarchical"])
     model = VCellModule(hierarchical.model, SPEC, hierarchical.train).model
