@@ -208,27 +208,30 @@ def detected_means_with_depth(reference: tuple[np.ndarray, np.ndarray], cells: t
     values, library = reference
     fitted_means = detected_means(values, types[0], types[0], zero_level)  # (m, G) each reference cell's type's
     means = detected_means(values, *types, zero_level)  # (n, G)
+    detected = detected_entries(values, zero_level)  # (m, G)
 
-    def design(rows: slice, type_means: np.ndarray, x: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    def per_cell(shown: np.ndarray, depth: np.ndarray) -> np.ndarray:  # (., 2) log breadth, log library size
+        return np.log(np.maximum(np.stack([shown.sum(1), depth], 1), 1.0))
+
+    def design(type_means: np.ndarray, logs: np.ndarray) -> np.ndarray:
         """(block, G, 4) [1, type mean, log breadth, log library size] of a block of cells."""
-        block = type_means[rows]
-        breadth = np.log(np.maximum(detected_entries(x[rows], zero_level).sum(1), 1.0))
-        per_cell = [np.broadcast_to(v[:, None], block.shape) for v in (breadth, np.log(np.maximum(depth[rows], 1.0)))]
-        return np.stack([np.ones_like(block), block, *per_cell], -1).astype(np.float64)
+        broadcast = [np.broadcast_to(logs[:, i, None], type_means.shape) for i in range(2)]
+        return np.stack([np.ones_like(type_means), type_means, *broadcast], -1).astype(np.float64)
 
     n_genes = values.shape[1]
+    reference_logs, cell_logs = per_cell(detected, library), per_cell(detected_entries(cells[0], zero_level), cells[1])
     gram, target, step = np.zeros((n_genes, 4, 4)), np.zeros((n_genes, 4)), max(1, (1 << 22) // max(4 * n_genes, 1))
     for start in range(0, len(values), step):
         rows = slice(start, start + step)
-        columns = design(rows, fitted_means, values, library)
-        weighted = columns * detected_entries(values[rows], zero_level)[..., None]  # only where detected
+        columns = design(fitted_means[rows], reference_logs[rows])
+        weighted = columns * detected[rows][..., None]  # only where detected
         gram += np.matmul(weighted.transpose(1, 2, 0), columns.transpose(1, 0, 2))  # (G, 4, block) @ (G, block, 4)
         target += np.einsum("bgi,bg->gi", weighted, values[rows])
-    fitted = detected_entries(values, zero_level).sum(0) >= DEPTH_FIT_MINIMUM
+    fitted = detected.sum(0) >= DEPTH_FIT_MINIMUM
     coefficients = np.linalg.solve(gram + 1e-6 * np.eye(4), target[..., None])[..., 0]  # (G, 4)
     for start in range(0, len(means), step):
         rows = slice(start, start + step)
-        moved = np.einsum("bgi,gi->bg", design(rows, means, *cells), coefficients)
+        moved = np.einsum("bgi,gi->bg", design(means[rows], cell_logs[rows]), coefficients)
         means[rows] = np.where(fitted, moved, means[rows])
     return means
 

@@ -55,8 +55,8 @@ class ModelSpec:
     # else None): where a count model's decoder starts. Not exported, like gene_mean
     gene_log_share: np.ndarray | None = None
     # (G,) the value a zero count takes as the loader delivers it: its z-score under
-    # loader.normalize.zscore, else None (0). A gene is detected where its value is above it (what
-    # the model hides in training and counts as the cell's genes). Not exported: a saved model's
+    # loader.normalize.zscore, else None (0). A gene is detected where its value is not it (what the
+    # model hides in training and counts as the cell's genes: `detected_entries`). Not exported: a saved model's
     # normalisation (normalization.json) gives it again (`vcell.evaluate.export.open_trained`)
     zero_level: np.ndarray | None = None
 
