@@ -55,8 +55,9 @@ class Normalization:
 
 def zero_count_values(normalization: Normalization) -> np.ndarray | None:
     """(genes out,) float32: the value a zero count takes as the loader delivers it, its z-score
-    under a z-score (None: 0 without one). A gene is detected in a cell where its value is above
-    this; the model's detection (`ModelSpec.zero_level`) compares with these exact values."""
+    under a z-score (None: 0 without one). A gene is detected in a cell where its value is not
+    this (`detected_entries`); the model's detection (`ModelSpec.zero_level`) compares with these
+    exact values."""
     if normalization.gene_mean is None:
         return None
     zero = (-normalization.gene_mean * normalization.gene_scale).astype(np.float32)
