@@ -121,6 +121,10 @@ class CountLikelihood(DeclaresStats, Protocol):
 
     def sample(self, prediction: Prediction) -> torch.Tensor: ...  # (B, G) counts
 
+    # a training step's counts and its cells' expected counts (B, G), for statistics the likelihood keeps
+    # (no gradient; a no-op for a likelihood that keeps none)
+    def fit(self, counts: torch.Tensor, prediction: Prediction) -> None: ...
+
     # (B, G) E[log1p(scale x counts)], scale (B, 1): the expected normalised expression (`vcell.models.expected`);
     # detected: over the cells in which the gene is detected (counts > 0)
     def expected_log1p(self, prediction: Prediction, scale: torch.Tensor, detected: bool = False,

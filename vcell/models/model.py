@@ -168,7 +168,7 @@ class VirtualCell(Float32Statistics):
         prediction = self.head.predict(measured, z, measured, cells.library)
         losses["reconstruction"] = self.head.loss(prediction, cells)
         if self.training:
-            self.head.fit_detected(prediction, cells)
+            self.head.fit_statistics(prediction, cells)
         stats.update(self.head.statistics(prediction))
         for auxiliary in self.auxiliary:
             auxiliary_losses, auxiliary_stats = auxiliary(z, cells)

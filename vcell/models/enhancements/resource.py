@@ -103,7 +103,7 @@ def pool_features(scores: torch.Tensor) -> torch.Tensor:
 
 def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, _ = config.dimensions()
-    count_head(slots).mean_model = CapacityAllocation(hidden, spec, config.resource.free_pool)
+    count_head(slots, spec.n_genes).mean_model = CapacityAllocation(hidden, spec, config.resource.free_pool)
 
 
 ENHANCEMENT = Enhancement(

@@ -132,6 +132,9 @@ class NegativeBinomialLikelihood(nn.Module):
     def extras(self, z: torch.Tensor) -> dict:
         return {} if self.zero_logits is None else {"zero_logits": self.zero_logits(z)}
 
+    def fit(self, counts: torch.Tensor, prediction: Prediction) -> None:
+        """Nothing to fold in: the dispersion is learned with the rest."""
+
     def log_prob(self, counts: torch.Tensor, prediction: Prediction) -> torch.Tensor:
         """(B, G) log-likelihood of counts. Its value is the NB's; its gradient trains theta at the
         expected counts as they are, and the expected counts at theta floored at MEAN_FIT_DISPERSION."""
@@ -177,7 +180,7 @@ def install(slots: Slots, config: ModelConfig, spec: ModelSpec) -> None:
     hidden, _, latent = config.dimensions()
     if config.stochastic.variational:
         slots.latent = VariationalLatent(hidden, latent, spec.n_genes, config.stochastic)
-    count_head(slots).likelihood = NegativeBinomialLikelihood(spec.n_genes, latent, config.stochastic.likelihood == "zinb")
+    count_head(slots, spec.n_genes).likelihood = NegativeBinomialLikelihood(spec.n_genes, latent, config.stochastic.likelihood == "zinb")
 
 
 ENHANCEMENT = Enhancement(
