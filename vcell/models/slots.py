@@ -348,8 +348,8 @@ class PoissonLikelihood(Float32Statistics):
         theta = self.dispersion()
         if theta is None:
             return poisson
-        with torch.no_grad():  # float64: lgamma(counts + theta) - lgamma(theta) cancels at theta ~1e6
-            value = negative_binomial_log_prob(counts.double(), prediction.mean.double(), theta.double())
+        with torch.no_grad():
+            value = negative_binomial_log_prob(counts, prediction.mean, theta)
         return value.to(poisson.dtype) + (poisson - poisson.detach())
 
     @torch.no_grad()
