@@ -203,3 +203,52 @@ def test_each_running_sum_is_its_product_summed_over_the_hidden_entries():
         product = math.prod((values[letter] for letter in name), start=torch.ones(32, 6))
         once = (hidden.float() * product).sum(0)
         torch.testing.assert_close(level.sums[row], once * (1 + DETECTED_DECAY), rtol=1e-5, atol=1e-3)
+
+
+def genes_at_depths(rng: np.random.Generator, entries: list[int], depth_slopes: list[float], cells: int = 600):
+    """(reconstruction, measured x, library, hidden mask, detected genes) of genes each hidden at its
+    own number of `entries` (cells), with value 2 + 0.8 x reconstruction + its depth slope x log library."""
+    n_genes = len(entries)
+    log_library = rng.normal(8.0, 0.5, cells)
+    reconstruction = rng.normal(1.0, 0.3, (cells, n_genes))
+    x = 2.0 + 0.8 * reconstruction + np.asarray(depth_slopes) * (log_library[:, None] - 8.0) + rng.normal(0, 0.05, (cells, n_genes))
+    hidden = np.arange(cells)[:, None] < np.asarray(entries)[None, :]
+    return reconstruction, x, np.exp(log_library), hidden, np.exp(rng.normal(5.7, 0.1, cells))  # breadth apart from depth
+
+
+def test_a_rare_gene_takes_the_depth_slope_of_genes_detected_about_as_often():
+    """A gene with a few hidden entries is shrunk towards the depth slope of the well-measured genes
+    of its detection (the nearest richer decile here), not towards no depth effect."""
+    rng = np.random.default_rng(0)
+    entries = [6] * 40 + [40] * 40 + [500] * 120  # rare, moderately rare (-0.7 both), common (0)
+    slopes = [-0.7] * 80 + [0.0] * 120
+    level = DetectedLevel(len(entries))
+    level.update(*as_tensors(*genes_at_depths(rng, entries, slopes)))
+    _, weights, _ = level.coefficients()
+    _, unpooled, _ = level.ridge(torch.tensor(DetectedLevel.PRIOR_SLOPE))
+    rare = slice(0, 40)
+    # six entries of their own against a prior of ten: the mean is near the slope, each a little off
+    assert abs(weights[rare, 1].mean() + 0.7) < 0.15 and (weights[rare, 1] + 0.7).abs().max() < 0.3
+    assert unpooled[rare, 1].mean() > -0.4  # towards 0, the old prior
+    assert (weights[120:, 1]).abs().max() < 0.05  # common genes keep theirs
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_the_level_follows_a_per_gene_z_score_exactly(seed):
+    """Fitted on z-scored values (zero level -mean / sd), the level is the z-score of the level fitted
+    on the values themselves: the pooled depth slopes are taken in units of each gene's detected
+    level above its zero level, so a gene stretched by 1 / its sd pools like the others."""
+    rng = np.random.default_rng(seed)
+    entries = list(rng.integers(4, 400, 120))
+    slopes = list(rng.uniform(-1.0, 0.2, 120))
+    reconstruction, x, library, hidden, breadth = genes_at_depths(rng, entries, slopes)
+    mean, sd = rng.uniform(0.0, 2.0, 120), np.exp(rng.uniform(np.log(0.05), np.log(3.0), 120))
+    plain, scaled = DetectedLevel(120), DetectedLevel(120, zero_level=-mean / sd)
+    plain.update(*as_tensors(reconstruction, x, library, hidden, breadth))
+    scaled.update(*as_tensors((reconstruction - mean) / sd, (x - mean) / sd, library, hidden, breadth))
+    log_library = rng.normal(8.0, 0.5, 30)
+    probe = rng.normal(1.0, 0.3, (30, 120)), np.exp(log_library), np.exp(rng.normal(5.7, 0.1, 30))
+    expected = (plain(*as_tensors(*probe)).numpy() - mean) / sd
+    got = scaled(*as_tensors((probe[0] - mean) / sd, *probe[1:])).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3 / sd.min())

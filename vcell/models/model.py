@@ -49,7 +49,7 @@ def base_slots(config: ModelConfig, spec: ModelSpec, control_code: int) -> Slots
         latent=DeterministicLatent(hidden, latent),
         dynamics=ConditionShift(spec.n_perturbations, latent, control_code),
         decoder=MLP(latent, [hidden] * n_layers, spec.n_genes, config.dropout, output_axis="gene"),
-        head=GaussianHead(spec.n_genes if config.detected_level else 0),
+        head=GaussianHead(spec.n_genes if config.detected_level else 0, spec.zero_level),
     )
 
 
