@@ -8,11 +8,12 @@ import anndata as ad
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 
 from vcell.atlas.store import open_atlas
 from vcell.cli import main
 from vcell.errors import VCellError
-from vcell.evaluate.predict import predict_run
+from vcell.evaluate.predict import predict_run, untrained_note
 from vcell.evaluate.evaluation import evaluate_run, readable, summary_lines
 from vcell.evaluate.figures import PLOT_FILES
 from vcell.train.checkpoint import CheckpointStore
@@ -285,3 +286,24 @@ def test_expression_layers_are_the_ones_embed_writes_and_need_an_embeddings_file
         evaluate_run(trained_folder, progress=False, overrides={"embeddings": "none", "expression": ["denoised"]})
     with pytest.raises(VCellError, match="expression"):
         evaluate_run(trained_folder, progress=False, overrides={"expression": ["raw"]})
+
+
+def test_predict_warns_when_the_perturbation_moves_nothing(capsys):
+    """A perturbation no training cell carried, on a model with no other route for it: `vcell
+    predict` says the prediction is no change (printed, and in uns["vcell_predict"]["note"])."""
+    from types import SimpleNamespace
+
+    from tests.models.test_zoo import SPEC, random_batch
+    from vcell.config.model import ModelConfig
+    from vcell.models.zoo import build_model
+
+    model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    batch = random_batch(0)
+    batch["perturbation"] = torch.where(batch["perturbation"] == 5, 4, batch["perturbation"])
+    model.train()
+    model(batch)
+    trained = SimpleNamespace(model=model.eval())
+    assert untrained_note(trained, 4, "P4") is None and untrained_note(trained, 0, None) is None
+    note = untrained_note(trained, 5, "P5")
+    assert "'P5' was in no training cell" in note and "no change" in note
+    assert f"warning: {note}" in capsys.readouterr().out

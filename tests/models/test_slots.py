@@ -119,3 +119,33 @@ def test_the_poisson_scores_counts_by_its_measured_nb_and_learns_by_the_poisson(
     value.sum().backward()
     torch.testing.assert_close(mean.grad, counts / mean.detach() - 1)  # d/dmean of the Poisson's log-likelihood
     torch.testing.assert_close(value[:, 2], poisson_log_prob(counts, mean.detach())[:, 2], atol=1e-4, rtol=0)
+
+
+# ---- the perturbation shift: a row no training cell carried moves nothing
+
+def test_a_perturbation_no_training_cell_carried_predicts_no_change():
+    from tests.models.test_zoo import SPEC, random_batch
+    from vcell.config.model import ModelConfig
+    from vcell.models.inputs import Conditions
+    from vcell.models.slots import condition_shift
+    from vcell.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    batch = random_batch(0)
+    batch["perturbation"] = torch.where(batch["perturbation"] == 5, 4, batch["perturbation"])  # 5: never in training
+    saved = {key: value for key, value in model.state_dict().items() if not key.endswith("trained_cells")}
+    model.train()
+    model(batch)
+    model.eval()
+    shift = condition_shift(model.dynamics)
+    assert shift.moves(4) and not shift.moves(5) and shift.moves(0)
+
+    def under(code: int) -> torch.Tensor:
+        return model.predict(batch, Conditions(perturbation=torch.full((len(batch["x"]),), code))).expression
+
+    torch.testing.assert_close(under(5), under(0))  # no change, where its random start used to move it
+    assert not torch.allclose(under(4), under(0))
+    old = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    old.load_state_dict(saved)  # saved before rows were counted: every row moves, as it did
+    assert condition_shift(old.dynamics).moves(5)

@@ -117,6 +117,8 @@ def test_perturbation_rows_move_by_name_and_new_categories_get_fresh_rows():
     assert torch.equal(new_rows[0], old_rows[2]) and torch.equal(new_rows[2], old_rows[0])  # P3, P1
     assert torch.equal(new_rows[1], fresh[1])  # P9 is new
     assert report.coverage["perturbation"] == {"matched": 3, "total": 4, "pretrained": 4}  # control included
+    # the copied rows carry what the pretrained model learned; P9's row is its random start and moves nothing
+    assert new.dynamics.trained_cells.tolist() == [1.0, 0.0, 1.0]
 
 
 def test_a_different_hidden_width_is_refused_naming_the_parameter():

@@ -30,6 +30,7 @@ from vcell.evaluate.export import Trained, open_trained
 from vcell.evaluate.heldout import read_cells, sample_rows
 from vcell.files import H5AD_WRITER_KEY, new_output_file, output_errors, staged_file
 from vcell.models.inputs import Conditions
+from vcell.models.slots import condition_shift
 
 
 def category_code(trained: Trained, column: str | None, name: str, what: str) -> int:
@@ -87,6 +88,7 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
     type_code = category_code(trained, columns.context, cell_type, "cell type")
     control = category_code(trained, columns.perturbation, columns.control, "control")
     code = control if perturbation is None else category_code(trained, columns.perturbation, perturbation, "perturbation")
+    note = untrained_note(trained, code, perturbation)
     atlas_path = Path(atlas or trained.config.data.atlas)
     new_output_file(given, ".h5ad", overwrite, inputs=[atlas_path])  # the default atlas, now known
     rows = sample_rows(basal_rows(trained, atlas_path, type_code), cells, trained.config.seed, 3)
@@ -110,11 +112,23 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
         "run": trained.config.name, "perturbation": perturbation or columns.control, "cell_type": cell_type,
         "time": float(time), "hours_since_pulse": "naive" if hours_since_pulse is None else pulse, "cells": n,
         "top_genes": [trained.model.spec.gene_ids[g] for g in np.argsort(-np.abs(delta))[:20]],
+        **({"note": note} if note else {}),
     }
     table.uns[H5AD_WRITER_KEY] = "vcell predict"
     with output_errors(given), staged_file(out) as temporary:
         table.write_h5ad(temporary)
     return given
+
+
+def untrained_note(trained: Trained, code: int, perturbation: str | None) -> str | None:
+    """A warning (printed, and kept in uns) when the perturbation moves nothing: no training cell
+    carried it and no other route of the model (the GRN of `regulatory`) does."""
+    if perturbation is None or condition_shift(trained.model.dynamics).moves(code):
+        return None
+    note = (f"perturbation {perturbation!r} was in no training cell and no other route of this model carries it, "
+            "so the prediction is no change (a model with `regulatory` moves a perturbed gene along its network)")
+    print(f"warning: {note}")
+    return note
 
 
 def predicted_anndata(trained: Trained, obs: pd.DataFrame, moved, reference) -> ad.AnnData:

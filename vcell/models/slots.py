@@ -84,10 +84,18 @@ class ConditionShift(nn.Module):
     Additive in latent space, so a perturbation seen in one cell type transfers to another
     (the counterfactual). Perturbations another mechanism carries (regulatory: along the GRN)
     are taken off this route by `route_elsewhere`, so no embedding sits unused.
+
+    A perturbation no training cell carried (one held out of training, or a category of the atlas
+    the training split never drew) moves nothing: its row is still its random start, which says
+    nothing about it, and decoded it gave each such perturbation a random response (tutorial
+    atlas, `base`: Pearson delta -0.039 against the truth, MAE 0.027 against no change's 0.025).
+    `trained_cells` counts the training cells each row has moved.
     """
 
     STATS: dict[str, tuple[str, ...]] = {}
     AXES = {"embedding.weight": (Axis("perturbation", rows="row"), None)}  # a row per routed perturbation
+    # each rank counts its own cells; averaged across ranks after every step (only > 0 is read)
+    RUNNING_STATISTICS = ("trained_cells",)
 
     def __init__(self, n_perturbations: int, latent: int, control_code: int) -> None:
         super().__init__()
@@ -103,20 +111,45 @@ class ConditionShift(nn.Module):
         row = np.full(len(routed), -1, dtype=np.int64)
         row[routed] = np.arange(int(routed.sum()))
         self.register_buffer("row", torch.as_tensor(row))
+        self.register_buffer("trained_cells", torch.zeros(int(routed.sum())))
         self.embedding = nn.Embedding(int(routed.sum()), self.latent) if routed.any() else None
         if self.embedding is not None:
             nn.init.normal_(self.embedding.weight, std=0.01)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A model saved before the rows were counted: every row taken as trained, as it was used."""
+        state_dict.setdefault(prefix + "trained_cells", torch.ones_like(self.trained_cells))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def route_elsewhere(self, elsewhere: np.ndarray) -> None:
         self.route(self.routed & ~np.asarray(elsewhere, dtype=bool))
+
+    @torch.no_grad()
+    def weights_transferred(self, fresh: dict[str, torch.Tensor]) -> None:
+        """Rows copied from a pretrained model carry what it learned: they count as trained."""
+        rows = fresh.get("embedding.weight")
+        if rows is not None:
+            copied = ~rows.all(-1)  # (rows,)
+            self.trained_cells.copy_(torch.where(copied, self.trained_cells.clamp(min=1.0), self.trained_cells))
+
+    def moves(self, code: int) -> bool:
+        """Whether a perturbation code moves a cell on this route: false for one with a row that no
+        training cell carried (true for control and for codes another route carries)."""
+        row = int(self.row[code])
+        return row < 0 or bool(self.trained_cells[row] > 0)
 
     def shift(self, z: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         code = conditions.perturbation
         if code is None or self.embedding is None:
             return z
         row = torch.where(code >= 0, self.row[code.clamp(min=0, max=len(self.row) - 1)], -1)
-        active = (row >= 0).unsqueeze(-1)
-        return z + self.embedding(row.clamp(min=0)) * active
+        active = row >= 0
+        if self.training:
+            with torch.no_grad():  # every row added, inactive ones as 0: no boolean indexing (a GPU sync)
+                self.trained_cells.index_add_(0, row.clamp(min=0), active.to(self.trained_cells.dtype))
+        else:
+            active = active & (self.trained_cells[row.clamp(min=0)] > 0)
+        return z + self.embedding(row.clamp(min=0)) * active.unsqueeze(-1)
 
     def forward(self, z: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, dict]:
         return self.shift(z, conditions), {}

@@ -93,7 +93,19 @@ def transfer_weights(model: nn.Module, state: dict[str, torch.Tensor], pretraine
             copy_rows(parameter, old, matches)
             report.fresh[name] = fresh_mask(parameter, matches)
             report.copied[name] = int((~report.fresh[name]).sum())
+    tell_modules(model, report.fresh)
     return report
+
+
+def tell_modules(model: nn.Module, fresh: dict[str, torch.Tensor]) -> None:
+    """Call each module's `weights_transferred(fresh)` (if it has one) with the fresh masks of its
+    own parameters, named relative to it: a module whose buffers describe its rows (the
+    perturbation shift's trained rows) updates them."""
+    for prefix, module in model.named_modules():
+        hook = getattr(module, "weights_transferred", None)
+        if hook is not None:
+            start = f"{prefix}." if prefix else ""
+            hook({name[len(start):]: mask for name, mask in fresh.items() if name.startswith(start)})
 
 
 def coverage(pretrained: Vocabulary, vocabulary: Vocabulary) -> dict[str, dict[str, int]]:
