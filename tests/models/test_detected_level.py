@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.models.test_zoo import SPEC, random_batch
 from vcell.config.model import ModelConfig
-from vcell.models.slots import DETECTED_DECAY, DetectedLevel
+from vcell.models.detected_level import DETECTED_DECAY, DetectedLevel
 from vcell.models.zoo import build_model
 
 

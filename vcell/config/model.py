@@ -88,7 +88,7 @@ class ModelConfig(Section):
         True, description="keep each gene's value where it is detected, offset + slope x its "
         "reconstruction + depth x log library size + breadth x log(genes the cell shows) (per gene), fitted by "
         "least squares on the genes hidden in "
-        "training, without gradient (vcell.models.slots.DetectedLevel); `impute`, the imputed layer and the "
+        "training, without gradient (vcell.models.detected_level.DetectedLevel); `impute`, the imputed layer and the "
         "hidden-gene scores use it. The reconstruction is a gene's mean over all cells, dropouts included, so it "
         "understates a gene known to be detected (pbmc68k_reduced, base, 10 seeds: hidden-gene per-cell r / per-gene "
         "r / squared error 0.748 / 0.423 / 0.172 against the cell type's mean over detections 0.711 / 0.223 / 0.206 "
