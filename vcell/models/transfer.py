@@ -15,7 +15,9 @@ both models, or the transfer fails naming it.
 A row of the new model takes the pretrained row with the same label (gene ID, category name,
 (source, target) of an edge); rows without one keep the fresh initialisation, pretrained rows
 without one are left behind. Only parameters move: buffers are the new spec's structure (edge
-lists, category routes) or running estimates that re-adapt within a few batches.
+lists, category routes) or running estimates that re-adapt within a few batches. A module whose
+buffers describe its rows (which perturbation rows were trained) defines
+`weights_transferred(fresh)` and is told which entries were copied (`tell_modules`).
 """
 
 from __future__ import annotations
