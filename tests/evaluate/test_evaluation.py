@@ -290,14 +290,15 @@ def test_expression_layers_are_the_ones_embed_writes_and_need_an_embeddings_file
 
 def test_predict_warns_when_the_perturbation_moves_nothing(capsys):
     """A perturbation no training cell carried, on a model with no other route for it: `vcell
-    predict` says the prediction is no change (printed, and in uns["vcell_predict"]["note"])."""
+    predict` says the prediction is no change (printed, and in uns["vcell_predict"]["note"]), or, its
+    gene known and a knock-down measured, that the gene is knocked in silico."""
     from types import SimpleNamespace
 
     from tests.models.test_zoo import SPEC, random_batch
     from vcell.config.model import ModelConfig
     from vcell.models.zoo import build_model
 
-    model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    model = build_model(ModelConfig(name="base", size="tiny", in_silico_knock=False), SPEC)
     batch = random_batch(0)
     batch["perturbation"] = torch.where(batch["perturbation"] == 5, 4, batch["perturbation"])
     model.train()
@@ -307,3 +308,8 @@ def test_predict_warns_when_the_perturbation_moves_nothing(capsys):
     note = untrained_note(trained, 5, "P5")
     assert "'P5' was in no training cell" in note and "no change" in note
     assert f"warning: {note}" in capsys.readouterr().out
+    from tests.models.test_knock import measured_model
+    knocking = SimpleNamespace(model=measured_model())  # its knock-down measured: P5's gene knocked in silico
+    gene = SPEC.gene_ids[int(SPEC.perturbation_gene[5])]
+    note = untrained_note(knocking, 5, "P5")
+    assert f"moves its gene {gene} in silico to 0.25 x its level" in note and "no change" not in note

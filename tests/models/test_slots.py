@@ -131,7 +131,8 @@ def test_a_perturbation_no_training_cell_carried_predicts_no_change():
     from vcell.models.zoo import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name="base", size="tiny"), SPEC)
+    # without the in-silico knock-down of an unseen gene perturbation (tests/models/test_knock.py)
+    model = build_model(ModelConfig(name="base", size="tiny", in_silico_knock=False), SPEC)
     batch = random_batch(0)
     batch["perturbation"] = torch.where(batch["perturbation"] == 5, 4, batch["perturbation"])  # 5: never in training
     saved = {key: value for key, value in model.state_dict().items() if not key.endswith("trained_cells")}

@@ -160,19 +160,22 @@ def test_running_statistics_are_the_regulatory_buffers_and_stay_as_they_are_on_o
     base = load_config(None, ["model.size=tiny", "model.name=base", "model.enhancements=[]"])
     base_model = VCellModule(base.model, SPEC, base.train).model
     assert [id(b) for b in running_statistics(base_model)] == [id(base_model.dynamics.trained_cells),
-                                                                id(base_model.head.detected_level.sums)]
+                                                                id(base_model.head.detected_level.sums),
+                                                                id(base_model.gene_knock.sums)]  # the measured knock-down
     counting = load_config(None, ["model.size=tiny", "model.name=stochastic"])
     counting_model = VCellModule(counting.model, SPEC, counting.train).model  # count models keep a detected level too
     assert [id(b) for b in running_statistics(counting_model)] == [id(counting_model.dynamics.trained_cells),
-                                                                    id(counting_model.head.detected_level.sums)]
+                                                                    id(counting_model.head.detected_level.sums),
+                                                                    id(counting_model.gene_knock.sums)]
     poisson = load_config(None, ["model.size=tiny", "model.name=resource"])
     poisson_model = VCellModule(poisson.model, SPEC, poisson.train).model  # the Poisson's dispersion moments too
     assert [id(b) for b in running_statistics(poisson_model)] == [
         id(poisson_model.dynamics.trained_cells), id(poisson_model.head.likelihood.moments),
-        id(poisson_model.head.detected_level.sums)]
+        id(poisson_model.head.detected_level.sums), id(poisson_model.gene_knock.sums)]
     # the hierarchical read-out's deviation moments are averaged too (the step counts agree on every rank)
     hierarchical = load_config(None, ["model.size=tiny", "model.name=hierarchical"])
     model = VCellModule(hierarchical.model, SPEC, hierarchical.train).model
     moments = next(m for m in model.modules() if hasattr(m, "sum_square"))
     assert [id(b) for b in running_statistics(model)] == [id(model.dynamics.trained_cells), id(model.head.detected_level.sums),
-                                                          id(moments.residual_mean), id(moments.sum_square), id(moments.square_sum)]
+                                                          id(moments.residual_mean), id(moments.sum_square), id(moments.square_sum),
+                                                          id(model.gene_knock.sums)]

@@ -99,6 +99,12 @@ class ModelConfig(Section):
         "detected mean moved along the cell's depth 0.801). false: impute returns the reconstruction (count "
         "models: the likelihood's expectation)",
     )
+    in_silico_knock: bool = Field(
+        True, description="predict a perturbation of a gene that no training cell carried (and no network "
+        "carries) by knocking the gene down in silico: the cell encoded with the gene at the share of its level "
+        "the training cells' knocked genes kept, decoded, and the gene read at that share (vcell.models.knock). "
+        "false: such a perturbation predicts no change",
+    )
     response_weight: float = Field(
         1.0, ge=0, description="weight of the response loss (control cell + condition -> perturbed/stimulated cell)"
     )

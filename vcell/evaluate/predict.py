@@ -121,12 +121,22 @@ def predict_run(run: str | Path, *, perturbation: str | None, cell_type: str, ou
 
 
 def untrained_note(trained: Trained, code: int, perturbation: str | None) -> str | None:
-    """A warning (printed, and kept in uns) when the perturbation moves nothing: no training cell
-    carried it and no other route of the model (the GRN of `regulatory`) does."""
-    if perturbation is None or condition_shift(trained.model.dynamics).moves(code):
+    """A warning (printed, and kept in uns) when no training cell carried the perturbation and no
+    other route of the model (the GRN of `regulatory`) does: it is knocked down in silico (its
+    gene known, `vcell.models.knock`), or it moves nothing."""
+    model = trained.model
+    if perturbation is None or condition_shift(model.dynamics).moves(code):
         return None
-    note = (f"perturbation {perturbation!r} was in no training cell and no other route of this model carries it, "
-            "so the prediction is no change (a model with `regulatory` moves a perturbed gene along its network)")
+    knock = model.in_silico(Conditions(perturbation=torch.tensor([code], device=model.zero_level.device)))
+    if knock is not None:
+        gene = model.spec.gene_ids[int(knock[0][0])]
+        note = (f"perturbation {perturbation!r} was in no training cell and no network of this model carries it, so "
+                f"the prediction moves its gene {gene} in silico to {knock[1]:.2f} x its level above zero "
+                "(what the training cells' perturbed genes typically kept) and reads the cell's state with it there; a model with "
+                "`regulatory` moves a perturbed gene along its network")
+    else:
+        note = (f"perturbation {perturbation!r} was in no training cell and no other route of this model carries it, "
+                "so the prediction is no change (a model with `regulatory` moves a perturbed gene along its network)")
     print(f"warning: {note}")
     return note
 

@@ -30,9 +30,10 @@ from vcell.models.covariates import BatchOffset
 from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
+from vcell.models.knock import GeneKnock, knock_entries
 from vcell.models.slots import (
-    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, detected_genes, hide_genes,
-    pair_cells,
+    ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, condition_shift, detected_genes,
+    hide_genes, pair_cells,
 )
 from vcell.models.spec import ModelSpec
 from vcell.models.transformer import TransformerEncoder
@@ -99,6 +100,9 @@ class VirtualCell(Float32Statistics):
         self.batch_offset = BatchOffset(spec.n_batches, spec.n_genes) if reads_batch else None
         zero = torch.zeros(spec.n_genes) if spec.zero_level is None else torch.as_tensor(spec.zero_level, dtype=torch.float32)
         self.register_buffer("zero_level", zero, persistent=False)
+        # a gene perturbation left on the shift (no network carries it) can be knocked in silico when unseen
+        knocks = config.in_silico_knock and bool((condition_shift(self.dynamics).routed & (spec.perturbation_gene >= 0)).any())
+        self.gene_knock = GeneKnock(spec.perturbation_gene, self.control_code, spec.n_genes) if knocks else None
 
     # -- the pieces ---------------------------------------------------------------------------
     def encode(self, x_in: torch.Tensor, cells: CellInputs) -> tuple[torch.Tensor, dict, dict]:
@@ -112,16 +116,30 @@ class VirtualCell(Float32Statistics):
 
     def decode(
         self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None,
-        batch: torch.Tensor | None = None,
+        batch: torch.Tensor | None = None, knock: tuple[torch.Tensor, float] | None = None,
     ) -> Prediction:
         """Expression of states z (B, D) under `conditions`, measured in `batch` (B,) codes (read by
         model.batch_covariate; None: no batch offset); `basal` (B, D) is the state before any
         condition (z itself when decoding a cell as it is): heads that predict how the total
-        counts move (resource) compare the two cells' gene scores."""
+        counts move (resource) compare the two cells' gene scores. `knock`: (genes (B,), fraction),
+        each cell's gene knocked down in silico (`in_silico`)."""
         scores = self.gene_scores(z, conditions, batch)
         needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
         basal_scores = self.gene_scores(basal, None, batch) if needs_basal else scores
+        if knock is not None:
+            unknocked = self.head.predict(scores, z, basal_scores, library)
+            scores = self.head.knock(scores, unknocked, *knock, self.zero_level)
         return self.head.predict(scores, z, basal_scores, library)
+
+    def in_silico(self, conditions: Conditions) -> tuple[torch.Tensor, float] | None:
+        """(genes (B,), fraction): the gene each cell's perturbation knocks down in silico (-1: none)
+        and the share of its level it keeps, for gene perturbations no route of the model carries
+        (`vcell.models.knock`); None: no cell has one."""
+        if self.gene_knock is None or conditions.perturbation is None:
+            return None
+        untrained = condition_shift(self.dynamics).untrained(conditions.perturbation)
+        genes = self.gene_knock.knocked_genes(conditions.perturbation, untrained)
+        return None if genes is None else (genes, self.gene_knock.fraction())
 
     def gene_scores(
         self, z: torch.Tensor, conditions: Conditions | None, batch: torch.Tensor | None = None, residual: bool = True,
@@ -154,6 +172,8 @@ class VirtualCell(Float32Statistics):
         response_losses, response_stats = self.response(z, x_in is cells.x, cells)
         if self.training:
             self.latent.tick()
+            if self.gene_knock is not None:
+                self.gene_knock.observe(cells, self.zero_level)
         losses.update(response_losses)
         stats.update(response_stats)
         return ModelOutput(latent=z, expression=prediction.expression, losses=losses, stats=stats)
@@ -267,8 +287,11 @@ class VirtualCell(Float32Statistics):
             cells = self.inputs(batch)
             check_conditions(conditions, self.spec)
             z, _, _ = self.encode(cells.x, cells)
-            state, _ = self.dynamics(z, conditions)
-            return self.decode(state, z, cells.library, conditions, cells.batch)
+            knock = self.in_silico(conditions)
+            # a gene knocked in silico: the cell as the encoder reads it with the gene down
+            start = z if knock is None else self.encode(knock_entries(cells.x, knock[0], knock[1], self.zero_level), cells)[0]
+            state, _ = self.dynamics(start, conditions)
+            return self.decode(state, z, cells.library, conditions, cells.batch, knock)
 
     @torch.no_grad()
     def predict_measured(self, batch: dict[str, torch.Tensor], conditions: Conditions) -> torch.Tensor:

@@ -31,6 +31,7 @@ from vcell.models.contracts import (
     Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout, Residual,
 )
 from vcell.models.inputs import CellInputs, Conditions, Prediction
+from vcell.models.knock import knock_entries
 
 TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's default normalisation
 
@@ -135,14 +136,24 @@ class ConditionShift(nn.Module):
     def moves(self, code: int) -> bool:
         """Whether a perturbation code moves a cell on this route: false for one with a row that no
         training cell carried (true for control and for codes another route carries)."""
-        row = int(self.row[code])
-        return row < 0 or bool(self.trained_cells[row] > 0)
+        return not bool(self.untrained(torch.tensor([code], device=self.row.device))[0])
+
+    def rows(self, code: torch.Tensor) -> torch.Tensor:
+        """(B,) each code's embedding row (-1: none: control, a code another route carries, none given)."""
+        return torch.where(code >= 0, self.row[code.clamp(min=0, max=len(self.row) - 1)], -1)
+
+    def untrained(self, code: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: codes (B,) whose row no training cell carried, so that they move nothing here."""
+        if self.embedding is None:
+            return torch.zeros_like(code, dtype=torch.bool)
+        row = self.rows(code)
+        return (row >= 0) & (self.trained_cells[row.clamp(min=0)] <= 0)
 
     def shift(self, z: torch.Tensor, conditions: Conditions) -> torch.Tensor:
         code = conditions.perturbation
         if code is None or self.embedding is None:
             return z
-        row = torch.where(code >= 0, self.row[code.clamp(min=0, max=len(self.row) - 1)], -1)
+        row = self.rows(code)
         active = row >= 0
         if self.training:
             with torch.no_grad():  # every row added, inactive ones as 0: no boolean indexing (a GPU sync)
@@ -176,6 +187,12 @@ class GaussianHead(nn.Module):
 
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         return (prediction.expression - target.x).pow(2).mean()
+
+    def knock(self, scores: torch.Tensor, prediction: Prediction, genes: torch.Tensor, fraction: float,
+              zero_level: torch.Tensor) -> torch.Tensor:
+        """`scores` with each cell's gene (`genes` (B,), -1: none) knocked to `fraction` of its
+        level above zero (`vcell.models.knock`): the scores are that level."""
+        return knock_entries(scores, genes, fraction, zero_level)
 
     def fit_statistics(self, prediction: Prediction, cells: CellInputs) -> None:
         """A training step's reconstruction of its own cells, from their masked input: fold the hidden
@@ -331,6 +348,16 @@ class CountHead(nn.Module):
             raise ValueError("a count likelihood needs batch['counts'] (loader.keep_counts=true)")
         # mean over genes and cells (not the sum over genes), so its scale matches the other terms
         return -self.likelihood.log_prob(target.counts, prediction).mean()
+
+    def knock(self, scores: torch.Tensor, prediction: Prediction, genes: torch.Tensor, fraction: float,
+              zero_level: torch.Tensor) -> torch.Tensor:
+        """`scores` (log rates) with each cell's gene (`genes` (B,), -1: none) knocked to `fraction` of
+        its log1p level (`vcell.models.knock`; a fraction of a level above zero is one in every
+        affine normalisation of log1p): its rate times expm1(fraction e) / expm1(e), e its level."""
+        level = prediction.expression.gather(1, genes.clamp(min=0).unsqueeze(1))  # (B, 1)
+        fold = torch.expm1(fraction * level) / torch.expm1(level).clamp(min=1e-12)
+        log_fold = torch.log(fold.clamp(min=1e-12)) * (genes.unsqueeze(1) >= 0)
+        return scores.scatter_add(1, genes.clamp(min=0).unsqueeze(1), log_fold)
 
     def measured(self, prediction: Prediction) -> torch.Tensor:
         """(B, G) E[log1p(counts per 10,000)] under the likelihood: what measured cells average to.
