@@ -312,4 +312,4 @@ def test_predict_warns_when_the_perturbation_moves_nothing(capsys):
     knocking = SimpleNamespace(model=measured_model())  # its knock-down measured: P5's gene knocked in silico
     gene = SPEC.gene_ids[int(SPEC.perturbation_gene[5])]
     note = untrained_note(knocking, 5, "P5")
-    assert f"moves its gene {gene} in silico to 0.25 x its level" in note and "no change" not in note
+    assert f"moves its gene {gene} in silico to 0.50 x its level" in note and "no change" not in note

@@ -100,10 +100,11 @@ class ModelConfig(Section):
         "models: the likelihood's expectation)",
     )
     in_silico_knock: bool = Field(
-        True, description="predict a perturbation of a gene that no training cell carried (and no network "
-        "carries) by knocking the gene down in silico: the cell encoded with the gene at the share of its level "
-        "the training cells' knocked genes kept, decoded, and the gene read at that share (vcell.models.knock). "
-        "false: such a perturbation predicts no change",
+        True, description="read a perturbed gene (a perturbation no network carries) at the share of its level "
+        "the training cells showed it kept (its own, else the median gene's; vcell.models.knock), and predict a "
+        "perturbation of a gene that no training cell carried by knocking the gene down in silico: the cell "
+        "encoded with the gene at that share, then decoded. false: the latent shift alone (an unseen "
+        "perturbation predicts no change)",
     )
     response_weight: float = Field(
         1.0, ge=0, description="weight of the response loss (control cell + condition -> perturbed/stimulated cell)"

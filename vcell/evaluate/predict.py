@@ -128,10 +128,10 @@ def untrained_note(trained: Trained, code: int, perturbation: str | None) -> str
     if perturbation is None or condition_shift(model.dynamics).moves(code):
         return None
     knock = model.in_silico(Conditions(perturbation=torch.tensor([code], device=model.zero_level.device)))
-    if knock is not None:
-        gene = model.spec.gene_ids[int(knock[0][0])]
+    if knock is not None and bool(knock.unseen[0]):
+        gene = model.spec.gene_ids[int(knock.genes[0])]
         note = (f"perturbation {perturbation!r} was in no training cell and no network of this model carries it, so "
-                f"the prediction moves its gene {gene} in silico to {knock[1]:.2f} x its level above zero "
+                f"the prediction moves its gene {gene} in silico to {float(knock.fractions[0]):.2f} x its level above zero "
                 "(what the training cells' perturbed genes typically kept) and reads the cell's state with it there; a model with "
                 "`regulatory` moves a perturbed gene along its network")
     else:

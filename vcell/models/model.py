@@ -30,7 +30,7 @@ from vcell.models.covariates import BatchOffset
 from vcell.models.flops import training_flops_per_cell
 from vcell.models.enhancements import install_enhancements
 from vcell.models.inputs import CellInputs, Conditions, ModelOutput, Prediction
-from vcell.models.knock import GeneKnock, knock_entries
+from vcell.models.knock import GeneKnock, Knock
 from vcell.models.slots import (
     ConditionShift, CountHead, DeterministicLatent, GaussianHead, MLPEncoder, Slots, condition_shift, detected_genes,
     hide_genes, pair_cells,
@@ -116,30 +116,31 @@ class VirtualCell(Float32Statistics):
 
     def decode(
         self, z: torch.Tensor, basal: torch.Tensor, library: torch.Tensor, conditions: Conditions | None = None,
-        batch: torch.Tensor | None = None, knock: tuple[torch.Tensor, float] | None = None,
+        batch: torch.Tensor | None = None, knock: Knock | None = None,
     ) -> Prediction:
         """Expression of states z (B, D) under `conditions`, measured in `batch` (B,) codes (read by
         model.batch_covariate; None: no batch offset); `basal` (B, D) is the state before any
         condition (z itself when decoding a cell as it is): heads that predict how the total
-        counts move (resource) compare the two cells' gene scores. `knock`: (genes (B,), fraction),
-        each cell's gene knocked down in silico (`in_silico`)."""
+        counts move (resource) compare the two cells' gene scores. `knock`: each cell's perturbed
+        gene read at its share of its level in `basal`'s decoding (`in_silico`)."""
         scores = self.gene_scores(z, conditions, batch)
         needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
         basal_scores = self.gene_scores(basal, None, batch) if needs_basal else scores
         if knock is not None:
-            unknocked = self.head.predict(scores, z, basal_scores, library)
-            scores = self.head.knock(scores, unknocked, *knock, self.zero_level)
+            basal_scores = basal_scores if needs_basal else self.gene_scores(basal, None, batch)
+            reference = self.head.predict(basal_scores, basal, basal_scores, library)  # the cell before it
+            current = self.head.predict(scores, z, basal_scores, library)
+            scores = self.head.knock(scores, current, reference, knock, self.zero_level)
         return self.head.predict(scores, z, basal_scores, library)
 
-    def in_silico(self, conditions: Conditions) -> tuple[torch.Tensor, float] | None:
-        """(genes (B,), fraction): the gene each cell's perturbation knocks down in silico (-1: none)
-        and the share of its level it keeps, for gene perturbations no route of the model carries
-        (`vcell.models.knock`); None: no cell has one."""
-        if self.gene_knock is None or conditions.perturbation is None:
+    def in_silico(self, conditions: Conditions) -> Knock | None:
+        """The in-silico knock of each cell's perturbed gene (`vcell.models.knock`): perturbations on
+        the latent shift's route whose code names a gene; None: no cell has one, or none measured."""
+        code = conditions.perturbation
+        if self.gene_knock is None or code is None:
             return None
-        untrained = condition_shift(self.dynamics).untrained(conditions.perturbation)
-        genes = self.gene_knock.knocked_genes(conditions.perturbation, untrained)
-        return None if genes is None else (genes, self.gene_knock.fraction())
+        shift = condition_shift(self.dynamics)
+        return self.gene_knock.plan(code, shift.rows(code) >= 0, shift.untrained(code))
 
     def gene_scores(
         self, z: torch.Tensor, conditions: Conditions | None, batch: torch.Tensor | None = None, residual: bool = True,
@@ -288,8 +289,9 @@ class VirtualCell(Float32Statistics):
             check_conditions(conditions, self.spec)
             z, _, _ = self.encode(cells.x, cells)
             knock = self.in_silico(conditions)
-            # a gene knocked in silico: the cell as the encoder reads it with the gene down
-            start = z if knock is None else self.encode(knock_entries(cells.x, knock[0], knock[1], self.zero_level), cells)[0]
+            # a perturbation the shift never trained: the cell as the encoder reads it with its gene knocked
+            unseen = knock is not None and bool(knock.unseen.any())
+            start = self.encode(knock.inputs(cells.x, self.zero_level), cells)[0] if unseen else z
             state, _ = self.dynamics(start, conditions)
             return self.decode(state, z, cells.library, conditions, cells.batch, knock)
 

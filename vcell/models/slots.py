@@ -31,7 +31,7 @@ from vcell.models.contracts import (
     Auxiliary, CountLikelihood, Decoder, Dynamics, Encoder, GeneTerm, Head, Latent, MeanModel, Readout, Residual,
 )
 from vcell.models.inputs import CellInputs, Conditions, Prediction
-from vcell.models.knock import knock_entries
+from vcell.models.knock import Knock, knock_entries
 
 TARGET_SUM = 1e4  # expression is log1p(counts per 10,000), as the loader's default normalisation
 
@@ -188,11 +188,11 @@ class GaussianHead(nn.Module):
     def loss(self, prediction: Prediction, target: CellInputs) -> torch.Tensor:
         return (prediction.expression - target.x).pow(2).mean()
 
-    def knock(self, scores: torch.Tensor, prediction: Prediction, genes: torch.Tensor, fraction: float,
+    def knock(self, scores: torch.Tensor, current: Prediction, reference: Prediction, knock: Knock,
               zero_level: torch.Tensor) -> torch.Tensor:
-        """`scores` with each cell's gene (`genes` (B,), -1: none) knocked to `fraction` of its
-        level above zero (`vcell.models.knock`): the scores are that level."""
-        return knock_entries(scores, genes, fraction, zero_level)
+        """`scores` with each cell's perturbed gene at its share of its level above zero in
+        `reference`, the cell before the perturbation (`vcell.models.knock`): the scores are levels."""
+        return knock_entries(scores, knock.genes, knock.fractions, zero_level, reference.expression)
 
     def fit_statistics(self, prediction: Prediction, cells: CellInputs) -> None:
         """A training step's reconstruction of its own cells, from their masked input: fold the hidden
@@ -349,15 +349,17 @@ class CountHead(nn.Module):
         # mean over genes and cells (not the sum over genes), so its scale matches the other terms
         return -self.likelihood.log_prob(target.counts, prediction).mean()
 
-    def knock(self, scores: torch.Tensor, prediction: Prediction, genes: torch.Tensor, fraction: float,
+    def knock(self, scores: torch.Tensor, current: Prediction, reference: Prediction, knock: Knock,
               zero_level: torch.Tensor) -> torch.Tensor:
-        """`scores` (log rates) with each cell's gene (`genes` (B,), -1: none) knocked to `fraction` of
-        its log1p level (`vcell.models.knock`; a fraction of a level above zero is one in every
-        affine normalisation of log1p): its rate times expm1(fraction e) / expm1(e), e its level."""
-        level = prediction.expression.gather(1, genes.clamp(min=0).unsqueeze(1))  # (B, 1)
-        fold = torch.expm1(fraction * level) / torch.expm1(level).clamp(min=1e-12)
-        log_fold = torch.log(fold.clamp(min=1e-12)) * (genes.unsqueeze(1) >= 0)
-        return scores.scatter_add(1, genes.clamp(min=0).unsqueeze(1), log_fold)
+        """`scores` (log rates) with each cell's perturbed gene at its share of its log1p level in
+        `reference`, the cell before the perturbation (`vcell.models.knock`; a share of a level
+        above zero is one in every affine normalisation of log1p): its rate times
+        expm1(share x reference level) / expm1(current level)."""
+        index = knock.genes.clamp(min=0).unsqueeze(1)  # (B, 1)
+        target = knock.fractions.unsqueeze(1) * reference.expression.gather(1, index)
+        fold = torch.expm1(target) / torch.expm1(current.expression.gather(1, index)).clamp(min=1e-12)
+        log_fold = torch.log(fold.clamp(min=1e-12)) * (knock.genes.unsqueeze(1) >= 0)
+        return scores.scatter_add(1, index, log_fold)
 
     def measured(self, prediction: Prediction) -> torch.Tensor:
         """(B, G) E[log1p(counts per 10,000)] under the likelihood: what measured cells average to.
