@@ -31,7 +31,8 @@ def knocked_cells(fractions: dict[int, float], gene_of: np.ndarray, n_genes: int
         codes += [code] * cells
     scale = torch.ones(n_genes) if scale is None else scale
     x = level * scale + zero
-    return CellInputs(x=x, counts=None, library=torch.full((len(x),), 1e3), context=None,
+    # counts in proportion to the level, of the same library: each share falls by the level's fraction
+    return CellInputs(x=x, counts=level.round(), library=torch.full((len(x),), 1e3), context=None,
                       conditions=Conditions(perturbation=torch.tensor(codes)))
 
 
@@ -46,9 +47,15 @@ def test_the_measured_knock_is_the_median_share_of_its_level_a_perturbed_gene_ke
     by_code = {code + 1: fraction for code, fraction in enumerate(fractions)}
     knock = GeneKnock(gene_of_code(n_genes), CONTROL, n_genes)
     zero = torch.full((n_genes,), offset)
-    knock.observe(knocked_cells(by_code, gene_of_code(n_genes), n_genes, zero, scale=torch.full((n_genes,), stretch)), zero)
+    cells = knocked_cells(by_code, gene_of_code(n_genes), n_genes, zero, scale=torch.full((n_genes,), stretch))
+    knock.observe(cells, zero)
     # the same whatever affine normalisation the loader applied (log1p, z-score: a level above zero)
     assert knock.fraction() == pytest.approx(float(np.median(fractions)), abs=1e-4)
+    folds, typical = knock.ratios(4, 5, 0.0)  # the shares of the cells' counts the genes kept
+    basal = cells.counts[0, :len(fractions)]
+    kept = torch.stack([cells.counts[12 + 6 * gene, gene] for gene in range(len(fractions))]) / basal
+    torch.testing.assert_close(folds[:len(fractions)], kept)
+    assert typical == pytest.approx(float(kept.median() if len(kept) % 2 else kept.quantile(0.5)), abs=1e-5)
 
 
 def test_no_knock_is_measured_from_too_few_knocked_cells_or_none():
@@ -60,7 +67,7 @@ def test_no_knock_is_measured_from_too_few_knocked_cells_or_none():
     assert knock.fraction() is None  # 2 cells: below MIN_CELLS
     knock.observe(knocked_cells({3: 0.5}, gene_of_code(n_genes), n_genes, zero, cells=2), zero)
     assert knock.fraction() == pytest.approx(0.5)
-    shares, typical = knock.measured()
+    shares, typical = knock.ratios(0, 2, 1e-3)
     assert shares[2] == pytest.approx(0.5) and torch.isnan(shares[torch.arange(n_genes) != 2]).all()
 
 
@@ -74,7 +81,7 @@ def test_knock_entries_moves_each_cells_own_gene_only():
     torch.testing.assert_close(knocked, expected)
 
 
-def test_a_count_head_reads_the_knocked_gene_at_the_fraction_of_its_log1p_level_before():
+def test_a_count_head_reads_the_knocked_gene_at_its_measured_share_of_the_counts_before():
     torch.manual_seed(0)
     head = build_model(ModelConfig(name="stochastic", size="tiny"), SPEC).head
     basal_scores = torch.randn(4, SPEC.n_genes)
@@ -82,12 +89,16 @@ def test_a_count_head_reads_the_knocked_gene_at_the_fraction_of_its_log1p_level_
     library, z = torch.full((4,), 2e3), torch.zeros(4, 8)
     before = head.predict(basal_scores, z, basal_scores, library)
     current = head.predict(scores, z, basal_scores, library)
-    knock = Knock(torch.tensor([3, 50, -1, 119]), torch.tensor([0.3, 0.3, 0.3, 1.5]), torch.zeros(4, dtype=torch.bool))
+    folds = torch.tensor([0.2, 0.05, 0.3, 1.5])
+    knock = Knock(torch.tensor([3, 50, -1, 119]), torch.full((4,), 0.5), folds, torch.zeros(4, dtype=torch.bool))
     after = head.predict(head.knock(scores, current, before, knock, torch.zeros(SPEC.n_genes)), z, basal_scores, library)
-    for row, (gene, fraction) in enumerate(zip(knock.genes.tolist(), knock.fractions.tolist())):
+    for row, (gene, fold) in enumerate(zip(knock.genes.tolist(), folds.tolist())):
         if gene >= 0:  # the other genes' shares close up by the little the gene gave away (or took)
-            assert after.expression[row, gene] == pytest.approx(fraction * before.expression[row, gene].item(), rel=0.03)
+            share = torch.expm1(after.expression[row, gene]) / torch.expm1(before.expression[row, gene])
+            assert share.item() == pytest.approx(fold, rel=0.03)
     torch.testing.assert_close(after.expression[2], current.expression[2])
+    no_counts = Knock(knock.genes, knock.fractions, None, knock.unseen)  # trained without counts: as decoded
+    torch.testing.assert_close(head.knock(scores, current, before, no_counts, torch.zeros(SPEC.n_genes)), scores)
 
 
 def measured_model(name: str = "base", **settings) -> torch.nn.Module:
@@ -163,3 +174,13 @@ def test_without_the_knock_switched_on_or_measured_an_unseen_perturbation_predic
 
 def test_a_network_model_carries_unseen_perturbations_itself():
     assert build_model(ModelConfig(name="regulatory", size="tiny"), SPEC).gene_knock is None
+
+
+def test_a_count_model_reads_a_seen_gene_at_its_measured_share_of_the_counts():
+    model = measured_model("stochastic")
+    gene = int(SPEC.perturbation_gene[4])
+    fold = model.gene_knock.ratios(4, 5, 0.0)[0][gene]
+    assert fold == pytest.approx(28 / 113)  # its counts, 113 in basal cells, 28 in knocked ones
+    shifted, control = under(model, 4), under(model, SPEC.control_code)  # control: the cell before it
+    torch.testing.assert_close(torch.expm1(shifted[:, gene]) / torch.expm1(control[:, gene]),
+                               torch.full((N_CELLS,), fold.item()), rtol=0.02, atol=0)

@@ -43,12 +43,14 @@ from vcell.models.inputs import CellInputs
 MIN_CELLS = 3  # knocked training cells behind a gene's measured fraction
 MIN_LEVEL = 1e-3  # basal level above zero (loader units) for a gene's fraction to mean anything
 MAX_FRACTION = 10.0  # above 1 the screen raised its genes (CRISPRa); a bound on a noisy median
+# the rows of GeneKnock.sums, each (G,): levels above zero and shares of the cell's counts
+SUM_ROWS = ("basal level", "basal cells", "knocked level", "knocked cells", "basal share", "knocked share")
 
 
 class GeneKnock(nn.Module):
     """The measured knock-down of perturbed genes; see the module doc."""
 
-    # sums (4, G): basal level sum, basal cells, knocked level sum, knocked cells (levels above zero)
+    # sums (6, G): SUM_ROWS
     RUNNING_STATISTICS = ("sums",)
 
     def __init__(self, perturbation_gene: np.ndarray, control_code: int, n_genes: int) -> None:
@@ -56,10 +58,10 @@ class GeneKnock(nn.Module):
         self.control_code = control_code
         genes = torch.as_tensor(np.asarray(perturbation_gene, dtype=np.int64))
         self.register_buffer("gene", genes, persistent=False)  # (K,) from the spec, -1: none
-        self.register_buffer("sums", torch.zeros(4, n_genes))
+        self.register_buffer("sums", torch.zeros(len(SUM_ROWS), n_genes))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        """A model saved before the sums: none (no in-silico route), as it was."""
+        """A model saved before the sums: none (no knock), as it was."""
         state_dict.setdefault(prefix + "sums", torch.zeros_like(self.sums))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -72,60 +74,70 @@ class GeneKnock(nn.Module):
         if code is None or basal is None or knocked is None:
             return
         level = (cells.x - zero_level).to(self.sums.dtype)  # (B, G)
-        weight = basal.to(level.dtype)
-        self.sums[0] += weight @ level
-        self.sums[1] += weight.sum()
+        share = None if cells.counts is None else cells.counts.to(level.dtype) / cells.library.to(level.dtype).clamp(min=1.0).unsqueeze(1)
         gene = self.gene[code.clamp(min=0, max=len(self.gene) - 1)]  # (B,)
         knocked = (knocked & (gene >= 0)).to(level.dtype)
-        own = level.gather(1, gene.clamp(min=0).unsqueeze(1)).squeeze(1) * knocked  # (B,)
-        self.sums[2].index_add_(0, gene.clamp(min=0), own)
-        self.sums[3].index_add_(0, gene.clamp(min=0), knocked)
+        weight, index = basal.to(level.dtype), gene.clamp(min=0)
+        self.sums[1] += weight.sum()
+        self.sums[3].index_add_(0, index, knocked)
+        for values, basal_row, knocked_row in ((level, 0, 2), (share, 4, 5)):
+            if values is not None:
+                self.sums[basal_row] += weight @ values
+                self.sums[knocked_row].index_add_(0, index, values.gather(1, index.unsqueeze(1)).squeeze(1) * knocked)
 
-    def measured(self) -> tuple[torch.Tensor, float] | None:
-        """(each gene's share of its level above zero kept where it was perturbed (G,), NaN where
-        fewer than MIN_CELLS cells show it; the typical share, the median over measured genes);
-        None: none measured. Above 1: an activation raised the gene."""
+    def ratios(self, basal_row: int, knocked_row: int, floor: float) -> tuple[torch.Tensor, float] | None:
+        """(each gene's knocked mean / basal mean (G,) where MIN_CELLS knocked cells show it and its
+        basal mean is above `floor`, else NaN; their median); None: no gene measured."""
         sums = self.sums.double()
-        basal = sums[0] / sums[1].clamp(min=1.0)
-        usable = (sums[3] >= MIN_CELLS) & (basal > MIN_LEVEL)
-        ratios = torch.where(usable, sums[2] / sums[3].clamp(min=1.0) / basal.clamp(min=MIN_LEVEL), torch.nan)
-        ratios = ratios.clamp(0.0, MAX_FRACTION)
+        basal = sums[basal_row] / sums[1].clamp(min=1.0)
+        usable = (sums[3] >= MIN_CELLS) & (basal > floor)
         if not bool(usable.any()):
             return None
+        ratios = (sums[knocked_row] / sums[3].clamp(min=1.0) / basal.clamp(min=floor)).clamp(0.0, MAX_FRACTION)
+        ratios = torch.where(usable, ratios, torch.nan)
         # the midpoint of an even count (torch's median takes the lower one)
         return ratios.float(), float(torch.quantile(ratios[usable], 0.5))
 
     def fraction(self) -> float | None:
         """The typical share of its level above zero a perturbed gene keeps; None: none measured."""
-        measured = self.measured()
+        measured = self.ratios(0, 2, MIN_LEVEL)
         return None if measured is None else measured[1]
 
     def plan(self, code: torch.Tensor | None, routed: torch.Tensor, untrained: torch.Tensor) -> Knock | None:
         """The knock of each cell's gene: perturbations on the latent shift's route (`routed` (B,)
         bool) whose code names a gene; `untrained` (B,) bool: those the shift never trained. None
         when no cell has one or no knock was measured."""
-        measured = self.measured()
-        if code is None or measured is None:
+        levels = self.ratios(0, 2, MIN_LEVEL)
+        if code is None or levels is None:
             return None
-        ratios, typical = measured
         gene = torch.where(routed & (code >= 0), self.gene[code.clamp(min=0, max=len(self.gene) - 1)], -1)
         if not bool((gene >= 0).any()):
             return None
-        own = ratios[gene.clamp(min=0)]
-        fraction = torch.where(torch.isnan(own), torch.full_like(own, typical), own)
-        return Knock(gene, fraction, untrained & (gene >= 0))
+        shares = self.ratios(4, 5, 0.0)  # None: trained without counts (no count head to read them)
+        return Knock(gene, own_or_typical(levels, gene), None if shares is None else own_or_typical(shares, gene),
+                     untrained & (gene >= 0))
+
+
+def own_or_typical(measured: tuple[torch.Tensor, float], gene: torch.Tensor) -> torch.Tensor:
+    """(B,) each cell's gene's own measured ratio, the typical one where it has none."""
+    ratios, typical = measured
+    own = ratios[gene.clamp(min=0)]
+    return torch.where(torch.isnan(own), torch.full_like(own, typical), own)
 
 
 @dataclass
 class Knock:
     """Which gene each cell's perturbation knocks in silico and how far (see the module doc).
 
-    genes (B,) -1: none; fractions (B,) the share of its level above zero the gene keeps (its own
-    measured share where training showed it, else the typical one); unseen (B,) bool: cells whose
-    perturbation the shift never trained, read with the gene knocked in their input."""
+    genes (B,) -1: none; fractions (B,) the share of its level above zero the gene keeps; folds (B,)
+    the share of its counts it keeps (of each cell's counts: what a count model's rate takes; None
+    when training had no counts); each the gene's own where training showed it, else the typical
+    one; unseen (B,) bool: cells whose perturbation the shift never trained, read with the gene
+    knocked in their input."""
 
     genes: torch.Tensor
     fractions: torch.Tensor
+    folds: torch.Tensor | None
     unseen: torch.Tensor
 
     def inputs(self, x: torch.Tensor, zero_level: torch.Tensor) -> torch.Tensor:

@@ -351,13 +351,14 @@ class CountHead(nn.Module):
 
     def knock(self, scores: torch.Tensor, current: Prediction, reference: Prediction, knock: Knock,
               zero_level: torch.Tensor) -> torch.Tensor:
-        """`scores` (log rates) with each cell's perturbed gene at its share of its log1p level in
-        `reference`, the cell before the perturbation (`vcell.models.knock`; a share of a level
-        above zero is one in every affine normalisation of log1p): its rate times
-        expm1(share x reference level) / expm1(current level)."""
+        """`scores` (log rates) with each cell's perturbed gene at its measured share of its counts in
+        `reference`, the cell before the perturbation (`vcell.models.knock`): its share of the
+        cell's expected counts times fold x reference share / current share (unchanged without folds)."""
+        if knock.folds is None:
+            return scores
         index = knock.genes.clamp(min=0).unsqueeze(1)  # (B, 1)
-        target = knock.fractions.unsqueeze(1) * reference.expression.gather(1, index)
-        fold = torch.expm1(target) / torch.expm1(current.expression.gather(1, index)).clamp(min=1e-12)
+        before, now = (torch.expm1(p.expression.gather(1, index)) for p in (reference, current))  # counts per 10,000
+        fold = knock.folds.unsqueeze(1) * before / now.clamp(min=1e-12)
         log_fold = torch.log(fold.clamp(min=1e-12)) * (knock.genes.unsqueeze(1) >= 0)
         return scores.scatter_add(1, index, log_fold)
 
