@@ -63,7 +63,7 @@ def test_count_heads_measure_what_their_own_samples_average_to():
     torch.manual_seed(0)
     mean = torch.exp(torch.randn(4, 50) * 2 - 1)  # (cells, genes), 0.01 .. ~100 expected counts
     overdispersed = PoissonLikelihood(50)
-    overdispersed.moments.copy_(torch.stack([torch.full((50,), 2.0), torch.ones(50)]))  # measured theta 0.5
+    overdispersed.load_state_dict({"moments": torch.stack([torch.full((50,), 2.0), torch.ones(50)])})  # measured theta 0.5
     for likelihood in (PoissonLikelihood(50), overdispersed, NegativeBinomialLikelihood(50, 8, zero_inflated=False)):
         head = CountHead(LibraryMean(), likelihood)
         prediction = Prediction(expression=torch.log1p(1e4 * mean / mean.sum(-1, keepdim=True)), mean=mean)

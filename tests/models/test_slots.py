@@ -96,6 +96,9 @@ def test_a_poisson_never_trained_or_saved_before_the_dispersion_reads_as_a_plain
     old = PoissonLikelihood(5)
     old.load_state_dict({})  # strict: a state saved without the moments
     assert old.dispersion() is None
+    reloaded = PoissonLikelihood(5)
+    reloaded.load_state_dict(fitted.state_dict())  # measured is a host flag, set again from the moments
+    torch.testing.assert_close(reloaded.dispersion(), fitted.dispersion())
 
 
 def test_a_measured_dispersion_near_its_top_is_a_poisson_to_the_read_outs():

@@ -259,11 +259,15 @@ class PoissonLikelihood(Float32Statistics):
         super().__init__()
         # per gene, over recent training cells: the sum of (counts - mean)^2 - mean, and of mean^2
         self.register_buffer("moments", torch.zeros(2, n_genes))
+        # whether any training step fitted the moments, kept on the host: asking the buffer (.any())
+        # on every call cost two GPU syncs per training step
+        self.measured = False
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """A model saved before the dispersion was measured: zeros, read as a Poisson, as it was."""
-        state_dict.setdefault(prefix + "moments", torch.zeros_like(self.moments))
+        saved = state_dict.setdefault(prefix + "moments", torch.zeros_like(self.moments))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.measured = saved.device.type != "meta" and bool((saved[1] > 0).any())  # once, at load
 
     def extras(self, z: torch.Tensor) -> dict:
         return {}
@@ -287,12 +291,13 @@ class PoissonLikelihood(Float32Statistics):
         weight = torch.ones_like(mean) if theta is None else (1 + mean / theta).pow(-2)
         terms = torch.stack([(weight * ((counts - mean).pow(2) - mean)).sum(0), (weight * mean.pow(2)).sum(0)])
         self.moments.mul_(DETECTED_DECAY).add_(terms)
+        self.measured = True
 
     def dispersion(self) -> torch.Tensor | None:
         """(G,) each gene's measured theta (QUASI_DISPERSION_RANGE), or None before any training step."""
-        excess, square = self.moments
-        if not bool((square > 0).any()):
+        if not self.measured:
             return None
+        excess, square = self.moments
         low, high = QUASI_DISPERSION_RANGE
         return (square.clamp(min=1e-12) / excess.clamp(min=1e-30)).clamp(low, high)
 
