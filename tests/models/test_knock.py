@@ -1,6 +1,8 @@
-"""In-silico knock-down of a gene perturbation no training cell carried (`vcell.models.knock`)."""
+"""The perturbed gene read at its measured knock-down, and unseen gene perturbations knocked in silico (`vcell.models.knock`)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -184,3 +186,13 @@ def test_a_count_model_reads_a_seen_gene_at_its_measured_share_of_the_counts():
     shifted, control = under(model, 4), under(model, SPEC.control_code)  # control: the cell before it
     torch.testing.assert_close(torch.expm1(shifted[:, gene]) / torch.expm1(control[:, gene]),
                                torch.full((N_CELLS,), fold.item()), rtol=0.02, atol=0)
+
+
+def test_the_sums_stay_float32_and_are_measured_under_a_bf16_cast():
+    model = measured_model()
+    model.to(torch.bfloat16)
+    assert model.gene_knock.sums.dtype == torch.float32
+    cells = knocked_cells({4: 0.25, 6: 0.75}, SPEC.perturbation_gene, SPEC.n_genes, model.zero_level)
+    model.gene_knock.sums.zero_()
+    model.gene_knock.observe(dataclasses.replace(cells, x=cells.x.to(torch.bfloat16)), model.zero_level)
+    assert model.gene_knock.fraction() == pytest.approx(0.5, abs=0.01)  # bf16 inputs, float32 sums

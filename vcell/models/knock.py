@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
+from vcell.models.blocks import Float32Statistics
 from vcell.models.inputs import CellInputs
 
 MIN_CELLS = 3  # knocked training cells behind a gene's measured fraction
@@ -47,11 +47,12 @@ MAX_FRACTION = 10.0  # above 1 the screen raised its genes (CRISPRa); a bound on
 SUM_ROWS = ("basal level", "basal cells", "knocked level", "knocked cells", "basal share", "knocked share")
 
 
-class GeneKnock(nn.Module):
+class GeneKnock(Float32Statistics):
     """The measured knock-down of perturbed genes; see the module doc."""
 
     # sums (6, G): SUM_ROWS
     RUNNING_STATISTICS = ("sums",)
+    FLOAT32_BUFFERS = ("sums",)  # float32 under bf16: ratios of long sums
 
     def __init__(self, perturbation_gene: np.ndarray, control_code: int, n_genes: int) -> None:
         super().__init__()
@@ -82,7 +83,8 @@ class GeneKnock(nn.Module):
         self.sums[3].index_add_(0, index, knocked)
         for values, basal_row, knocked_row in ((level, 0, 2), (share, 4, 5)):
             if values is not None:
-                self.sums[basal_row] += weight @ values
+                # a sum, not a matrix product: autocast would run that in bf16 (and count it as model FLOPs)
+                self.sums[basal_row] += (values * weight.unsqueeze(1)).sum(0)
                 self.sums[knocked_row].index_add_(0, index, values.gather(1, index.unsqueeze(1)).squeeze(1) * knocked)
 
     def ratios(self, basal_row: int, knocked_row: int, floor: float) -> tuple[torch.Tensor, float] | None:
