@@ -155,7 +155,33 @@ def test_a_model_without_these_enhancements_writes_nothing(tmp_path):
     plain = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(enhancements=["stochastic"])), model=None)
     assert biology_tables(plain, None) == ({}, {})
     assert write_biology(tmp_path / "biology", {}, {}) == [] and not (tmp_path / "biology").exists()
-    assert {entry.enhancement for entry in BIOLOGY_FILES} == {"regulatory", "temporal", "hierarchical", "memory"}
+    assert {entry.enhancement for entry in BIOLOGY_FILES} == {"regulatory", "temporal", "hierarchical", "memory", "base"}
+
+
+def test_a_model_whose_perturbations_take_the_shift_writes_its_genes_measured_knockdown():
+    from tests.models.test_knock import measured_model
+    from tests.models.test_zoo import SPEC
+    from vcell.config.model import ModelConfig
+    from vcell.models.zoo import build_model
+
+    model = measured_model()  # code 4's gene measured keeping 0.25 of its level, code 6's 0.75
+    trained = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(enhancements=[])), model=model)
+    tables, skipped = biology_tables(trained, None)  # from the model alone: no cells needed
+    table = tables["perturbed_gene_knockdown.tsv"].set_index("gene_id")
+    routed = sorted({SPEC.gene_ids[g] for g in SPEC.perturbation_gene if g >= 0})
+    assert sorted(table.index) == routed and not skipped
+    for code, share in ((4, 0.25), (6, 0.75)):
+        row = table.loc[SPEC.gene_ids[SPEC.perturbation_gene[code]]]
+        assert row["share_of_level"] == pytest.approx(share) and row["share_used"] == pytest.approx(share)
+        assert row["knocked_level"] == pytest.approx(share * row["basal_level"])
+    unmeasured = table[table["share_of_level"].isna()]
+    assert len(unmeasured) and np.allclose(unmeasured["share_used"], 0.5)  # the median gene's
+    fresh = SimpleNamespace(config=trained.config, model=build_model(ModelConfig(name="base", size="tiny"), SPEC))
+    tables, skipped = biology_tables(fresh, None)
+    assert not tables and "no perturbed gene was measured" in skipped["perturbed_gene_knockdown.tsv"]
+    regulatory = SimpleNamespace(config=SimpleNamespace(model=SimpleNamespace(enhancements=["regulatory"])),
+                                 model=build_model(ModelConfig(name="regulatory", size="tiny"), SPEC))
+    assert "perturbed_gene_knockdown.tsv" not in biology_tables(regulatory, None)[0]  # its network learns each knock
 
 
 def test_a_model_without_biology_removes_the_network_vcell_wrote_for_another_model(tmp_path):

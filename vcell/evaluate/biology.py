@@ -34,6 +34,7 @@ from vcell.evaluate.heldout import HeldOut
 from vcell.evaluate.perturbation import by_type, pure_rows
 from vcell.files import current_umask, foreign_entries, swap_into_place
 from vcell.models.inputs import Conditions
+from vcell.models.slots import condition_shift
 
 log = logging.getLogger(__name__)
 BASAL_CELLS = 256
@@ -76,6 +77,14 @@ BIOLOGY_FILES = (
                 "over cell types: which programs set a type apart), sd_across_cells. Compare cell types, not single "
                 "cells: on vcell's simulator a cell's own deviation from its type is mostly noise (README, "
                 "hierarchical)"),
+    BiologyFile("perturbed_gene_knockdown.tsv", "base",
+                "one perturbed gene a row (genes that perturbations on the latent shift target: models without "
+                "regulatory): gene_id, basal_level and knocked_level (its mean level in control and in perturbed "
+                f"training cells at rest, above a zero count's value, in {EXPRESSION_UNITS}), share_of_level "
+                "(knocked / basal: the knock-down's efficiency; NA: fewer than 3 perturbed cells or no basal level), "
+                "share_of_counts (the same on its share of each cell's counts, count models; NA: none), share_used "
+                "(the share a prediction reads the gene at: its own, else the median gene's: "
+                "`vcell.models.knock`)"),
     BiologyFile("memory_primed_minus_naive.tsv", "memory",
                 "one gene a row per cell type and stimulus time: gene_id, cell_type, hours_after_stimulus (0 = at rest, "
                 f"2), primed_minus_naive (predicted mean of cells pulsed {MEMORY_PULSE_HOURS:g} h earlier minus naive "
@@ -87,14 +96,16 @@ def biology_tables(trained, data: HeldOut | None, no_cells: str = "") -> tuple[d
     """(file name -> table, file name -> why it is not written) for the model's enhancements;
     `data` None: no cells to predict from (`no_cells` says why)."""
     enhancements = set(trained.config.model.enhancements)
-    makers = {"grn_edges.tsv": lambda: grn_edges(trained.model),
+    if getattr(trained.model, "gene_knock", None) is not None:
+        enhancements.add("base")  # perturbations on the latent shift: their genes' measured knock-down
+    makers = {"grn_edges.tsv": lambda: grn_edges(trained.model), "perturbed_gene_knockdown.tsv": lambda: knockdown(trained.model),
               "response_half_times.tsv": lambda: half_times(data), "memory_primed_minus_naive.tsv": lambda: memory(data),
               "pathway_activity_by_cell_type.tsv": lambda: pathway_activity(data)}
     tables, skipped = {}, {}
     for entry in BIOLOGY_FILES:
         if entry.enhancement not in enhancements:
             continue
-        if entry.enhancement != "regulatory" and data is None:
+        if entry.enhancement not in ("regulatory", "base") and data is None:  # those two read the model alone
             skipped[entry.name] = no_cells or "no cells to predict from"
             continue
         table = makers[entry.name]()
@@ -122,6 +133,16 @@ def grn_edges(model) -> pd.DataFrame:
     # the columns added after rank keep the older columns' positions for readers that index them
     return table[["source", "target", "signed_weight", "score", "sign", "prior_sign", "rank", "true_level_weight",
                   "source_reliability", "standardised_weight"]]
+
+
+def knockdown(model) -> pd.DataFrame | str:
+    """The measured knock-down of each gene a perturbation on the latent shift targets (`GeneKnock.per_gene`)."""
+    routed = condition_shift(model.dynamics).routed & (model.spec.perturbation_gene >= 0)
+    genes = np.unique(model.spec.perturbation_gene[routed])
+    table = pd.DataFrame({"gene_id": [model.spec.gene_ids[g] for g in genes], **model.gene_knock.per_gene(genes)})
+    if table["share_used"].isna().all():
+        return "no perturbed gene was measured: no training cell at rest carried a gene perturbation"
+    return table
 
 
 def basal_cells(data: HeldOut) -> list[tuple[str, dict[str, torch.Tensor]]] | str:

@@ -100,6 +100,20 @@ class GeneKnock(Float32Statistics):
         # the midpoint of an even count (torch's median takes the lower one)
         return ratios.float(), float(torch.quantile(ratios[usable], 0.5))
 
+    def per_gene(self, genes: np.ndarray) -> dict[str, np.ndarray]:
+        """For `genes` (n,): their mean level above zero in basal and in knocked training cells (NaN:
+        none knocked), the share of their level and of their counts kept (NaN where not measured),
+        and the share of their level a prediction takes (their own, else the typical one)."""
+        sums = self.sums.double().cpu().numpy()[:, genes]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            knocked = np.where(sums[3] > 0, sums[2] / sums[3], np.nan)
+        levels, shares = self.ratios(0, 2, MIN_LEVEL), self.ratios(4, 5, 0.0)
+        nan = np.full(len(genes), np.nan)
+        own = nan if levels is None else levels[0].numpy()[genes]
+        return {"basal_level": sums[0] / max(float(sums[1].max(initial=0.0)), 1.0), "knocked_level": knocked,
+                "share_of_level": own, "share_of_counts": nan if shares is None else shares[0].numpy()[genes],
+                "share_used": np.where(np.isnan(own), np.nan if levels is None else levels[1], own)}
+
     def fraction(self) -> float | None:
         """The typical share of its level above zero a perturbed gene keeps; None: none measured."""
         measured = self.ratios(0, 2, MIN_LEVEL)
