@@ -158,7 +158,9 @@ class Head(DeclaresStats, Protocol):
     """Scores -> prediction, its loss and its statistics. `basal_scores` (B, G) are the scores of
     the state before any condition (resource compares the two); `library` (B,) total counts.
     `likelihood` is the count model when the head scores raw counts, else None; `predicts_total`
-    as for `MeanModel` (False for heads without one)."""
+    as for `MeanModel` (False for heads without one). Optional: `knock(scores, current, reference,
+    knock, zero_level) -> scores`, the scores with each cell's perturbed gene at its measured share
+    of its level in `reference` (`vcell.models.knock`); a head without it reads the gene as decoded."""
 
     likelihood: CountLikelihood | None
     predicts_total: bool

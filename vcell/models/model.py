@@ -126,11 +126,12 @@ class VirtualCell(Float32Statistics):
         scores = self.gene_scores(z, conditions, batch)
         needs_basal = self.head.predicts_total and (basal is not z or conditions is not None)
         basal_scores = self.gene_scores(basal, None, batch) if needs_basal else scores
-        if knock is not None:
+        knocks = getattr(self.head, "knock", None)  # optional for a head (`contracts.Head`)
+        if knock is not None and knocks is not None:
             basal_scores = basal_scores if needs_basal else self.gene_scores(basal, None, batch)
             reference = self.head.predict(basal_scores, basal, basal_scores, library)  # the cell before it
             current = self.head.predict(scores, z, basal_scores, library)
-            scores = self.head.knock(scores, current, reference, knock, self.zero_level)
+            scores = knocks(scores, current, reference, knock, self.zero_level)
         return self.head.predict(scores, z, basal_scores, library)
 
     def in_silico(self, conditions: Conditions) -> Knock | None:
