@@ -75,3 +75,39 @@ def test_the_observed_delta_is_the_held_out_perturbed_mean_minus_the_held_out_co
                   for t, weight in ((0, 0.6), (1, 0.4)))
     np.testing.assert_allclose(observed, (test["x"][mine].double().mean(0) - control).numpy(), atol=1e-9)
     assert builder.reference_target_types == set()
+
+
+def test_a_model_without_a_network_knocks_an_unseen_gene_down_and_beats_the_mean_perturbation(evaluation_atlas, tmp_path):
+    """`base` (no network) trained without one gene perturbation: predicted by knocking the gene down
+    in silico (`vcell.models.knock`), its delta against the simulator's truth beats the mean
+    perturbation's (3 seeds: Pearson delta and top-20 0.999-1.0 against -0.005 and -0.079)."""
+    from vcell.atlas.store import open_atlas
+    from vcell.config import load_config
+    from vcell.data.memory import load_cells
+    from vcell.evaluate.export import open_trained, save_trained
+    from vcell.evaluate.heldout import held_out_cells
+    from vcell.evaluate.perturbation import perturbation_metrics
+    from vcell.models.zoo import build_model
+    from vcell.train.plain import fit
+    from vcell.train.training_plan import model_spec, with_model_inputs
+    from tests.evaluate.conftest import HELD_OUT_PERTURBATION_INDEX
+
+    atlas = open_atlas(evaluation_atlas)
+    held_out = atlas.attrs["obs_categories"]["perturbation"][HELD_OUT_PERTURBATION_INDEX]
+    config = with_model_inputs(load_config(None, [
+        "name=base", f"data.atlas={evaluation_atlas}", "model.size=tiny", "model.name=base", "model.enhancements=[]",
+        "loader.split.test_fraction=0.15", "loader.split.val_fraction=0.05",
+        f"loader.split.holdout=[{{column: perturbation, test: [{held_out}]}}]", "evaluate.max_cells=400",
+    ]), atlas)
+    torch.manual_seed(0)
+    model = build_model(config.model, model_spec(config, atlas))
+    fit(model, load_cells(atlas, config.loader, "train"), steps=60, batch_size=128, seed=0)
+    save_trained(model.eval(), config, tmp_path / "base" / "model", step=60)
+    section, arrays = perturbation_metrics(held_out_cells(open_trained(tmp_path / "base"), max_cells=400, seed=0))
+    unseen = section["unseen_perturbations"]
+    assert unseen["perturbations"] == [held_out]
+    scores, mean = unseen["vs_truth"]["model"], unseen["vs_truth"]["baselines"]["mean_perturbation"]
+    for metric in ("pearson_delta", "pearson_delta_top20"):
+        assert scores[metric] > mean[metric] + 0.5, metric
+    gene = int(model.spec.perturbation_gene[HELD_OUT_PERTURBATION_INDEX])
+    assert gene >= 0 and arrays["unseen_perturbations/model"][0, gene] < 0  # the knocked gene itself goes down
