@@ -109,15 +109,10 @@ class GeneKnock(Float32Statistics):
             knocked = np.where(sums[3] > 0, sums[2] / sums[3], np.nan)
         levels, shares = self.ratios(0, 2, MIN_LEVEL), self.ratios(4, 5, 0.0)
         nan = np.full(len(genes), np.nan)
-        own = nan if levels is None else levels[0].numpy()[genes]
         return {"basal_level": sums[0] / max(float(sums[1].max(initial=0.0)), 1.0), "knocked_level": knocked,
-                "share_of_level": own, "share_of_counts": nan if shares is None else shares[0].numpy()[genes],
-                "share_used": np.where(np.isnan(own), np.nan if levels is None else levels[1], own)}
-
-    def fraction(self) -> float | None:
-        """The typical share of its level above zero a perturbed gene keeps; None: none measured."""
-        measured = self.ratios(0, 2, MIN_LEVEL)
-        return None if measured is None else measured[1]
+                "share_of_level": nan if levels is None else levels[0].cpu().numpy()[genes],
+                "share_of_counts": nan if shares is None else shares[0].cpu().numpy()[genes],
+                "share_used": nan if levels is None else own_or_typical(levels, torch.as_tensor(genes)).cpu().numpy()}
 
     def plan(self, code: torch.Tensor | None, routed: torch.Tensor, untrained: torch.Tensor) -> Knock | None:
         """The knock of each cell's gene: perturbations on the latent shift's route (`routed` (B,)
